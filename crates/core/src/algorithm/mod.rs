@@ -199,11 +199,10 @@ impl RateLimit {
         if prior.limit == *self {
             return Some(prior.state.clone());
         }
-        match (self.as_gcra(), prior.limit.as_gcra(), &prior.state) {
-            (Some(new), Some(old), RateState::Gcra(s)) => {
-                return new.rescale(old, s, now).map(RateState::Gcra);
-            }
-            _ => {}
+        if let (Some(new), Some(old), RateState::Gcra(s)) =
+            (self.as_gcra(), prior.limit.as_gcra(), &prior.state)
+        {
+            return new.rescale(old, s, now).map(RateState::Gcra);
         }
         match (self, &prior.limit, &prior.state) {
             (
