@@ -26,7 +26,7 @@ pub const MAX_PARTIES: u32 = 1_000_000;
 /// assert!(Barrier::arrive(None, now).is_err()); // no barrier: an error, not a pass
 /// # Ok::<(), tollgate_core::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Barrier {
     parties: u32,
     ttl: Period,

@@ -26,7 +26,7 @@ pub const MAX_CONCURRENCY: u32 = 1_000_000;
 /// assert_eq!(b.retry_after, Nanos::from_secs(30)); // when lease-a expires, unless released
 /// # Ok::<(), tollgate_core::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Concurrency {
     limit: u32,
     lease_ttl: Period,

@@ -124,8 +124,7 @@ impl FromStr for Algorithm {
 }
 
 /// Any limit definition: a rate limit, a concurrency limit or a barrier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Limit {
     /// Consumes units over time.
     Rate(RateLimit),

@@ -49,7 +49,7 @@ impl std::str::FromStr for Align {
 /// assert_eq!(b.decision.retry_after, Nanos::from_secs(30));
 /// # Ok::<(), tollgate_core::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FixedWindow {
     limit: u64,
     period: Period,

@@ -29,23 +29,20 @@ use crate::time::Nanos;
 /// assert_eq!(second.decision.retry_after, Nanos::from_millis(100));
 /// # Ok::<(), tollgate_core::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Gcra {
     limit: u64,
     period: Period,
     burst: u64,
-    #[serde(skip)]
     interval: Nanos,
 }
 
 /// The `token_bucket` spelling of [`Gcra`]: a bucket of `capacity` tokens refilled at `refill`.
 ///
 /// It is the same state machine as `Gcra` with `burst = capacity`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenBucket {
-    capacity: u64,
-    refill: Rate,
-    #[serde(skip)]
+    /// Same parameters, spelled differently: `capacity` is `burst`, `refill` the rate.
     gcra: Gcra,
 }
 
@@ -195,21 +192,17 @@ impl TokenBucket {
             },
             other => other,
         })?;
-        Ok(TokenBucket {
-            capacity,
-            refill,
-            gcra,
-        })
+        Ok(TokenBucket { gcra })
     }
 
     /// Tokens when full.
     pub const fn capacity(&self) -> u64 {
-        self.capacity
+        self.gcra.burst
     }
 
     /// The refill rate.
-    pub const fn refill(&self) -> Rate {
-        self.refill
+    pub fn refill(&self) -> Rate {
+        self.gcra.rate()
     }
 
     /// The same limit in its GCRA spelling.

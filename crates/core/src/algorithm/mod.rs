@@ -21,8 +21,7 @@ use gcra::{Gcra, GcraState, TokenBucket};
 use sliding_window::{SlidingWindow, SlidingWindowState};
 
 /// A limit that admits units over time: one of the rate algorithms of DESIGN §2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(tag = "algorithm", rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RateLimit {
     /// `limit` units in any interval of `period` (the default algorithm).
     SlidingWindow(SlidingWindow),
@@ -47,7 +46,7 @@ pub enum RateState {
 }
 
 /// A state together with the limit that produced it: what a store keeps per key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitState {
     /// The limit as it was when `state` was written.
     pub limit: RateLimit,

@@ -35,7 +35,7 @@ pub const MAX_PRECISION: u32 = 3_600;
 /// assert!(c.decision.retry_after <= Nanos::from_millis(1_000 + 17));
 /// # Ok::<(), tollgate_core::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SlidingWindow {
     limit: u64,
     period: Period,
