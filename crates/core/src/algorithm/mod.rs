@@ -195,6 +195,10 @@ impl RateLimit {
     /// The prior state expressed in this limit's terms at `now` (`None`: fresh).
     fn adopt(&self, prior: Option<&LimitState>, now: Nanos) -> Option<RateState> {
         let prior = prior?;
+        // A fresh state is no state, whatever limit wrote it (stores may forget it any time).
+        if prior.fresh_at() <= now {
+            return None;
+        }
         if prior.limit == *self {
             return Some(prior.state.clone());
         }

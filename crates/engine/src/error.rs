@@ -1,0 +1,129 @@
+//! The engine's errors. A denial is not an error: it is a decision with `allowed == false`.
+
+use tollgate_core::Algorithm;
+
+/// Why an engine call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A key that names no declared limit (static namespace).
+    #[error("no limit is declared under key {key:?}")]
+    UnknownLimit {
+        /// The key asked for.
+        key: String,
+    },
+    /// A key used with an operation its algorithm does not support, e.g. acquiring units from
+    /// a concurrency limit.
+    #[error("key {key:?} is a {found} limit; this operation needs {expected}")]
+    WrongAlgorithm {
+        /// The key.
+        key: String,
+        /// What the operation works on.
+        expected: &'static str,
+        /// What the key is.
+        found: Algorithm,
+    },
+    /// Units that the key's limit can never admit at once: retrying cannot help.
+    #[error(
+        "key {key:?}: {units} units can never be admitted, the limit holds at most {capacity} at once"
+    )]
+    InsufficientCapacity {
+        /// The key.
+        key: String,
+        /// Units asked for (summed over entries naming the key).
+        units: u64,
+        /// The most the limit admits at once.
+        capacity: u64,
+    },
+    /// A key that is empty, too long or not valid text.
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey {
+        /// The key (truncated when very long).
+        key: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// `units` of zero.
+    #[error("key {key:?}: units must be at least 1")]
+    ZeroUnits {
+        /// The key.
+        key: String,
+    },
+    /// A request naming no key at all.
+    #[error("a request must name at least one key")]
+    EmptyRequest,
+    /// Lease, barrier and parameter errors from the core.
+    #[error(transparent)]
+    Core(#[from] tollgate_core::Error),
+    /// The store failed; see [`StoreError::is_transient`].
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Error {
+    /// Whether retrying the same call later may succeed (an unreachable store).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Store(e) if e.is_transient())
+    }
+}
+
+/// A store failure, with its cause kept.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    message: String,
+    transient: bool,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StoreError {
+    /// A failure that may clear by itself (connection lost, timeout).
+    pub fn transient(
+        message: impl Into<String>,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> StoreError {
+        StoreError {
+            message: message.into(),
+            transient: true,
+            source,
+        }
+    }
+
+    /// A failure that will not clear by retrying (corrupt data, bad configuration).
+    pub fn permanent(
+        message: impl Into<String>,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> StoreError {
+        StoreError {
+            message: message.into(),
+            transient: false,
+            source,
+        }
+    }
+
+    /// Whether retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
+
+/// Longest key, in bytes.
+pub const MAX_KEY_LEN: usize = 512;
+
+pub(crate) fn check_key(key: &str) -> Result<(), Error> {
+    let reason = if key.is_empty() {
+        "a key must not be empty"
+    } else if key.len() > MAX_KEY_LEN {
+        "a key must be at most 512 bytes"
+    } else if key.chars().any(char::is_control) {
+        "a key must not contain control characters"
+    } else {
+        return Ok(());
+    };
+    let mut shown: String = key.chars().take(64).collect();
+    if shown.len() < key.len() {
+        shown.push('…');
+    }
+    Err(Error::InvalidKey { key: shown, reason })
+}

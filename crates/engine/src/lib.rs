@@ -1,0 +1,58 @@
+//! Tollgate, embedded: decide in-process when work may start.
+//!
+//! A [`Limiter`] holds declared limits and dynamic keys in a [`Store`] (in memory by default),
+//! decides atomically across several keys, waits without polling, hands out concurrency leases
+//! that release on drop, and runs barriers. The algorithms are those of [`tollgate_core`].
+//!
+//! An API limit of 10 per second where one call costs several units:
+//! ```
+//! use tollgate::{AcquireEntry, Limiter};
+//! use tollgate_core::{Gcra, RateLimit};
+//! let limiter = Limiter::new();
+//! limiter.upsert("search-api", RateLimit::Gcra(Gcra::new("10/s".parse()?, 10)?))?;
+//! assert!(limiter.try_acquire(&[AcquireEntry::new("search-api", 3)])?.allowed);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! A per-user dynamic key, 10 per minute each, checked atomically with a shared limit:
+//! ```
+//! use tollgate::{AcquireEntry, Limiter};
+//! use tollgate_core::{Period, RateLimit, SlidingWindow};
+//! let limiter = Limiter::new();
+//! limiter.upsert("global", RateLimit::SlidingWindow(SlidingWindow::new(1_000, Period::MINUTE)?))?;
+//! let per_user = RateLimit::SlidingWindow(SlidingWindow::new(10, Period::MINUTE)?);
+//! for _ in 0..10 {
+//!     let ok = limiter.try_acquire(&[AcquireEntry::new("global", 1), AcquireEntry::dynamic("user:42", per_user, 1)])?;
+//!     assert!(ok.allowed);
+//! }
+//! let denied = limiter.try_acquire(&[AcquireEntry::new("global", 1), AcquireEntry::dynamic("user:42", per_user, 1)])?;
+//! assert!(!denied.allowed);
+//! assert_eq!(denied.first_denied(), Some(1)); // user:42 is what it waits on
+//! // All or nothing: the denied request took nothing from "global".
+//! assert_eq!(limiter.try_acquire(&[AcquireEntry::dynamic("user:7", per_user, 1)])?.decisions[0].remaining, 9);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Concurrency of 5 ([`Limiter::try_lease`]) and a barrier of 5 parties
+//! ([`Limiter::wait_barrier`]) have examples on their methods.
+//!
+//! # Layout
+//! - [`clock`](Clock): `Clock`, [`SystemClock`] (epoch-anchored, monotonic), [`FakeClock`],
+//!   [`TokioClock`].
+//! - [`Store`] and its plain-data requests; [`MemoryStore`], sharded, sweeping idle keys.
+//! - [`Limiter`] and [`LeaseGuard`]: the embeddable API.
+//! - `testkit` (feature): the conformance suite every store must pass.
+
+mod clock;
+mod error;
+mod limiter;
+mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use clock::{Clock, FakeClock, SystemClock, TokioClock};
+pub use error::{Error, MAX_KEY_LEN, StoreError};
+pub use limiter::{LeaseGuard, Limiter};
+pub use store::memory::MemoryStore;
+pub use store::{AcquireEntry, Acquired, LimitInfo, Namespace, StateView, Store, Target};
+pub use tollgate_core as core;

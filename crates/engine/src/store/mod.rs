@@ -1,0 +1,248 @@
+//! The [`Store`] trait: what a limit-state store must do, and the plain-data requests it takes.
+//!
+//! The core decides; a store only makes each decision atomic (and, for some stores, durable
+//! or shared). Every store passes the same conformance suite (`testkit` feature).
+
+pub(crate) mod memory;
+
+use smallvec::SmallVec;
+use tollgate_core::{
+    Barrier, BarrierStatus, Concurrency, Decision, LeaseDecision, Limit, Nanos, RateLimit, Usage,
+};
+
+use crate::error::Error;
+
+/// The two key namespaces of DESIGN §3, plus barriers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Namespace {
+    /// Limits declared up front (`PUT /v1/limits/{key}`), persisted as definitions.
+    Static,
+    /// Keys rendered per run or carrying their definition inline: state only, last writer's
+    /// parameters win, forgotten once fresh.
+    Dynamic,
+    /// Barriers, by key.
+    Barrier,
+}
+
+/// Which limit a request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a, L> {
+    /// A declared limit, looked up by key in the static namespace.
+    Static(&'a str),
+    /// A dynamic key with the parameters this request brings (upserted; usage kept).
+    Dynamic(&'a str, L),
+}
+
+impl<'a, L> Target<'a, L> {
+    /// The key.
+    pub fn key(&self) -> &'a str {
+        match self {
+            Target::Static(k) | Target::Dynamic(k, _) => k,
+        }
+    }
+
+    /// The namespace the key lives in.
+    pub fn namespace(&self) -> Namespace {
+        match self {
+            Target::Static(_) => Namespace::Static,
+            Target::Dynamic(..) => Namespace::Dynamic,
+        }
+    }
+}
+
+/// One key and the units wanted from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcquireEntry<'a> {
+    /// The limit.
+    pub target: Target<'a, RateLimit>,
+    /// Units wanted (≥ 1).
+    pub units: u32,
+}
+
+impl<'a> AcquireEntry<'a> {
+    /// `units` from the declared limit `key`.
+    pub fn new(key: &'a str, units: u32) -> AcquireEntry<'a> {
+        AcquireEntry {
+            target: Target::Static(key),
+            units,
+        }
+    }
+
+    /// `units` from the dynamic key `key`, whose parameters are `limit`.
+    pub fn dynamic(key: &'a str, limit: RateLimit, units: u32) -> AcquireEntry<'a> {
+        AcquireEntry {
+            target: Target::Dynamic(key, limit),
+            units,
+        }
+    }
+}
+
+/// The answer to an atomic multi-key acquire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acquired {
+    /// All entries admitted (and consumed) — or none consumed.
+    pub allowed: bool,
+    /// One decision per entry, in request order. Entries naming the same key share one
+    /// decision for their summed units. When the request is denied, the decisions of keys
+    /// that would have admitted say so, but nothing was consumed from them.
+    pub decisions: SmallVec<[Decision; 4]>,
+}
+
+impl Acquired {
+    /// For a denial: the longest `retry_after` among the entries that were denied.
+    pub fn retry_after(&self) -> Nanos {
+        self.decisions
+            .iter()
+            .filter(|d| !d.allowed)
+            .map(|d| d.retry_after)
+            .max()
+            .unwrap_or(Nanos::ZERO)
+    }
+
+    /// The index of the first denied entry: the key a request waits on.
+    pub fn first_denied(&self) -> Option<usize> {
+        self.decisions.iter().position(|d| !d.allowed)
+    }
+}
+
+/// What a key holds now, for listings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateView {
+    /// A rate limit's usage.
+    Rate(Usage),
+    /// A concurrency limit's live leases.
+    Concurrency {
+        /// Live leases.
+        live: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A barrier.
+    Barrier(BarrierStatus),
+}
+
+/// One key in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitInfo {
+    /// The key.
+    pub key: String,
+    /// Static (declared) or dynamic.
+    pub namespace: Namespace,
+    /// Its definition (for dynamic keys: the last request's parameters).
+    pub limit: Limit,
+    /// Its live state.
+    pub state: StateView,
+}
+
+/// A limit-state store. All methods are atomic per call; `acquire` is atomic across every key
+/// it names, all or nothing.
+///
+/// Times are passed in by the caller (the engine reads the [`Clock`](crate::Clock)); a store
+/// must never admit extra when `now` is earlier than a time it has already seen.
+pub trait Store: Send + Sync {
+    /// Declares (or redefines) the static limit `key`. Usage is kept across a redefinition.
+    ///
+    /// # Errors
+    /// Store failures only.
+    fn put_limit(&self, key: &str, limit: Limit, now: Nanos) -> Result<(), Error>;
+
+    /// Removes the static limit `key` and its state. Returns whether it existed.
+    ///
+    /// # Errors
+    /// Store failures only.
+    fn remove_limit(&self, key: &str) -> Result<bool, Error>;
+
+    /// The static limit `key` with its live state.
+    ///
+    /// # Errors
+    /// Store failures only.
+    fn get_limit(&self, key: &str, now: Nanos) -> Result<Option<LimitInfo>, Error>;
+
+    /// Every static limit, and every dynamic key that has state, sorted by namespace and key.
+    ///
+    /// # Errors
+    /// Store failures only.
+    fn list_limits(&self, now: Nanos) -> Result<Vec<LimitInfo>, Error>;
+
+    /// Decides every entry atomically: if all are admitted, all are consumed; otherwise
+    /// nothing is. Entries naming the same key have their units summed.
+    ///
+    /// # Errors
+    /// [`Error::UnknownLimit`], [`Error::WrongAlgorithm`], [`Error::InsufficientCapacity`]
+    /// (nothing consumed), store failures.
+    fn acquire(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<Acquired, Error>;
+
+    /// Gives units back to every entry's key (never below empty).
+    ///
+    /// # Errors
+    /// As [`Store::acquire`], except capacity.
+    fn refund(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<(), Error>;
+
+    /// Takes a concurrency slot for lease `lease_id` held by `holder` for `ttl` (default: the
+    /// limit's `lease_ttl`).
+    ///
+    /// # Errors
+    /// Unknown or wrong-kind key, store failures.
+    fn lease_acquire(
+        &self,
+        target: Target<'_, Concurrency>,
+        lease_id: &str,
+        holder: &str,
+        ttl: Option<Nanos>,
+        now: Nanos,
+    ) -> Result<LeaseDecision, Error>;
+
+    /// Extends a live lease; returns its new expiry.
+    ///
+    /// # Errors
+    /// [`tollgate_core::Error::LeaseNotHeld`] (as [`Error::Core`]) for an expired, released or
+    /// unknown lease; unknown key; store failures.
+    fn lease_renew(
+        &self,
+        target: Target<'_, Concurrency>,
+        lease_id: &str,
+        ttl: Option<Nanos>,
+        now: Nanos,
+    ) -> Result<Nanos, Error>;
+
+    /// Releases a lease; returns whether it was live. Never touches another lease.
+    ///
+    /// # Errors
+    /// Unknown key, store failures.
+    fn lease_release(
+        &self,
+        target: Target<'_, Concurrency>,
+        lease_id: &str,
+        now: Nanos,
+    ) -> Result<bool, Error>;
+
+    /// Creates barrier `key` unless a live one exists; returns its status.
+    ///
+    /// # Errors
+    /// Store failures.
+    fn barrier_create(
+        &self,
+        key: &str,
+        barrier: Barrier,
+        now: Nanos,
+    ) -> Result<BarrierStatus, Error>;
+
+    /// One party arrives at barrier `key`.
+    ///
+    /// # Errors
+    /// [`tollgate_core::Error::BarrierMissing`] / `BarrierExpired` (as [`Error::Core`]).
+    fn barrier_arrive(&self, key: &str, now: Nanos) -> Result<BarrierStatus, Error>;
+
+    /// Barrier `key`'s status, without arriving.
+    ///
+    /// # Errors
+    /// As [`Store::barrier_arrive`].
+    fn barrier_status(&self, key: &str, now: Nanos) -> Result<BarrierStatus, Error>;
+
+    /// Forgets dynamic keys and barriers whose state is fresh (or expired) at `now`; returns
+    /// how many were removed. Stores may also do this on their own as they go.
+    ///
+    /// # Errors
+    /// Store failures.
+    fn sweep(&self, now: Nanos) -> Result<usize, Error>;
+}
