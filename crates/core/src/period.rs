@@ -91,6 +91,16 @@ impl Period {
         Ok(Period(nanos))
     }
 
+    /// A period of `secs` seconds, usable in constants: `None` outside the accepted range.
+    pub const fn from_secs_const(secs: u64) -> Option<Period> {
+        let n = Nanos::from_secs(secs);
+        if n.as_nanos() < Period::MIN.0.as_nanos() || n.as_nanos() > Period::MAX.0.as_nanos() {
+            None
+        } else {
+            Some(Period(n))
+        }
+    }
+
     /// A period of `millis` milliseconds.
     ///
     /// # Errors

@@ -41,11 +41,13 @@
 //!   [`TokioClock`].
 //! - [`Store`] and its plain-data requests; [`MemoryStore`], sharded, sweeping idle keys.
 //! - [`Limiter`] and [`LeaseGuard`]: the embeddable API.
+//! - [`LimitSpec`]: limit definitions in their JSON form.
 //! - `testkit` (feature): the conformance suite every store must pass.
 
 mod clock;
 mod error;
 mod limiter;
+mod spec;
 mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -53,6 +55,7 @@ pub mod testkit;
 pub use clock::{Clock, FakeClock, SystemClock, TokioClock};
 pub use error::{Error, MAX_KEY_LEN, StoreError};
 pub use limiter::{LeaseGuard, Limiter};
+pub use spec::{DEFAULT_LEASE_TTL, LimitSpec, SpecError};
 pub use store::memory::MemoryStore;
 pub use store::{AcquireEntry, Acquired, LimitInfo, Namespace, StateView, Store, Target};
 pub use tollgate_core as core;

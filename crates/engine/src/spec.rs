@@ -1,0 +1,421 @@
+//! [`LimitSpec`]: a limit definition as users write it in JSON (`PUT /v1/limits/{key}`, inline
+//! acquire entries, persisted definitions), converted to and from the core's [`Limit`].
+//!
+//! ```
+//! use tollgate::LimitSpec;
+//! let spec: LimitSpec = serde_json::from_str(r#"{"rate": "100/m"}"#)?;
+//! let limit = spec.to_limit()?;
+//! assert_eq!(limit.algorithm().as_str(), "sliding_window");
+//! let gcra: LimitSpec = serde_json::from_str(r#"{"algorithm": "gcra", "limit": 10, "period": "1s", "burst": 5}"#)?;
+//! assert_eq!(LimitSpec::from_limit(&gcra.to_limit()?).burst, Some(5));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use serde::{Deserialize, Serialize};
+use tollgate_core::{
+    Algorithm, Align, Barrier, Concurrency, FixedWindow, Gcra, Limit, Period, Rate, RateLimit,
+    SlidingWindow, TokenBucket,
+};
+
+/// Default lease time to live of a concurrency limit.
+pub const DEFAULT_LEASE_TTL: Period = match Period::from_secs_const(30) {
+    Some(p) => p,
+    None => Period::SECOND,
+};
+
+/// A limit definition in its JSON form. Which fields apply depends on `algorithm`:
+///
+/// | algorithm | fields |
+/// | --- | --- |
+/// | `sliding_window` (default) | `limit` + `period`, or `rate`; `precision` (default 60) |
+/// | `fixed_window` | `limit` + `period`, or `rate`; `align`: `first_use` (default) or `clock` |
+/// | `gcra` | `limit` + `period`, or `rate`; `burst` (default 1) |
+/// | `token_bucket` | `capacity` + `refill` (a rate such as `"10/s"`) |
+/// | `concurrency` | `limit`; `lease_ttl` (default `30s`) |
+/// | `barrier` | `parties` + `ttl` |
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct LimitSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub align: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ttl: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parties: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+/// A definition that does not make a limit: which field, what is wrong, and a stable code
+/// (`invalid_field`, `invalid_period`, `invalid_rate`, `missing_field`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// A stable snake_case code clients may match on.
+    pub code: &'static str,
+    /// The field, as a path relative to the definition (`period`, `burst`).
+    pub field: String,
+    /// What is wrong, quoting the input where there is one.
+    pub message: String,
+}
+
+impl SpecError {
+    fn new(code: &'static str, field: &str, message: impl Into<String>) -> SpecError {
+        SpecError {
+            code,
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error with its field nested under `prefix` (`rate_limits[2]` + `period`).
+    pub fn within(mut self, prefix: &str) -> SpecError {
+        self.field = if self.field.is_empty() {
+            prefix.to_owned()
+        } else {
+            format!("{prefix}.{}", self.field)
+        };
+        self
+    }
+}
+
+fn core_error(field: &str, e: tollgate_core::Error) -> SpecError {
+    let code = match e {
+        tollgate_core::Error::InvalidPeriod { .. } => "invalid_period",
+        tollgate_core::Error::InvalidRate { .. } => "invalid_rate",
+        _ => "invalid_field",
+    };
+    SpecError::new(code, field, e.to_string())
+}
+
+fn period(field: &str, s: &str) -> Result<Period, SpecError> {
+    Period::parse(s).map_err(|e| core_error(field, e))
+}
+
+fn rate_of(field: &str, s: &str) -> Result<Rate, SpecError> {
+    Rate::parse(s).map_err(|e| core_error(field, e))
+}
+
+impl LimitSpec {
+    /// The algorithm named (default `sliding_window`).
+    ///
+    /// # Errors
+    /// [`SpecError`] for an unknown name.
+    pub fn algorithm(&self) -> Result<Algorithm, SpecError> {
+        match &self.algorithm {
+            None => Ok(Algorithm::SlidingWindow),
+            Some(a) => a.parse().map_err(|e| core_error("algorithm", e)),
+        }
+    }
+
+    /// The core limit this definition describes.
+    ///
+    /// # Errors
+    /// [`SpecError`] naming the first field that is missing, misplaced or invalid.
+    pub fn to_limit(&self) -> Result<Limit, SpecError> {
+        let algorithm = self.algorithm()?;
+        self.reject_foreign(algorithm)?;
+        let lim = |e: tollgate_core::Error, field: &str| core_error(field, e);
+        Ok(match algorithm {
+            Algorithm::SlidingWindow => {
+                let r = self.limit_and_period()?;
+                let precision = self.precision.unwrap_or(tollgate_core::DEFAULT_PRECISION);
+                let field = if self.precision.is_some() {
+                    "precision"
+                } else {
+                    "limit"
+                };
+                Limit::Rate(RateLimit::SlidingWindow(
+                    SlidingWindow::with_precision(r.limit(), r.period(), precision)
+                        .map_err(|e| lim(e, field))?,
+                ))
+            }
+            Algorithm::FixedWindow => {
+                let r = self.limit_and_period()?;
+                let align: Align = match &self.align {
+                    None => Align::FirstUse,
+                    Some(a) => a.parse().map_err(|e| lim(e, "align"))?,
+                };
+                Limit::Rate(RateLimit::FixedWindow(
+                    FixedWindow::new(r.limit(), r.period(), align).map_err(|e| lim(e, "limit"))?,
+                ))
+            }
+            Algorithm::Gcra => {
+                let r = self.limit_and_period()?;
+                Limit::Rate(RateLimit::Gcra(
+                    Gcra::new(r, self.burst.unwrap_or(1)).map_err(|e| lim(e, "burst"))?,
+                ))
+            }
+            Algorithm::TokenBucket => {
+                let capacity = self.capacity.ok_or_else(|| {
+                    SpecError::new("missing_field", "capacity", "token_bucket needs a capacity")
+                })?;
+                let refill = self.refill.as_deref().ok_or_else(|| {
+                    SpecError::new(
+                        "missing_field",
+                        "refill",
+                        "token_bucket needs a refill rate such as \"10/s\"",
+                    )
+                })?;
+                let refill = rate_of("refill", refill)?;
+                Limit::Rate(RateLimit::TokenBucket(
+                    TokenBucket::new(capacity, refill).map_err(|e| lim(e, "capacity"))?,
+                ))
+            }
+            Algorithm::Concurrency => {
+                let limit = self.limit.ok_or_else(|| {
+                    SpecError::new("missing_field", "limit", "concurrency needs a limit")
+                })?;
+                let limit = u32::try_from(limit).map_err(|_| {
+                    SpecError::new(
+                        "invalid_field",
+                        "limit",
+                        format!("invalid limit {limit}: too large"),
+                    )
+                })?;
+                let ttl = match &self.lease_ttl {
+                    None => DEFAULT_LEASE_TTL,
+                    Some(t) => period("lease_ttl", t)?,
+                };
+                Limit::Concurrency(Concurrency::new(limit, ttl).map_err(|e| lim(e, "limit"))?)
+            }
+            Algorithm::Barrier => {
+                let parties = self.parties.ok_or_else(|| {
+                    SpecError::new("missing_field", "parties", "barrier needs parties")
+                })?;
+                let ttl = self.ttl.as_deref().ok_or_else(|| {
+                    SpecError::new("missing_field", "ttl", "barrier needs a ttl such as \"1m\"")
+                })?;
+                Limit::Barrier(
+                    Barrier::new(parties, period("ttl", ttl)?).map_err(|e| lim(e, "parties"))?,
+                )
+            }
+        })
+    }
+
+    /// A rate limit, or an error naming `algorithm` when the definition is of another kind.
+    ///
+    /// # Errors
+    /// As [`LimitSpec::to_limit`], or `wrong_algorithm` for concurrency and barriers.
+    pub fn to_rate_limit(&self) -> Result<RateLimit, SpecError> {
+        match self.to_limit()? {
+            Limit::Rate(r) => Ok(r),
+            other => Err(SpecError::new(
+                "wrong_algorithm",
+                "algorithm",
+                format!("{} is not a rate algorithm here", other.algorithm()),
+            )),
+        }
+    }
+
+    /// `rate`, or `limit` + `period`.
+    fn limit_and_period(&self) -> Result<Rate, SpecError> {
+        match (&self.rate, self.limit, &self.period) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(SpecError::new(
+                "invalid_field",
+                "rate",
+                "give either rate or limit and period, not both",
+            )),
+            (Some(r), None, None) => rate_of("rate", r),
+            (None, Some(l), Some(p)) => {
+                Rate::new(l, period("period", p)?).map_err(|e| core_error("limit", e))
+            }
+            (None, None, _) => Err(SpecError::new(
+                "missing_field",
+                "limit",
+                "a limit needs limit and period (e.g. {\"limit\": 100, \"period\": \"1m\"}) or a rate (e.g. {\"rate\": \"100/m\"})",
+            )),
+            (None, Some(_), None) => Err(SpecError::new(
+                "missing_field",
+                "period",
+                "a limit needs a period such as \"1s\", \"1m\" or \"MINUTE\"",
+            )),
+        }
+    }
+
+    fn reject_foreign(&self, algorithm: Algorithm) -> Result<(), SpecError> {
+        let allowed: &[&str] = match algorithm {
+            Algorithm::SlidingWindow => &["rate", "limit", "period", "precision"],
+            Algorithm::FixedWindow => &["rate", "limit", "period", "align"],
+            Algorithm::Gcra => &["rate", "limit", "period", "burst"],
+            Algorithm::TokenBucket => &["capacity", "refill"],
+            Algorithm::Concurrency => &["limit", "lease_ttl"],
+            Algorithm::Barrier => &["parties", "ttl"],
+        };
+        let present = [
+            ("rate", self.rate.is_some()),
+            ("limit", self.limit.is_some()),
+            ("period", self.period.is_some()),
+            ("burst", self.burst.is_some()),
+            ("precision", self.precision.is_some()),
+            ("align", self.align.is_some()),
+            ("capacity", self.capacity.is_some()),
+            ("refill", self.refill.is_some()),
+            ("lease_ttl", self.lease_ttl.is_some()),
+            ("parties", self.parties.is_some()),
+            ("ttl", self.ttl.is_some()),
+        ];
+        for (name, is_set) in present {
+            if is_set && !allowed.contains(&name) {
+                return Err(SpecError::new(
+                    "invalid_field",
+                    name,
+                    format!(
+                        "{name} does not apply to {algorithm} (it takes {})",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The canonical definition of `limit` (what `GET /v1/limits/{key}` shows).
+    pub fn from_limit(limit: &Limit) -> LimitSpec {
+        let mut s = LimitSpec {
+            algorithm: Some(limit.algorithm().as_str().to_owned()),
+            ..LimitSpec::default()
+        };
+        match limit {
+            Limit::Rate(RateLimit::SlidingWindow(l)) => {
+                s.limit = Some(l.limit());
+                s.period = Some(l.period().to_string());
+                s.precision = Some(l.precision());
+            }
+            Limit::Rate(RateLimit::FixedWindow(l)) => {
+                s.limit = Some(l.limit());
+                s.period = Some(l.period().to_string());
+                s.align = Some(
+                    match l.align() {
+                        Align::FirstUse => "first_use",
+                        Align::Clock => "clock",
+                    }
+                    .to_owned(),
+                );
+            }
+            Limit::Rate(RateLimit::Gcra(l)) => {
+                s.limit = Some(l.rate().limit());
+                s.period = Some(l.rate().period().to_string());
+                s.burst = Some(l.burst());
+            }
+            Limit::Rate(RateLimit::TokenBucket(l)) => {
+                s.capacity = Some(l.capacity());
+                s.refill = Some(l.refill().to_string());
+            }
+            Limit::Concurrency(c) => {
+                s.limit = Some(u64::from(c.limit()));
+                s.lease_ttl = Some(c.lease_ttl().to_string());
+            }
+            Limit::Barrier(b) => {
+                s.parties = Some(b.parties());
+                s.ttl = Some(b.ttl().to_string());
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> LimitSpec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn every_algorithm_round_trips_through_its_canonical_form() {
+        for json in [
+            r#"{"rate": "100/m"}"#,
+            r#"{"limit": 5, "period": "1h30m", "precision": 10}"#,
+            r#"{"algorithm": "fixed_window", "limit": 3, "period": "MINUTE", "align": "clock"}"#,
+            r#"{"algorithm": "gcra", "rate": "10/s", "burst": 4}"#,
+            r#"{"algorithm": "token_bucket", "capacity": 20, "refill": "5/s"}"#,
+            r#"{"algorithm": "concurrency", "limit": 5}"#,
+            r#"{"algorithm": "barrier", "parties": 5, "ttl": "1m"}"#,
+        ] {
+            let limit = spec(json)
+                .to_limit()
+                .unwrap_or_else(|e| panic!("{json}: {e}"));
+            let canonical = LimitSpec::from_limit(&limit);
+            assert_eq!(canonical.to_limit().unwrap(), limit, "{json}");
+        }
+    }
+
+    #[test]
+    fn bad_definitions_name_the_field_and_code() {
+        for (json, code, field) in [
+            (
+                r#"{"limit": 10, "period": "10 apples"}"#,
+                "invalid_period",
+                "period",
+            ),
+            (r#"{"rate": "10 per minute"}"#, "invalid_rate", "rate"),
+            (r#"{"limit": 0, "period": "1s"}"#, "invalid_field", "limit"),
+            (r#"{"limit": 10}"#, "missing_field", "period"),
+            (r#"{}"#, "missing_field", "limit"),
+            (r#"{"rate": "1/s", "limit": 1}"#, "invalid_field", "rate"),
+            (
+                r#"{"algorithm": "leaky", "limit": 1, "period": "1s"}"#,
+                "invalid_field",
+                "algorithm",
+            ),
+            (
+                r#"{"limit": 1, "period": "1s", "burst": 2}"#,
+                "invalid_field",
+                "burst",
+            ),
+            (
+                r#"{"algorithm": "gcra", "limit": 1, "period": "1s", "burst": 0}"#,
+                "invalid_field",
+                "burst",
+            ),
+            (
+                r#"{"algorithm": "fixed_window", "rate": "1/s", "align": "noon"}"#,
+                "invalid_field",
+                "align",
+            ),
+            (
+                r#"{"algorithm": "token_bucket", "capacity": 5}"#,
+                "missing_field",
+                "refill",
+            ),
+            (
+                r#"{"algorithm": "barrier", "parties": 0, "ttl": "1s"}"#,
+                "invalid_field",
+                "parties",
+            ),
+        ] {
+            let e = spec(json).to_limit().expect_err(json);
+            assert_eq!((e.code, e.field.as_str()), (code, field), "{json}: {e}");
+        }
+        let e = spec(r#"{"limit": 10, "period": "10 apples"}"#)
+            .to_limit()
+            .unwrap_err();
+        assert!(e.message.contains("\"10 apples\""), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_not_ignored() {
+        let e = serde_json::from_str::<LimitSpec>(r#"{"limit": 1, "period": "1s", "brust": 2}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("brust"), "{e}");
+    }
+}
