@@ -118,6 +118,7 @@ impl Concurrency {
         holder: &str,
         ttl: Option<Nanos>,
     ) -> (LeaseDecision, Option<ConcurrencyState>) {
+        let now = now.min(Nanos::LAST);
         let mut leases = Self::live(state, now);
         let expires_at = now + ttl.unwrap_or(self.lease_ttl.as_nanos());
         let limit = u64::from(self.limit);
@@ -178,6 +179,7 @@ impl Concurrency {
         id: &str,
         ttl: Option<Nanos>,
     ) -> Result<(Nanos, Option<ConcurrencyState>), Error> {
+        let now = now.min(Nanos::LAST);
         let mut leases = Self::live(state, now);
         let lease = leases
             .iter_mut()
@@ -198,6 +200,7 @@ impl Concurrency {
         now: Nanos,
         id: &str,
     ) -> (bool, Option<ConcurrencyState>) {
+        let now = now.min(Nanos::LAST);
         let mut leases = Self::live(state, now);
         let before = leases.len();
         leases.retain(|l| l.id != id);
@@ -206,7 +209,7 @@ impl Concurrency {
 
     /// Live leases at `now`.
     pub fn live_leases(&self, state: Option<&ConcurrencyState>, now: Nanos) -> Vec<Lease> {
-        Self::live(state, now)
+        Self::live(state, now.min(Nanos::LAST))
     }
 }
 

@@ -26,8 +26,10 @@ const NAMED: [(&str, u64); 7] = [
     ("YEAR", 365 * DAY),
 ];
 
-/// Suffixes, longest first so that `ms` is tried before `m`.
-const SUFFIXES: [(&str, u64); 6] = [
+/// Suffixes, longest first so that `ms` is tried before `m`. `ns` is not advertised, but it is
+/// what `Display` prints for a sub-millisecond remainder, so it parses back.
+const SUFFIXES: [(&str, u64); 7] = [
+    ("ns", 1),
     ("ms", MS),
     ("s", SEC),
     ("m", MIN),
@@ -215,10 +217,6 @@ impl Serialize for Period {
 impl<'de> Deserialize<'de> for Period {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Period, D::Error> {
         let s = String::deserialize(d)?;
-        // Display may print a trailing `ns` part for odd periods; accept it back.
-        if let Some(ns) = s.strip_suffix("ns").and_then(|n| n.parse::<u64>().ok()) {
-            return Period::from_nanos(Nanos::from_nanos(ns)).map_err(serde::de::Error::custom);
-        }
         Period::parse(&s).map_err(serde::de::Error::custom)
     }
 }

@@ -28,6 +28,10 @@ impl Nanos {
     pub const ZERO: Nanos = Nanos(0);
     /// The largest representable value.
     pub const MAX: Nanos = Nanos(u64::MAX);
+    /// The latest instant the core decides at; later times are read as this one. `MAX` itself
+    /// is left for instants that saturated (a window end or expiry beyond `u64`), so such an
+    /// instant always lies ahead and a state that ends there never looks fresh.
+    pub(crate) const LAST: Nanos = Nanos(u64::MAX - 1);
     /// One millisecond.
     pub const MILLISECOND: Nanos = Nanos(1_000_000);
     /// One second.

@@ -112,9 +112,14 @@ impl Gcra {
         units: u64,
     ) -> (Decision, Option<GcraState>) {
         let tat = state.map_or(now, |s| s.tat.max(now));
-        let new_tat = tat + self.interval.saturating_mul(units);
-        let horizon = now + self.tolerance();
-        if new_tat <= horizon {
+        // Not saturating: a `tat` past `u64` cannot be stored, and a saturated one compared
+        // with a saturated horizon would admit without bound near `Nanos::MAX`.
+        let new_tat = tat
+            .as_nanos()
+            .checked_add(self.interval.saturating_mul(units).as_nanos());
+        let horizon = u128::from(now.as_nanos()) + u128::from(self.tolerance().as_nanos());
+        if let Some(new_tat) = new_tat.filter(|&t| u128::from(t) <= horizon) {
+            let new_tat = Nanos::from_nanos(new_tat);
             let decision = Decision {
                 allowed: true,
                 limit: self.burst,
@@ -128,8 +133,10 @@ impl Gcra {
                 allowed: false,
                 limit: self.burst,
                 remaining: self.remaining_at(tat, now),
-                // Admitted exactly when new_tat - t == tolerance.
-                retry_after: (new_tat - self.tolerance()) - now,
+                // Admitted exactly when new_tat - t == tolerance; never when past `u64`.
+                retry_after: new_tat
+                    .map_or(Nanos::MAX, |t| Nanos::from_nanos(t) - self.tolerance())
+                    - now,
                 reset_after: tat - now,
             };
             (decision, state.copied())

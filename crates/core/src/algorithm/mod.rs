@@ -119,6 +119,7 @@ impl RateLimit {
     ) -> Result<Outcome, InsufficientCapacity> {
         self.check_units(units)?;
         let units = u64::from(units.get());
+        let now = now.min(Nanos::LAST);
         let adopted = self.adopt(prior, now);
         let state = adopted.as_ref();
         let (decision, next) = match (self, state) {
@@ -150,6 +151,7 @@ impl RateLimit {
 
     /// What the key's state means now, without consuming anything.
     pub fn usage(&self, prior: Option<&LimitState>, now: Nanos) -> Usage {
+        let now = now.min(Nanos::LAST);
         let adopted = self.adopt(prior, now);
         let s = adopted.as_ref();
         match self {
@@ -169,6 +171,7 @@ impl RateLimit {
         units: NonZeroU32,
     ) -> Option<LimitState> {
         let units = u64::from(units.get());
+        let now = now.min(Nanos::LAST);
         let adopted = self.adopt(prior, now)?;
         let next = match (self, &adopted) {
             (RateLimit::SlidingWindow(l), RateState::SlidingWindow(s)) => {

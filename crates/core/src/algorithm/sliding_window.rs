@@ -241,8 +241,14 @@ impl SlidingWindow {
     }
 
     /// Moves a state kept under `old` onto this limit's buckets. Each old bucket's units go to
-    /// the new bucket holding the old bucket's **last** instant, so they never expire earlier
-    /// than they would have: conservative.
+    /// the new bucket holding the latest instant they can have been admitted at, so they never
+    /// expire earlier than they would have: conservative.
+    ///
+    /// That instant is the old bucket's last one, but no later than `now`: mapping a coarse old
+    /// bucket to its last instant would put it, and the new limit's current bucket, up to an old
+    /// sub-bucket in the future. The window would then slide past older buckets whose units
+    /// still count (admitting beyond the new limit), and hold new admissions in that future
+    /// bucket (a raised rate not applying for up to an old sub-bucket).
     pub(crate) fn rebucket(
         &self,
         old: &SlidingWindow,
@@ -252,10 +258,31 @@ impl SlidingWindow {
         if old.period == self.period && old.precision == self.precision {
             return Some(state.clone());
         }
-        let mut buckets: Vec<Bucket> = Vec::with_capacity(state.buckets.len());
-        for b in old.live(Some(state), old.current(Some(state), now)) {
-            let last_instant = old.bucket_start(b.index.saturating_add(1)) - Nanos::from_nanos(1);
-            let index = self.bucket_of(last_instant);
+        let live = old.live(Some(state), old.current(Some(state), now));
+        let newest = live.last()?.index;
+        let last_of = |k: u64| old.bucket_start(k.saturating_add(1)) - Nanos::from_nanos(1);
+        // Units were admitted by `now` — unless the clock has stepped back before the newest
+        // bucket began, and then (when in it is unknown) by that bucket's last instant.
+        let latest = if now >= old.bucket_start(newest) {
+            now
+        } else {
+            last_of(newest)
+        };
+        let index_of = |k: u64| self.bucket_of(last_of(k).min(latest));
+        // Gone by `now` under the new period.
+        let oldest = self
+            .bucket_of(now)
+            .saturating_sub(u64::from(self.precision));
+        // When `latest` is ahead of `now`, the units still counting must stay in the window
+        // that ends at the newest bucket: moving them later is conservative.
+        let floor = index_of(newest).saturating_sub(u64::from(self.precision));
+        let mut buckets: Vec<Bucket> = Vec::with_capacity(live.len());
+        for b in live {
+            let index = index_of(b.index);
+            if index < oldest {
+                continue;
+            }
+            let index = index.max(floor);
             match buckets.last_mut() {
                 Some(last) if last.index == index => last.units += b.units,
                 _ => buckets.push(Bucket {
@@ -264,9 +291,7 @@ impl SlidingWindow {
                 }),
             }
         }
-        let s = SlidingWindowState { buckets };
-        let live = self.live(Some(&s), self.current(Some(&s), now)).to_vec();
-        (!live.is_empty()).then_some(SlidingWindowState { buckets: live })
+        (!buckets.is_empty()).then_some(SlidingWindowState { buckets })
     }
 
     pub(crate) fn fresh_at(&self, state: &SlidingWindowState) -> Nanos {
