@@ -49,6 +49,7 @@ mod error;
 mod limiter;
 mod spec;
 mod store;
+pub mod task;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -58,4 +59,5 @@ pub use limiter::{LeaseGuard, Limiter};
 pub use spec::{DEFAULT_LEASE_TTL, LimitSpec, SpecError};
 pub use store::memory::MemoryStore;
 pub use store::{AcquireEntry, Acquired, LimitInfo, Namespace, StateView, Store, Target};
+pub use task::{Expr, OnLimit, RenderError, Rendered, RunContext, Task, TaskSpec};
 pub use tollgate_core as core;
