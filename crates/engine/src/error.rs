@@ -52,6 +52,56 @@ pub enum Error {
     /// A request naming no key at all.
     #[error("a request must name at least one key")]
     EmptyRequest,
+    /// A task name that is not defined.
+    #[error("no task is defined under name {name:?}")]
+    UnknownTask {
+        /// The name asked for.
+        name: String,
+    },
+    /// A run id that does not exist (or is malformed).
+    #[error("no run has id {id:?}")]
+    UnknownRun {
+        /// The id asked for.
+        id: String,
+    },
+    /// An operation the run's state does not allow (completing a run that is not running, …).
+    #[error("run {id:?} is {state}: cannot {action} it")]
+    InvalidState {
+        /// The run.
+        id: String,
+        /// Its state.
+        state: &'static str,
+        /// What was attempted.
+        action: &'static str,
+    },
+    /// A CEL expression that could not be evaluated for a run's input: the run is rejected,
+    /// never run unlimited.
+    #[error("{field}: expression {source_text:?} failed: {message}")]
+    Expression {
+        /// Where the expression is in the task (`rate_limits[1].dynamic_key`).
+        field: String,
+        /// The expression.
+        source_text: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A limit or task definition that is not valid.
+    #[error(transparent)]
+    Spec(crate::spec::SpecError),
+    /// A static limit that tasks still name.
+    #[error("limit {key:?} is used by tasks {tasks:?}; change those tasks first")]
+    LimitInUse {
+        /// The limit.
+        key: String,
+        /// The tasks naming it.
+        tasks: Vec<String>,
+    },
+    /// A task name that is empty, too long or has control characters.
+    #[error("invalid name {name:?}: a name must be 1 to 512 bytes without control characters")]
+    InvalidName {
+        /// The name (truncated).
+        name: String,
+    },
     /// Lease, barrier and parameter errors from the core.
     #[error(transparent)]
     Core(#[from] tollgate_core::Error),

@@ -42,11 +42,16 @@
 //! - [`Store`] and its plain-data requests; [`MemoryStore`], sharded, sweeping idle keys.
 //! - [`Limiter`] and [`LeaseGuard`]: the embeddable API.
 //! - [`LimitSpec`]: limit definitions in their JSON form.
+//! - `task`: task definitions with CEL expressions; `queue`: runs and the admission queue;
+//!   [`Engine`]: limiter + queue + durability ([`Db`], SQLite), what the server runs.
 //! - `testkit` (feature): the conformance suite every store must pass.
 
 mod clock;
+mod db;
+mod engine;
 mod error;
 mod limiter;
+pub mod queue;
 mod spec;
 mod store;
 pub mod task;
@@ -54,8 +59,11 @@ pub mod task;
 pub mod testkit;
 
 pub use clock::{Clock, FakeClock, SystemClock, TokioClock};
+pub use db::{DB_FILE, Db, Loaded, Write};
+pub use engine::{Engine, MAX_LEASE_BATCH};
 pub use error::{Error, MAX_KEY_LEN, StoreError};
 pub use limiter::{LeaseGuard, Limiter};
+pub use queue::run::{LeasedRun, Run, RunState, RunView};
 pub use spec::{DEFAULT_LEASE_TTL, LimitSpec, SpecError};
 pub use store::memory::MemoryStore;
 pub use store::{AcquireEntry, Acquired, LimitInfo, Namespace, StateView, Store, Target};

@@ -1,5 +1,7 @@
 //! The memory store against the reference, on random operation sequences.
 
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
 use tollgate::MemoryStore;
 use tollgate::testkit::{Config, check_conformance};
 use tollgate_core::Nanos;

@@ -5,11 +5,15 @@
 //! the phase began, and its usage afterwards must equal its usage before plus exactly the
 //! units admitted to it (a lost update or a partial multi-key acquire would break equality).
 
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tollgate::{AcquireEntry, FakeClock, Limiter, MemoryStore, StateView};
-use tollgate_core::{Align, FixedWindow, Gcra, Nanos, Period, RateLimit, SlidingWindow, TokenBucket};
+use tollgate_core::{
+    Align, FixedWindow, Gcra, Nanos, Period, RateLimit, SlidingWindow, TokenBucket,
+};
 
 const THREADS: usize = 16;
 const PHASES: usize = 10;
@@ -19,8 +23,14 @@ fn limits() -> Vec<(String, RateLimit)> {
     let p = |s: &str| Period::parse(s).unwrap();
     let mut out = Vec::new();
     for i in 0..3 {
-        out.push((format!("gcra-{i}"), RateLimit::Gcra(Gcra::new("500/s".parse().unwrap(), 200).unwrap())));
-        out.push((format!("sliding-{i}"), RateLimit::SlidingWindow(SlidingWindow::new(300, p("1s")).unwrap())));
+        out.push((
+            format!("gcra-{i}"),
+            RateLimit::Gcra(Gcra::new("500/s".parse().unwrap(), 200).unwrap()),
+        ));
+        out.push((
+            format!("sliding-{i}"),
+            RateLimit::SlidingWindow(SlidingWindow::new(300, p("1s")).unwrap()),
+        ));
         out.push((
             format!("fixed-{i}"),
             RateLimit::FixedWindow(FixedWindow::new(250, p("700ms"), Align::Clock).unwrap()),
@@ -73,12 +83,17 @@ fn sixteen_threads_one_million_decisions_never_over_admit() {
             })
             .collect();
         let used_before: Vec<u64> = limits.iter().map(|(k, _)| used(&limiter, k)).collect();
-        let admitted: Arc<Vec<AtomicU64>> = Arc::new(limits.iter().map(|_| AtomicU64::new(0)).collect());
+        let admitted: Arc<Vec<AtomicU64>> =
+            Arc::new(limits.iter().map(|_| AtomicU64::new(0)).collect());
         let decisions = Arc::new(AtomicU64::new(0));
         let threads: Vec<_> = (0..THREADS)
             .map(|t| {
-                let (limiter, limits, admitted, decisions) =
-                    (limiter.clone(), limits.clone(), admitted.clone(), decisions.clone());
+                let (limiter, limits, admitted, decisions) = (
+                    limiter.clone(),
+                    limits.clone(),
+                    admitted.clone(),
+                    decisions.clone(),
+                );
                 std::thread::spawn(move || {
                     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((phase * THREADS + t) as u64 + 1));
                     for _ in 0..PER_THREAD_PER_PHASE {
@@ -91,7 +106,8 @@ fn sixteen_threads_one_million_decisions_never_over_admit() {
                                 picked.push(k);
                             }
                         }
-                        let units: Vec<u32> = picked.iter().map(|_| 1 + rng.below(3) as u32).collect();
+                        let units: Vec<u32> =
+                            picked.iter().map(|_| 1 + rng.below(3) as u32).collect();
                         let entries: Vec<AcquireEntry<'_>> = picked
                             .iter()
                             .zip(&units)
@@ -119,7 +135,11 @@ fn sixteen_threads_one_million_decisions_never_over_admit() {
                 "phase {phase}: {key} admitted {got} with only {} remaining",
                 remaining_before[i]
             );
-            assert_eq!(used(&limiter, key), used_before[i] + got, "phase {phase}: {key} usage is not exact");
+            assert_eq!(
+                used(&limiter, key),
+                used_before[i] + got,
+                "phase {phase}: {key} usage is not exact"
+            );
         }
         // Every key was contended: the demand far exceeds capacity, so each filled up.
         assert!(admitted.iter().any(|a| a.load(Ordering::Relaxed) > 0));

@@ -1,0 +1,305 @@
+//! [`Db`]: SQLite durability for the embedded server — limit definitions, tasks and runs.
+//!
+//! One writer thread owns the connection and commits whatever has queued up in one transaction
+//! (group commit), then acknowledges every caller in it. WAL with `synchronous=NORMAL`: a
+//! committed transaction survives the process being killed (`kill -9`); only an operating
+//! system crash can lose the last moments, which the README states.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+use tollgate_core::Nanos;
+
+use crate::error::StoreError;
+use crate::queue::run::Run;
+use crate::spec::LimitSpec;
+use crate::task::TaskSpec;
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "tollgate.db";
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 4_096;
+
+/// One durable change.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Declare or redefine a static limit.
+    PutLimit {
+        /// Its key.
+        key: String,
+        /// Its definition.
+        spec: LimitSpec,
+    },
+    /// Remove a static limit.
+    DeleteLimit {
+        /// Its key.
+        key: String,
+    },
+    /// Define or redefine a task.
+    PutTask {
+        /// Its name.
+        name: String,
+        /// Its definition.
+        spec: TaskSpec,
+    },
+    /// Insert or replace a run.
+    PutRun(Box<Run>),
+}
+
+/// What a data directory held when opened.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Static limits.
+    pub limits: Vec<(String, LimitSpec)>,
+    /// Tasks.
+    pub tasks: Vec<(String, TaskSpec)>,
+    /// Every run, in enqueue order.
+    pub runs: Vec<Run>,
+    /// The latest time the previous process committed (the clock never goes below it).
+    pub last_time: Option<Nanos>,
+    /// Whether the previous process shut down cleanly.
+    pub clean_shutdown: bool,
+}
+
+/// Tells a submitter its batch is committed (or why not).
+type Ack = oneshot::Sender<Result<(), String>>;
+
+enum Msg {
+    Batch(Vec<Write>, Nanos, Ack),
+    Close(Nanos, oneshot::Sender<()>),
+}
+
+/// The durable store of the embedded server. Cheap to share behind an `Arc`.
+pub struct Db {
+    tx: mpsc::Sender<Msg>,
+    path: PathBuf,
+    writer: parking_lot::Mutex<Option<JoinHandle<()>>>,
+}
+
+fn err(context: &str, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::permanent(format!("{context}: {e}"), Some(Box::new(e)))
+}
+
+impl Db {
+    /// Opens (creating if needed) the database in `dir` and loads everything it holds.
+    ///
+    /// # Errors
+    /// A [`StoreError`] naming the path when the directory or database cannot be opened, or
+    /// when stored data cannot be read.
+    pub fn open(dir: &Path) -> Result<(Db, Loaded), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            err(
+                &format!("cannot create data directory {}", dir.display()),
+                e,
+            )
+        })?;
+        let path = dir.join(DB_FILE);
+        let conn = Connection::open(&path)
+            .map_err(|e| err(&format!("cannot open {}", path.display()), e))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA busy_timeout = 5000;
+             CREATE TABLE IF NOT EXISTS limits (key TEXT PRIMARY KEY, spec TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS tasks (name TEXT PRIMARY KEY, spec TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS runs (
+                 id TEXT PRIMARY KEY, seq INTEGER NOT NULL, task TEXT NOT NULL,
+                 state TEXT NOT NULL, data TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS runs_seq ON runs(seq);
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+        )
+        .map_err(|e| err(&format!("cannot prepare {}", path.display()), e))?;
+        let loaded = load(&conn).map_err(|e| err(&format!("cannot read {}", path.display()), e))?;
+        // From now until a clean close, a crash is detectable.
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('clean_shutdown', 'false')",
+            [],
+        )
+        .map_err(|e| err("cannot write meta", e))?;
+        let (tx, rx) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("tollgate-db".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| err("cannot start the database writer", e))?;
+        Ok((
+            Db {
+                tx,
+                path,
+                writer: parking_lot::Mutex::new(Some(writer)),
+            },
+            loaded,
+        ))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues `writes` (in call order) and returns a future that resolves once they are
+    /// committed. Submitting is synchronous so callers can keep their own order under a lock.
+    pub fn submit(
+        &self,
+        writes: Vec<Write>,
+        now: Nanos,
+    ) -> impl Future<Output = Result<(), StoreError>> + use<> {
+        let (ack, done) = oneshot::channel();
+        let sent = self.tx.send(Msg::Batch(writes, now, ack)).is_ok();
+        async move {
+            if !sent {
+                return Err(StoreError::permanent(
+                    "the database writer has stopped",
+                    None,
+                ));
+            }
+            match done.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(message)) => Err(StoreError::permanent(message, None)),
+                Err(_) => Err(StoreError::permanent(
+                    "the database writer has stopped",
+                    None,
+                )),
+            }
+        }
+    }
+
+    /// Flushes, records a clean shutdown at `now`, and stops the writer.
+    pub async fn close(&self, now: Nanos) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Msg::Close(now, ack)).is_ok() {
+            let _ = done.await;
+        }
+        if let Some(h) = self.writer.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
+    let json_err = |e: serde_json::Error| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
+    let mut loaded = Loaded::default();
+    let mut stmt = conn.prepare("SELECT key, spec FROM limits ORDER BY key")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let (key, spec) = row?;
+        loaded
+            .limits
+            .push((key, serde_json::from_str(&spec).map_err(json_err)?));
+    }
+    let mut stmt = conn.prepare("SELECT name, spec FROM tasks ORDER BY name")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let (name, spec) = row?;
+        loaded
+            .tasks
+            .push((name, serde_json::from_str(&spec).map_err(json_err)?));
+    }
+    let mut stmt = conn.prepare("SELECT data FROM runs ORDER BY seq")?;
+    for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
+        loaded
+            .runs
+            .push(serde_json::from_str(&row?).map_err(json_err)?);
+    }
+    let meta = |key: &str| -> rusqlite::Result<Option<String>> {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+    };
+    loaded.last_time = meta("last_time")?
+        .and_then(|v| v.parse().ok())
+        .map(Nanos::from_nanos);
+    loaded.clean_shutdown = meta("clean_shutdown")?.as_deref() != Some("false");
+    Ok(loaded)
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, String> {
+    serde_json::to_string(v).map_err(|e| format!("cannot encode a record: {e}"))
+}
+
+fn apply(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<(), String> {
+    match w {
+        Write::PutLimit { key, spec } => tx.execute(
+            "INSERT OR REPLACE INTO limits (key, spec) VALUES (?1, ?2)",
+            params![key, json(spec)?],
+        ),
+        Write::DeleteLimit { key } => tx.execute("DELETE FROM limits WHERE key = ?1", params![key]),
+        Write::PutTask { name, spec } => tx.execute(
+            "INSERT OR REPLACE INTO tasks (name, spec) VALUES (?1, ?2)",
+            params![name, json(spec)?],
+        ),
+        Write::PutRun(run) => tx.execute(
+            "INSERT OR REPLACE INTO runs (id, seq, task, state, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                run.id,
+                run.seq as i64,
+                run.task,
+                run.state.as_str(),
+                json(run.as_ref())?
+            ],
+        ),
+    }
+    .map(|_| ())
+    .map_err(|e| format!("cannot write to the database: {e}"))
+}
+
+fn set_meta(tx: &rusqlite::Transaction<'_>, key: &str, value: &str) -> rusqlite::Result<usize> {
+    tx.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+        params![key, value],
+    )
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
+    let mut pending: Vec<(Vec<Write>, Ack)> = Vec::new();
+    loop {
+        let Ok(first) = rx.recv() else { return };
+        let mut close = None;
+        let mut latest = Nanos::ZERO;
+        let mut count = 0;
+        let take = |m: Msg, pending: &mut Vec<_>, close: &mut Option<_>, latest: &mut Nanos| match m
+        {
+            Msg::Batch(w, now, ack) => {
+                *latest = (*latest).max(now);
+                let n = w.len();
+                pending.push((w, ack));
+                n
+            }
+            Msg::Close(now, ack) => {
+                *latest = (*latest).max(now);
+                *close = Some(ack);
+                0
+            }
+        };
+        count += take(first, &mut pending, &mut close, &mut latest);
+        while count < MAX_BATCH && close.is_none() {
+            match rx.try_recv() {
+                Ok(m) => count += take(m, &mut pending, &mut close, &mut latest),
+                Err(_) => break,
+            }
+        }
+        let result = (|| -> Result<(), String> {
+            let tx = conn
+                .transaction()
+                .map_err(|e| format!("cannot begin a transaction: {e}"))?;
+            for (writes, _) in &pending {
+                for w in writes {
+                    apply(&tx, w)?;
+                }
+            }
+            set_meta(&tx, "last_time", &latest.as_nanos().to_string())
+                .map_err(|e| e.to_string())?;
+            if close.is_some() {
+                set_meta(&tx, "clean_shutdown", "true").map_err(|e| e.to_string())?;
+            }
+            tx.commit().map_err(|e| format!("cannot commit: {e}"))
+        })();
+        for (_, ack) in pending.drain(..) {
+            let _ = ack.send(result.clone());
+        }
+        if let Some(ack) = close {
+            let _ = ack.send(());
+            return;
+        }
+    }
+}

@@ -1,0 +1,566 @@
+//! [`Engine`]: what the server runs — a [`Limiter`], the task-run admission queue, and
+//! (optionally) SQLite durability. The server is a thin HTTP shell over it.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tollgate_core::{Limit, Nanos};
+
+use crate::db::{Db, Loaded, Write};
+use crate::error::{Error, StoreError};
+use crate::limiter::Limiter;
+use crate::queue::run::{LeasedRun, Run, RunState, RunView};
+use crate::queue::state::QueueState;
+use crate::spec::LimitSpec;
+use crate::store::memory::MemoryStore;
+use crate::store::{AcquireEntry, Store};
+use crate::task::{Task, TaskSpec};
+
+/// Most runs one lease call returns.
+pub const MAX_LEASE_BATCH: usize = 1_000;
+
+/// The embedded server's core. Cheap to clone. Must be created inside a tokio runtime: it
+/// spawns the task that fires parked runs' timers and lease expiries.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tollgate::Error> {
+/// use std::time::Duration;
+/// use tollgate::{Engine, Limiter, LimitSpec, TaskSpec};
+/// let engine = Engine::in_memory(Limiter::new());
+/// engine.put_limit("test-limit", serde_json::from_str::<LimitSpec>(r#"{"rate": "2/s"}"#).unwrap()).await?;
+/// let spec: TaskSpec = serde_json::from_str(r#"{"rate_limits": [{"static_key": "test-limit", "units": 1}]}"#).unwrap();
+/// engine.put_task("send-email", spec).await?;
+/// let run = engine.enqueue("send-email", serde_json::json!({"to": "a@example.com"}), serde_json::json!({})).await?;
+/// let leased = engine.lease("worker-1", &["send-email".to_owned()], 10, Duration::from_secs(1)).await?;
+/// assert_eq!(leased[0].id, run.id);
+/// assert_eq!(leased[0].attempt, 1);
+/// engine.complete(&run.id, None, None).await?;
+/// # Ok(()) }
+/// ```
+pub struct Engine<S: Store + 'static = MemoryStore> {
+    inner: Arc<Inner<S>>,
+}
+
+struct Inner<S: Store> {
+    limiter: Limiter<S>,
+    state: Mutex<QueueState>,
+    /// Woken when runs become ready (lease long-polls wait on it).
+    ready: Notify,
+    /// Woken when a timer may have moved earlier.
+    timer: Arc<Notify>,
+    db: Option<Db>,
+}
+
+impl<S: Store> Drop for Inner<S> {
+    fn drop(&mut self) {
+        // Lets the timer task notice the engine is gone.
+        self.timer.notify_one();
+    }
+}
+
+impl<S: Store + 'static> Clone for Engine<S> {
+    fn clone(&self) -> Self {
+        Engine {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+type Commit = std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+
+impl<S: Store + 'static> Engine<S> {
+    /// An engine that keeps everything in memory.
+    pub fn in_memory(limiter: Limiter<S>) -> Engine<S> {
+        Engine::build(limiter, None)
+    }
+
+    fn build(limiter: Limiter<S>, db: Option<Db>) -> Engine<S> {
+        let prefix = format!("{:x}-", limiter.now().as_nanos() / 1_000);
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                limiter,
+                state: Mutex::new(QueueState::new(prefix)),
+                ready: Notify::new(),
+                timer: Arc::new(Notify::new()),
+                db,
+            }),
+        };
+        spawn_timer(
+            Arc::downgrade(&engine.inner),
+            Arc::clone(&engine.inner.timer),
+        );
+        engine
+    }
+
+    /// An engine persisting to `db`, restored from what it held: limits, tasks, and runs —
+    /// queued and parked runs re-queue in their original order, leased runs keep their lease,
+    /// and the units that runs consumed are replayed into the limiter at the times they were
+    /// consumed, so limiter state after a restart is exactly what those runs left.
+    ///
+    /// # Errors
+    /// A stored limit or task that no longer compiles.
+    pub fn with_db(limiter: Limiter<S>, db: Db, loaded: Loaded) -> Result<Engine<S>, Error> {
+        for (key, spec) in &loaded.limits {
+            let limit = spec
+                .to_limit()
+                .map_err(|e| Error::Spec(e.within(&format!("limits[{key}]"))))?;
+            limiter.upsert(key, limit)?;
+        }
+        let engine = Engine::build(limiter, Some(db));
+        {
+            let mut st = engine.inner.state.lock();
+            for (name, spec) in loaded.tasks {
+                let task = engine.compile(&name, spec)?;
+                st.tasks.insert(name, Arc::new(task));
+            }
+            let mut consumed: Vec<&Run> = loaded
+                .runs
+                .iter()
+                .filter(|r| r.consumed_at.is_some())
+                .collect();
+            consumed.sort_by_key(|r| (r.consumed_at, r.seq));
+            let now = engine.inner.limiter.now();
+            let store = engine.inner.limiter.store();
+            for run in consumed {
+                replay(store, run, now);
+            }
+            for run in loaded.runs {
+                st.restore(run);
+            }
+        }
+        engine.inner.timer.notify_one();
+        Ok(engine)
+    }
+
+    /// The limiter.
+    pub fn limiter(&self) -> &Limiter<S> {
+        &self.inner.limiter
+    }
+
+    fn compile(&self, name: &str, spec: TaskSpec) -> Result<Task, Error> {
+        let limiter = &self.inner.limiter;
+        Task::compile(name, spec, &|key| {
+            limiter.get(key).ok().flatten().map(|i| i.limit)
+        })
+        .map_err(Error::Spec)
+    }
+
+    /// Runs `f` on the queue under its lock, journals what changed (in order), waits for the
+    /// commit, then wakes lease waiters and the timer.
+    async fn mutate<T>(
+        &self,
+        writes: Vec<Write>,
+        f: impl FnOnce(&mut QueueState, Nanos, &dyn Store) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let (out, commit, ready, earlier) = {
+            let mut st = self.inner.state.lock();
+            let now = self.inner.limiter.now();
+            let before = st.next_deadline();
+            let out = f(&mut st, now, self.inner.limiter.store());
+            let after = st.next_deadline();
+            // Only a deadline that moved earlier needs the timer task to re-plan its sleep.
+            let earlier = matches!((before, after), (None, Some(_)))
+                || matches!((before, after), (Some(b), Some(a)) if a < b);
+            let mut all = writes;
+            all.extend(
+                st.drain_dirty()
+                    .into_iter()
+                    .map(|r| Write::PutRun(Box::new(r))),
+            );
+            let ready = std::mem::take(&mut st.became_ready);
+            (out, self.journal(all, now), ready, earlier)
+        };
+        if let Some(commit) = commit {
+            commit.await?;
+        }
+        if ready {
+            self.inner.ready.notify_waiters();
+        }
+        if earlier {
+            self.inner.timer.notify_one();
+        }
+        out
+    }
+
+    fn journal(&self, writes: Vec<Write>, now: Nanos) -> Option<Commit> {
+        match (&self.inner.db, writes.is_empty()) {
+            (Some(db), false) => Some(Box::pin(db.submit(writes, now))),
+            _ => None,
+        }
+    }
+
+    /// Declares or redefines static limit `key` (usage kept), durably.
+    ///
+    /// # Errors
+    /// [`Error::Spec`] for a bad definition; [`Error::InvalidKey`]; store failures.
+    pub async fn put_limit(&self, key: &str, spec: LimitSpec) -> Result<Limit, Error> {
+        let limit = spec.to_limit().map_err(Error::Spec)?;
+        crate::error::check_key(key)?;
+        let canonical = LimitSpec::from_limit(&limit);
+        let limiter = self.inner.limiter.clone();
+        let write = Write::PutLimit {
+            key: key.to_owned(),
+            spec: canonical,
+        };
+        self.mutate(vec![write], move |_, _, _| limiter.upsert(key, limit))
+            .await?;
+        Ok(limit)
+    }
+
+    /// Removes static limit `key`. Returns whether it existed.
+    ///
+    /// # Errors
+    /// [`Error::LimitInUse`] while a task names it as a `static_key`.
+    pub async fn remove_limit(&self, key: &str) -> Result<bool, Error> {
+        crate::error::check_key(key)?;
+        let users: Vec<String> = self
+            .tasks()
+            .iter()
+            .filter(|t| {
+                t.spec
+                    .rate_limits
+                    .iter()
+                    .any(|r| r.static_key.as_deref() == Some(key))
+            })
+            .map(|t| t.name.clone())
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::LimitInUse {
+                key: key.to_owned(),
+                tasks: users,
+            });
+        }
+        let limiter = self.inner.limiter.clone();
+        let write = Write::DeleteLimit {
+            key: key.to_owned(),
+        };
+        self.mutate(vec![write], move |_, _, _| limiter.remove(key))
+            .await
+    }
+
+    /// Defines or redefines task `name`. Runs already enqueued keep the limits rendered for them.
+    ///
+    /// # Errors
+    /// [`Error::Spec`] naming the field: a bad CEL expression, an unknown static key, ….
+    pub async fn put_task(&self, name: &str, spec: TaskSpec) -> Result<Arc<Task>, Error> {
+        check_name(name)?;
+        let task = Arc::new(self.compile(name, spec.clone())?);
+        let write = Write::PutTask {
+            name: name.to_owned(),
+            spec,
+        };
+        let t = Arc::clone(&task);
+        self.mutate(vec![write], move |st, _, _| {
+            st.tasks.insert(t.name.clone(), t);
+            Ok(())
+        })
+        .await?;
+        Ok(task)
+    }
+
+    /// Task `name`.
+    pub fn task(&self, name: &str) -> Option<Arc<Task>> {
+        self.inner.state.lock().tasks.get(name).cloned()
+    }
+
+    /// Every task, by name.
+    pub fn tasks(&self) -> Vec<Arc<Task>> {
+        let st = self.inner.state.lock();
+        let sorted: BTreeMap<&String, &Arc<Task>> = st.tasks.iter().collect();
+        sorted.into_values().cloned().collect()
+    }
+
+    /// Enqueues a run of `task`; answers once it is durable.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTask`]; [`Error::Expression`] when a CEL expression cannot be
+    /// evaluated for this input (never an unlimited run); store failures.
+    pub async fn enqueue(
+        &self,
+        task: &str,
+        input: Value,
+        additional_metadata: Value,
+    ) -> Result<RunView, Error> {
+        self.mutate(Vec::new(), |st, now, store| {
+            let id = st.enqueue(task, input, additional_metadata, None, now, store)?;
+            Ok(RunView::from(&st.runs[&id]))
+        })
+        .await
+    }
+
+    /// Enqueues one run of every task triggered by event `name`, with `data` as input.
+    ///
+    /// # Errors
+    /// [`Error::Expression`] for a run whose expressions fail (no run of the event is kept
+    /// then); store failures.
+    pub async fn emit(
+        &self,
+        name: &str,
+        data: Value,
+        additional_metadata: Value,
+    ) -> Result<Vec<RunView>, Error> {
+        self.mutate(Vec::new(), |st, now, store| {
+            let mut names: Vec<String> = st
+                .tasks
+                .values()
+                .filter(|t| t.triggers.iter().any(|t| t == name))
+                .map(|t| t.name.clone())
+                .collect();
+            names.sort();
+            let event = serde_json::json!({"name": name, "data": data});
+            let mut out = Vec::new();
+            for task in names {
+                let id = st.enqueue(
+                    &task,
+                    data.clone(),
+                    additional_metadata.clone(),
+                    Some(event.clone()),
+                    now,
+                    store,
+                )?;
+                out.push(RunView::from(&st.runs[&id]));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Leases up to `max` runs of `tasks` for `worker_id`. Returns as soon as it holds at least
+    /// one run; waits up to `wait` only while it has none, woken when a run becomes ready.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn lease(
+        &self,
+        worker_id: &str,
+        tasks: &[String],
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<LeasedRun>, Error> {
+        let max = max.clamp(1, MAX_LEASE_BATCH);
+        let deadline = Instant::now() + wait;
+        loop {
+            let notified = self.inner.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let leased = self
+                .mutate(Vec::new(), |st, now, store| {
+                    let ids = st.lease(worker_id, tasks, max, now, store);
+                    Ok(ids
+                        .iter()
+                        .map(|id| LeasedRun::from(&st.runs[id]))
+                        .collect::<Vec<_>>())
+                })
+                .await?;
+            if !leased.is_empty() || Instant::now() >= deadline {
+                return Ok(leased);
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// Extends a running run's lease; returns the new expiry. `attempt`, when given, must be
+    /// the run's current attempt (a worker whose lease lapsed cannot touch the next attempt).
+    ///
+    /// # Errors
+    /// [`Error::UnknownRun`]; [`Error::InvalidState`] when the run is not running.
+    pub async fn heartbeat(&self, id: &str, attempt: Option<u32>) -> Result<RunView, Error> {
+        self.mutate(Vec::new(), |st, now, _| {
+            st.heartbeat(id, attempt, now)?;
+            Ok(RunView::from(&st.runs[id]))
+        })
+        .await
+    }
+
+    /// Marks a running run succeeded.
+    ///
+    /// # Errors
+    /// As [`Engine::heartbeat`].
+    pub async fn complete(
+        &self,
+        id: &str,
+        attempt: Option<u32>,
+        output: Option<Value>,
+    ) -> Result<RunView, Error> {
+        self.mutate(Vec::new(), |st, now, _| {
+            st.complete(id, attempt, output, now)?;
+            Ok(RunView::from(&st.runs[id]))
+        })
+        .await
+    }
+
+    /// Records a failure: with `retry`, requeued while attempts remain; otherwise failed.
+    ///
+    /// # Errors
+    /// As [`Engine::heartbeat`].
+    pub async fn fail(
+        &self,
+        id: &str,
+        attempt: Option<u32>,
+        error: String,
+        retry: bool,
+    ) -> Result<RunView, Error> {
+        self.mutate(Vec::new(), |st, now, _| {
+            st.fail_run(id, attempt, error, retry, now)?;
+            Ok(RunView::from(&st.runs[id]))
+        })
+        .await
+    }
+
+    /// Hands a running run back without counting an attempt (graceful worker shutdown).
+    ///
+    /// # Errors
+    /// As [`Engine::heartbeat`].
+    pub async fn release(&self, id: &str, attempt: Option<u32>) -> Result<RunView, Error> {
+        self.mutate(Vec::new(), |st, now, store| {
+            st.release(id, attempt, now, store)?;
+            Ok(RunView::from(&st.runs[id]))
+        })
+        .await
+    }
+
+    /// Cancels a run that has not ended.
+    ///
+    /// # Errors
+    /// [`Error::UnknownRun`]; [`Error::InvalidState`] for an ended run.
+    pub async fn cancel(&self, id: &str) -> Result<RunView, Error> {
+        self.mutate(Vec::new(), |st, now, store| {
+            st.cancel(id, now, store)?;
+            Ok(RunView::from(&st.runs[id]))
+        })
+        .await
+    }
+
+    /// Run `id`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownRun`].
+    pub fn run(&self, id: &str) -> Result<RunView, Error> {
+        let st = self.inner.state.lock();
+        st.runs
+            .get(id)
+            .map(RunView::from)
+            .ok_or_else(|| Error::UnknownRun { id: id.to_owned() })
+    }
+
+    /// Runs, newest first, optionally of one task and/or in one state; at most `limit`.
+    pub fn runs(&self, task: Option<&str>, state: Option<RunState>, limit: usize) -> Vec<RunView> {
+        let st = self.inner.state.lock();
+        let mut runs: Vec<&Run> = st
+            .runs
+            .values()
+            .filter(|r| task.is_none_or(|t| r.task == t) && state.is_none_or(|s| r.state == s))
+            .collect();
+        runs.sort_by_key(|r| std::cmp::Reverse(r.seq));
+        runs.into_iter().take(limit).map(RunView::from).collect()
+    }
+
+    /// Runs per task and state.
+    pub fn depth(&self) -> Vec<(String, RunState, u64)> {
+        let mut out: Vec<_> = self
+            .inner
+            .state
+            .lock()
+            .depth()
+            .into_iter()
+            .map(|((t, s), n)| (t, s, n))
+            .collect();
+        out.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+        out
+    }
+
+    /// Flushes everything and records a clean shutdown (SQLite); call before exiting.
+    pub async fn close(&self) {
+        if let Some(db) = &self.inner.db {
+            db.close(self.inner.limiter.now()).await;
+        }
+    }
+}
+
+/// Re-applies the units `run` consumed, at the time it consumed them, where they still count.
+fn replay(store: &dyn Store, run: &Run, now: Nanos) {
+    let Some(at) = run.consumed_at else { return };
+    let entries: Vec<AcquireEntry<'_>> = run
+        .rendered
+        .rate
+        .iter()
+        .filter_map(|r| r.entry().ok())
+        .filter(|e| still_counts(store, e, at, now))
+        .collect();
+    if !entries.is_empty() {
+        // A denial here means the limit was lowered since: usage is then already at or over the
+        // new limit through earlier replays, which is what counts.
+        let _ = store.acquire(&entries, at);
+    }
+}
+
+/// Whether `units` consumed at `at` would still be counted at `now` by the entry's limit.
+fn still_counts(store: &dyn Store, e: &AcquireEntry<'_>, at: Nanos, now: Nanos) -> bool {
+    let limit = match e.target {
+        crate::store::Target::Dynamic(_, l) => Some(l),
+        crate::store::Target::Static(k) => match store.get_limit(k, at) {
+            Ok(Some(info)) => match info.limit {
+                Limit::Rate(r) => Some(r),
+                _ => None,
+            },
+            _ => None,
+        },
+    };
+    let Some(limit) = limit else { return false };
+    let units = NonZeroU32::new(e.units).unwrap_or(NonZeroU32::MIN);
+    limit
+        .decide(None, at, units)
+        .ok()
+        .and_then(|o| o.state)
+        .is_some_and(|s| s.fresh_at() > now)
+}
+
+fn check_name(name: &str) -> Result<(), Error> {
+    crate::error::check_key(name).map_err(|_| Error::InvalidName {
+        name: name.chars().take(64).collect(),
+    })
+}
+
+fn spawn_timer<S: Store + 'static>(engine: Weak<Inner<S>>, timer: Arc<Notify>) {
+    tokio::spawn(async move {
+        loop {
+            let notified = timer.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let sleep_for = {
+                let Some(inner) = engine.upgrade() else {
+                    return;
+                };
+                let e = Engine { inner };
+                let woke = e.mutate(Vec::new(), |st, now, store| {
+                    st.process_due(now, store);
+                    Ok(st.next_deadline().map(|t| t - now))
+                });
+                match woke.await {
+                    Ok(next) => next,
+                    // The journal failed: try again shortly rather than spin.
+                    Err(_) => Some(Nanos::from_millis(100)),
+                }
+            };
+            match sleep_for {
+                Some(d) => {
+                    tokio::select! {
+                        () = &mut notified => {}
+                        () = tokio::time::sleep(d.as_duration()) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    });
+}

@@ -1,0 +1,224 @@
+//! [`Run`]: one execution request of a task, and its lifecycle states.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tollgate_core::Nanos;
+
+use crate::task::Rendered;
+
+/// Where a run is in its life (DESIGN §3): `queued → running → succeeded | failed`, with
+/// `waiting` (parked on a limit) between `queued` and `running`; `skipped` and `cancelled` end it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Ready to be leased.
+    Queued,
+    /// Parked until a limit allows it (`waiting_on`, `eligible_at`).
+    Waiting,
+    /// Leased by a worker.
+    Running,
+    /// Completed.
+    Succeeded,
+    /// Failed for good (attempts exhausted, a non-retried failure, or an impossible limit).
+    Failed,
+    /// Never ran: over its limits under `on_limit: skip`, or a duplicate.
+    Skipped,
+    /// Cancelled before it finished.
+    Cancelled,
+}
+
+impl RunState {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Waiting => "waiting",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Skipped => "skipped",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the run has ended.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Skipped | RunState::Cancelled
+        )
+    }
+
+    /// Every state, in lifecycle order.
+    pub const ALL: [RunState; 7] = [
+        RunState::Queued,
+        RunState::Waiting,
+        RunState::Running,
+        RunState::Succeeded,
+        RunState::Failed,
+        RunState::Skipped,
+        RunState::Cancelled,
+    ];
+}
+
+impl std::str::FromStr for RunState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RunState, String> {
+        RunState::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown run state {s:?}: expected one of queued, waiting, running, succeeded, failed, skipped, cancelled"))
+    }
+}
+
+/// One run, as the queue keeps and persists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// Opaque id.
+    pub id: String,
+    /// Enqueue order (FIFO ties are broken by it).
+    pub seq: u64,
+    /// The task's name.
+    pub task: String,
+    /// Lifecycle state.
+    pub state: RunState,
+    /// The run's input.
+    pub input: Value,
+    /// Caller-supplied metadata.
+    pub additional_metadata: Value,
+    /// The event that triggered the run, if any (`{"name", "data"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Value>,
+    /// 1-based; goes up by one at each lease. 0 before the first lease.
+    pub attempt: u32,
+    /// Attempts allowed (lease expiries count).
+    pub max_attempts: u32,
+    /// Limits and concurrency keys rendered at enqueue.
+    pub rendered: Rendered,
+    /// The key a waiting (or skipped) run is held by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_on: Option<String>,
+    /// When a waiting run may start (for rate limits; unknown for concurrency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eligible_at: Option<Nanos>,
+    /// Why a run was skipped (`rate_limited`, `duplicate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_reason: Option<String>,
+    /// The last failure's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What a successful run returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    /// When it was enqueued.
+    pub created_at: Nanos,
+    /// When its state last changed.
+    pub updated_at: Nanos,
+    /// When its rate units were last consumed (rebuilding limiter state after a restart
+    /// replays these).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumed_at: Option<Nanos>,
+    /// Its rate units are consumed for the coming (or current) attempt.
+    #[serde(default)]
+    pub reserved: bool,
+    /// Concurrency keys whose slot this run holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<String>,
+    /// When the current lease lapses unless renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<Nanos>,
+    /// Who holds the lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+}
+
+/// A run as the HTTP API shows it: times in epoch milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunView {
+    /// Opaque id.
+    pub id: String,
+    /// The task's name.
+    pub task: String,
+    /// Lifecycle state.
+    pub state: RunState,
+    /// The run's input.
+    pub input: Value,
+    /// Caller-supplied metadata.
+    pub additional_metadata: Value,
+    /// Current attempt (0 before the first lease).
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// The key a waiting run is held by.
+    pub waiting_on: Option<String>,
+    /// When a waiting run becomes eligible.
+    pub eligible_at_ms: Option<u64>,
+    /// Why it was skipped.
+    pub skip_reason: Option<String>,
+    /// The last failure.
+    pub error: Option<String>,
+    /// The result of a successful run.
+    pub output: Option<Value>,
+    /// Enqueue time.
+    pub created_at_ms: u64,
+    /// Last state change.
+    pub updated_at_ms: u64,
+    /// When a running run's lease lapses.
+    pub lease_expires_at_ms: Option<u64>,
+    /// The worker holding it.
+    pub worker_id: Option<String>,
+}
+
+impl From<&Run> for RunView {
+    fn from(r: &Run) -> RunView {
+        RunView {
+            id: r.id.clone(),
+            task: r.task.clone(),
+            state: r.state,
+            input: r.input.clone(),
+            additional_metadata: r.additional_metadata.clone(),
+            attempt: r.attempt,
+            max_attempts: r.max_attempts,
+            waiting_on: r.waiting_on.clone(),
+            // Instants round up too: a worker that waits until eligible_at_ms is never early.
+            eligible_at_ms: r.eligible_at.map(Nanos::as_millis_ceil),
+            skip_reason: r.skip_reason.clone(),
+            error: r.error.clone(),
+            output: r.output.clone(),
+            created_at_ms: r.created_at.as_millis_floor(),
+            updated_at_ms: r.updated_at.as_millis_floor(),
+            lease_expires_at_ms: r.lease_expires_at.map(Nanos::as_millis_floor),
+            worker_id: r.worker_id.clone(),
+        }
+    }
+}
+
+/// A run handed to a worker by a lease call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeasedRun {
+    /// Opaque id.
+    pub id: String,
+    /// The task's name.
+    pub task: String,
+    /// The run's input.
+    pub input: Value,
+    /// Caller-supplied metadata.
+    pub additional_metadata: Value,
+    /// This attempt, 1-based.
+    pub attempt: u32,
+    /// When the lease lapses unless the worker heartbeats.
+    pub lease_expires_at_ms: u64,
+}
+
+impl From<&Run> for LeasedRun {
+    fn from(r: &Run) -> LeasedRun {
+        LeasedRun {
+            id: r.id.clone(),
+            task: r.task.clone(),
+            input: r.input.clone(),
+            additional_metadata: r.additional_metadata.clone(),
+            attempt: r.attempt,
+            lease_expires_at_ms: r.lease_expires_at.map_or(0, Nanos::as_millis_floor),
+        }
+    }
+}

@@ -1,0 +1,884 @@
+//! The admission queue's state machine: ready queues per task, parked FIFOs per key with one
+//! timer per key (its head's `eligible_at`), running leases by expiry, and concurrency slots.
+//!
+//! Everything here is synchronous and runs under the queue's one mutex, with `now` passed in;
+//! the async shell in `mod.rs` owns timers, long-polls and durability.
+//!
+//! Scheduling rules (DESIGN §3):
+//! - A run that cannot start is parked on the key that denied it, at the back of that key's
+//!   FIFO. Only the head of a key's FIFO holds a timer; when it fires, the head is tried first
+//!   and *reserves* what it needs (its rate units are consumed for it), then the next head is
+//!   tried, until one is denied and becomes the timed head. N runs parked on one key never wake
+//!   together, and a 5-unit run is not starved by a stream of 1-unit runs.
+//! - A run needing a key whose FIFO is not empty queues behind it without trying, so newcomers
+//!   cannot overtake parked runs.
+//! - Concurrency slots are taken at lease and held until the run ends or its lease lapses; a
+//!   freed slot goes to the head of that key's FIFO (reserved for it).
+//! - Parked runs sit in no ready queue, hold no worker slot and consume no attempt.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::Value;
+use tollgate_core::{Nanos, Period};
+
+use super::run::{Run, RunState};
+use crate::error::Error;
+use crate::store::{AcquireEntry, Store};
+use crate::task::{OnLimit, RenderError, RunContext, Task};
+
+/// What a parked run waits on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum WaitKey {
+    /// A rate limit key (static or dynamic namespace).
+    Rate { dynamic: bool, key: String },
+    /// A concurrency key.
+    Concurrency(String),
+}
+
+impl WaitKey {
+    fn name(&self) -> &str {
+        match self {
+            WaitKey::Rate { key, .. } | WaitKey::Concurrency(key) => key,
+        }
+    }
+}
+
+/// Result of trying to start (or reserve) a run.
+enum Admission {
+    Admitted,
+    Parked(WaitKey, Option<Nanos>),
+    Failed(String),
+}
+
+#[derive(Default)]
+struct TaskQueue {
+    /// Runs woken from a key's FIFO or handed back: served before `normal`.
+    first: VecDeque<String>,
+    /// Runs in enqueue order.
+    normal: VecDeque<String>,
+}
+
+/// The whole queue.
+#[derive(Default)]
+pub(crate) struct QueueState {
+    pub(crate) runs: HashMap<String, Run>,
+    pub(crate) tasks: HashMap<String, Arc<Task>>,
+    ready: HashMap<String, TaskQueue>,
+    parked: HashMap<WaitKey, VecDeque<String>>,
+    timers: BinaryHeap<Reverse<(Nanos, WaitKey)>>,
+    leases: BinaryHeap<Reverse<(Nanos, String)>>,
+    /// Concurrency slots held, by key.
+    live: HashMap<String, u32>,
+    /// Idempotency keys seen, by (task, key), with when they stop counting.
+    seen: HashMap<(String, String), Nanos>,
+    seen_sweep_at: usize,
+    next_seq: u64,
+    pub(crate) id_prefix: String,
+    dirty: Vec<String>,
+    /// Set when runs became ready: lease waiters should look.
+    pub(crate) became_ready: bool,
+}
+
+fn entries(run: &Run) -> Result<Vec<AcquireEntry<'_>>, String> {
+    run.rendered
+        .rate
+        .iter()
+        .map(|r| {
+            r.entry()
+                .map_err(|e| format!("invalid limit for key {:?}: {e}", r.key))
+        })
+        .collect()
+}
+
+impl QueueState {
+    pub(crate) fn new(id_prefix: String) -> QueueState {
+        QueueState {
+            id_prefix,
+            seen_sweep_at: 1024,
+            ..QueueState::default()
+        }
+    }
+
+    fn touch(&mut self, id: &str, now: Nanos) {
+        if let Some(r) = self.runs.get_mut(id) {
+            r.updated_at = now;
+        }
+        self.dirty.push(id.to_owned());
+    }
+
+    /// Runs changed since the last call, for the journal.
+    pub(crate) fn drain_dirty(&mut self) -> Vec<Run> {
+        let mut ids = std::mem::take(&mut self.dirty);
+        ids.sort_unstable();
+        ids.dedup();
+        ids.iter()
+            .filter_map(|id| self.runs.get(id).cloned())
+            .collect()
+    }
+
+    /// The earliest instant something is due (a parked head's timer or a lease expiry).
+    pub(crate) fn next_deadline(&self) -> Option<Nanos> {
+        let t = self.timers.peek().map(|Reverse((t, _))| *t);
+        let l = self.leases.peek().map(|Reverse((t, _))| *t);
+        match (t, l) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn run(&self, id: &str) -> Result<&Run, Error> {
+        self.runs
+            .get(id)
+            .ok_or_else(|| Error::UnknownRun { id: id.to_owned() })
+    }
+
+    fn task_of(&self, run: &Run) -> Option<Arc<Task>> {
+        self.tasks.get(&run.task).cloned()
+    }
+
+    // ---- enqueue -------------------------------------------------------------------------
+
+    /// Creates a run of `task`. Expression errors reject it; everything else is stored.
+    pub(crate) fn enqueue(
+        &mut self,
+        task_name: &str,
+        input: Value,
+        additional_metadata: Value,
+        event: Option<Value>,
+        now: Nanos,
+        store: &dyn Store,
+    ) -> Result<String, Error> {
+        let task = self
+            .tasks
+            .get(task_name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTask {
+                name: task_name.to_owned(),
+            })?;
+        let ctx = RunContext {
+            input: &input,
+            additional_metadata: &additional_metadata,
+            event: event.as_ref(),
+        };
+        let (rendered, failure) = match task.render(&ctx) {
+            Ok(r) => (r, None),
+            Err(RenderError::Expression {
+                field,
+                source_text,
+                message,
+            }) => {
+                return Err(Error::Expression {
+                    field,
+                    source_text,
+                    message,
+                });
+            }
+            Err(RenderError::InsufficientCapacity {
+                field,
+                key,
+                units,
+                capacity,
+            }) => (
+                Default::default(),
+                Some(format!(
+                    "insufficient_capacity: {field} asks {units} units of key {key:?}, which holds at most {capacity}"
+                )),
+            ),
+        };
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        let id = format!("{}{seq:x}", self.id_prefix);
+        let mut run = Run {
+            id: id.clone(),
+            seq,
+            task: task.name.clone(),
+            state: RunState::Queued,
+            input,
+            additional_metadata,
+            event,
+            attempt: 0,
+            max_attempts: task.max_attempts,
+            rendered,
+            waiting_on: None,
+            eligible_at: None,
+            skip_reason: None,
+            error: None,
+            output: None,
+            created_at: now,
+            updated_at: now,
+            consumed_at: None,
+            reserved: false,
+            held: Vec::new(),
+            lease_expires_at: None,
+            worker_id: None,
+        };
+        if let Some(reason) = failure {
+            run.state = RunState::Failed;
+            run.error = Some(reason);
+        } else if let Some(key) = run.rendered.idempotency_key.clone() {
+            self.sweep_seen(now);
+            let k = (task.name.clone(), key);
+            if self.seen.get(&k).is_some_and(|until| *until > now) {
+                run.state = RunState::Skipped;
+                run.skip_reason = Some("duplicate".into());
+                run.waiting_on = Some(k.1.clone());
+            } else {
+                let period = task
+                    .idempotency_period()
+                    .map_or(Nanos::ZERO, Period::as_nanos);
+                self.seen.insert(k, now + period);
+            }
+        }
+        if run.state == RunState::Queued
+            && task.on_limit == OnLimit::Skip
+            && !run.rendered.rate.is_empty()
+        {
+            // Skip policy: limits are consumed now; an over-limit run never runs.
+            match entries(&run).map(|e| store.acquire(&e, now)) {
+                Ok(Ok(a)) if a.allowed => {
+                    run.reserved = true;
+                    run.consumed_at = Some(now);
+                }
+                Ok(Ok(a)) => {
+                    let i = a.first_denied().unwrap_or(0);
+                    run.state = RunState::Skipped;
+                    run.skip_reason = Some("rate_limited".into());
+                    run.waiting_on = run.rendered.rate.get(i).map(|r| r.key.clone());
+                }
+                Ok(Err(e)) if e.is_transient() => return Err(e),
+                Ok(Err(e)) => {
+                    run.state = RunState::Failed;
+                    run.error = Some(e.to_string());
+                }
+                Err(reason) => {
+                    run.state = RunState::Failed;
+                    run.error = Some(reason);
+                }
+            }
+        }
+        if run.state == RunState::Queued {
+            self.ready
+                .entry(run.task.clone())
+                .or_default()
+                .normal
+                .push_back(id.clone());
+            self.became_ready = true;
+        }
+        self.runs.insert(id.clone(), run);
+        self.dirty.push(id.clone());
+        Ok(id)
+    }
+
+    fn sweep_seen(&mut self, now: Nanos) {
+        if self.seen.len() >= self.seen_sweep_at {
+            self.seen.retain(|_, until| *until > now);
+            self.seen_sweep_at = (self.seen.len() * 2).max(1024);
+        }
+    }
+
+    /// Restores a run loaded from the journal, re-queueing what was queued or waiting (in
+    /// enqueue order, so parked runs park again in their original FIFO order).
+    pub(crate) fn restore(&mut self, mut run: Run) {
+        self.next_seq = self.next_seq.max(run.seq);
+        let id = run.id.clone();
+        match run.state {
+            RunState::Queued | RunState::Waiting => {
+                run.state = RunState::Queued;
+                run.waiting_on = None;
+                run.eligible_at = None;
+                for k in &run.held {
+                    *self.live.entry(k.clone()).or_default() += 1;
+                }
+                self.ready
+                    .entry(run.task.clone())
+                    .or_default()
+                    .normal
+                    .push_back(id.clone());
+                self.became_ready = true;
+            }
+            RunState::Running => {
+                for k in &run.held {
+                    *self.live.entry(k.clone()).or_default() += 1;
+                }
+                if let Some(t) = run.lease_expires_at {
+                    self.leases.push(Reverse((t, id.clone())));
+                }
+            }
+            _ => {}
+        }
+        if let (Some(key), Some(period)) = (
+            run.rendered.idempotency_key.clone(),
+            self.tasks
+                .get(&run.task)
+                .and_then(|t| t.idempotency_period()),
+        ) && run.skip_reason.as_deref() != Some("duplicate")
+        {
+            let until = run.created_at + period.as_nanos();
+            let e = self.seen.entry((run.task.clone(), key)).or_insert(until);
+            *e = (*e).max(until);
+        }
+        self.runs.insert(id, run);
+    }
+
+    // ---- admission -----------------------------------------------------------------------
+
+    /// Tries to start run `id` now: concurrency first (nothing consumed when full), then rate
+    /// units (unless already reserved), then takes its slots.
+    fn admit(&mut self, id: &str, now: Nanos, store: &dyn Store) -> Admission {
+        let Some(run) = self.runs.get(id) else {
+            return Admission::Failed("run vanished".into());
+        };
+        let Some(task) = self.task_of(run) else {
+            return Admission::Failed(format!("task {:?} is no longer defined", run.task));
+        };
+        let rate_due =
+            !run.reserved && task.on_limit == OnLimit::Requeue && !run.rendered.rate.is_empty();
+        if rate_due {
+            // FIFO per key: queue behind runs already parked on any of our keys.
+            for r in &run.rendered.rate {
+                let k = WaitKey::Rate {
+                    dynamic: r.dynamic.is_some(),
+                    key: r.key.clone(),
+                };
+                if let Some(q) = self.parked.get(&k)
+                    && !q.is_empty()
+                {
+                    let eta = q
+                        .front()
+                        .and_then(|h| self.runs.get(h))
+                        .and_then(|h| h.eligible_at);
+                    return Admission::Parked(k, eta);
+                }
+            }
+        }
+        for c in &run.rendered.concurrency {
+            if run.held.contains(&c.key) {
+                continue;
+            }
+            let k = WaitKey::Concurrency(c.key.clone());
+            let queued = self.parked.get(&k).is_some_and(|q| !q.is_empty());
+            if queued || self.live.get(&c.key).copied().unwrap_or(0) >= c.limit {
+                return Admission::Parked(k, None);
+            }
+        }
+        if rate_due {
+            let result = match entries(run) {
+                Ok(e) => store.acquire(&e, now),
+                Err(reason) => return Admission::Failed(reason),
+            };
+            match result {
+                Ok(a) if a.allowed => {
+                    let run = self
+                        .runs
+                        .get_mut(id)
+                        .unwrap_or_else(|| unreachable!("checked above"));
+                    run.reserved = true;
+                    run.consumed_at = Some(now);
+                }
+                Ok(a) => {
+                    let i = a.first_denied().unwrap_or(0);
+                    let r = &run.rendered.rate[i];
+                    let k = WaitKey::Rate {
+                        dynamic: r.dynamic.is_some(),
+                        key: r.key.clone(),
+                    };
+                    return Admission::Parked(k, Some(now + a.decisions[i].retry_after));
+                }
+                Err(e) => return Admission::Failed(e.to_string()),
+            }
+        }
+        let run = self
+            .runs
+            .get_mut(id)
+            .unwrap_or_else(|| unreachable!("checked above"));
+        let wanted: Vec<String> = run
+            .rendered
+            .concurrency
+            .iter()
+            .map(|c| c.key.clone())
+            .filter(|k| !run.held.contains(k))
+            .collect();
+        for k in wanted {
+            *self.live.entry(k.clone()).or_default() += 1;
+            run.held.push(k);
+        }
+        Admission::Admitted
+    }
+
+    fn park(&mut self, id: &str, key: WaitKey, eta: Option<Nanos>, now: Nanos) {
+        if matches!(key, WaitKey::Concurrency(_)) {
+            // Never hold one slot while waiting for another (no hold-and-wait deadlock).
+            self.release_slots(id, now);
+        }
+        if let Some(run) = self.runs.get_mut(id) {
+            run.state = RunState::Waiting;
+            run.waiting_on = Some(key.name().to_owned());
+            run.eligible_at = eta;
+        }
+        let q = self.parked.entry(key.clone()).or_default();
+        q.push_back(id.to_owned());
+        if q.len() == 1
+            && let Some(t) = eta
+        {
+            self.timers.push(Reverse((t, key)));
+        }
+        self.touch(id, now);
+    }
+
+    fn make_ready_first(&mut self, id: &str, now: Nanos) {
+        if let Some(run) = self.runs.get_mut(id) {
+            run.state = RunState::Queued;
+            run.waiting_on = None;
+            run.eligible_at = None;
+            let task = run.task.clone();
+            self.ready
+                .entry(task)
+                .or_default()
+                .first
+                .push_back(id.to_owned());
+            self.became_ready = true;
+        }
+        self.touch(id, now);
+    }
+
+    fn fail(&mut self, id: &str, reason: String, now: Nanos) {
+        self.release_slots(id, now);
+        if let Some(run) = self.runs.get_mut(id) {
+            run.state = RunState::Failed;
+            run.error = Some(reason);
+            run.waiting_on = None;
+            run.eligible_at = None;
+            run.lease_expires_at = None;
+            run.reserved = false;
+        }
+        self.touch(id, now);
+    }
+
+    /// Frees the concurrency slots run `id` holds and hands each to the head of its FIFO.
+    fn release_slots(&mut self, id: &str, now: Nanos) {
+        let held = match self.runs.get_mut(id) {
+            Some(r) => std::mem::take(&mut r.held),
+            None => return,
+        };
+        for k in held {
+            if let Some(n) = self.live.get_mut(&k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.live.remove(&k);
+                }
+            }
+            self.wake_concurrency(&k, now);
+        }
+    }
+
+    /// Hands free slots of concurrency key `key` to the runs at the head of its FIFO.
+    fn wake_concurrency(&mut self, key: &str, now: Nanos) {
+        let wk = WaitKey::Concurrency(key.to_owned());
+        loop {
+            let Some(id) = self.parked.get(&wk).and_then(|q| q.front().cloned()) else {
+                self.parked.remove(&wk);
+                return;
+            };
+            let Some(run) = self.runs.get(&id) else {
+                self.pop_parked(&wk);
+                continue;
+            };
+            if run.state != RunState::Waiting || run.waiting_on.as_deref() != Some(key) {
+                self.pop_parked(&wk);
+                continue;
+            }
+            let limit = run
+                .rendered
+                .concurrency
+                .iter()
+                .find(|c| c.key == key)
+                .map_or(0, |c| c.limit);
+            if self.live.get(key).copied().unwrap_or(0) >= limit {
+                return;
+            }
+            self.pop_parked(&wk);
+            *self.live.entry(key.to_owned()).or_default() += 1;
+            if let Some(run) = self.runs.get_mut(&id) {
+                run.held.push(key.to_owned());
+            }
+            self.make_ready_first(&id, now);
+        }
+    }
+
+    fn pop_parked(&mut self, key: &WaitKey) {
+        if let Some(q) = self.parked.get_mut(key) {
+            q.pop_front();
+            if q.is_empty() {
+                self.parked.remove(key);
+            }
+        }
+    }
+
+    /// A rate key's timer fired: reserve for its head, then the next, until one is denied.
+    fn wake_rate(&mut self, key: &WaitKey, now: Nanos, store: &dyn Store) {
+        loop {
+            let Some(id) = self.parked.get(key).and_then(|q| q.front().cloned()) else {
+                self.parked.remove(key);
+                return;
+            };
+            let valid = self.runs.get(&id).is_some_and(|r| {
+                r.state == RunState::Waiting && r.waiting_on.as_deref() == Some(key.name())
+            });
+            if !valid {
+                self.pop_parked(key);
+                continue;
+            }
+            let run = &self.runs[&id];
+            if run.reserved {
+                // Already holds its units (parked on concurrency before, then re-parked).
+                self.pop_parked(key);
+                self.make_ready_first(&id, now);
+                continue;
+            }
+            let result = match entries(run) {
+                Ok(e) => store.acquire(&e, now),
+                Err(reason) => {
+                    self.pop_parked(key);
+                    self.fail(&id, reason, now);
+                    continue;
+                }
+            };
+            match result {
+                Ok(a) if a.allowed => {
+                    self.pop_parked(key);
+                    if let Some(run) = self.runs.get_mut(&id) {
+                        run.reserved = true;
+                        run.consumed_at = Some(now);
+                    }
+                    self.make_ready_first(&id, now);
+                }
+                Ok(a) => {
+                    let i = a.first_denied().unwrap_or(0);
+                    let r = &run.rendered.rate[i];
+                    let denied = WaitKey::Rate {
+                        dynamic: r.dynamic.is_some(),
+                        key: r.key.clone(),
+                    };
+                    let eta = now + a.decisions[i].retry_after;
+                    if denied == *key {
+                        if let Some(run) = self.runs.get_mut(&id) {
+                            run.eligible_at = Some(eta);
+                        }
+                        self.touch(&id, now);
+                        self.timers.push(Reverse((eta, key.clone())));
+                        return;
+                    }
+                    self.pop_parked(key);
+                    self.park(&id, denied, Some(eta), now);
+                }
+                Err(e) if e.is_transient() => {
+                    // The store is unreachable: try this head again shortly.
+                    self.timers
+                        .push(Reverse((now + Nanos::from_millis(100), key.clone())));
+                    return;
+                }
+                Err(e) => {
+                    self.pop_parked(key);
+                    self.fail(&id, e.to_string(), now);
+                }
+            }
+        }
+    }
+
+    /// Fires due timers and lease expiries.
+    pub(crate) fn process_due(&mut self, now: Nanos, store: &dyn Store) {
+        while let Some(Reverse((t, _))) = self.timers.peek() {
+            if *t > now {
+                break;
+            }
+            let Some(Reverse((_, key))) = self.timers.pop() else {
+                break;
+            };
+            self.wake_rate(&key, now, store);
+        }
+        while let Some(Reverse((t, _))) = self.leases.peek() {
+            if *t > now {
+                break;
+            }
+            let Some(Reverse((t, id))) = self.leases.pop() else {
+                break;
+            };
+            let expired = self
+                .runs
+                .get(&id)
+                .is_some_and(|r| r.state == RunState::Running && r.lease_expires_at == Some(t));
+            if expired {
+                self.expire(&id, now);
+            }
+        }
+    }
+
+    fn expire(&mut self, id: &str, now: Nanos) {
+        self.release_slots(id, now);
+        let Some(run) = self.runs.get_mut(id) else {
+            return;
+        };
+        run.reserved = false;
+        run.lease_expires_at = None;
+        run.worker_id = None;
+        if run.attempt >= run.max_attempts {
+            let reason = format!(
+                "lease expired on attempt {} of {}: the worker stopped heartbeating",
+                run.attempt, run.max_attempts
+            );
+            self.fail(id, reason, now);
+        } else {
+            run.error = Some(format!("lease expired on attempt {}", run.attempt));
+            self.make_ready_first(id, now);
+        }
+    }
+
+    // ---- worker operations ---------------------------------------------------------------
+
+    /// Leases up to `max` runs of `tasks`, taking one per task in turn.
+    pub(crate) fn lease(
+        &mut self,
+        worker_id: &str,
+        tasks: &[String],
+        max: usize,
+        now: Nanos,
+        store: &dyn Store,
+    ) -> Vec<String> {
+        self.process_due(now, store);
+        let mut out = Vec::new();
+        let mut exhausted = vec![false; tasks.len()];
+        while out.len() < max && exhausted.iter().any(|e| !e) {
+            for (i, task) in tasks.iter().enumerate() {
+                if out.len() >= max || exhausted[i] {
+                    continue;
+                }
+                match self.next_admitted(task, now, store) {
+                    Some(id) => {
+                        self.start(&id, worker_id, now);
+                        out.push(id);
+                    }
+                    None => exhausted[i] = true,
+                }
+            }
+        }
+        out
+    }
+
+    fn next_admitted(&mut self, task: &str, now: Nanos, store: &dyn Store) -> Option<String> {
+        loop {
+            let q = self.ready.get_mut(task)?;
+            let id = q.first.pop_front().or_else(|| q.normal.pop_front())?;
+            if self
+                .runs
+                .get(&id)
+                .is_none_or(|r| r.state != RunState::Queued)
+            {
+                continue;
+            }
+            match self.admit(&id, now, store) {
+                Admission::Admitted => return Some(id),
+                Admission::Parked(key, eta) => self.park(&id, key, eta, now),
+                Admission::Failed(reason) => self.fail(&id, reason, now),
+            }
+        }
+    }
+
+    fn start(&mut self, id: &str, worker_id: &str, now: Nanos) {
+        let timeout = self
+            .runs
+            .get(id)
+            .and_then(|r| self.task_of(r))
+            .map_or(Nanos::from_secs(30), |t| t.lease_timeout.as_nanos());
+        if let Some(run) = self.runs.get_mut(id) {
+            run.state = RunState::Running;
+            run.attempt += 1;
+            run.worker_id = Some(worker_id.to_owned());
+            let until = now + timeout;
+            run.lease_expires_at = Some(until);
+            self.leases.push(Reverse((until, id.to_owned())));
+        }
+        self.touch(id, now);
+    }
+
+    fn running(&self, id: &str, attempt: Option<u32>, action: &'static str) -> Result<(), Error> {
+        let run = self.run(id)?;
+        if run.state != RunState::Running || attempt.is_some_and(|a| a != run.attempt) {
+            return Err(Error::InvalidState {
+                id: id.to_owned(),
+                state: run.state.as_str(),
+                action,
+            });
+        }
+        Ok(())
+    }
+
+    /// Extends a running run's lease by its task's lease timeout.
+    pub(crate) fn heartbeat(
+        &mut self,
+        id: &str,
+        attempt: Option<u32>,
+        now: Nanos,
+    ) -> Result<Nanos, Error> {
+        self.running(id, attempt, "heartbeat")?;
+        let timeout = self
+            .runs
+            .get(id)
+            .and_then(|r| self.task_of(r))
+            .map_or(Nanos::from_secs(30), |t| t.lease_timeout.as_nanos());
+        let until = now + timeout;
+        if let Some(run) = self.runs.get_mut(id) {
+            run.lease_expires_at = Some(until);
+        }
+        self.leases.push(Reverse((until, id.to_owned())));
+        self.touch(id, now);
+        Ok(until)
+    }
+
+    /// Marks a running run succeeded.
+    pub(crate) fn complete(
+        &mut self,
+        id: &str,
+        attempt: Option<u32>,
+        output: Option<Value>,
+        now: Nanos,
+    ) -> Result<(), Error> {
+        self.running(id, attempt, "complete")?;
+        self.release_slots(id, now);
+        if let Some(run) = self.runs.get_mut(id) {
+            run.state = RunState::Succeeded;
+            run.output = output;
+            run.error = None;
+            run.reserved = false;
+            run.lease_expires_at = None;
+        }
+        self.touch(id, now);
+        Ok(())
+    }
+
+    /// Records a failure; requeues when `retry` and attempts remain.
+    pub(crate) fn fail_run(
+        &mut self,
+        id: &str,
+        attempt: Option<u32>,
+        error: String,
+        retry: bool,
+        now: Nanos,
+    ) -> Result<RunState, Error> {
+        self.running(id, attempt, "fail")?;
+        let run = &self.runs[id];
+        if retry && run.attempt < run.max_attempts {
+            self.release_slots(id, now);
+            if let Some(run) = self.runs.get_mut(id) {
+                run.error = Some(error);
+                run.reserved = false;
+                run.lease_expires_at = None;
+                run.worker_id = None;
+                run.state = RunState::Queued;
+                let task = run.task.clone();
+                self.ready
+                    .entry(task)
+                    .or_default()
+                    .normal
+                    .push_back(id.to_owned());
+                self.became_ready = true;
+            }
+            self.touch(id, now);
+            Ok(RunState::Queued)
+        } else {
+            self.fail(id, error, now);
+            Ok(RunState::Failed)
+        }
+    }
+
+    /// Hands a running run back without counting the attempt; its rate units are refunded.
+    pub(crate) fn release(
+        &mut self,
+        id: &str,
+        attempt: Option<u32>,
+        now: Nanos,
+        store: &dyn Store,
+    ) -> Result<(), Error> {
+        self.running(id, attempt, "release")?;
+        self.release_slots(id, now);
+        self.refund(id, now, store);
+        if let Some(run) = self.runs.get_mut(id) {
+            run.attempt = run.attempt.saturating_sub(1);
+            run.lease_expires_at = None;
+            run.worker_id = None;
+        }
+        self.make_ready_first(id, now);
+        Ok(())
+    }
+
+    fn refund(&mut self, id: &str, now: Nanos, store: &dyn Store) {
+        let Some(run) = self.runs.get(id) else { return };
+        let requeue = self
+            .task_of(run)
+            .is_some_and(|t| t.on_limit == OnLimit::Requeue);
+        if run.reserved && requeue {
+            if let Ok(e) = entries(run) {
+                // A failed refund only leaves the units counted: conservative.
+                let _ = store.refund(&e, now);
+            }
+            if let Some(run) = self.runs.get_mut(id) {
+                run.reserved = false;
+                run.consumed_at = None;
+            }
+        }
+    }
+
+    /// Cancels a run that has not ended.
+    pub(crate) fn cancel(&mut self, id: &str, now: Nanos, store: &dyn Store) -> Result<(), Error> {
+        let run = self.run(id)?;
+        if run.state.is_final() {
+            return Err(Error::InvalidState {
+                id: id.to_owned(),
+                state: run.state.as_str(),
+                action: "cancel",
+            });
+        }
+        let was = run.state;
+        let parked_on = run.waiting_on.clone();
+        if was != RunState::Running {
+            self.refund(id, now, store);
+        }
+        self.release_slots(id, now);
+        if let Some(run) = self.runs.get_mut(id) {
+            run.state = RunState::Cancelled;
+            run.lease_expires_at = None;
+            run.waiting_on = None;
+            run.eligible_at = None;
+        }
+        self.touch(id, now);
+        if was == RunState::Waiting
+            && let Some(name) = parked_on
+        {
+            // If it was a head, the next run must get the key's timer.
+            let keys: Vec<WaitKey> = self
+                .parked
+                .iter()
+                .filter(|(k, q)| k.name() == name && q.front().is_some_and(|h| h == id))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in keys {
+                self.pop_parked(&k);
+                match &k {
+                    WaitKey::Rate { .. } => self.timers.push(Reverse((now, k))),
+                    WaitKey::Concurrency(key) => self.wake_concurrency(key, now),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How many runs each task has in each state.
+    pub(crate) fn depth(&self) -> HashMap<(String, RunState), u64> {
+        let mut out = HashMap::new();
+        for r in self.runs.values() {
+            *out.entry((r.task.clone(), r.state)).or_default() += 1;
+        }
+        out
+    }
+}
