@@ -1,0 +1,16 @@
+//! `GET /healthz`: liveness.
+
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use crate::state::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new().route("/healthz", get(healthz))
+}
+
+/// `200 {"status": "ok"}` while the server accepts requests.
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}

@@ -1,0 +1,145 @@
+//! Declared (static) limits: `PUT/GET/DELETE /v1/limits/{key}` and `GET /v1/limits`.
+//!
+//! A limit is answered as its key, its namespace, its canonical definition (the fields of
+//! [`LimitSpec`], defaults filled in) and its live state:
+//! ```json
+//! {"key": "stripe-api", "namespace": "static", "algorithm": "gcra", "limit": 10,
+//!  "period": "1s", "burst": 5, "used": 2, "remaining": 3, "reset_after_ms": 200}
+//! ```
+//! For a concurrency limit `used` counts the live leases, and `reset_after_ms` is `null`.
+//! The listing also shows the dynamic keys that have state (`"namespace": "dynamic"`).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use tollgate::core::Limit;
+use tollgate::{LimitInfo, LimitSpec, Namespace, StateView};
+
+use crate::api::{duration_ms, validate_key};
+use crate::error::ApiError;
+use crate::extract::{JsonBody, Segment};
+use crate::state::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/limits", get(list))
+        .route("/v1/limits/{key}", get(get_one).put(put).delete(remove))
+}
+
+/// One limit with its live state.
+#[derive(Debug, Serialize)]
+pub(crate) struct LimitView {
+    key: String,
+    namespace: &'static str,
+    #[serde(flatten)]
+    definition: LimitSpec,
+    used: u64,
+    remaining: u64,
+    reset_after_ms: Option<u64>,
+}
+
+impl From<LimitInfo> for LimitView {
+    fn from(info: LimitInfo) -> LimitView {
+        let (used, remaining, reset_after_ms) = match info.state {
+            StateView::Rate(u) => (u.used, u.remaining, Some(duration_ms(u.reset_after))),
+            StateView::Concurrency { live, limit } => (live, limit.saturating_sub(live), None),
+            StateView::Barrier(b) => (
+                u64::from(b.arrived),
+                u64::from(b.parties.saturating_sub(b.arrived)),
+                None,
+            ),
+        };
+        LimitView {
+            key: info.key,
+            namespace: namespace_name(info.namespace),
+            definition: LimitSpec::from_limit(&info.limit),
+            used,
+            remaining,
+            reset_after_ms,
+        }
+    }
+}
+
+fn namespace_name(ns: Namespace) -> &'static str {
+    match ns {
+        Namespace::Static => "static",
+        Namespace::Dynamic => "dynamic",
+        Namespace::Barrier => "barrier",
+    }
+}
+
+#[derive(Serialize)]
+struct Listing {
+    limits: Vec<LimitView>,
+}
+
+/// `GET /v1/limits`: every declared limit, then every dynamic key with state.
+async fn list(State(state): State<AppState>) -> Result<Json<Listing>, ApiError> {
+    let limits = state.limiter().list()?;
+    Ok(Json(Listing {
+        limits: limits.into_iter().map(LimitView::from).collect(),
+    }))
+}
+
+fn unknown(key: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_limit",
+        format!("no limit is declared under key {key:?}"),
+    )
+    .with_field("key")
+}
+
+/// `GET /v1/limits/{key}`.
+async fn get_one(
+    State(state): State<AppState>,
+    Segment(key): Segment,
+) -> Result<Json<LimitView>, ApiError> {
+    validate_key(&key, "key")?;
+    match state.limiter().get(&key)? {
+        Some(info) => Ok(Json(info.into())),
+        None => Err(unknown(&key)),
+    }
+}
+
+/// `PUT /v1/limits/{key}`: declares or redefines; usage is kept across a redefinition of the
+/// same kind. Answers the canonical limit with its live state.
+async fn put(
+    State(state): State<AppState>,
+    Segment(key): Segment,
+    JsonBody(spec): JsonBody<LimitSpec>,
+) -> Result<Json<LimitView>, ApiError> {
+    validate_key(&key, "key")?;
+    let limit = spec.to_limit()?;
+    if let Limit::Barrier(_) = limit {
+        // A barrier is a one-off meeting point with a lifetime, not a standing limit: it has
+        // its own routes, and a declared one could never be acquired or listed.
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "wrong_algorithm",
+            "barriers are created with POST /v1/barriers/{key}, not declared as limits",
+        )
+        .with_field("algorithm"));
+    }
+    state.limiter().upsert(&key, limit)?;
+    match state.limiter().get(&key)? {
+        Some(info) => Ok(Json(info.into())),
+        // Removed by a concurrent DELETE between the two calls.
+        None => Err(unknown(&key)),
+    }
+}
+
+/// `DELETE /v1/limits/{key}`: 204, or 404 `unknown_limit`.
+async fn remove(
+    State(state): State<AppState>,
+    Segment(key): Segment,
+) -> Result<StatusCode, ApiError> {
+    validate_key(&key, "key")?;
+    if state.limiter().remove(&key)? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(unknown(&key))
+    }
+}

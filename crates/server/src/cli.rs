@@ -1,0 +1,308 @@
+//! The command line: `tollgate serve`.
+//!
+//! Arguments go through two stages: parsing and validation ([`ServeArgs::validate`], no IO
+//! beyond looking at `--data-dir`), then resolution ([`ServeConfig::serve`]: logging, the
+//! runtime, binding, serving).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use tollgate::SystemClock;
+
+use crate::state::{AppState, MAX_WAIT, Settings, StoreErrorPolicy};
+
+/// Tollgate: decides when background jobs may start.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API.
+    Serve(ServeArgs),
+}
+
+/// `tollgate serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, HOST:PORT (port 0: any free port; the address bound is printed
+    /// on stdout as `listening on http://ADDR`).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "TOLLGATE_LISTEN",
+        default_value = "127.0.0.1:7070"
+    )]
+    pub listen: String,
+    /// Directory for durable data (SQLite). Reserved: this version keeps everything in memory.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "TOLLGATE_DATA_DIR",
+        default_value = "./tollgate-data"
+    )]
+    pub data_dir: PathBuf,
+    /// Keep everything in memory; nothing survives a restart.
+    #[arg(long, env = "TOLLGATE_MEMORY")]
+    pub memory: bool,
+    /// Largest request body: bytes, or with a suffix (512KiB, 1MiB, 2MB).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "TOLLGATE_MAX_BODY",
+        default_value = "1MiB",
+        value_parser = parse_size
+    )]
+    pub max_body: usize,
+    /// When the store is unreachable: `closed` answers 503 store_unavailable, `open` admits.
+    #[arg(
+        long,
+        value_name = "POLICY",
+        env = "TOLLGATE_ON_STORE_ERROR",
+        value_enum,
+        default_value_t = StoreErrorPolicy::Closed
+    )]
+    pub on_store_error: StoreErrorPolicy,
+}
+
+/// The largest `--max-body` accepted: 1 GiB.
+const MAX_BODY_LIMIT: u64 = 1 << 30;
+
+/// Parses a byte size: `1048576`, `512KiB`, `1MiB`, `2MB`, `1 gib` (binary suffixes are
+/// powers of 1024, decimal ones of 1000).
+///
+/// # Errors
+/// A message quoting the input, for clap to show.
+pub fn parse_size(input: &str) -> Result<usize, String> {
+    let s = input.trim();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, suffix) = s.split_at(digits_end);
+    let expected =
+        "expected a number of bytes with an optional suffix: B, KB, KiB, MB, MiB, GB, GiB";
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid size {input:?}: {expected}"))?;
+    let multiplier: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return Err(format!("invalid size {input:?}: {expected}")),
+    };
+    match number.checked_mul(multiplier) {
+        Some(n) if (1..=MAX_BODY_LIMIT).contains(&n) => {
+            usize::try_from(n).map_err(|_| format!("invalid size {input:?}: too large"))
+        }
+        _ => Err(format!(
+            "invalid size {input:?}: must be between 1 byte and 1GiB"
+        )),
+    }
+}
+
+/// Validated `serve` arguments.
+#[derive(Debug)]
+pub struct ServeConfig {
+    listen: String,
+    settings: Settings,
+}
+
+impl ServeArgs {
+    /// Checks the arguments without binding or creating anything.
+    ///
+    /// # Errors
+    /// `--listen` not `HOST:PORT`; `--data-dir` naming something that is not a directory.
+    pub fn validate(self) -> anyhow::Result<ServeConfig> {
+        let listen = self.listen.trim().to_owned();
+        if listen.parse::<SocketAddr>().is_err() {
+            let port_ok = listen
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                bail!("invalid --listen {listen:?}: expected HOST:PORT, e.g. 127.0.0.1:7070");
+            }
+        }
+        if !self.memory {
+            if self.data_dir.as_os_str().is_empty() {
+                bail!("--data-dir must not be empty");
+            }
+            if self.data_dir.exists() && !self.data_dir.is_dir() {
+                bail!(
+                    "--data-dir {} exists and is not a directory",
+                    self.data_dir.display()
+                );
+            }
+        }
+        Ok(ServeConfig {
+            listen,
+            settings: Settings {
+                max_body: self.max_body,
+                on_store_error: self.on_store_error,
+                max_wait: MAX_WAIT,
+            },
+        })
+    }
+}
+
+impl ServeConfig {
+    /// Binds, prints `listening on http://ADDR` on stdout, and serves until Ctrl-C or SIGTERM.
+    ///
+    /// # Errors
+    /// Binding or serving failed.
+    pub async fn serve(self) -> anyhow::Result<()> {
+        let listener = TcpListener::bind(&self.listen)
+            .await
+            .with_context(|| format!("binding {}", self.listen))?;
+        let addr = listener
+            .local_addr()
+            .context("reading the listening address")?;
+        // On stdout, one line, so scripts (and tests) can find a port chosen with `:0`.
+        println!("listening on http://{addr}");
+        let state = AppState::new(SystemClock::new(), self.settings);
+        crate::run(listener, state, shutdown_signal()).await
+    }
+}
+
+/// Completes at Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A second initialisation (tests calling `run` twice) is harmless to skip.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+impl Cli {
+    /// Runs the command.
+    ///
+    /// # Errors
+    /// Invalid arguments, or the server failing to start or serve.
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Serve(args) => {
+                let memory = args.memory;
+                let data_dir = args.data_dir.clone();
+                let config = args.validate()?;
+                init_tracing();
+                if !memory {
+                    tracing::warn!(
+                        data_dir = %data_dir.display(),
+                        "durable storage is not available in this version: keeping everything in memory"
+                    );
+                }
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting the async runtime")?;
+                runtime.block_on(config.serve())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_plain_bytes_and_suffixes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("1 mib"), Ok(1 << 20));
+        assert_eq!(parse_size("2MB"), Ok(2_000_000));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        for bad in ["", "0", "MiB", "1.5MiB", "-1", "1TiB", "2GiB", "12 apples"] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn serve_defaults_match_the_design() {
+        let cli = Cli::try_parse_from(["tollgate", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command;
+        assert_eq!(args.listen, "127.0.0.1:7070");
+        assert_eq!(args.data_dir, PathBuf::from("./tollgate-data"));
+        assert_eq!(args.max_body, 1 << 20);
+        assert_eq!(args.on_store_error, StoreErrorPolicy::Closed);
+    }
+
+    #[test]
+    fn serve_takes_every_flag() {
+        let cli = Cli::try_parse_from([
+            "tollgate",
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--memory",
+            "--max-body",
+            "512KiB",
+            "--on-store-error",
+            "open",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command;
+        assert!(args.memory);
+        assert_eq!(args.max_body, 512 << 10);
+        assert_eq!(args.on_store_error, StoreErrorPolicy::Open);
+        assert!(args.validate().is_ok());
+    }
+
+    #[test]
+    fn invalid_arguments_are_refused_before_anything_starts() {
+        assert!(Cli::try_parse_from(["tollgate", "serve", "--on-store-error", "maybe"]).is_err());
+        assert!(Cli::try_parse_from(["tollgate", "serve", "--max-body", "lots"]).is_err());
+        let parse = |args: &[&str]| {
+            let mut all = vec!["tollgate", "serve"];
+            all.extend_from_slice(args);
+            let Command::Serve(a) = Cli::try_parse_from(all).unwrap().command;
+            a.validate()
+        };
+        assert!(parse(&["--listen", "7070"]).is_err());
+        assert!(parse(&["--listen", "localhost:7070"]).is_ok());
+        // A file is not a data directory.
+        let e = parse(&["--data-dir", "Cargo.toml"]).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        assert!(parse(&["--data-dir", "Cargo.toml", "--memory"]).is_ok());
+    }
+}

@@ -1,0 +1,95 @@
+//! Tollgate's server: the HTTP API that workers in any language share, and the `tollgate`
+//! binary around it.
+//!
+//! The API is JSON over HTTP/1.1. Errors are `{"error": {"code", "message", "field"?}}` with a
+//! stable `code` (see [`ApiError`]). A denial is not an error: `POST /v1/acquire` answers
+//! `200` with `"allowed": false` and a `retry_after_ms`, never `429`, so that a client reads
+//! one shape whatever the outcome (the `RateLimit-*` and `Retry-After` headers are there for
+//! generic HTTP tooling).
+//!
+//! Serving on a port of the caller's choosing, with its own clock and shutdown signal:
+//! ```no_run
+//! # async fn serve() -> anyhow::Result<()> {
+//! use tollgate::SystemClock;
+//! use tollgate_server::{AppState, Settings};
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7070").await?;
+//! let state = AppState::new(SystemClock::new(), Settings::default());
+//! tollgate_server::run(listener, state, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await
+//! # }
+//! ```
+//!
+//! # Routes
+//! | route | what |
+//! | --- | --- |
+//! | `GET /healthz` | liveness |
+//! | `PUT/GET/DELETE /v1/limits/{key}`, `GET /v1/limits` | declared limits with live state |
+//! | `POST /v1/acquire`, `POST /v1/acquire/batch` | atomic multi-key decisions, optional `wait_ms` (capped at [`MAX_WAIT`]) |
+//! | `POST /v1/leases`, `POST /v1/leases/{id}/renew`, `DELETE /v1/leases/{id}` | concurrency leases with self-describing ids |
+//! | `POST/GET /v1/barriers/{key}`, `POST /v1/barriers/{key}/wait` | barriers |
+//!
+//! # Layout
+//! - [`cli`]: `tollgate serve`, parsed, then validated, then resolved (binding, runtime).
+//! - [`AppState`] and [`Settings`]: what every handler shares (limiter, clock, limits).
+//! - [`ApiError`]: engine and input errors mapped to a status and a stable code.
+//! - `extract`: the JSON body extractor (size limit before reading, field paths in errors).
+//! - `api`: one module per area, each with its own `routes()`; [`app`] merges them.
+
+mod api;
+pub mod cli;
+mod error;
+mod extract;
+mod state;
+
+use std::future::Future;
+
+use anyhow::Context;
+use axum::Router;
+
+pub use error::ApiError;
+pub use state::{AppState, DEFAULT_MAX_BODY, MAX_WAIT, Settings, StoreErrorPolicy};
+
+/// The whole HTTP API over `state`: a plain router, so tests and embedders can drive it
+/// without a socket.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(api::health::routes())
+        .merge(api::limits::routes())
+        .merge(api::acquire::routes())
+        .merge(api::leases::routes())
+        .merge(api::barriers::routes())
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .with_state(state)
+}
+
+/// Serves [`app`] on `listener` until `shutdown` completes, then stops accepting, ends the
+/// waits in flight early (each answers with its current decision) and returns once every
+/// open request has been answered.
+///
+/// # Errors
+/// The listener failing.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener
+        .local_addr()
+        .context("reading the listening address")?;
+    tracing::info!(%addr, "serving the HTTP API");
+    let router = app(state.clone());
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: answering the requests in flight");
+            // Long waits (acquire `wait_ms`, barrier waits) would otherwise hold the
+            // shutdown for up to their full length.
+            state.begin_shutdown();
+        })
+        .await
+        .context("serving HTTP")
+}

@@ -1,0 +1,125 @@
+//! [`AppState`]: what every handler shares.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tollgate::core::Nanos;
+use tollgate::{Clock, Limiter, MemoryStore};
+
+/// The default `--max-body`: 1 MiB.
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+
+/// The longest an acquire (`wait_ms`) or barrier wait (`timeout_ms`) may hold a request:
+/// longer asks are cut to this. A client that wants to wait longer asks again; a proxy or load
+/// balancer between it and us would likely time out a longer request anyway.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// What to answer when the store is unreachable (`--on-store-error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StoreErrorPolicy {
+    /// Answer 503 `store_unavailable` with `"transient": true` (the default): never admit
+    /// what was not counted.
+    #[default]
+    Closed,
+    /// Answer acquires as if allowed, so that an outage of the store does not stop the jobs.
+    Open,
+}
+
+/// The server's tunables.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The largest request body, in bytes (`--max-body`).
+    pub max_body: usize,
+    /// What to do when the store fails transiently (`--on-store-error`).
+    pub on_store_error: StoreErrorPolicy,
+    /// The cap on `wait_ms` and barrier `timeout_ms`.
+    pub max_wait: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            max_body: DEFAULT_MAX_BODY,
+            on_store_error: StoreErrorPolicy::Closed,
+            max_wait: MAX_WAIT,
+        }
+    }
+}
+
+/// Shared by every handler; cheap to clone.
+///
+/// Holds the [`Limiter`] (in-memory store for now) and the clock it reads: tests inject a
+/// [`tollgate::FakeClock`] or a [`tollgate::TokioClock`] under paused tokio time.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    limiter: Limiter,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+    /// `true` once the server is shutting down: long waits answer at once.
+    shutdown: watch::Sender<bool>,
+    /// Lease ids are `<key part>.<node>-<seq>`: `node` is random per process, so ids issued
+    /// by several nodes sharing one store do not collide.
+    lease_node: u64,
+    lease_seq: AtomicU64,
+}
+
+impl AppState {
+    /// A state with an in-memory limiter reading `clock`.
+    pub fn new(clock: impl Clock + 'static, settings: Settings) -> AppState {
+        let clock: Arc<dyn Clock> = Arc::new(clock);
+        let limiter = Limiter::with_store(MemoryStore::new(), Arc::clone(&clock));
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(clock.now().as_nanos());
+        h.write_u32(std::process::id());
+        AppState {
+            inner: Arc::new(Shared {
+                limiter,
+                clock,
+                settings,
+                shutdown: watch::Sender::new(false),
+                lease_node: h.finish(),
+                lease_seq: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The limiter behind the API (for embedding and tests).
+    pub fn limiter(&self) -> &Limiter {
+        &self.inner.limiter
+    }
+
+    /// The current time on the server's clock.
+    pub fn now(&self) -> Nanos {
+        self.inner.clock.now()
+    }
+
+    /// The settings this state was made with.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Makes every wait in flight, and every later one, answer at once.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// Completes once [`AppState::begin_shutdown`] has been called.
+    pub(crate) async fn shutting_down(&self) {
+        let mut rx = self.inner.shutdown.subscribe();
+        // The sender lives in `self`, so `wait_for` cannot fail by the sender being dropped.
+        let _ = rx.wait_for(|down| *down).await;
+    }
+
+    /// A lease id suffix unique across this process and, with high probability, across nodes.
+    pub(crate) fn next_lease_suffix(&self) -> String {
+        let seq = self.inner.lease_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}-{seq:x}", self.inner.lease_node)
+    }
+}

@@ -1,0 +1,148 @@
+//! A server started in-process on a free port, driven over real HTTP like a worker would.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::net::SocketAddr;
+
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tollgate::core::Nanos;
+use tollgate::{Clock, FakeClock};
+use tollgate_server::{AppState, Settings};
+
+/// 2023-11-14T22:13:20Z: an epoch-anchored start, as the production clock has.
+pub const START: Nanos = Nanos::from_secs(1_700_000_000);
+
+pub fn fake_clock() -> FakeClock {
+    FakeClock::new(START)
+}
+
+/// An answer: status, JSON body (`Null` when empty), headers.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub headers: HeaderMap,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The error code of an error answer.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    pub async fn start(clock: impl Clock + 'static) -> Server {
+        Server::with_settings(clock, Settings::default()).await
+    }
+
+    pub async fn with_settings(clock: impl Clock + 'static, settings: Settings) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free loopback port");
+        let addr = listener.local_addr().expect("a bound address");
+        let state = AppState::new(clock, settings);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(tollgate_server::run(listener, state.clone(), async {
+            let _ = stopped.await;
+        }));
+        Server {
+            addr,
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            state,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task)
+            .await
+            .expect("the server task did not panic")
+            .expect("run() returned Ok");
+    }
+
+    async fn answer(request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.expect("the server answers");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("the body arrives");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+        };
+        Answer {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        Server::answer(self.client.get(self.url(path))).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Answer {
+        Server::answer(self.client.delete(self.url(path))).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Answer {
+        Server::answer(self.client.put(self.url(path)).json(&body)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        Server::answer(self.client.post(self.url(path)).json(&body)).await
+    }
+
+    /// A request with a raw body and no `Content-Type`, as a careless client sends it.
+    pub async fn send(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method name");
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.body(body.to_owned());
+        }
+        Server::answer(request).await
+    }
+
+    /// Writes `request` on a fresh connection and reads until the server closes it.
+    pub async fn raw(&self, request: &[u8]) -> String {
+        let mut conn = TcpStream::connect(self.addr)
+            .await
+            .expect("the server accepts");
+        conn.write_all(request)
+            .await
+            .expect("the request is written");
+        let mut out = Vec::new();
+        // The server closes the connection after a 413; a reset after the answer is fine too.
+        let _ = conn.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
