@@ -1,0 +1,80 @@
+//! Tollgate's Redis store: limit definitions and limit state in Redis (or Valkey), so that
+//! many Tollgate nodes share every budget.
+//!
+//! [`RedisStore`] implements the engine's [`Store`](tollgate::Store): plug it into a
+//! [`Limiter`](tollgate::Limiter) and every node using the same Redis and prefix decides
+//! against the same state.
+//!
+//! ```no_run
+//! use tollgate::{AcquireEntry, Limiter, SystemClock};
+//! use tollgate_core::{Gcra, RateLimit};
+//! use tollgate_redis::RedisStore;
+//!
+//! let store = RedisStore::builder("redis://127.0.0.1:6380/").prefix("myapp").build()?;
+//! let limiter = Limiter::with_store(store, SystemClock::new());
+//! limiter.upsert("search-api", RateLimit::Gcra(Gcra::new("10/s".parse()?, 10)?))?;
+//! let decision = limiter.try_acquire(&[AcquireEntry::new("search-api", 3)])?;
+//! assert!(decision.allowed);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Guarantees
+//! - **One round trip per decision.** Each operation is one `EVALSHA` of a Lua script, loaded
+//!   once per server (and again after `NOSCRIPT`, e.g. a restart). An acquire naming several
+//!   keys reads every key's definition and state, decides each with the algorithm, and writes
+//!   only if all are admitted: all or nothing, however many keys.
+//! - **The core's arithmetic, in microseconds.** The scripts are a port of `tollgate-core`'s
+//!   algorithms (including how a state written under other parameters is converted, and that a
+//!   fresh state is no state), computing in integer microseconds because Lua numbers are
+//!   doubles. With times and periods in whole microseconds (and GCRA intervals and sliding
+//!   sub-bucket boundaries falling on whole microseconds) decisions equal the core's exactly;
+//!   the engine's conformance suite checks this. Otherwise durations are rounded up, so a
+//!   limit is never looser than declared; instants are truncated to the microsecond.
+//! - **One clock.** By default the scripts read Redis `TIME`, so nodes whose clocks disagree
+//!   still share one timeline; [`Builder::use_server_time`]`(false)` uses the `now` the
+//!   caller passes instead (tests).
+//! - **Bounded memory.** Every state key expires once its state is fresh again (plus
+//!   [`Builder::expiry_slack`]): millions of one-shot dynamic keys do not accumulate. Static
+//!   definitions never expire.
+//! - **Failures are errors, never panics.** An unreachable, slow or restarting server gives a
+//!   transient [`StoreError`](tollgate::StoreError) (`Error::is_transient()`), within the
+//!   connect and response timeouts (1 s each by default); the next request reconnects.
+//!   Messages never contain the URL's password.
+//!
+//! # Redis Cluster
+//! Every Redis key carries a hash tag (see *Layout*), so one Tollgate key's definition, state
+//! and leases always share a slot, and a script touching one key works in a cluster. A request
+//! naming several keys is atomic in a cluster **only when all its keys share a slot**: give
+//! them the same `{...}` part (`"{acct-42}:api"` and `"{acct-42}:user-7"`), exactly as with
+//! plain Redis keys; otherwise Redis refuses it (`CROSSSLOT`) rather than deciding it
+//! non-atomically. Concurrency leases and barriers touch one key each and always work.
+//! This crate connects to a single server (or a proxy in front of a cluster); `list_limits`
+//! scans only the server it is connected to.
+//!
+//! # Layout
+//! Every Redis key is `<prefix>:<kind>:{<tag>}:<key>`, where `<tag>` is the key's own non-empty
+//! `{...}` part if it has one, else the whole key (braces replaced):
+//!
+//! | kind | type | holds | expires |
+//! | --- | --- | --- | --- |
+//! | `def` | string | a static limit's definition | never |
+//! | `sr` / `dr` | string | static / dynamic rate state: `<spec>\|<state>` | once fresh |
+//! | `sl` / `dl` | ZSET | static / dynamic leases: lease id → expiry (µs) | with the last lease |
+//! | `sh` / `dh` | HASH | lease holders (`h:<id>`); for dynamic keys the last `spec` | with the last lease |
+//! | `b` | string | a barrier: `<parties> <arrived> <expires_at>` | at its expiry |
+//!
+//! Static and dynamic namespaces never meet: a dynamic key `"x"` never touches the static
+//! limit `"x"`. Specs and states are space-separated integers; `src/scripts/lib.lua` documents
+//! them.
+//!
+//! Source files: `store.rs` ([`RedisStore`], [`Builder`], the `Store` impl), `keys.rs` (key
+//! names), `spec.rs` (limits as specs), `conn.rs` (connection pool, error mapping, password
+//! redaction), `scripts/*.lua` (each opens with its `KEYS` and `ARGV`).
+
+mod conn;
+mod keys;
+mod scripts;
+mod spec;
+mod store;
+
+pub use store::{Builder, RedisStore};

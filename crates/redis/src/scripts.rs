@@ -1,0 +1,36 @@
+//! The Lua scripts, each prepended with `lib.lua` (the algorithms), loaded once per server and
+//! called with `EVALSHA` (reloaded on `NOSCRIPT`, e.g. after a restart, by [`redis::Script`]).
+
+use redis::Script;
+
+const LIB: &str = include_str!("scripts/lib.lua");
+
+pub(crate) struct Scripts {
+    pub(crate) acquire: Script,
+    pub(crate) refund: Script,
+    pub(crate) lease: Script,
+    pub(crate) barrier: Script,
+    pub(crate) put_limit: Script,
+    pub(crate) remove_limit: Script,
+    pub(crate) view_static: Script,
+    pub(crate) view_dynamic: Script,
+}
+
+fn with_lib(body: &str) -> Script {
+    Script::new(&format!("{LIB}\n{body}"))
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Scripts {
+        Scripts {
+            acquire: with_lib(include_str!("scripts/acquire.lua")),
+            refund: with_lib(include_str!("scripts/refund.lua")),
+            lease: with_lib(include_str!("scripts/lease.lua")),
+            barrier: with_lib(include_str!("scripts/barrier.lua")),
+            put_limit: with_lib(include_str!("scripts/put_limit.lua")),
+            remove_limit: with_lib(include_str!("scripts/remove_limit.lua")),
+            view_static: with_lib(include_str!("scripts/view_static.lua")),
+            view_dynamic: with_lib(include_str!("scripts/view_dynamic.lua")),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+-- acquire.lua: decides every key of one request at once; writes only if all are admitted.
+--
+-- KEYS[2i-1]  key i's guard: its definition (static keys, a string that never expires) or
+--             its lease set (dynamic keys, a ZSET: a dynamic key with live leases is not a
+--             rate limit)
+-- KEYS[2i]    key i's rate state ("<spec>|<state>", PEXPIRE'd once fresh, plus slack)
+-- ARGV[1]     now in µs since the Unix epoch, or "" to use Redis TIME
+-- ARGV[2]     expiry slack in ms, added to every PEXPIRE
+-- ARGV[3]     n: how many keys (distinct; the caller summed the units of entries naming one)
+-- ARGV[3i+1]  key i's namespace: "s" static (limit from KEYS[2i-1]) or "d" dynamic
+-- ARGV[3i+2]  key i's units
+-- ARGV[3i+3]  key i's limit spec for a dynamic key ("" for a static one)
+--
+-- Returns {allowed, then per key: allowed, limit, remaining, retry_after_ns, reset_after_ns},
+-- or {-1, i, code, detail} for the first key in order that cannot be decided:
+-- "unknown" (no static limit), "wrong" (detail: the algorithm found), "capacity" (detail: the
+-- most the limit admits at once), "corrupt".
+
+local now = clock(ARGV[1])
+local slack = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local limits, nexts, out = {}, {}, { 1 }
+for i = 1, n do
+  local ns, units, spec = ARGV[3 * i + 1], tonumber(ARGV[3 * i + 2]), ARGV[3 * i + 3]
+  local L, prior, err = resolve(i, ns, KEYS[2 * i - 1], KEYS[2 * i], spec, now)
+  if err then
+    return err
+  end
+  if units > capacity(L) then
+    return { -1, i, 'capacity', capacity(L) }
+  end
+  local d, s = decide(L, adopt(L, prior, now), now, units)
+  if d[1] == 0 then
+    out[1] = 0
+  end
+  limits[i], nexts[i] = L, s
+  for j = 1, 5 do
+    out[#out + 1] = d[j]
+  end
+end
+if out[1] == 1 then
+  for i = 1, n do
+    store_state(KEYS[2 * i], limits[i], nexts[i], now, slack)
+  end
+end
+return out

@@ -1,0 +1,677 @@
+-- lib.lua: the rate algorithms of tollgate-core, ported to integer microseconds. Prepended to
+-- every other script; it reads no KEYS and no ARGV itself.
+--
+-- Lua numbers are doubles. Every value here is a non-negative integer below 2^53 (an epoch
+-- instant in µs is about 2^51), and every product that could pass 2^53 (t·N, k·P, d·T) goes
+-- through mul_div, which never forms it. Numbers are written back with fmt(), never with
+-- tostring() or `..`, which keep only 14 significant digits.
+--
+-- A limit spec is the string the Rust side encodes (first token: the algorithm):
+--   "sw <limit> <period_ns> <precision> <period_us>"
+--   "fw <limit> <period_ns> <c|f> <period_us>"            c: clock-aligned, f: first use
+--   "gcra <limit> <period_ns> <burst> <interval_us>"
+--   "tb <limit> <period_ns> <capacity> <interval_us>"     token bucket: gcra, burst = capacity
+--   "conc <limit> <lease_ttl_ns> <lease_ttl_us>"          concurrency
+--   "bar <parties> <ttl_ns>"                              barrier
+-- A rate state is stored as "<spec of the limit that wrote it>|<state>", where state is
+--   sw: "<index> <units> <index> <units> ..." (non-empty buckets, ascending)
+--   fw: "<window_end> <used>"
+--   gcra, tb: "<tat_us> <tat_ns>" (tat = tat_us µs + tat_ns ns, tat_ns in 0..999)
+
+local function fmt(x)
+  return string.format('%.0f', x)
+end
+
+-- a - b saturating at zero, as Nanos subtraction does.
+local function sat(x)
+  if x < 0 then
+    return 0
+  end
+  return x
+end
+
+local MAX_TTL_MS = 3153600000000 -- 100 years: keeps PEXPIRE valid for absurd values
+
+-- Exact floor(a / b) and a mod b for integers 0 <= a, 0 < b.
+local function divmod(a, b)
+  local q = math.floor(a / b)
+  local r = a - q * b
+  while r < 0 do
+    q = q - 1
+    r = r + b
+  end
+  while r >= b do
+    q = q + 1
+    r = r - b
+  end
+  return q, r
+end
+
+-- Exact floor(a * b / c) and (a * b) mod c, without forming a * b: a is reduced mod c, then
+-- b's bits are shifted in one by one with a remainder kept below c. Needs c < 2^52 and a
+-- result below 2^53.
+local function mul_div(a, b, c)
+  local qa, ra = divmod(a, c)
+  local bits = {}
+  local m = b
+  while m > 0 do
+    local bit = m % 2
+    bits[#bits + 1] = bit
+    m = (m - bit) / 2
+  end
+  local q, r = 0, 0
+  for i = #bits, 1, -1 do
+    q = q * 2
+    r = r * 2
+    if r >= c then
+      q = q + 1
+      r = r - c
+    end
+    if bits[i] == 1 then
+      r = r + ra
+      if r >= c then
+        q = q + 1
+        r = r - c
+      end
+    end
+  end
+  return qa * b + q, r
+end
+
+local function split(s)
+  local t = {}
+  for w in string.gmatch(s, '%S+') do
+    t[#t + 1] = w
+  end
+  return t
+end
+
+-- The time to decide at: ARGV's µs, or Redis's own clock when it is "".
+local function clock(arg)
+  if arg == nil or arg == '' then
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  return tonumber(arg)
+end
+
+local function ttl_ms(fresh_at, now, slack_ms)
+  local ms = math.ceil(sat(fresh_at - now) / 1000) + slack_ms
+  if ms < 1 then
+    ms = 1
+  end
+  if ms > MAX_TTL_MS then
+    ms = MAX_TTL_MS
+  end
+  return ms
+end
+
+local function is_gcra(a)
+  return a == 'gcra' or a == 'tb'
+end
+
+local function is_rate(a)
+  return a == 'sw' or a == 'fw' or a == 'gcra' or a == 'tb'
+end
+
+-- The algorithm code of a spec (its first token).
+local function algo_of(spec)
+  return string.match(spec, '^(%S+)')
+end
+
+local function positive(x)
+  return x ~= nil and x >= 1
+end
+
+-- A rate limit from its spec, or nil when it is not one.
+local function parse_limit(spec)
+  if not spec then
+    return nil
+  end
+  local t = split(spec)
+  local L = { a = t[1], spec = spec, lim = tonumber(t[2]) }
+  if L.a == 'sw' then
+    L.prec = tonumber(t[4])
+    L.per = tonumber(t[5])
+    if not (positive(L.prec) and positive(L.per)) then
+      return nil
+    end
+  elseif L.a == 'fw' then
+    L.align = t[4]
+    L.per = tonumber(t[5])
+    if not positive(L.per) then
+      return nil
+    end
+  elseif is_gcra(L.a) then
+    L.burst = tonumber(t[4])
+    L.T = tonumber(t[5])
+    if not (positive(L.burst) and positive(L.T)) then
+      return nil
+    end
+  else
+    return nil
+  end
+  if not positive(L.lim) then
+    return nil
+  end
+  return L
+end
+
+-- A concurrency limit from its spec: { lim, ttl (µs) }, or nil.
+local function parse_conc(spec)
+  if not spec then
+    return nil
+  end
+  local t = split(spec)
+  if t[1] ~= 'conc' then
+    return nil
+  end
+  local C = { lim = tonumber(t[2]), ttl = tonumber(t[4]), spec = spec }
+  if not (positive(C.lim) and C.ttl) then
+    return nil
+  end
+  return C
+end
+
+local function capacity(L)
+  if is_gcra(L.a) then
+    return L.burst
+  end
+  return L.lim
+end
+
+---------------------------------------------------------------------------------------------
+-- sliding_window: bucket k covers [k·P/N, (k+1)·P/N); a request checks buckets b−N ..= b.
+
+local function sw_bucket_of(L, t)
+  return (mul_div(t, L.prec, L.per))
+end
+
+-- The bucket holding the instant just before t (the core's `t − 1ns`).
+local function sw_bucket_before(L, t)
+  local q, r = mul_div(t, L.prec, L.per)
+  if r == 0 and q > 0 then
+    return q - 1
+  end
+  return q
+end
+
+-- ⌈k·P/N⌉
+local function sw_bucket_start(L, k)
+  local q, r = mul_div(k, L.per, L.prec)
+  if r > 0 then
+    q = q + 1
+  end
+  return q
+end
+
+local function sw_expiry_of(L, k)
+  return sw_bucket_start(L, k + L.prec + 1)
+end
+
+local function sw_current(L, b, now)
+  local c = sw_bucket_of(L, now)
+  local last = b[#b]
+  if last and last[1] > c then
+    c = last[1]
+  end
+  return c
+end
+
+-- The buckets still counting at `current`, copied.
+local function sw_live(L, b, current)
+  local oldest = sat(current - L.prec)
+  local out = {}
+  for _, x in ipairs(b) do
+    if x[1] >= oldest then
+      out[#out + 1] = { x[1], x[2] }
+    end
+  end
+  return out
+end
+
+local function sw_decide(L, b, now, units)
+  b = b or {}
+  local current = sw_current(L, b, now)
+  local live = sw_live(L, b, current)
+  local used = 0
+  for _, x in ipairs(live) do
+    used = used + x[2]
+  end
+  if used + units <= L.lim then
+    local last = live[#live]
+    if last and last[1] == current then
+      last[2] = last[2] + units
+    else
+      live[#live + 1] = { current, units }
+    end
+    return { 1, L.lim, L.lim - used - units, 0, sat(sw_expiry_of(L, current) - now) }, live
+  end
+  -- Oldest buckets leave first; find the one whose departure frees enough.
+  local need = used + units - L.lim
+  local freed, retry = 0, nil
+  for _, x in ipairs(live) do
+    freed = freed + x[2]
+    if freed >= need then
+      retry = sat(sw_expiry_of(L, x[1]) - now)
+      break
+    end
+  end
+  local reset = 0
+  if #live > 0 then
+    reset = sat(sw_expiry_of(L, live[#live][1]) - now)
+  end
+  -- Unreachable while units <= limit (checked before deciding): every bucket leaves.
+  if retry == nil then
+    retry = MAX_TTL_MS * 1000
+  end
+  return { 0, L.lim, sat(L.lim - used), retry, reset }, nil
+end
+
+local function sw_usage(L, b, now)
+  b = b or {}
+  local live = sw_live(L, b, sw_current(L, b, now))
+  local used = 0
+  for _, x in ipairs(live) do
+    used = used + x[2]
+  end
+  local reset = 0
+  if #live > 0 then
+    reset = sat(sw_expiry_of(L, live[#live][1]) - now)
+  end
+  return L.lim, used, sat(L.lim - used), reset
+end
+
+local function sw_refund(L, b, now, units)
+  local live = sw_live(L, b, sw_current(L, b, now))
+  local left = units
+  while left > 0 and #live > 0 do
+    local last = live[#live]
+    local take = math.min(left, last[2])
+    last[2] = last[2] - take
+    left = left - take
+    if last[2] == 0 then
+      live[#live] = nil
+    end
+  end
+  if #live == 0 then
+    return nil
+  end
+  return live
+end
+
+-- Moves buckets kept under `old` onto L's. Each old bucket's units go to the new bucket
+-- holding the latest instant they can have been admitted at: the old bucket's last instant,
+-- but no later than now (unless the clock stepped back before the newest bucket began), so
+-- they never expire earlier than they would have, and never sit in a future bucket.
+local function sw_rebucket(L, old, b, now)
+  if old.per == L.per and old.prec == L.prec then
+    return b
+  end
+  local live = sw_live(old, b, sw_current(old, b, now))
+  local newest = live[#live]
+  if newest == nil then
+    return nil
+  end
+  local capped = now >= sw_bucket_start(old, newest[1])
+  -- The new bucket of min(last instant of old bucket k, latest).
+  local function index_of(k)
+    local next_start = sw_bucket_start(old, k + 1)
+    if capped and next_start > now then
+      return sw_bucket_of(L, now)
+    end
+    return sw_bucket_before(L, next_start)
+  end
+  local oldest = sat(sw_bucket_of(L, now) - L.prec)
+  local floor = sat(index_of(newest[1]) - L.prec)
+  local out = {}
+  for _, x in ipairs(live) do
+    local index = index_of(x[1])
+    if index >= oldest then
+      if index < floor then
+        index = floor
+      end
+      local last = out[#out]
+      if last and last[1] == index then
+        last[2] = last[2] + x[2]
+      else
+        out[#out + 1] = { index, x[2] }
+      end
+    end
+  end
+  if #out == 0 then
+    return nil
+  end
+  return out
+end
+
+---------------------------------------------------------------------------------------------
+-- fixed_window: state { window_end, used }.
+
+local function fw_window(L, s, now)
+  if s and now < s[1] then
+    return s[1], s[2]
+  end
+  if L.align == 'c' then
+    local q = divmod(now, L.per)
+    return (q + 1) * L.per, 0
+  end
+  return now + L.per, 0
+end
+
+local function fw_decide(L, s, now, units)
+  local e, used = fw_window(L, s, now)
+  local reset = sat(e - now)
+  if used + units <= L.lim then
+    return { 1, L.lim, L.lim - used - units, 0, reset }, { e, used + units }
+  end
+  -- A new, empty window opens exactly at its end.
+  return { 0, L.lim, sat(L.lim - used), reset, reset }, nil
+end
+
+local function fw_usage(L, s, now)
+  if s and now < s[1] then
+    return L.lim, s[2], sat(L.lim - s[2]), sat(s[1] - now)
+  end
+  return L.lim, 0, L.lim, 0
+end
+
+local function fw_refund(L, s, now, units)
+  if now >= s[1] then
+    return nil
+  end
+  local used = sat(s[2] - units)
+  if used > 0 then
+    return { s[1], used }
+  end
+  return nil
+end
+
+---------------------------------------------------------------------------------------------
+-- gcra (and token_bucket): state is the theoretical arrival time `tat`, kept as { µs, ns }
+-- with ns in 0..999: converting a state to another emission interval (rescale) gives an
+-- instant in nanoseconds, which the core keeps exactly, and so does this port.
+
+-- A duration of us µs + n ns as a decimal string of nanoseconds, zero when negative.
+local function dur(us, n)
+  if us < 0 then
+    return '0'
+  end
+  return fmt(us) .. string.format('%03d', n)
+end
+
+local function g_at_least_now(tat, now)
+  if tat == nil or tat[1] < now then
+    return { now, 0 }
+  end
+  return tat
+end
+
+-- ⌊(now + tolerance − tat) / T⌋, zero when negative.
+local function g_remaining_at(L, tat, now)
+  local head = now + L.T * L.burst - tat[1]
+  if head <= 0 then
+    return 0
+  end
+  local q, r = divmod(head, L.T)
+  if r == 0 and tat[2] > 0 then
+    return q - 1
+  end
+  return q
+end
+
+local function g_decide(L, tat, now, units)
+  tat = g_at_least_now(tat, now)
+  local tolerance = L.T * L.burst
+  local new_tat = { tat[1] + L.T * units, tat[2] }
+  local horizon = now + tolerance
+  if new_tat[1] < horizon or (new_tat[1] == horizon and new_tat[2] == 0) then
+    local d = { 1, L.burst, g_remaining_at(L, new_tat, now), '0', dur(new_tat[1] - now, new_tat[2]) }
+    return d, new_tat
+  end
+  -- Admitted exactly when new_tat − t = tolerance.
+  local d = {
+    0,
+    L.burst,
+    g_remaining_at(L, tat, now),
+    dur(new_tat[1] - tolerance - now, new_tat[2]),
+    dur(tat[1] - now, tat[2]),
+  }
+  return d, nil
+end
+
+local function g_usage(L, tat, now)
+  tat = g_at_least_now(tat, now)
+  local remaining = math.min(g_remaining_at(L, tat, now), L.burst)
+  return L.burst, L.burst - remaining, remaining, dur(tat[1] - now, tat[2])
+end
+
+local function g_refund(L, tat, now, units)
+  local t = { tat[1] - L.T * units, tat[2] }
+  if t[1] > now or (t[1] == now and t[2] > 0) then
+    return t
+  end
+  return nil
+end
+
+-- The same units outstanding under L as under old: ⌈(tat − now) · T / T_old⌉, exactly.
+local function g_rescale(L, old, tat, now)
+  local out_us, out_n = tat[1] - now, tat[2]
+  if out_us < 0 or (out_us == 0 and out_n == 0) then
+    return nil
+  end
+  -- (out_us·1000 + out_n)·T / T_old = 1000·q1 + q2 + q3 + (r2 + r3) / T_old
+  local q1, r1 = mul_div(out_us, L.T, old.T)
+  local q2, r2 = mul_div(r1, 1000, old.T)
+  local q3, r3 = mul_div(out_n, L.T, old.T)
+  local ns, r = q2 + q3, r2 + r3
+  if r >= old.T then
+    ns = ns + 1
+    r = r - old.T
+  end
+  if r > 0 then
+    ns = ns + 1
+  end
+  local us, rest = divmod(ns, 1000)
+  return { now + q1 + us, rest }
+end
+
+---------------------------------------------------------------------------------------------
+-- Dispatch, as RateLimit does. Durations in decisions and usages are nanosecond strings.
+
+local function decide(L, s, now, units)
+  local d, next
+  if L.a == 'sw' then
+    d, next = sw_decide(L, s, now, units)
+  elseif L.a == 'fw' then
+    d, next = fw_decide(L, s, now, units)
+  else
+    return g_decide(L, s, now, units)
+  end
+  d[4], d[5] = dur(d[4], 0), dur(d[5], 0)
+  return d, next
+end
+
+-- limit, used, remaining, reset_after (ns string)
+local function usage(L, s, now)
+  local limit, used, remaining, reset
+  if L.a == 'sw' then
+    limit, used, remaining, reset = sw_usage(L, s, now)
+  elseif L.a == 'fw' then
+    limit, used, remaining, reset = fw_usage(L, s, now)
+  else
+    return g_usage(L, s, now)
+  end
+  return limit, used, remaining, dur(reset, 0)
+end
+
+local function refund(L, s, now, units)
+  if s == nil then
+    return nil
+  end
+  if L.a == 'sw' then
+    return sw_refund(L, s, now, units)
+  elseif L.a == 'fw' then
+    return fw_refund(L, s, now, units)
+  end
+  return g_refund(L, s, now, units)
+end
+
+-- A state with `used` units outstanding at `now`.
+local function seeded(L, used, now)
+  if used <= 0 then
+    return nil
+  end
+  if L.a == 'sw' then
+    return { { sw_bucket_of(L, now), used } }
+  elseif L.a == 'fw' then
+    local e = fw_window(L, nil, now)
+    return { e, used }
+  end
+  return { now + L.T * used, 0 }
+end
+
+-- When a state written under L becomes fresh (and may be forgotten), in µs rounded up: the
+-- state is fresh at now exactly when fresh_at(L, s) <= now.
+local function fresh_at(L, s)
+  if L.a == 'sw' then
+    if #s == 0 then
+      return 0
+    end
+    return sw_expiry_of(L, s[#s][1])
+  elseif L.a == 'fw' then
+    return s[1]
+  end
+  if s[2] > 0 then
+    return s[1] + 1
+  end
+  return s[1]
+end
+
+-- The prior state { L = limit that wrote it, s = state } in L's terms at now (nil: fresh).
+-- Usage is kept across parameter changes; a change of algorithm starts from what the old
+-- state had left, never more.
+local function adopt(L, prior, now)
+  if prior == nil then
+    return nil
+  end
+  -- A fresh state is no state, whatever limit wrote it.
+  if fresh_at(prior.L, prior.s) <= now then
+    return nil
+  end
+  local old = prior.L
+  if is_gcra(L.a) and is_gcra(old.a) then
+    return g_rescale(L, old, prior.s, now)
+  end
+  if L.a == 'sw' and old.a == 'sw' then
+    return sw_rebucket(L, old, prior.s, now)
+  end
+  if L.a == 'fw' and old.a == 'fw' then
+    -- The running window keeps its end and usage; new parameters shape the next.
+    return prior.s
+  end
+  local _, _, left = usage(old, prior.s, now)
+  local cap = capacity(L)
+  return seeded(L, cap - math.min(left, cap), now)
+end
+
+-- A stored rate state: false/nil (none), or { L, s }; the second result is true when the
+-- stored value is not a rate state.
+local function parse_state(raw)
+  if not raw then
+    return nil, false
+  end
+  local spec, rest = string.match(raw, '^([^|]*)|(.*)$')
+  local L = parse_limit(spec)
+  if not L then
+    return nil, true
+  end
+  local t = split(rest)
+  local s
+  if L.a == 'sw' then
+    s = {}
+    for i = 1, #t - 1, 2 do
+      s[#s + 1] = { tonumber(t[i]), tonumber(t[i + 1]) }
+    end
+    if #s == 0 then
+      return nil, true
+    end
+  elseif L.a == 'fw' then
+    s = { tonumber(t[1]), tonumber(t[2]) }
+    if s[1] == nil or s[2] == nil then
+      return nil, true
+    end
+  else
+    s = { tonumber(t[1]), tonumber(t[2] or '0') }
+    if s[1] == nil or s[2] == nil then
+      return nil, true
+    end
+  end
+  return { L = L, s = s }, false
+end
+
+local function encode_state(L, s)
+  local body
+  if L.a == 'sw' then
+    local parts = {}
+    for _, x in ipairs(s) do
+      parts[#parts + 1] = fmt(x[1])
+      parts[#parts + 1] = fmt(x[2])
+    end
+    body = table.concat(parts, ' ')
+  elseif L.a == 'fw' then
+    body = fmt(s[1]) .. ' ' .. fmt(s[2])
+  else
+    body = fmt(s[1]) .. ' ' .. fmt(s[2])
+  end
+  return L.spec .. '|' .. body
+end
+
+-- Stores a rate state (or forgets it when nil: fresh), expiring once it is fresh.
+local function store_state(key, L, s, now, slack_ms)
+  if s == nil then
+    redis.call('DEL', key)
+    return
+  end
+  local at = fresh_at(L, s)
+  if at <= now then
+    redis.call('DEL', key)
+    return
+  end
+  redis.call('SET', key, encode_state(L, s), 'PX', fmt(ttl_ms(at, now, slack_ms)))
+end
+
+-- Whether a lease set holds a lease still live at now.
+local function has_live_lease(key, now)
+  return redis.call('ZCOUNT', key, '(' .. fmt(now), '+inf') > 0
+end
+
+-- Resolves key i of an acquire or refund: its limit and prior state, or an error reply.
+-- guard: the static definition key or the dynamic lease set; state_key: the rate state.
+local function resolve(i, ns, guard, state_key, spec, now)
+  local L
+  if ns == 's' then
+    local def = redis.call('GET', guard)
+    if not def then
+      return nil, nil, { -1, i, 'unknown', '' }
+    end
+    local a = algo_of(def)
+    if not is_rate(a) then
+      return nil, nil, { -1, i, 'wrong', a or '' }
+    end
+    L = parse_limit(def)
+  else
+    if has_live_lease(guard, now) then
+      return nil, nil, { -1, i, 'wrong', 'conc' }
+    end
+    L = parse_limit(spec)
+  end
+  if not L then
+    return nil, nil, { -1, i, 'corrupt', 'definition' }
+  end
+  local prior, corrupt = parse_state(redis.call('GET', state_key))
+  if corrupt then
+    return nil, nil, { -1, i, 'corrupt', 'state' }
+  end
+  return L, prior, nil
+end

@@ -1,0 +1,853 @@
+//! [`RedisStore`]: the [`Store`] trait over Redis, one script call per operation.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{Client, Connection, RedisResult, Script, Value};
+use smallvec::SmallVec;
+use tollgate::{
+    AcquireEntry, Acquired, Error, LimitInfo, Namespace, StateView, Store, StoreError, Target,
+};
+use tollgate_core::{
+    Barrier, BarrierStatus, Concurrency, Decision, LeaseDecision, Limit, Nanos, RateLimit, Usage,
+};
+
+use crate::conn::{Pool, redact};
+use crate::keys::{self, Kind, check_key};
+use crate::scripts::Scripts;
+use crate::spec;
+
+/// How a [`RedisStore`] connects and names its keys. From [`RedisStore::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Builder {
+    url: String,
+    prefix: String,
+    use_server_time: bool,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    expiry_slack: Duration,
+    max_idle: usize,
+}
+
+impl Builder {
+    /// The prefix of every Redis key this store writes (default `tollgate`). Stores with
+    /// different prefixes share nothing. No braces, no control characters, 1 to 128 bytes.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Builder {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Decide at Redis's own clock (`TIME`, read inside each script) instead of the `now` the
+    /// caller passes (default `true`). Many nodes then share one clock, whatever their own
+    /// clocks say; instants in answers (lease and barrier expiries) are on Redis's clock. Tests
+    /// turn this off to drive time themselves.
+    pub fn use_server_time(mut self, yes: bool) -> Builder {
+        self.use_server_time = yes;
+        self
+    }
+
+    /// The longest wait for a new connection, handshake included (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Builder {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The longest wait for one reply (default 1 s). A request that times out fails with a
+    /// transient error; it may or may not have been applied.
+    pub fn response_timeout(mut self, timeout: Duration) -> Builder {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Added to every key's expiry (default 1 s). State expires once it is fresh, which is
+    /// judged on the clock the decisions use; the slack covers the distance between that clock
+    /// and Redis's (caller time, or a test's fake time that runs slower than the real one). A
+    /// state is never forgotten while it still counts, as long as that distance stays below
+    /// the slack.
+    pub fn expiry_slack(mut self, slack: Duration) -> Builder {
+        self.expiry_slack = slack;
+        self
+    }
+
+    /// Connections kept open between requests (default 16). More are opened when more
+    /// requests run at once; those beyond this number are closed after use.
+    pub fn max_idle_connections(mut self, n: usize) -> Builder {
+        self.max_idle = n;
+        self
+    }
+
+    /// The store. Does not connect: a node can start while Redis is down, and its requests
+    /// fail with transient errors until Redis is back.
+    ///
+    /// # Errors
+    /// A permanent [`StoreError`] for a URL that does not parse, a bad prefix, or a zero
+    /// timeout. Messages never show the URL's password.
+    pub fn build(self) -> Result<RedisStore, Error> {
+        let url = redact(&self.url);
+        let config = |msg: String| Error::Store(StoreError::permanent(msg, None));
+        keys::check_prefix(&self.prefix).map_err(config)?;
+        if self.connect_timeout.is_zero() || self.response_timeout.is_zero() {
+            return Err(config(format!(
+                "redis at {url}: timeouts must be longer than zero"
+            )));
+        }
+        let client = Client::open(self.url.as_str()).map_err(|e| {
+            // The client's own message may quote the URL: never pass it on.
+            config(format!(
+                "redis URL {url} is not valid ({:?}); expected redis://[user:password@]host[:port][/db]",
+                e.kind()
+            ))
+        })?;
+        Ok(RedisStore {
+            shared: Arc::new(Shared {
+                pool: Pool::new(
+                    client,
+                    url,
+                    self.max_idle,
+                    self.connect_timeout,
+                    self.response_timeout,
+                ),
+                scripts: Scripts::new(),
+                use_server_time: self.use_server_time,
+                slack_ms: u64::try_from(self.expiry_slack.as_millis()).unwrap_or(u64::MAX),
+            }),
+            prefix: self.prefix.into(),
+        })
+    }
+}
+
+/// Limit definitions and state in Redis (or Valkey), shared by every node that uses the same
+/// server and prefix. See the [crate docs](crate) for the layout and guarantees.
+///
+/// Cheap to clone: clones share one connection pool.
+#[derive(Clone)]
+pub struct RedisStore {
+    shared: Arc<Shared>,
+    prefix: Arc<str>,
+}
+
+struct Shared {
+    pool: Pool,
+    scripts: Scripts,
+    use_server_time: bool,
+    slack_ms: u64,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.shared.pool.url())
+            .field("prefix", &self.prefix)
+            .field("use_server_time", &self.shared.use_server_time)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One distinct key of a multi-key request: the last entry's target, the summed units.
+struct Group<'a> {
+    target: Target<'a, RateLimit>,
+    units: u64,
+}
+
+impl RedisStore {
+    /// A store at `url` (`redis://[user:password@]host[:port][/db]`) with the defaults of
+    /// [`Builder`].
+    ///
+    /// # Errors
+    /// As [`Builder::build`].
+    pub fn open(url: &str) -> Result<RedisStore, Error> {
+        RedisStore::builder(url).build()
+    }
+
+    /// A builder for a store at `url`.
+    pub fn builder(url: impl Into<String>) -> Builder {
+        Builder {
+            url: url.into(),
+            prefix: "tollgate".into(),
+            use_server_time: true,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            expiry_slack: Duration::from_secs(1),
+            max_idle: 16,
+        }
+    }
+
+    /// The same server and connections under another key prefix.
+    ///
+    /// # Errors
+    /// A permanent [`StoreError`] for a bad prefix.
+    pub fn with_prefix(&self, prefix: &str) -> Result<RedisStore, Error> {
+        keys::check_prefix(prefix).map_err(|m| Error::Store(StoreError::permanent(m, None)))?;
+        Ok(RedisStore {
+            shared: Arc::clone(&self.shared),
+            prefix: prefix.into(),
+        })
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The server's URL, password redacted.
+    pub fn url(&self) -> &str {
+        self.shared.pool.url()
+    }
+
+    /// Checks that Redis answers.
+    ///
+    /// # Errors
+    /// A transient [`StoreError`] when it does not (in time).
+    pub fn ping(&self) -> Result<(), Error> {
+        self.shared
+            .pool
+            .run("PING", |con| redis::cmd("PING").query::<String>(con))
+            .map(drop)
+    }
+
+    fn key(&self, kind: Kind, key: &str) -> String {
+        keys::name(&self.prefix, kind, key)
+    }
+
+    /// `now` for the scripts: whole microseconds, or empty for Redis `TIME`.
+    fn now_arg(&self, now: Nanos) -> String {
+        if self.shared.use_server_time {
+            String::new()
+        } else {
+            (now.as_nanos() / 1_000).to_string()
+        }
+    }
+
+    fn call(
+        &self,
+        what: &str,
+        script: &Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<Value, Error> {
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(k);
+        }
+        for a in args {
+            inv.arg(a);
+        }
+        self.shared.pool.run(what, |con| inv.invoke::<Value>(con))
+    }
+
+    fn bad_reply(&self, what: &str, reply: &Value) -> Error {
+        self.shared
+            .pool
+            .corrupt(format_args!("unexpected reply to {what}: {reply:?}"))
+    }
+
+    /// Calls acquire.lua or refund.lua on grouped keys; returns the reply's items.
+    fn rate_call(
+        &self,
+        what: &str,
+        script: &Script,
+        groups: &[Group<'_>],
+        now: Nanos,
+    ) -> Result<Vec<Value>, Error> {
+        let mut keys = Vec::with_capacity(groups.len() * 2);
+        let mut args = Vec::with_capacity(3 + groups.len() * 3);
+        args.push(self.now_arg(now));
+        args.push(self.shared.slack_ms.to_string());
+        args.push(groups.len().to_string());
+        for g in groups {
+            match g.target {
+                Target::Static(k) => {
+                    keys.push(self.key(Kind::Def, k));
+                    keys.push(self.key(Kind::StaticRate, k));
+                    args.extend(["s".to_owned(), g.units.to_string(), String::new()]);
+                }
+                Target::Dynamic(k, limit) => {
+                    keys.push(self.key(Kind::DynamicLeases, k));
+                    keys.push(self.key(Kind::DynamicRate, k));
+                    args.extend(["d".to_owned(), g.units.to_string(), spec::rate(&limit)]);
+                }
+            }
+        }
+        let reply = self.call(what, script, &keys, &args)?;
+        let Value::Array(items) = reply else {
+            return Err(self.bad_reply(what, &reply));
+        };
+        if items.first().and_then(int) == Some(-1) {
+            return Err(self.rate_error(what, &items, groups));
+        }
+        Ok(items)
+    }
+
+    fn rate_error(&self, what: &str, items: &[Value], groups: &[Group<'_>]) -> Error {
+        let group = items
+            .get(1)
+            .and_then(int)
+            .and_then(|i| usize::try_from(i - 1).ok())
+            .and_then(|i| groups.get(i));
+        let code = items.get(2).and_then(text);
+        let detail = items.get(3);
+        let (Some(g), Some(code), Some(detail)) = (group, code, detail) else {
+            return self.bad_reply(what, &Value::Array(items.to_vec()));
+        };
+        let key = g.target.key().to_owned();
+        match code.as_str() {
+            "unknown" => Error::UnknownLimit { key },
+            "wrong" => match text(detail).as_deref().and_then(spec::algorithm) {
+                Some(found) => Error::WrongAlgorithm {
+                    key,
+                    expected: "a rate limit",
+                    found,
+                },
+                None => self.shared.pool.corrupt(format_args!(
+                    "key {key:?} holds a definition Tollgate cannot read"
+                )),
+            },
+            "capacity" => Error::InsufficientCapacity {
+                key,
+                units: g.units,
+                capacity: count(detail).unwrap_or(0),
+            },
+            _ => self.shared.pool.corrupt(format_args!(
+                "key {key:?} holds a {} Tollgate cannot read",
+                text(detail).unwrap_or_default()
+            )),
+        }
+    }
+
+    /// Calls lease.lua; returns the reply's items after the status.
+    #[allow(clippy::too_many_arguments)]
+    fn lease_call(
+        &self,
+        op: &str,
+        target: Target<'_, Concurrency>,
+        lease_id: &str,
+        holder: &str,
+        ttl: Option<Nanos>,
+        now: Nanos,
+    ) -> Result<Vec<Value>, Error> {
+        let key = target.key();
+        check_key(key)?;
+        let (kinds, ns, spec) = match target {
+            Target::Static(_) => (
+                [Kind::Def, Kind::StaticLeases, Kind::StaticHolders],
+                "s",
+                String::new(),
+            ),
+            Target::Dynamic(_, c) => (
+                [Kind::DynamicRate, Kind::DynamicLeases, Kind::DynamicHolders],
+                "d",
+                spec::concurrency(&c),
+            ),
+        };
+        let keys = kinds.map(|k| self.key(k, key));
+        let args = [
+            self.now_arg(now),
+            op.to_owned(),
+            ns.to_owned(),
+            lease_id.to_owned(),
+            holder.to_owned(),
+            ttl.map_or_else(String::new, |t| spec::micros_ceil(t).to_string()),
+            spec,
+            self.shared.slack_ms.to_string(),
+        ];
+        let what = format!("lease {op}");
+        let reply = self.call(&what, &self.shared.scripts.lease, &keys, &args)?;
+        let Value::Array(mut items) = reply else {
+            return Err(self.bad_reply(&what, &reply));
+        };
+        match items.first().and_then(int) {
+            Some(1) => Ok(items.split_off(1)),
+            Some(-1) => {
+                let code = items.get(1).and_then(text).unwrap_or_default();
+                let detail = items.get(2).and_then(text).unwrap_or_default();
+                Err(match code.as_str() {
+                    "unknown" => Error::UnknownLimit {
+                        key: key.to_owned(),
+                    },
+                    "wrong" => match spec::algorithm(&detail) {
+                        Some(found) => Error::WrongAlgorithm {
+                            key: key.to_owned(),
+                            expected: "a concurrency limit",
+                            found,
+                        },
+                        None => self.bad_reply(&what, &Value::Array(items)),
+                    },
+                    "not_held" => Error::Core(tollgate_core::Error::LeaseNotHeld {
+                        lease_id: lease_id.to_owned(),
+                    }),
+                    _ => self.shared.pool.corrupt(format_args!(
+                        "key {key:?} holds a {detail} Tollgate cannot read"
+                    )),
+                })
+            }
+            _ => Err(self.bad_reply(&what, &Value::Array(items))),
+        }
+    }
+
+    fn barrier_call(
+        &self,
+        op: &str,
+        key: &str,
+        barrier: Option<Barrier>,
+        now: Nanos,
+    ) -> Result<BarrierStatus, Error> {
+        check_key(key)?;
+        let (parties, ttl) = barrier.map_or((String::new(), String::new()), |b| {
+            (
+                b.parties().to_string(),
+                spec::micros_ceil(b.ttl().as_nanos()).to_string(),
+            )
+        });
+        let args = [
+            self.now_arg(now),
+            op.to_owned(),
+            parties,
+            ttl,
+            self.shared.slack_ms.to_string(),
+        ];
+        let what = format!("barrier {op}");
+        let reply = self.call(
+            &what,
+            &self.shared.scripts.barrier,
+            &[self.key(Kind::Barrier, key)],
+            &args,
+        )?;
+        let items = match &reply {
+            Value::Array(items) => items.as_slice(),
+            _ => &[],
+        };
+        match items.first().and_then(int) {
+            Some(1) => {
+                let parse = || -> Option<BarrierStatus> {
+                    let parties = u32::try_from(int(items.get(1)?)?).ok()?;
+                    let arrived = u32::try_from(int(items.get(2)?)?).ok()?;
+                    Some(BarrierStatus {
+                        released: arrived >= parties,
+                        arrived,
+                        parties,
+                        expires_at: micros(items.get(3)?)?,
+                    })
+                };
+                parse().ok_or_else(|| self.bad_reply(&what, &reply))
+            }
+            Some(-1) => Err(Error::Core(match items.get(2).and_then(micros) {
+                Some(expired_at) => tollgate_core::Error::BarrierExpired { expired_at },
+                None => tollgate_core::Error::BarrierMissing,
+            })),
+            _ => Err(self.bad_reply(&what, &reply)),
+        }
+    }
+
+    /// A static limit's info from view_static.lua's reply.
+    fn static_info(&self, key: &str, reply: &Value) -> Result<Option<LimitInfo>, Error> {
+        let items = match reply {
+            Value::Array(items) => items,
+            Value::Nil => return Ok(None),
+            _ => return Err(self.bad_reply("view", reply)),
+        };
+        let corrupt = || {
+            self.shared.pool.corrupt(format_args!(
+                "the static limit {key:?} holds data Tollgate cannot read"
+            ))
+        };
+        let limit = items
+            .first()
+            .and_then(text)
+            .and_then(|s| spec::parse(&s))
+            .ok_or_else(corrupt)?;
+        let state = match (items.get(1).and_then(text).as_deref(), &limit) {
+            (Some("rate"), Limit::Rate(_)) => {
+                StateView::Rate(usage(&items[2..]).ok_or_else(corrupt)?)
+            }
+            (Some("conc"), Limit::Concurrency(c)) => StateView::Concurrency {
+                live: items.get(2).and_then(count).ok_or_else(corrupt)?,
+                limit: u64::from(c.limit()),
+            },
+            (Some("bar"), Limit::Barrier(_)) => return Ok(None),
+            _ => return Err(corrupt()),
+        };
+        Ok(Some(LimitInfo {
+            key: key.to_owned(),
+            namespace: Namespace::Static,
+            limit,
+            state,
+        }))
+    }
+
+    /// A dynamic key's info from view_dynamic.lua's reply.
+    fn dynamic_info(&self, key: &str, reply: &Value) -> Result<Option<LimitInfo>, Error> {
+        let items = match reply {
+            Value::Array(items) => items,
+            Value::Nil => return Ok(None),
+            _ => return Err(self.bad_reply("view", reply)),
+        };
+        let corrupt = || {
+            self.shared.pool.corrupt(format_args!(
+                "the dynamic key {key:?} holds data Tollgate cannot read"
+            ))
+        };
+        let limit = items
+            .get(1)
+            .and_then(text)
+            .and_then(|s| spec::parse(&s))
+            .ok_or_else(corrupt)?;
+        let state = match (items.first().and_then(text).as_deref(), &limit) {
+            (Some("rate"), Limit::Rate(_)) => {
+                StateView::Rate(usage(&items[2..]).ok_or_else(corrupt)?)
+            }
+            (Some("conc"), Limit::Concurrency(c)) => StateView::Concurrency {
+                live: items.get(2).and_then(count).ok_or_else(corrupt)?,
+                limit: u64::from(c.limit()),
+            },
+            _ => return Err(corrupt()),
+        };
+        Ok(Some(LimitInfo {
+            key: key.to_owned(),
+            namespace: Namespace::Dynamic,
+            limit,
+            state,
+        }))
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+fn count(v: &Value) -> Option<u64> {
+    int(v).and_then(|i| u64::try_from(i).ok())
+}
+
+/// An instant or duration the scripts give in microseconds.
+fn micros(v: &Value) -> Option<Nanos> {
+    count(v).map(Nanos::from_micros)
+}
+
+/// A duration the scripts give in nanoseconds (as a decimal string: exact beyond 2^53).
+fn nanos(v: &Value) -> Option<Nanos> {
+    count(v).map(Nanos::from_nanos)
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// `[limit, used, remaining, reset_after_ns]`
+fn usage(items: &[Value]) -> Option<Usage> {
+    Some(Usage {
+        limit: count(items.first()?)?,
+        used: count(items.get(1)?)?,
+        remaining: count(items.get(2)?)?,
+        reset_after: nanos(items.get(3)?)?,
+    })
+}
+
+/// `[allowed, limit, remaining, retry_after_ns, reset_after_ns]`
+fn decision(items: &[Value]) -> Option<Decision> {
+    Some(Decision {
+        allowed: int(items.first()?)? == 1,
+        limit: count(items.get(1)?)?,
+        remaining: count(items.get(2)?)?,
+        retry_after: nanos(items.get(3)?)?,
+        reset_after: nanos(items.get(4)?)?,
+    })
+}
+
+fn check_entries(entries: &[AcquireEntry<'_>]) -> Result<(), Error> {
+    if entries.is_empty() {
+        return Err(Error::EmptyRequest);
+    }
+    for e in entries {
+        check_key(e.target.key())?;
+        if e.units == 0 {
+            return Err(Error::ZeroUnits {
+                key: e.target.key().to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Distinct keys in first-appearance order with summed units and the last entry's target
+/// (last writer wins for a dynamic key's parameters), and each entry's index into them.
+fn group<'a>(entries: &[AcquireEntry<'a>]) -> (SmallVec<[Group<'a>; 4]>, SmallVec<[usize; 4]>) {
+    let mut groups: SmallVec<[Group<'a>; 4]> = SmallVec::new();
+    let mut index = SmallVec::with_capacity(entries.len());
+    for e in entries {
+        let found = groups.iter().position(|g| {
+            g.target.namespace() == e.target.namespace() && g.target.key() == e.target.key()
+        });
+        match found {
+            Some(i) => {
+                groups[i].target = e.target;
+                groups[i].units += u64::from(e.units);
+                index.push(i);
+            }
+            None => {
+                index.push(groups.len());
+                groups.push(Group {
+                    target: e.target,
+                    units: u64::from(e.units),
+                });
+            }
+        }
+    }
+    (groups, index)
+}
+
+/// Every Redis key matching `pattern`, by `SCAN` (never `KEYS`: it would block the server).
+fn scan(con: &mut Connection, pattern: &str) -> RedisResult<Vec<String>> {
+    let mut cursor: u64 = 0;
+    let mut out = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1_000)
+            .query(con)?;
+        out.extend(batch.into_iter().filter_map(|b| String::from_utf8(b).ok()));
+        if next == 0 {
+            return Ok(out);
+        }
+        cursor = next;
+    }
+}
+
+/// Calls a loaded script (by hash) once per key in pipelines of `CHUNK`.
+fn views(
+    con: &mut Connection,
+    hash: &str,
+    keys: &[[String; 3]],
+    now: &str,
+) -> RedisResult<Vec<Value>> {
+    const CHUNK: usize = 256;
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(CHUNK) {
+        let mut pipe = redis::pipe();
+        for k in chunk {
+            pipe.cmd("EVALSHA")
+                .arg(hash)
+                .arg(3)
+                .arg(&k[0])
+                .arg(&k[1])
+                .arg(&k[2])
+                .arg(now);
+        }
+        out.extend(pipe.query::<Vec<Value>>(con)?);
+    }
+    Ok(out)
+}
+
+impl Store for RedisStore {
+    fn put_limit(&self, key: &str, limit: Limit, _now: Nanos) -> Result<(), Error> {
+        check_key(key)?;
+        let keys = [
+            Kind::Def,
+            Kind::StaticRate,
+            Kind::StaticLeases,
+            Kind::StaticHolders,
+        ]
+        .map(|k| self.key(k, key));
+        self.call(
+            "put_limit",
+            &self.shared.scripts.put_limit,
+            &keys,
+            &[spec::limit(&limit)],
+        )
+        .map(drop)
+    }
+
+    fn remove_limit(&self, key: &str) -> Result<bool, Error> {
+        check_key(key)?;
+        let keys = [
+            Kind::Def,
+            Kind::StaticRate,
+            Kind::StaticLeases,
+            Kind::StaticHolders,
+        ]
+        .map(|k| self.key(k, key));
+        let reply = self.call(
+            "remove_limit",
+            &self.shared.scripts.remove_limit,
+            &keys,
+            &[],
+        )?;
+        match int(&reply) {
+            Some(n) => Ok(n == 1),
+            None => Err(self.bad_reply("remove_limit", &reply)),
+        }
+    }
+
+    fn get_limit(&self, key: &str, now: Nanos) -> Result<Option<LimitInfo>, Error> {
+        check_key(key)?;
+        let keys = [Kind::Def, Kind::StaticRate, Kind::StaticLeases].map(|k| self.key(k, key));
+        let reply = self.call(
+            "get_limit",
+            &self.shared.scripts.view_static,
+            &keys,
+            &[self.now_arg(now)],
+        )?;
+        self.static_info(key, &reply)
+    }
+
+    fn list_limits(&self, now: Nanos) -> Result<Vec<LimitInfo>, Error> {
+        let prefix = &*self.prefix;
+        let now = self.now_arg(now);
+        let scripts = &self.shared.scripts;
+        let (statics, static_views, dynamics, dynamic_views) =
+            self.shared.pool.run("list_limits", |con| {
+                let statics: Vec<String> = scan(con, &keys::pattern(prefix, Kind::Def))?
+                    .iter()
+                    .filter_map(|n| keys::parse(prefix, Kind::Def, n))
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let mut dynamics = BTreeSet::new();
+                for kind in [Kind::DynamicRate, Kind::DynamicLeases] {
+                    for n in scan(con, &keys::pattern(prefix, kind))? {
+                        dynamics.extend(keys::parse(prefix, kind, &n));
+                    }
+                }
+                let dynamics: Vec<String> = dynamics.into_iter().collect();
+                let static_keys: Vec<[String; 3]> = statics
+                    .iter()
+                    .map(|k| {
+                        [Kind::Def, Kind::StaticRate, Kind::StaticLeases]
+                            .map(|kind| keys::name(prefix, kind, k))
+                    })
+                    .collect();
+                let dynamic_keys: Vec<[String; 3]> = dynamics
+                    .iter()
+                    .map(|k| {
+                        [Kind::DynamicRate, Kind::DynamicLeases, Kind::DynamicHolders]
+                            .map(|kind| keys::name(prefix, kind, k))
+                    })
+                    .collect();
+                let hash = scripts.view_static.load(con)?;
+                let static_views = views(con, &hash, &static_keys, &now)?;
+                let hash = scripts.view_dynamic.load(con)?;
+                let dynamic_views = views(con, &hash, &dynamic_keys, &now)?;
+                Ok((statics, static_views, dynamics, dynamic_views))
+            })?;
+        let mut out = Vec::new();
+        for (k, v) in statics.iter().zip(&static_views) {
+            out.extend(self.static_info(k, v)?);
+        }
+        for (k, v) in dynamics.iter().zip(&dynamic_views) {
+            out.extend(self.dynamic_info(k, v)?);
+        }
+        out.sort_by(|a, b| (a.namespace, &a.key).cmp(&(b.namespace, &b.key)));
+        Ok(out)
+    }
+
+    fn acquire(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<Acquired, Error> {
+        check_entries(entries)?;
+        let (groups, index) = group(entries);
+        let items = self.rate_call("acquire", &self.shared.scripts.acquire, &groups, now)?;
+        let per_key: Option<SmallVec<[Decision; 4]>> = (0..groups.len())
+            .map(|i| decision(items.get(1 + 5 * i..1 + 5 * (i + 1))?))
+            .collect();
+        let (Some(per_key), Some(allowed)) = (per_key, items.first().and_then(int)) else {
+            return Err(self.bad_reply("acquire", &Value::Array(items)));
+        };
+        Ok(Acquired {
+            allowed: allowed == 1,
+            decisions: index.iter().map(|&i| per_key[i]).collect(),
+        })
+    }
+
+    fn refund(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<(), Error> {
+        check_entries(entries)?;
+        let (mut groups, _) = group(entries);
+        for g in &mut groups {
+            // The core refunds at most u32::MAX units at once.
+            g.units = g.units.min(u64::from(u32::MAX));
+        }
+        self.rate_call("refund", &self.shared.scripts.refund, &groups, now)
+            .map(drop)
+    }
+
+    fn lease_acquire(
+        &self,
+        target: Target<'_, Concurrency>,
+        lease_id: &str,
+        holder: &str,
+        ttl: Option<Nanos>,
+        now: Nanos,
+    ) -> Result<LeaseDecision, Error> {
+        let items = self.lease_call("acquire", target, lease_id, holder, ttl, now)?;
+        let parse = || -> Option<LeaseDecision> {
+            Some(LeaseDecision {
+                acquired: int(items.first()?)? == 1,
+                limit: count(items.get(1)?)?,
+                remaining: count(items.get(2)?)?,
+                expires_at: micros(items.get(3)?)?,
+                retry_after: micros(items.get(4)?)?,
+            })
+        };
+        parse().ok_or_else(|| self.bad_reply("lease acquire", &Value::Array(items.clone())))
+    }
+
+    fn lease_renew(
+        &self,
+        target: Target<'_, Concurrency>,
+        lease_id: &str,
+        ttl: Option<Nanos>,
+        now: Nanos,
+    ) -> Result<Nanos, Error> {
+        let items = self.lease_call("renew", target, lease_id, "", ttl, now)?;
+        items
+            .first()
+            .and_then(micros)
+            .ok_or_else(|| self.bad_reply("lease renew", &Value::Array(items.clone())))
+    }
+
+    fn lease_release(
+        &self,
+        target: Target<'_, Concurrency>,
+        lease_id: &str,
+        now: Nanos,
+    ) -> Result<bool, Error> {
+        let items = self.lease_call("release", target, lease_id, "", None, now)?;
+        items
+            .first()
+            .and_then(int)
+            .map(|w| w == 1)
+            .ok_or_else(|| self.bad_reply("lease release", &Value::Array(items.clone())))
+    }
+
+    fn barrier_create(
+        &self,
+        key: &str,
+        barrier: Barrier,
+        now: Nanos,
+    ) -> Result<BarrierStatus, Error> {
+        self.barrier_call("create", key, Some(barrier), now)
+    }
+
+    fn barrier_arrive(&self, key: &str, now: Nanos) -> Result<BarrierStatus, Error> {
+        self.barrier_call("arrive", key, None, now)
+    }
+
+    fn barrier_status(&self, key: &str, now: Nanos) -> Result<BarrierStatus, Error> {
+        self.barrier_call("status", key, None, now)
+    }
+
+    /// Redis forgets idle keys by itself: every state key expires once it is fresh (plus the
+    /// expiry slack), so there is nothing to sweep. Returns 0.
+    fn sweep(&self, _now: Nanos) -> Result<usize, Error> {
+        Ok(0)
+    }
+}

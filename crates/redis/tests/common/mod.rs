@@ -1,0 +1,165 @@
+//! A Redis for tests: `REDIS_URL` when set (never one on port 6379), else a `redis-server`
+//! of the test's own on a free port, in a temporary directory, without persistence, killed on
+//! drop. Without either the test is skipped loudly, except under `CI=true`, where a missing
+//! Redis fails it.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tollgate_redis::RedisStore;
+
+/// A Redis server the test may use; the test's own process when `child` is set.
+pub struct TestRedis {
+    pub url: String,
+    port: u16,
+    child: Option<Child>,
+    dir: Option<PathBuf>,
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Skips (returns `None`, after an `eprintln`) or, under CI, fails.
+fn unavailable(test: &str, why: &str) -> Option<TestRedis> {
+    assert!(
+        !in_ci(),
+        "{test}: no Redis under CI=true ({why}); install redis-server or set REDIS_URL"
+    );
+    eprintln!("SKIPPED {test}: no Redis available ({why}); install redis-server or set REDIS_URL");
+    None
+}
+
+/// Whether a URL names port 6379 (explicitly or by default): a Redis tests must never touch.
+fn is_default_port(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(_, port) | redis::ConnectionAddr::TcpTls { port, .. } => {
+            *port == 6379
+        }
+        _ => false,
+    }
+}
+
+/// `REDIS_URL`, or a server of the test's own.
+pub fn redis(test: &str) -> Option<TestRedis> {
+    if let Ok(url) = std::env::var("REDIS_URL")
+        && !url.is_empty()
+    {
+        if is_default_port(&url) {
+            eprintln!(
+                "{test}: REDIS_URL points at port 6379, which tests never use; starting a redis-server instead"
+            );
+        } else {
+            return Some(TestRedis {
+                url,
+                port: 0,
+                child: None,
+                dir: None,
+            });
+        }
+    }
+    own_redis(test)
+}
+
+/// A server of the test's own (tests that stop and restart it).
+pub fn own_redis(test: &str) -> Option<TestRedis> {
+    let port = match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(addr) => addr.port(),
+        Err(e) => return unavailable(test, &format!("no free port: {e}")),
+    };
+    let dir =
+        std::env::temp_dir().join(format!("tollgate-redis-test-{}-{port}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return unavailable(test, &format!("cannot create {}: {e}", dir.display()));
+    }
+    let mut r = TestRedis {
+        url: format!("redis://127.0.0.1:{port}/"),
+        port,
+        child: None,
+        dir: Some(dir),
+    };
+    match r.start() {
+        Ok(()) => Some(r),
+        Err(why) => unavailable(test, &why),
+    }
+}
+
+impl TestRedis {
+    /// Starts (or restarts) the server of the test's own and waits until it answers.
+    pub fn start(&mut self) -> Result<(), String> {
+        let dir = self.dir.as_ref().ok_or("not a server of the test's own")?;
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start redis-server: {e}"))?;
+        self.child = Some(child);
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pong = client
+                .get_connection_with_timeout(Duration::from_millis(200))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if pong.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("redis-server on port {} did not answer", self.port));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server of the test's own (as a crash would).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A store on this server with a fresh prefix, deciding at the `now` passed in.
+    pub fn store(&self) -> RedisStore {
+        RedisStore::builder(&self.url)
+            .prefix(fresh_prefix())
+            .use_server_time(false)
+            .build()
+            .expect("a valid URL")
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A prefix no other store (in this or any other test process) uses.
+pub fn fresh_prefix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "tgtest:{}:{nanos}:{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}

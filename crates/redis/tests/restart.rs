@@ -1,0 +1,94 @@
+//! A Redis restart is survived: while the server is down every call fails with a transient
+//! error (quickly, never a panic); once it is back, calls work again without a new store.
+
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use tollgate::{AcquireEntry, Store};
+use tollgate_core::{Barrier, Concurrency, Gcra, Limit, Nanos, Period, RateLimit, SlidingWindow};
+use tollgate_redis::RedisStore;
+
+#[test]
+fn a_redis_restart_gives_transient_errors_then_works_again() {
+    let Some(mut redis) =
+        common::own_redis("a_redis_restart_gives_transient_errors_then_works_again")
+    else {
+        return;
+    };
+    let store = RedisStore::builder(&redis.url)
+        .prefix(common::fresh_prefix())
+        .use_server_time(false)
+        .connect_timeout(Duration::from_millis(300))
+        .response_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let now = Nanos::from_secs(1_700_000_000);
+    let limit = RateLimit::Gcra(Gcra::new("100/s".parse().unwrap(), 100).unwrap());
+    store.put_limit("api", Limit::Rate(limit), now).unwrap();
+    for _ in 0..4 {
+        assert!(
+            store
+                .acquire(&[AcquireEntry::new("api", 1)], now)
+                .unwrap()
+                .allowed
+        );
+    }
+
+    redis.kill();
+    let started = Instant::now();
+    // Pooled connections to the old process, then new connections: all fail, transiently.
+    for i in 0..6 {
+        let e = store
+            .acquire(&[AcquireEntry::new("api", 1)], now)
+            .expect_err("Redis is down");
+        assert!(e.is_transient(), "call {i}: {e}");
+    }
+    let c = Concurrency::new(1, Period::SECOND).unwrap();
+    let b = Barrier::new(2, Period::SECOND).unwrap();
+    let failures = [
+        store
+            .lease_acquire(tollgate::Target::Dynamic("w", c), "l1", "h", None, now)
+            .err(),
+        store.barrier_create("b", b, now).err(),
+        store.get_limit("api", now).err(),
+        store.list_limits(now).err(),
+        store.put_limit("x", Limit::Rate(limit), now).err(),
+        store.ping().err(),
+    ];
+    for e in failures {
+        let e = e.expect("Redis is down");
+        assert!(e.is_transient(), "{e}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "failing took {:?}",
+        started.elapsed()
+    );
+
+    redis.start().expect("redis-server restarts");
+    // The server kept no data (no persistence) and no scripts: both come back on demand.
+    let dynamic = RateLimit::SlidingWindow(SlidingWindow::new(2, Period::MINUTE).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let decision = loop {
+        match store.acquire(&[AcquireEntry::dynamic("u1", dynamic, 1)], now) {
+            Ok(d) => break d,
+            Err(e) => {
+                assert!(e.is_transient(), "{e}");
+                assert!(Instant::now() < deadline, "no recovery after restart: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    assert!(decision.allowed);
+    assert_eq!(decision.decisions[0].remaining, 1);
+    store.put_limit("api", Limit::Rate(limit), now).unwrap();
+    assert!(
+        store
+            .acquire(&[AcquireEntry::new("api", 1)], now)
+            .unwrap()
+            .allowed
+    );
+}

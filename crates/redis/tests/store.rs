@@ -1,0 +1,366 @@
+//! Behaviours of the Redis store beyond the conformance suite: namespaces, expiry, the server
+//! clock, failures, and what is kept in Redis.
+
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tollgate::{AcquireEntry, Store, Target};
+use tollgate_core::{Barrier, Concurrency, Gcra, Limit, Nanos, Period, RateLimit, SlidingWindow};
+use tollgate_redis::RedisStore;
+
+fn gcra(rate: &str, burst: u64) -> RateLimit {
+    RateLimit::Gcra(Gcra::new(rate.parse().unwrap(), burst).unwrap())
+}
+
+const NOW: Nanos = Nanos::from_secs(1_700_000_000);
+
+fn raw(redis: &common::TestRedis) -> redis::Connection {
+    redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .unwrap()
+}
+
+/// Every Redis key under `prefix`.
+fn redis_keys(con: &mut redis::Connection, prefix: &str) -> Vec<String> {
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(con)
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn a_dynamic_key_never_touches_the_static_limit_of_that_name() {
+    let Some(redis) = common::redis("a_dynamic_key_never_touches_the_static_limit_of_that_name")
+    else {
+        return;
+    };
+    let store = redis.store();
+    store
+        .put_limit("stripe-api", Limit::Rate(gcra("1/m", 1)), NOW)
+        .unwrap();
+    let dynamic = AcquireEntry::dynamic("stripe-api", gcra("100/m", 100), 50);
+    assert!(store.acquire(&[dynamic], NOW).unwrap().allowed);
+    assert!(
+        store
+            .acquire(&[AcquireEntry::new("stripe-api", 1)], NOW)
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !store
+            .acquire(&[AcquireEntry::new("stripe-api", 1)], NOW)
+            .unwrap()
+            .allowed
+    );
+    assert_eq!(
+        store.acquire(&[dynamic], NOW).unwrap().decisions[0].remaining,
+        0,
+        "the dynamic key kept its own 50 + 50"
+    );
+}
+
+#[test]
+fn a_multi_key_acquire_is_all_or_nothing_and_sums_units_per_key() {
+    let Some(redis) = common::redis("a_multi_key_acquire_is_all_or_nothing_and_sums_units_per_key")
+    else {
+        return;
+    };
+    let store = redis.store();
+    let per_user = RateLimit::SlidingWindow(SlidingWindow::new(3, Period::MINUTE).unwrap());
+    store
+        .put_limit("global", Limit::Rate(gcra("100/m", 100)), NOW)
+        .unwrap();
+    let both = |units| {
+        [
+            AcquireEntry::new("global", 1),
+            AcquireEntry::dynamic("u", per_user, units),
+        ]
+    };
+    assert!(store.acquire(&both(2), NOW).unwrap().allowed);
+    let denied = store.acquire(&both(2), NOW).unwrap();
+    assert!(!denied.allowed);
+    assert_eq!(denied.first_denied(), Some(1));
+    // Nothing was taken from "global" by the denied request.
+    assert_eq!(denied.decisions[0].remaining, 98);
+    let got = store
+        .acquire(&[AcquireEntry::new("global", 1)], NOW)
+        .unwrap();
+    assert_eq!(got.decisions[0].remaining, 98);
+    // Entries naming one key share one decision for their summed units: 1 + 1 > 1 left.
+    let twice = [
+        AcquireEntry::dynamic("u", per_user, 1),
+        AcquireEntry::dynamic("u", per_user, 1),
+    ];
+    let d = store.acquire(&twice, NOW).unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.decisions[0], d.decisions[1]);
+}
+
+#[test]
+fn state_expires_once_fresh_and_definitions_never_expire() {
+    let Some(redis) = common::redis("state_expires_once_fresh_and_definitions_never_expire") else {
+        return;
+    };
+    let store = redis.store();
+    let mut con = raw(&redis);
+    store
+        .put_limit("api", Limit::Rate(gcra("1/s", 5)), NOW)
+        .unwrap();
+    store.acquire(&[AcquireEntry::new("api", 2)], NOW).unwrap();
+    store
+        .acquire(&[AcquireEntry::dynamic("user:42", gcra("1/m", 1), 1)], NOW)
+        .unwrap();
+    store
+        .lease_acquire(
+            Target::Dynamic("jobs", Concurrency::new(2, Period::HOUR).unwrap()),
+            "lease-1",
+            "worker-1",
+            Some(Nanos::from_secs(30)),
+            NOW,
+        )
+        .unwrap();
+    store
+        .barrier_create(
+            "b",
+            Barrier::new(2, Period::from_secs(10).unwrap()).unwrap(),
+            NOW,
+        )
+        .unwrap();
+    let slack_ms = 1_000;
+    for key in redis_keys(&mut con, store.prefix()) {
+        let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut con).unwrap();
+        // The key kind sits right after the prefix.
+        let kind = key[store.prefix().len() + 1..]
+            .split(':')
+            .next()
+            .unwrap()
+            .to_owned();
+        let fresh_in_ms = match kind.as_str() {
+            "def" => {
+                assert_eq!(ttl, -1, "{key}: definitions never expire");
+                continue;
+            }
+            "sr" => 2_000,         // 2 units of a 1/s GCRA
+            "dr" => 60_000,        // 1 unit of 1/m
+            "dl" | "dh" => 30_000, // the lease's ttl
+            "b" => 10_000,         // the barrier's ttl
+            other => panic!("unexpected key kind {other}: {key}"),
+        };
+        assert!(
+            ttl > fresh_in_ms - 5_000 && ttl <= fresh_in_ms + slack_ms,
+            "{key}: PTTL {ttl} ms, fresh in {fresh_in_ms} ms"
+        );
+    }
+}
+
+#[test]
+fn idle_dynamic_keys_are_forgotten_by_redis() {
+    let Some(redis) = common::redis("idle_dynamic_keys_are_forgotten_by_redis") else {
+        return;
+    };
+    // Server time and no slack: keys expire when Redis's clock says their state is fresh.
+    let store = RedisStore::builder(&redis.url)
+        .prefix(common::fresh_prefix())
+        .expiry_slack(Duration::ZERO)
+        .build()
+        .unwrap();
+    let mut con = raw(&redis);
+    for i in 0..200 {
+        let key = format!("user:{i}");
+        let d = store
+            .acquire(
+                &[AcquireEntry::dynamic(&key, gcra("20/s", 1), 1)],
+                Nanos::ZERO,
+            )
+            .unwrap();
+        assert!(d.allowed);
+    }
+    assert_eq!(redis_keys(&mut con, store.prefix()).len(), 200);
+    // Each is fresh 50 ms after its use; poll rather than sleep a fixed time.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !redis_keys(&mut con, store.prefix()).is_empty() {
+        assert!(Instant::now() < deadline, "idle keys stayed in Redis");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn server_time_ignores_the_callers_clock() {
+    let Some(redis) = common::redis("server_time_ignores_the_callers_clock") else {
+        return;
+    };
+    let store = RedisStore::builder(&redis.url)
+        .prefix(common::fresh_prefix())
+        .use_server_time(true)
+        .build()
+        .unwrap();
+    let e = [AcquireEntry::dynamic("k", gcra("1/h", 1), 1)];
+    // Callers whose clocks disagree wildly still share one timeline.
+    assert!(store.acquire(&e, Nanos::ZERO).unwrap().allowed);
+    let denied = store.acquire(&e, Nanos::from_secs(4_000_000_000)).unwrap();
+    assert!(!denied.allowed);
+    let retry = denied.decisions[0].retry_after;
+    assert!(
+        retry > Nanos::from_secs(3_590) && retry <= Nanos::from_secs(3_600),
+        "{retry:?}"
+    );
+    // Instants are on Redis's clock (this machine's, here).
+    let c = Concurrency::new(1, Period::MINUTE).unwrap();
+    let lease = store
+        .lease_acquire(Target::Dynamic("w", c), "l", "h", None, Nanos::ZERO)
+        .unwrap();
+    let wall = Nanos::from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap());
+    let expected = wall + Nanos::from_secs(60);
+    let skew = if lease.expires_at > expected {
+        lease.expires_at - expected
+    } else {
+        expected - lease.expires_at
+    };
+    assert!(
+        skew < Nanos::from_secs(5),
+        "{:?} vs {expected:?}",
+        lease.expires_at
+    );
+}
+
+#[test]
+fn scripts_are_reloaded_after_script_flush() {
+    let Some(redis) = common::redis("scripts_are_reloaded_after_script_flush") else {
+        return;
+    };
+    let store = redis.store();
+    let e = [AcquireEntry::dynamic("k", gcra("10/s", 10), 1)];
+    assert!(store.acquire(&e, NOW).unwrap().allowed);
+    let mut con = raw(&redis);
+    let () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut con).unwrap();
+    assert_eq!(store.acquire(&e, NOW).unwrap().decisions[0].remaining, 8);
+}
+
+#[test]
+fn data_tollgate_did_not_write_is_a_permanent_error_not_a_panic() {
+    let Some(redis) = common::redis("data_tollgate_did_not_write_is_a_permanent_error_not_a_panic")
+    else {
+        return;
+    };
+    let store = redis.store();
+    let mut con = raw(&redis);
+    let e = [AcquireEntry::dynamic("k", gcra("10/s", 10), 1)];
+    assert!(store.acquire(&e, NOW).unwrap().allowed);
+    let keys = redis_keys(&mut con, store.prefix());
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let () = redis::cmd("SET")
+        .arg(&keys[0])
+        .arg("garbage")
+        .query(&mut con)
+        .unwrap();
+    let err = store.acquire(&e, NOW).unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+    let () = redis::cmd("DEL")
+        .arg(&keys[0])
+        .query::<i64>(&mut con)
+        .map(drop)
+        .unwrap();
+    let _: i64 = redis::cmd("HSET")
+        .arg(&keys[0])
+        .arg("f")
+        .arg("v")
+        .query(&mut con)
+        .unwrap();
+    let err = store.acquire(&e, NOW).unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+}
+
+/// A TCP port that refuses connections.
+fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn an_unreachable_server_is_a_quick_transient_error_without_the_password() {
+    // No Redis needed: nothing listens on this port.
+    let url = format!("redis://app:hunter2@127.0.0.1:{}/", closed_port());
+    let store = RedisStore::builder(&url)
+        .connect_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let err = store
+        .acquire(&[AcquireEntry::dynamic("k", gcra("1/s", 1), 1)], NOW)
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    for text in [
+        err.to_string(),
+        format!("{err:?}"),
+        format!("{store:?}"),
+        store.url().to_owned(),
+    ] {
+        assert!(!text.contains("hunter2"), "password leaked: {text}");
+    }
+    assert!(err.to_string().contains("app:***@127.0.0.1"), "{err}");
+    let bad = RedisStore::open("redis://app:hunter2@[nonsense").unwrap_err();
+    assert!(!bad.to_string().contains("hunter2"), "{bad}");
+}
+
+#[test]
+fn a_server_that_never_answers_times_out_transiently() {
+    // Accepts connections and never replies: the response timeout must bound every call.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "redis://127.0.0.1:{}/",
+        listener.local_addr().unwrap().port()
+    );
+    let store = RedisStore::builder(&url)
+        .connect_timeout(Duration::from_millis(300))
+        .response_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let err = store
+        .acquire(&[AcquireEntry::dynamic("k", gcra("1/s", 1), 1)], NOW)
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(listener);
+}
+
+#[test]
+fn redis_keys_carry_the_prefix_and_one_hash_tag_per_tollgate_key() {
+    let Some(redis) =
+        common::redis("redis_keys_carry_the_prefix_and_one_hash_tag_per_tollgate_key")
+    else {
+        return;
+    };
+    let store = redis.store();
+    let mut con = raw(&redis);
+    let c = Concurrency::new(1, Period::MINUTE).unwrap();
+    store
+        .put_limit("{acct}:api", Limit::Rate(gcra("1/s", 1)), NOW)
+        .unwrap();
+    store
+        .acquire(&[AcquireEntry::new("{acct}:api", 1)], NOW)
+        .unwrap();
+    store
+        .lease_acquire(Target::Dynamic("{acct}:jobs", c), "l", "h", None, NOW)
+        .unwrap();
+    let keys = redis_keys(&mut con, store.prefix());
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    for key in &keys {
+        // Redis hashes the part between the first `{` and the next `}`.
+        let open = key.find('{').unwrap();
+        let close = open + key[open..].find('}').unwrap();
+        assert_eq!(&key[open + 1..close], "acct", "{key}");
+    }
+}
