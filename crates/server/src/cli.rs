@@ -42,7 +42,7 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:7070"
     )]
     pub listen: String,
-    /// Directory for durable data (SQLite). Reserved: this version keeps everything in memory.
+    /// Directory for durable data: limits, tasks and runs in SQLite (created if missing).
     #[arg(
         long,
         value_name = "DIR",
@@ -114,6 +114,8 @@ pub fn parse_size(input: &str) -> Result<usize, String> {
 #[derive(Debug)]
 pub struct ServeConfig {
     listen: String,
+    /// `None` with `--memory`.
+    data_dir: Option<PathBuf>,
     settings: Settings,
 }
 
@@ -145,6 +147,7 @@ impl ServeArgs {
         }
         Ok(ServeConfig {
             listen,
+            data_dir: (!self.memory).then_some(self.data_dir),
             settings: Settings {
                 max_body: self.max_body,
                 on_store_error: self.on_store_error,
@@ -168,7 +171,10 @@ impl ServeConfig {
             .context("reading the listening address")?;
         // On stdout, one line, so scripts (and tests) can find a port chosen with `:0`.
         println!("listening on http://{addr}");
-        let state = AppState::new(SystemClock::new(), self.settings);
+        let state = match &self.data_dir {
+            Some(dir) => AppState::open(dir, self.settings)?,
+            None => AppState::new(SystemClock::new(), self.settings),
+        };
         crate::run(listener, state, shutdown_signal()).await
     }
 }
@@ -219,16 +225,8 @@ impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Serve(args) => {
-                let memory = args.memory;
-                let data_dir = args.data_dir.clone();
                 let config = args.validate()?;
                 init_tracing();
-                if !memory {
-                    tracing::warn!(
-                        data_dir = %data_dir.display(),
-                        "durable storage is not available in this version: keeping everything in memory"
-                    );
-                }
                 let runtime = tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
                     .build()

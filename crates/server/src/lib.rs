@@ -82,14 +82,18 @@ pub async fn run(
         .context("reading the listening address")?;
     tracing::info!(%addr, "serving the HTTP API");
     let router = app(state.clone());
-    axum::serve(listener, router)
+    let signal_state = state.clone();
+    let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: answering the requests in flight");
             // Long waits (acquire `wait_ms`, barrier waits) would otherwise hold the
             // shutdown for up to their full length.
-            state.begin_shutdown();
+            signal_state.begin_shutdown();
         })
         .await
-        .context("serving HTTP")
+        .context("serving HTTP");
+    // Everything answered is committed; record the clean stop.
+    state.engine().close().await;
+    served
 }

@@ -5,9 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::path::Path;
 use tokio::sync::watch;
 use tollgate::core::Nanos;
-use tollgate::{Clock, Limiter, MemoryStore};
+
+use anyhow::Context;
+use tollgate::{Clock, Db, Engine, Limiter, MemoryStore, SystemClock};
 
 /// The default `--max-body`: 1 MiB.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
@@ -51,7 +54,7 @@ impl Default for Settings {
 
 /// Shared by every handler; cheap to clone.
 ///
-/// Holds the [`Limiter`] (in-memory store for now) and the clock it reads: tests inject a
+/// Holds the [`Engine`] (limiter, run queue, durability) and the clock it reads: tests inject a
 /// [`tollgate::FakeClock`] or a [`tollgate::TokioClock`] under paused tokio time.
 #[derive(Clone)]
 pub struct AppState {
@@ -59,7 +62,7 @@ pub struct AppState {
 }
 
 struct Shared {
-    limiter: Limiter,
+    engine: Engine,
     clock: Arc<dyn Clock>,
     settings: Settings,
     /// `true` once the server is shutting down: long waits answer at once.
@@ -71,16 +74,45 @@ struct Shared {
 }
 
 impl AppState {
-    /// A state with an in-memory limiter reading `clock`.
+    /// A state keeping everything in memory, reading `clock`. Must be called inside a tokio
+    /// runtime (the engine starts its timer task).
     pub fn new(clock: impl Clock + 'static, settings: Settings) -> AppState {
         let clock: Arc<dyn Clock> = Arc::new(clock);
         let limiter = Limiter::with_store(MemoryStore::new(), Arc::clone(&clock));
+        AppState::with_engine(Engine::in_memory(limiter), clock, settings)
+    }
+
+    /// A state persisting limits, tasks and runs in SQLite under `data_dir` (created if
+    /// missing), restored from what it holds. The clock never goes below the last time the
+    /// previous process committed. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// The directory or database cannot be opened, or holds definitions that no longer compile.
+    pub fn open(data_dir: &Path, settings: Settings) -> anyhow::Result<AppState> {
+        let (db, loaded) = Db::open(data_dir)
+            .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
+        if !loaded.clean_shutdown {
+            tracing::warn!(data_dir = %data_dir.display(), "the previous process did not shut down cleanly; runs are restored from the last commit");
+        }
+        let runs = loaded.runs.len();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::with_floor(
+            loaded.last_time.unwrap_or_default(),
+        ));
+        let limiter = Limiter::with_store(MemoryStore::new(), Arc::clone(&clock));
+        let engine = Engine::with_db(limiter, db, loaded)
+            .context("restoring the stored limits, tasks and runs")?;
+        tracing::info!(data_dir = %data_dir.display(), runs, "restored the durable state");
+        Ok(AppState::with_engine(engine, clock, settings))
+    }
+
+    /// A state over an existing engine, which must read the same `clock`.
+    pub fn with_engine(engine: Engine, clock: Arc<dyn Clock>, settings: Settings) -> AppState {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(clock.now().as_nanos());
         h.write_u32(std::process::id());
         AppState {
             inner: Arc::new(Shared {
-                limiter,
+                engine,
                 clock,
                 settings,
                 shutdown: watch::Sender::new(false),
@@ -90,9 +122,14 @@ impl AppState {
         }
     }
 
+    /// The engine behind the API.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
     /// The limiter behind the API (for embedding and tests).
     pub fn limiter(&self) -> &Limiter {
-        &self.inner.limiter
+        self.inner.engine.limiter()
     }
 
     /// The current time on the server's clock.

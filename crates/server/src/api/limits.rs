@@ -112,8 +112,7 @@ async fn put(
     JsonBody(spec): JsonBody<LimitSpec>,
 ) -> Result<Json<LimitView>, ApiError> {
     validate_key(&key, "key")?;
-    let limit = spec.to_limit()?;
-    if let Limit::Barrier(_) = limit {
+    if let Limit::Barrier(_) = spec.to_limit()? {
         // A barrier is a one-off meeting point with a lifetime, not a standing limit: it has
         // its own routes, and a declared one could never be acquired or listed.
         return Err(ApiError::new(
@@ -123,7 +122,8 @@ async fn put(
         )
         .with_field("algorithm"));
     }
-    state.limiter().upsert(&key, limit)?;
+    // Durable (SQLite) before it is answered.
+    state.engine().put_limit(&key, spec).await?;
     match state.limiter().get(&key)? {
         Some(info) => Ok(Json(info.into())),
         // Removed by a concurrent DELETE between the two calls.
@@ -131,13 +131,14 @@ async fn put(
     }
 }
 
-/// `DELETE /v1/limits/{key}`: 204, or 404 `unknown_limit`.
+/// `DELETE /v1/limits/{key}`: 204, 404 `unknown_limit`, or 409 `limit_in_use` while a task
+/// names it.
 async fn remove(
     State(state): State<AppState>,
     Segment(key): Segment,
 ) -> Result<StatusCode, ApiError> {
     validate_key(&key, "key")?;
-    if state.limiter().remove(&key)? {
+    if state.engine().remove_limit(&key).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(unknown(&key))
