@@ -69,3 +69,8 @@ pub use store::memory::MemoryStore;
 pub use store::{AcquireEntry, Acquired, LimitInfo, Namespace, StateView, Store, Target};
 pub use task::{Expr, OnLimit, RenderError, Rendered, RunContext, Task, TaskSpec};
 pub use tollgate_core as core;
+
+/// The README's Rust examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
