@@ -38,7 +38,7 @@
 //!   definitions never expire.
 //! - **Failures are errors, never panics.** An unreachable, slow or restarting server gives a
 //!   transient [`StoreError`](tollgate::StoreError) (`Error::is_transient()`), within the
-//!   connect and response timeouts (1 s each by default); the next request reconnects.
+//!   connect and response timeouts (500 ms and 1 s by default); the next request reconnects.
 //!   Messages never contain the URL's password.
 //!
 //! # Redis Cluster

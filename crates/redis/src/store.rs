@@ -48,7 +48,9 @@ impl Builder {
         self
     }
 
-    /// The longest wait for a new connection, handshake included (default 1 s).
+    /// The longest wait for a new connection, handshake included (default 500 ms). With the
+    /// response timeout, this bounds how long a call can take while Redis is unreachable: 1.5 s
+    /// by default, inside the server's 2 s budget for answering `store_unavailable`.
     pub fn connect_timeout(mut self, timeout: Duration) -> Builder {
         self.connect_timeout = timeout;
         self
@@ -167,7 +169,7 @@ impl RedisStore {
             url: url.into(),
             prefix: "tollgate".into(),
             use_server_time: true,
-            connect_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(500),
             response_timeout: Duration::from_secs(1),
             expiry_slack: Duration::from_secs(1),
             max_idle: 16,

@@ -364,3 +364,29 @@ fn redis_keys_carry_the_prefix_and_one_hash_tag_per_tollgate_key() {
         assert_eq!(&key[open + 1..close], "acct", "{key}");
     }
 }
+
+#[test]
+fn a_clock_stepping_back_never_admits_extra() {
+    // Why: callers passing their own `now` may disagree or step back; the stored state must
+    // hold (the algorithms treat an earlier `now` as no later than the state says).
+    let Some(redis) = common::redis("a_clock_stepping_back_never_admits_extra") else {
+        return;
+    };
+    let store = redis.store();
+    let per_sec = |l| RateLimit::SlidingWindow(SlidingWindow::new(l, Period::SECOND).unwrap());
+    for (key, limit) in [("g", gcra("1/s", 1)), ("s", per_sec(1))] {
+        let e = [AcquireEntry::dynamic(key, limit, 1)];
+        assert!(
+            store.acquire(&e, Nanos::from_secs(100)).unwrap().allowed,
+            "{key}"
+        );
+        for back in [99_999, 99_000, 50_000, 1] {
+            let d = store.acquire(&e, Nanos::from_millis(back)).unwrap();
+            assert!(!d.allowed, "{key} at {back} ms");
+            assert!(
+                d.decisions[0].retry_after > Nanos::ZERO,
+                "{key} at {back} ms"
+            );
+        }
+    }
+}

@@ -47,33 +47,39 @@ local function divmod(a, b)
   return q, r
 end
 
--- Exact floor(a * b / c) and (a * b) mod c, without forming a * b: a is reduced mod c, then
--- b's bits are shifted in one by one with a remainder kept below c. Needs c < 2^52 and a
--- result below 2^53.
+local EXACT = 9007199254740992 -- 2^53: integers below it are exact doubles
+
+-- Exact floor(a * b / c) and (a * b) mod c, without forming a product past 2^53: a is reduced
+-- mod c; when (a mod c)·b still does not fit, b's bits are shifted in one by one with a
+-- remainder kept below c. Needs c < 2^52 and a result below 2^53.
 local function mul_div(a, b, c)
   local qa, ra = divmod(a, c)
-  local bits = {}
-  local m = b
-  while m > 0 do
-    local bit = m % 2
-    bits[#bits + 1] = bit
-    m = (m - bit) / 2
+  local p = ra * b
+  if p < EXACT then
+    local q, r = divmod(p, c)
+    return qa * b + q, r
   end
-  local q, r = 0, 0
-  for i = #bits, 1, -1 do
+  local bit = 1
+  while bit * 2 <= b do
+    bit = bit * 2
+  end
+  local q, r, rest = 0, 0, b
+  while bit >= 1 do
     q = q * 2
     r = r * 2
     if r >= c then
       q = q + 1
       r = r - c
     end
-    if bits[i] == 1 then
+    if rest >= bit then
+      rest = rest - bit
       r = r + ra
       if r >= c then
         q = q + 1
         r = r - c
       end
     end
+    bit = bit / 2
   end
   return qa * b + q, r
 end
@@ -124,36 +130,46 @@ local function positive(x)
 end
 
 -- A rate limit from its spec, or nil when it is not one.
+-- Make the sliding- and fixed-window functions (defined below) on first use.
+local load_sw, load_fw
+
+-- Parsed limits by spec, for this script run: a key's definition and its state's spec are
+-- usually the same string.
+local parsed = {}
+
 local function parse_limit(spec)
   if not spec then
     return nil
   end
-  local t = split(spec)
-  local L = { a = t[1], spec = spec, lim = tonumber(t[2]) }
-  if L.a == 'sw' then
-    L.prec = tonumber(t[4])
-    L.per = tonumber(t[5])
-    if not (positive(L.prec) and positive(L.per)) then
+  local L = parsed[spec]
+  if L then
+    return L
+  end
+  -- Every rate spec has five tokens: algorithm, limit, period_ns, then two by algorithm.
+  local a, lim, _, x, y = string.match(spec, '^(%l+) (%d+) (%d+) (%S+) (%d+)$')
+  lim, y = tonumber(lim), tonumber(y)
+  if not (positive(lim) and positive(y)) then
+    return nil
+  end
+  L = { a = a, spec = spec, lim = lim }
+  if a == 'sw' then
+    L.prec, L.per = tonumber(x), y
+    if not positive(L.prec) then
       return nil
     end
-  elseif L.a == 'fw' then
-    L.align = t[4]
-    L.per = tonumber(t[5])
-    if not positive(L.per) then
-      return nil
-    end
-  elseif is_gcra(L.a) then
-    L.burst = tonumber(t[4])
-    L.T = tonumber(t[5])
-    if not (positive(L.burst) and positive(L.T)) then
+    load_sw()
+  elseif a == 'fw' then
+    L.align, L.per = x, y
+    load_fw()
+  elseif is_gcra(a) then
+    L.burst, L.T = tonumber(x), y
+    if not positive(L.burst) then
       return nil
     end
   else
     return nil
   end
-  if not positive(L.lim) then
-    return nil
-  end
+  parsed[spec] = L
   return L
 end
 
@@ -182,209 +198,222 @@ end
 
 ---------------------------------------------------------------------------------------------
 -- sliding_window: bucket k covers [k·P/N, (k+1)·P/N); a request checks buckets b−N ..= b.
-
-local function sw_bucket_of(L, t)
-  return (mul_div(t, L.prec, L.per))
-end
-
--- The bucket holding the instant just before t (the core's `t − 1ns`).
-local function sw_bucket_before(L, t)
-  local q, r = mul_div(t, L.prec, L.per)
-  if r == 0 and q > 0 then
-    return q - 1
+-- Its functions are made only when a request names a sliding window: making every closure of
+-- this library is a large part of a call's cost.
+local sw_bucket_of, sw_bucket_before, sw_bucket_start, sw_expiry_of, sw_current, sw_live
+local sw_decide, sw_usage, sw_refund, sw_rebucket
+load_sw = function()
+  if sw_bucket_of then
+    return
   end
-  return q
-end
-
--- ⌈k·P/N⌉
-local function sw_bucket_start(L, k)
-  local q, r = mul_div(k, L.per, L.prec)
-  if r > 0 then
-    q = q + 1
+  sw_bucket_of = function(L, t)
+    return (mul_div(t, L.prec, L.per))
   end
-  return q
-end
 
-local function sw_expiry_of(L, k)
-  return sw_bucket_start(L, k + L.prec + 1)
-end
-
-local function sw_current(L, b, now)
-  local c = sw_bucket_of(L, now)
-  local last = b[#b]
-  if last and last[1] > c then
-    c = last[1]
-  end
-  return c
-end
-
--- The buckets still counting at `current`, copied.
-local function sw_live(L, b, current)
-  local oldest = sat(current - L.prec)
-  local out = {}
-  for _, x in ipairs(b) do
-    if x[1] >= oldest then
-      out[#out + 1] = { x[1], x[2] }
+  -- The bucket holding the instant just before t (the core's `t − 1ns`).
+  sw_bucket_before = function(L, t)
+    local q, r = mul_div(t, L.prec, L.per)
+    if r == 0 and q > 0 then
+      return q - 1
     end
+    return q
   end
-  return out
-end
 
-local function sw_decide(L, b, now, units)
-  b = b or {}
-  local current = sw_current(L, b, now)
-  local live = sw_live(L, b, current)
-  local used = 0
-  for _, x in ipairs(live) do
-    used = used + x[2]
-  end
-  if used + units <= L.lim then
-    local last = live[#live]
-    if last and last[1] == current then
-      last[2] = last[2] + units
-    else
-      live[#live + 1] = { current, units }
+  -- ⌈k·P/N⌉
+  sw_bucket_start = function(L, k)
+    local q, r = mul_div(k, L.per, L.prec)
+    if r > 0 then
+      q = q + 1
     end
-    return { 1, L.lim, L.lim - used - units, 0, sat(sw_expiry_of(L, current) - now) }, live
+    return q
   end
-  -- Oldest buckets leave first; find the one whose departure frees enough.
-  local need = used + units - L.lim
-  local freed, retry = 0, nil
-  for _, x in ipairs(live) do
-    freed = freed + x[2]
-    if freed >= need then
-      retry = sat(sw_expiry_of(L, x[1]) - now)
-      break
-    end
-  end
-  local reset = 0
-  if #live > 0 then
-    reset = sat(sw_expiry_of(L, live[#live][1]) - now)
-  end
-  -- Unreachable while units <= limit (checked before deciding): every bucket leaves.
-  if retry == nil then
-    retry = MAX_TTL_MS * 1000
-  end
-  return { 0, L.lim, sat(L.lim - used), retry, reset }, nil
-end
 
-local function sw_usage(L, b, now)
-  b = b or {}
-  local live = sw_live(L, b, sw_current(L, b, now))
-  local used = 0
-  for _, x in ipairs(live) do
-    used = used + x[2]
+  sw_expiry_of = function(L, k)
+    return sw_bucket_start(L, k + L.prec + 1)
   end
-  local reset = 0
-  if #live > 0 then
-    reset = sat(sw_expiry_of(L, live[#live][1]) - now)
-  end
-  return L.lim, used, sat(L.lim - used), reset
-end
 
-local function sw_refund(L, b, now, units)
-  local live = sw_live(L, b, sw_current(L, b, now))
-  local left = units
-  while left > 0 and #live > 0 do
-    local last = live[#live]
-    local take = math.min(left, last[2])
-    last[2] = last[2] - take
-    left = left - take
-    if last[2] == 0 then
-      live[#live] = nil
+  sw_current = function(L, b, now)
+    local c = sw_bucket_of(L, now)
+    local last = b[#b]
+    if last and last[1] > c then
+      c = last[1]
     end
+    return c
   end
-  if #live == 0 then
-    return nil
-  end
-  return live
-end
 
--- Moves buckets kept under `old` onto L's. Each old bucket's units go to the new bucket
--- holding the latest instant they can have been admitted at: the old bucket's last instant,
--- but no later than now (unless the clock stepped back before the newest bucket began), so
--- they never expire earlier than they would have, and never sit in a future bucket.
-local function sw_rebucket(L, old, b, now)
-  if old.per == L.per and old.prec == L.prec then
-    return b
-  end
-  local live = sw_live(old, b, sw_current(old, b, now))
-  local newest = live[#live]
-  if newest == nil then
-    return nil
-  end
-  local capped = now >= sw_bucket_start(old, newest[1])
-  -- The new bucket of min(last instant of old bucket k, latest).
-  local function index_of(k)
-    local next_start = sw_bucket_start(old, k + 1)
-    if capped and next_start > now then
-      return sw_bucket_of(L, now)
-    end
-    return sw_bucket_before(L, next_start)
-  end
-  local oldest = sat(sw_bucket_of(L, now) - L.prec)
-  local floor = sat(index_of(newest[1]) - L.prec)
-  local out = {}
-  for _, x in ipairs(live) do
-    local index = index_of(x[1])
-    if index >= oldest then
-      if index < floor then
-        index = floor
+  -- The buckets still counting at `current`, copied.
+  sw_live = function(L, b, current)
+    local oldest = sat(current - L.prec)
+    local out = {}
+    for _, x in ipairs(b) do
+      if x[1] >= oldest then
+        out[#out + 1] = { x[1], x[2] }
       end
-      local last = out[#out]
-      if last and last[1] == index then
-        last[2] = last[2] + x[2]
+    end
+    return out
+  end
+
+  sw_decide = function(L, b, now, units)
+    b = b or {}
+    local current = sw_current(L, b, now)
+    local live = sw_live(L, b, current)
+    local used = 0
+    for _, x in ipairs(live) do
+      used = used + x[2]
+    end
+    if used + units <= L.lim then
+      local last = live[#live]
+      if last and last[1] == current then
+        last[2] = last[2] + units
       else
-        out[#out + 1] = { index, x[2] }
+        live[#live + 1] = { current, units }
+      end
+      return { 1, L.lim, L.lim - used - units, 0, sat(sw_expiry_of(L, current) - now) }, live
+    end
+    -- Oldest buckets leave first; find the one whose departure frees enough.
+    local need = used + units - L.lim
+    local freed, retry = 0, nil
+    for _, x in ipairs(live) do
+      freed = freed + x[2]
+      if freed >= need then
+        retry = sat(sw_expiry_of(L, x[1]) - now)
+        break
       end
     end
+    local reset = 0
+    if #live > 0 then
+      reset = sat(sw_expiry_of(L, live[#live][1]) - now)
+    end
+    -- Unreachable while units <= limit (checked before deciding): every bucket leaves.
+    if retry == nil then
+      retry = MAX_TTL_MS * 1000
+    end
+    return { 0, L.lim, sat(L.lim - used), retry, reset }, nil
   end
-  if #out == 0 then
-    return nil
+
+  sw_usage = function(L, b, now)
+    b = b or {}
+    local live = sw_live(L, b, sw_current(L, b, now))
+    local used = 0
+    for _, x in ipairs(live) do
+      used = used + x[2]
+    end
+    local reset = 0
+    if #live > 0 then
+      reset = sat(sw_expiry_of(L, live[#live][1]) - now)
+    end
+    return L.lim, used, sat(L.lim - used), reset
   end
-  return out
+
+  sw_refund = function(L, b, now, units)
+    local live = sw_live(L, b, sw_current(L, b, now))
+    local left = units
+    while left > 0 and #live > 0 do
+      local last = live[#live]
+      local take = math.min(left, last[2])
+      last[2] = last[2] - take
+      left = left - take
+      if last[2] == 0 then
+        live[#live] = nil
+      end
+    end
+    if #live == 0 then
+      return nil
+    end
+    return live
+  end
+
+  -- Moves buckets kept under `old` onto L's. Each old bucket's units go to the new bucket
+  -- holding the latest instant they can have been admitted at: the old bucket's last instant,
+  -- but no later than now (unless the clock stepped back before the newest bucket began), so
+  -- they never expire earlier than they would have, and never sit in a future bucket.
+  sw_rebucket = function(L, old, b, now)
+    if old.per == L.per and old.prec == L.prec then
+      return b
+    end
+    local live = sw_live(old, b, sw_current(old, b, now))
+    local newest = live[#live]
+    if newest == nil then
+      return nil
+    end
+    local capped = now >= sw_bucket_start(old, newest[1])
+    -- The new bucket of min(last instant of old bucket k, latest).
+    local function index_of(k)
+      local next_start = sw_bucket_start(old, k + 1)
+      if capped and next_start > now then
+        return sw_bucket_of(L, now)
+      end
+      return sw_bucket_before(L, next_start)
+    end
+    local oldest = sat(sw_bucket_of(L, now) - L.prec)
+    local floor = sat(index_of(newest[1]) - L.prec)
+    local out = {}
+    for _, x in ipairs(live) do
+      local index = index_of(x[1])
+      if index >= oldest then
+        if index < floor then
+          index = floor
+        end
+        local last = out[#out]
+        if last and last[1] == index then
+          last[2] = last[2] + x[2]
+        else
+          out[#out + 1] = { index, x[2] }
+        end
+      end
+    end
+    if #out == 0 then
+      return nil
+    end
+    return out
+  end
 end
 
 ---------------------------------------------------------------------------------------------
--- fixed_window: state { window_end, used }.
-
-local function fw_window(L, s, now)
-  if s and now < s[1] then
-    return s[1], s[2]
+-- fixed_window: state { window_end, used }. Made on first use, as sliding_window.
+local fw_window, fw_decide, fw_usage, fw_refund
+load_fw = function()
+  if fw_window then
+    return
   end
-  if L.align == 'c' then
-    local q = divmod(now, L.per)
-    return (q + 1) * L.per, 0
+  fw_window = function(L, s, now)
+    if s and now < s[1] then
+      return s[1], s[2]
+    end
+    if L.align == 'c' then
+      local q = divmod(now, L.per)
+      return (q + 1) * L.per, 0
+    end
+    return now + L.per, 0
   end
-  return now + L.per, 0
-end
 
-local function fw_decide(L, s, now, units)
-  local e, used = fw_window(L, s, now)
-  local reset = sat(e - now)
-  if used + units <= L.lim then
-    return { 1, L.lim, L.lim - used - units, 0, reset }, { e, used + units }
+  fw_decide = function(L, s, now, units)
+    local e, used = fw_window(L, s, now)
+    local reset = sat(e - now)
+    if used + units <= L.lim then
+      return { 1, L.lim, L.lim - used - units, 0, reset }, { e, used + units }
+    end
+    -- A new, empty window opens exactly at its end.
+    return { 0, L.lim, sat(L.lim - used), reset, reset }, nil
   end
-  -- A new, empty window opens exactly at its end.
-  return { 0, L.lim, sat(L.lim - used), reset, reset }, nil
-end
 
-local function fw_usage(L, s, now)
-  if s and now < s[1] then
-    return L.lim, s[2], sat(L.lim - s[2]), sat(s[1] - now)
+  fw_usage = function(L, s, now)
+    if s and now < s[1] then
+      return L.lim, s[2], sat(L.lim - s[2]), sat(s[1] - now)
+    end
+    return L.lim, 0, L.lim, 0
   end
-  return L.lim, 0, L.lim, 0
-end
 
-local function fw_refund(L, s, now, units)
-  if now >= s[1] then
+  fw_refund = function(L, s, now, units)
+    if now >= s[1] then
+      return nil
+    end
+    local used = sat(s[2] - units)
+    if used > 0 then
+      return { s[1], used }
+    end
     return nil
   end
-  local used = sat(s[2] - units)
-  if used > 0 then
-    return { s[1], used }
-  end
-  return nil
 end
 
 ---------------------------------------------------------------------------------------------
@@ -397,7 +426,7 @@ local function dur(us, n)
   if us < 0 then
     return '0'
   end
-  return fmt(us) .. string.format('%03d', n)
+  return string.format('%.0f%03d', us, n)
 end
 
 local function g_at_least_now(tat, now)
@@ -560,6 +589,9 @@ local function adopt(L, prior, now)
     return nil
   end
   local old = prior.L
+  if old.spec == L.spec then
+    return prior.s
+  end
   if is_gcra(L.a) and is_gcra(old.a) then
     return g_rescale(L, old, prior.s, now)
   end
@@ -586,45 +618,35 @@ local function parse_state(raw)
   if not L then
     return nil, true
   end
-  local t = split(rest)
   local s
   if L.a == 'sw' then
     s = {}
-    for i = 1, #t - 1, 2 do
-      s[#s + 1] = { tonumber(t[i]), tonumber(t[i + 1]) }
+    for i, u in string.gmatch(rest, '(%d+) (%d+)') do
+      s[#s + 1] = { tonumber(i), tonumber(u) }
     end
     if #s == 0 then
       return nil, true
     end
-  elseif L.a == 'fw' then
-    s = { tonumber(t[1]), tonumber(t[2]) }
-    if s[1] == nil or s[2] == nil then
-      return nil, true
-    end
   else
-    s = { tonumber(t[1]), tonumber(t[2] or '0') }
-    if s[1] == nil or s[2] == nil then
+    -- fw: window_end, used; gcra: tat µs, ns
+    local a, b = string.match(rest, '^(%d+) (%d+)$')
+    if a == nil then
       return nil, true
     end
+    s = { tonumber(a), tonumber(b) }
   end
   return { L = L, s = s }, false
 end
 
 local function encode_state(L, s)
-  local body
   if L.a == 'sw' then
     local parts = {}
     for _, x in ipairs(s) do
-      parts[#parts + 1] = fmt(x[1])
-      parts[#parts + 1] = fmt(x[2])
+      parts[#parts + 1] = string.format('%.0f %.0f', x[1], x[2])
     end
-    body = table.concat(parts, ' ')
-  elseif L.a == 'fw' then
-    body = fmt(s[1]) .. ' ' .. fmt(s[2])
-  else
-    body = fmt(s[1]) .. ' ' .. fmt(s[2])
+    return L.spec .. '|' .. table.concat(parts, ' ')
   end
-  return L.spec .. '|' .. body
+  return string.format('%s|%.0f %.0f', L.spec, s[1], s[2])
 end
 
 -- Stores a rate state (or forgets it when nil: fresh), expiring once it is fresh.
