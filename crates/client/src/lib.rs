@@ -1,0 +1,65 @@
+//! A typed async client for Tollgate's HTTP API: every route of the server (DESIGN §5), with
+//! request and answer types, and the server's error codes as a typed [`Error`].
+//!
+//! A denial is an answer, not an error: [`Client::acquire`] answers
+//! [`Acquisition`] with `allowed: false` and a `retry_after_ms`, [`Client::lease_acquire`] a
+//! [`Lease`] with `acquired: false`. Errors are what the server refused ([`Error::Api`], with
+//! its `code` and `field`), or a server that could not be reached ([`Error::Connect`]) or
+//! answered too late ([`Error::Timeout`]); [`Error::is_transient`] says whether to try again.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), tollgate_client::Error> {
+//! use std::time::Duration;
+//! use tollgate::LimitSpec;
+//! use tollgate_client::{AcquireEntry, Client, Error};
+//!
+//! let client = Client::new("http://127.0.0.1:7070")?;
+//! let spec = LimitSpec { rate: Some("10/s".into()), ..LimitSpec::default() };
+//! client.put_limit("stripe-api", &spec).await?;
+//!
+//! // Both keys or neither; wait up to a second for room.
+//! let entries = [AcquireEntry::new("stripe-api"), AcquireEntry::new("user:42").rate("100/h")];
+//! let answer = client.acquire(&entries, Some(Duration::from_secs(1))).await?;
+//! if !answer.allowed {
+//!     println!("denied; retry in {:?}", answer.retry_after());
+//! }
+//!
+//! match client.get_limit("nope").await {
+//!     Err(Error::Api { code, .. }) if code == "unknown_limit" => {}
+//!     other => panic!("{other:?}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Requests are plain HTTP/1.1 (no TLS built in: with an `https` server, pass a
+//! `reqwest::Client` with TLS enabled to [`ClientBuilder::http_client`]).
+//!
+//! # Layout
+//! - [`Client`], [`ClientBuilder`] (`client.rs`): the base URL, timeouts (a call that asks
+//!   the server to wait gets that wait added to its timeout), and the one request path every
+//!   route goes through.
+//! - [`Error`], [`ErrorBody`] (`error.rs`): the server's `{"error": {...}}` as
+//!   [`Error::Api`]; transport failures as their own variants.
+//! - `limits.rs`: health, limits CRUD, acquire and batch acquire ([`Limit`],
+//!   [`AcquireEntry`], [`Acquisition`], [`KeyDecision`]).
+//! - `leases.rs`: concurrency leases and barriers ([`LeaseRequest`], [`Lease`], [`Barrier`]).
+//! - `runs.rs`: tasks, enqueue, events, worker leases, run outcomes and queries ([`Task`],
+//!   [`Enqueued`], [`EventRun`], [`RunFilter`]).
+//!
+//! Types the engine already defines in their wire form are re-used, not copied:
+//! [`LimitSpec`], [`TaskSpec`], [`RunView`], [`LeasedRun`], [`RunState`].
+
+mod client;
+mod error;
+mod leases;
+mod limits;
+mod runs;
+
+pub use client::{Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT};
+pub use error::{Error, ErrorBody};
+pub use leases::{Barrier, Lease, LeaseRenewal, LeaseRequest};
+pub use limits::{AcquireEntry, Acquisition, BatchResult, Health, KeyDecision, Limit, Namespace};
+pub use runs::{Depth, Enqueued, EventRun, RunFilter, Task};
+pub use tollgate::task::{ConcurrencyUse, IdempotencyUse, NumberOrExpr, OnLimit, RateLimitUse};
+pub use tollgate::{LeasedRun, LimitSpec, RunState, RunView, TaskSpec};

@@ -1,0 +1,414 @@
+//! Tasks, runs, events and workers: `PUT/GET /v1/tasks/{name}`, `GET /v1/tasks`,
+//! `POST /v1/tasks/{name}/runs`, `POST /v1/events`, `POST /v1/workers/lease`,
+//! `POST /v1/runs/{id}/{heartbeat,complete,fail,release,cancel}`, `GET /v1/runs/{id}`,
+//! `GET /v1/runs`.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tollgate::{LeasedRun, RunState, RunView, TaskSpec};
+
+use crate::client::{Client, millis_ceil};
+use crate::error::Error;
+
+/// A task as the server shows it: its definition with the defaults filled in, and how many
+/// runs it has in each state.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct Task {
+    /// The task's name.
+    pub name: String,
+    /// Its definition, defaults filled in; it can be sent back to
+    /// [`Client::put_task`] as it is.
+    pub spec: TaskSpec,
+    /// Its runs per state.
+    #[serde(default)]
+    pub depth: Depth,
+}
+
+/// How many runs a task has in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+#[allow(missing_docs)] // one count per `RunState`, named as it
+pub struct Depth {
+    pub queued: u64,
+    pub waiting: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub cancelled: u64,
+}
+
+impl Depth {
+    /// The count for `state`.
+    pub fn get(&self, state: RunState) -> u64 {
+        match state {
+            RunState::Queued => self.queued,
+            RunState::Waiting => self.waiting,
+            RunState::Running => self.running,
+            RunState::Succeeded => self.succeeded,
+            RunState::Failed => self.failed,
+            RunState::Skipped => self.skipped,
+            RunState::Cancelled => self.cancelled,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Tasks {
+    tasks: Vec<Task>,
+}
+
+#[derive(Serialize)]
+struct EnqueueRequest<'a> {
+    input: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    additional_metadata: Option<&'a Value>,
+}
+
+/// An enqueued run: its id, and its state at once (`queued`, `waiting`, or `skipped` for a
+/// duplicate or, under `on_limit: skip`, an over-limit run).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct Enqueued {
+    /// The run's id.
+    pub id: String,
+    /// Its state.
+    pub state: RunState,
+}
+
+#[derive(Serialize)]
+struct EventRequest<'a> {
+    name: &'a str,
+    data: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    additional_metadata: Option<&'a Value>,
+}
+
+/// A run an event started.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct EventRun {
+    /// The run's id.
+    pub id: String,
+    /// The task it is a run of.
+    pub task: String,
+    /// Its state.
+    pub state: RunState,
+}
+
+#[derive(Deserialize)]
+struct EventAnswer {
+    runs: Vec<EventRun>,
+}
+
+#[derive(Serialize)]
+struct WorkerLeaseRequest<'a> {
+    worker_id: &'a str,
+    tasks: &'a [String],
+    max: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wait_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Leased {
+    runs: Vec<LeasedRun>,
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize)]
+struct CompleteRequest<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'a Value>,
+}
+
+#[derive(Serialize)]
+struct FailRequest<'a> {
+    error: &'a str,
+    retry: bool,
+}
+
+#[derive(Deserialize)]
+struct Runs {
+    runs: Vec<RunView>,
+}
+
+/// Which runs [`Client::list_runs`] answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunFilter {
+    /// Only runs of this task.
+    pub task: Option<String>,
+    /// Only runs in this state.
+    pub state: Option<RunState>,
+}
+
+impl RunFilter {
+    /// Every run.
+    pub fn all() -> RunFilter {
+        RunFilter::default()
+    }
+
+    /// Only runs of `task`.
+    #[must_use]
+    pub fn task(mut self, task: impl Into<String>) -> RunFilter {
+        self.task = Some(task.into());
+        self
+    }
+
+    /// Only runs in `state`.
+    #[must_use]
+    pub fn state(mut self, state: RunState) -> RunFilter {
+        self.state = Some(state);
+        self
+    }
+}
+
+impl Client {
+    /// `PUT /v1/tasks/{name}`: defines or redefines a task (runs already enqueued keep the
+    /// limits rendered for them).
+    ///
+    /// # Errors
+    /// [`Error::Api`] naming the field: 400 `invalid_expression` for CEL that does not
+    /// compile, 422 `unknown_limit` for a `static_key` naming no declared limit, 400
+    /// `invalid_period`, `invalid_name`, ….
+    pub async fn put_task(&self, name: &str, spec: &TaskSpec) -> Result<Task, Error> {
+        self.call(
+            Method::PUT,
+            self.url(&["v1", "tasks", name]),
+            Some(spec),
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// `GET /v1/tasks/{name}`.
+    ///
+    /// # Errors
+    /// [`Error::Api`] 404 `unknown_task`.
+    pub async fn get_task(&self, name: &str) -> Result<Task, Error> {
+        self.call(
+            Method::GET,
+            self.url(&["v1", "tasks", name]),
+            None::<&()>,
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// `GET /v1/tasks`: every task, by name.
+    ///
+    /// # Errors
+    /// Transport and server errors only.
+    pub async fn list_tasks(&self) -> Result<Vec<Task>, Error> {
+        let tasks: Tasks = self
+            .call(
+                Method::GET,
+                self.url(&["v1", "tasks"]),
+                None::<&()>,
+                Duration::ZERO,
+            )
+            .await?;
+        Ok(tasks.tasks)
+    }
+
+    /// `POST /v1/tasks/{name}/runs`: enqueues a run; answered once it is durable.
+    ///
+    /// # Errors
+    /// [`Error::Api`] 404 `unknown_task`; 422 `invalid_expression` when the task's CEL cannot
+    /// be evaluated for this input (the run is not stored: never run unlimited).
+    pub async fn enqueue(
+        &self,
+        task: &str,
+        input: &Value,
+        additional_metadata: Option<&Value>,
+    ) -> Result<Enqueued, Error> {
+        let body = EnqueueRequest {
+            input,
+            additional_metadata,
+        };
+        self.call(
+            Method::POST,
+            self.url(&["v1", "tasks", task, "runs"]),
+            Some(&body),
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// `POST /v1/events`: one run of every task triggered by event `name`, with `data` as
+    /// input. Answers the runs started (none when no task listens).
+    ///
+    /// # Errors
+    /// [`Error::Api`] 422 `invalid_expression` when a triggered task's CEL cannot be evaluated
+    /// for `data` (no run of the event is kept then).
+    pub async fn send_event(
+        &self,
+        name: &str,
+        data: &Value,
+        additional_metadata: Option<&Value>,
+    ) -> Result<Vec<EventRun>, Error> {
+        let body = EventRequest {
+            name,
+            data,
+            additional_metadata,
+        };
+        let answer: EventAnswer = self
+            .call(
+                Method::POST,
+                self.url(&["v1", "events"]),
+                Some(&body),
+                Duration::ZERO,
+            )
+            .await?;
+        Ok(answer.runs)
+    }
+
+    /// `POST /v1/workers/lease`: up to `max` runs of `tasks` for worker `worker_id`, a long
+    /// poll. Answers as soon as the server holds at least one run; waits up to `wait` only
+    /// while it has none (an empty answer then). The call's timeout grows by `wait`.
+    ///
+    /// ```
+    /// # async fn f(client: &tollgate_client::Client) -> Result<(), tollgate_client::Error> {
+    /// use std::time::Duration;
+    /// let tasks = ["sync-user".to_owned()];
+    /// for run in client.worker_lease("w1", &tasks, 10, Some(Duration::from_secs(20))).await? {
+    ///     // … do the work, heartbeating before run.lease_expires_at_ms …
+    ///     client.complete(&run.id, None).await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Api`] 422 `unknown_task` (field `tasks[i]`) for a task that is not defined.
+    pub async fn worker_lease(
+        &self,
+        worker_id: &str,
+        tasks: &[String],
+        max: u32,
+        wait: Option<Duration>,
+    ) -> Result<Vec<LeasedRun>, Error> {
+        let body = WorkerLeaseRequest {
+            worker_id,
+            tasks,
+            max,
+            wait_ms: wait.map(millis_ceil),
+        };
+        let leased: Leased = self
+            .call(
+                Method::POST,
+                self.url(&["v1", "workers", "lease"]),
+                Some(&body),
+                wait.unwrap_or_default(),
+            )
+            .await?;
+        Ok(leased.runs)
+    }
+
+    /// `POST /v1/runs/{id}/heartbeat`: extends a running run's lease.
+    ///
+    /// # Errors
+    /// [`Error::Api`] 404 `unknown_run`; 409 `invalid_state` when the run is not running (its
+    /// lease lapsed, say).
+    pub async fn heartbeat(&self, run_id: &str) -> Result<RunView, Error> {
+        self.run_action(run_id, "heartbeat", &Empty {}).await
+    }
+
+    /// `POST /v1/runs/{id}/complete`: marks a running run succeeded, with its `output`.
+    ///
+    /// # Errors
+    /// As [`Client::heartbeat`].
+    pub async fn complete(&self, run_id: &str, output: Option<&Value>) -> Result<RunView, Error> {
+        self.run_action(run_id, "complete", &CompleteRequest { output })
+            .await
+    }
+
+    /// `POST /v1/runs/{id}/fail`: records a failure. With `retry`, the run is queued again
+    /// while attempts remain; otherwise it fails for good.
+    ///
+    /// # Errors
+    /// As [`Client::heartbeat`].
+    pub async fn fail(&self, run_id: &str, error: &str, retry: bool) -> Result<RunView, Error> {
+        self.run_action(run_id, "fail", &FailRequest { error, retry })
+            .await
+    }
+
+    /// `POST /v1/runs/{id}/release`: hands a running run back without counting an attempt
+    /// (graceful worker shutdown).
+    ///
+    /// # Errors
+    /// As [`Client::heartbeat`].
+    pub async fn release(&self, run_id: &str) -> Result<RunView, Error> {
+        self.run_action(run_id, "release", &Empty {}).await
+    }
+
+    /// `POST /v1/runs/{id}/cancel`: cancels a run that has not ended.
+    ///
+    /// # Errors
+    /// [`Error::Api`] 404 `unknown_run`; 409 `invalid_state` for a run that has ended.
+    pub async fn cancel(&self, run_id: &str) -> Result<RunView, Error> {
+        self.run_action(run_id, "cancel", &Empty {}).await
+    }
+
+    async fn run_action(
+        &self,
+        run_id: &str,
+        action: &str,
+        body: &impl Serialize,
+    ) -> Result<RunView, Error> {
+        self.call(
+            Method::POST,
+            self.url(&["v1", "runs", run_id, action]),
+            Some(body),
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// `GET /v1/runs/{id}`: a run with its `state`, `attempt`, `waiting_on`,
+    /// `eligible_at_ms`, `skip_reason`, ….
+    ///
+    /// # Errors
+    /// [`Error::Api`] 404 `unknown_run`.
+    pub async fn get_run(&self, run_id: &str) -> Result<RunView, Error> {
+        self.call(
+            Method::GET,
+            self.url(&["v1", "runs", run_id]),
+            None::<&()>,
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// `GET /v1/runs?task=&state=`: runs, newest first.
+    ///
+    /// # Errors
+    /// Transport and server errors only.
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunView>, Error> {
+        let mut url = self.url(&["v1", "runs"]);
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(task) = &filter.task {
+                query.append_pair("task", task);
+            }
+            if let Some(state) = filter.state {
+                query.append_pair("state", state.as_str());
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        let runs: Runs = self
+            .call(Method::GET, url, None::<&()>, Duration::ZERO)
+            .await?;
+        Ok(runs.runs)
+    }
+}
