@@ -45,7 +45,7 @@
 //!   [`AcquireEntry`], [`Acquisition`], [`KeyDecision`]).
 //! - `leases.rs`: concurrency leases and barriers ([`LeaseRequest`], [`Lease`], [`Barrier`]).
 //! - `runs.rs`: tasks, enqueue, events, worker leases, run outcomes and queries ([`Task`],
-//!   [`Enqueued`], [`EventRun`], [`RunFilter`]).
+//!   [`EventRun`], [`RunFilter`]).
 //!
 //! Types the engine already defines in their wire form are re-used, not copied:
 //! [`LimitSpec`], [`TaskSpec`], [`RunView`], [`LeasedRun`], [`RunState`].
@@ -60,6 +60,6 @@ pub use client::{Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT
 pub use error::{Error, ErrorBody};
 pub use leases::{Barrier, Lease, LeaseRenewal, LeaseRequest};
 pub use limits::{AcquireEntry, Acquisition, BatchResult, Health, KeyDecision, Limit, Namespace};
-pub use runs::{Depth, Enqueued, EventRun, RunFilter, Task};
+pub use runs::{Depth, EventRun, RunFilter, Task};
 pub use tollgate::task::{ConcurrencyUse, IdempotencyUse, NumberOrExpr, OnLimit, RateLimitUse};
 pub use tollgate::{LeasedRun, LimitSpec, RunState, RunView, TaskSpec};

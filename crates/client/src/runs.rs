@@ -13,15 +13,13 @@ use tollgate::{LeasedRun, RunState, RunView, TaskSpec};
 use crate::client::{Client, millis_ceil};
 use crate::error::Error;
 
-/// A task as the server shows it: its definition with the defaults filled in, and how many
-/// runs it has in each state.
+/// A task as the server shows it: its definition, and how many runs it has in each state.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[non_exhaustive]
 pub struct Task {
     /// The task's name.
     pub name: String,
-    /// Its definition, defaults filled in; it can be sent back to
-    /// [`Client::put_task`] as it is.
+    /// Its definition; it can be sent back to [`Client::put_task`] as it is.
     pub spec: TaskSpec,
     /// Its runs per state.
     #[serde(default)]
@@ -70,17 +68,6 @@ struct EnqueueRequest<'a> {
     additional_metadata: Option<&'a Value>,
 }
 
-/// An enqueued run: its id, and its state at once (`queued`, `waiting`, or `skipped` for a
-/// duplicate or, under `on_limit: skip`, an over-limit run).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[non_exhaustive]
-pub struct Enqueued {
-    /// The run's id.
-    pub id: String,
-    /// Its state.
-    pub state: RunState,
-}
-
 #[derive(Serialize)]
 struct EventRequest<'a> {
     name: &'a str,
@@ -124,15 +111,25 @@ struct Leased {
 struct Empty {}
 
 #[derive(Serialize)]
+struct AttemptRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
+}
+
+#[derive(Serialize)]
 struct CompleteRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     output: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
 }
 
 #[derive(Serialize)]
 struct FailRequest<'a> {
     error: &'a str,
     retry: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -148,6 +145,8 @@ pub struct RunFilter {
     pub task: Option<String>,
     /// Only runs in this state.
     pub state: Option<RunState>,
+    /// At most this many (server default 100, at most 1000).
+    pub limit: Option<u32>,
 }
 
 impl RunFilter {
@@ -167,6 +166,13 @@ impl RunFilter {
     #[must_use]
     pub fn state(mut self, state: RunState) -> RunFilter {
         self.state = Some(state);
+        self
+    }
+
+    /// At most `limit` runs (the newest).
+    #[must_use]
+    pub fn limit(mut self, limit: u32) -> RunFilter {
+        self.limit = Some(limit);
         self
     }
 }
@@ -219,7 +225,10 @@ impl Client {
         Ok(tasks.tasks)
     }
 
-    /// `POST /v1/tasks/{name}/runs`: enqueues a run; answered once it is durable.
+    /// `POST /v1/tasks/{name}/runs`: enqueues a run; answered, once it is durable, with the
+    /// run: `queued`, `waiting` (parked on a limit, with `waiting_on` and `eligible_at_ms`),
+    /// `skipped` (a duplicate, or over its limits under `on_limit: skip`, with `skip_reason`),
+    /// or `failed` (units no limit can ever hold).
     ///
     /// # Errors
     /// [`Error::Api`] 404 `unknown_task`; 422 `invalid_expression` when the task's CEL cannot
@@ -229,7 +238,7 @@ impl Client {
         task: &str,
         input: &Value,
         additional_metadata: Option<&Value>,
-    ) -> Result<Enqueued, Error> {
+    ) -> Result<RunView, Error> {
         let body = EnqueueRequest {
             input,
             additional_metadata,
@@ -281,7 +290,7 @@ impl Client {
     /// let tasks = ["sync-user".to_owned()];
     /// for run in client.worker_lease("w1", &tasks, 10, Some(Duration::from_secs(20))).await? {
     ///     // … do the work, heartbeating before run.lease_expires_at_ms …
-    ///     client.complete(&run.id, None).await?;
+    ///     client.complete(&run.id, Some(run.attempt), None).await?;
     /// }
     /// # Ok(())
     /// # }
@@ -313,44 +322,68 @@ impl Client {
         Ok(leased.runs)
     }
 
-    /// `POST /v1/runs/{id}/heartbeat`: extends a running run's lease.
+    /// `POST /v1/runs/{id}/heartbeat`: extends a running run's lease by its task's
+    /// `lease_timeout` from now; answers the run with its new `lease_expires_at_ms`.
+    ///
+    /// `attempt` (the [`LeasedRun::attempt`] the worker was given) makes the call apply only
+    /// to that attempt: a worker whose lease lapsed, and whose run was leased again, gets 409
+    /// `invalid_state` (field `attempt`) instead of touching the new attempt. The same holds
+    /// for [`Client::complete`], [`Client::fail`] and [`Client::release`].
     ///
     /// # Errors
-    /// [`Error::Api`] 404 `unknown_run`; 409 `invalid_state` when the run is not running (its
-    /// lease lapsed, say).
-    pub async fn heartbeat(&self, run_id: &str) -> Result<RunView, Error> {
-        self.run_action(run_id, "heartbeat", &Empty {}).await
+    /// [`Error::Api`] 404 `unknown_run`; 409 `invalid_state` when the run is not running, or
+    /// is on another attempt.
+    pub async fn heartbeat(&self, run_id: &str, attempt: Option<u32>) -> Result<RunView, Error> {
+        self.run_action(run_id, "heartbeat", &AttemptRequest { attempt })
+            .await
     }
 
     /// `POST /v1/runs/{id}/complete`: marks a running run succeeded, with its `output`.
     ///
     /// # Errors
     /// As [`Client::heartbeat`].
-    pub async fn complete(&self, run_id: &str, output: Option<&Value>) -> Result<RunView, Error> {
-        self.run_action(run_id, "complete", &CompleteRequest { output })
+    pub async fn complete(
+        &self,
+        run_id: &str,
+        attempt: Option<u32>,
+        output: Option<&Value>,
+    ) -> Result<RunView, Error> {
+        self.run_action(run_id, "complete", &CompleteRequest { output, attempt })
             .await
     }
 
     /// `POST /v1/runs/{id}/fail`: records a failure. With `retry`, the run is queued again
-    /// while attempts remain; otherwise it fails for good.
+    /// while attempts remain; otherwise (or when none remain) it fails for good.
     ///
     /// # Errors
     /// As [`Client::heartbeat`].
-    pub async fn fail(&self, run_id: &str, error: &str, retry: bool) -> Result<RunView, Error> {
-        self.run_action(run_id, "fail", &FailRequest { error, retry })
-            .await
+    pub async fn fail(
+        &self,
+        run_id: &str,
+        attempt: Option<u32>,
+        error: &str,
+        retry: bool,
+    ) -> Result<RunView, Error> {
+        let body = FailRequest {
+            error,
+            retry,
+            attempt,
+        };
+        self.run_action(run_id, "fail", &body).await
     }
 
     /// `POST /v1/runs/{id}/release`: hands a running run back without counting an attempt
-    /// (graceful worker shutdown).
+    /// (graceful worker shutdown); the units it took are given back.
     ///
     /// # Errors
     /// As [`Client::heartbeat`].
-    pub async fn release(&self, run_id: &str) -> Result<RunView, Error> {
-        self.run_action(run_id, "release", &Empty {}).await
+    pub async fn release(&self, run_id: &str, attempt: Option<u32>) -> Result<RunView, Error> {
+        self.run_action(run_id, "release", &AttemptRequest { attempt })
+            .await
     }
 
-    /// `POST /v1/runs/{id}/cancel`: cancels a run that has not ended.
+    /// `POST /v1/runs/{id}/cancel`: cancels a run that has not ended. A running run's worker
+    /// learns it on its next call (409 `invalid_state`).
     ///
     /// # Errors
     /// [`Error::Api`] 404 `unknown_run`; 409 `invalid_state` for a run that has ended.
@@ -388,10 +421,11 @@ impl Client {
         .await
     }
 
-    /// `GET /v1/runs?task=&state=`: runs, newest first.
+    /// `GET /v1/runs?task=&state=&limit=`: runs, newest first.
     ///
     /// # Errors
-    /// Transport and server errors only.
+    /// [`Error::Api`] 422 `unknown_task` (field `task`) for a task that is not defined; 400
+    /// `invalid_field` for a `limit` of 0 or over 1000.
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunView>, Error> {
         let mut url = self.url(&["v1", "runs"]);
         {
@@ -401,6 +435,9 @@ impl Client {
             }
             if let Some(state) = filter.state {
                 query.append_pair("state", state.as_str());
+            }
+            if let Some(limit) = filter.limit {
+                query.append_pair("limit", &limit.to_string());
             }
         }
         if url.query() == Some("") {
