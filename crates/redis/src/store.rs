@@ -19,7 +19,7 @@ use crate::scripts::Scripts;
 use crate::spec;
 
 /// How a [`RedisStore`] connects and names its keys. From [`RedisStore::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct Builder {
     url: String,
@@ -29,6 +29,20 @@ pub struct Builder {
     response_timeout: Duration,
     expiry_slack: Duration,
     max_idle: usize,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("url", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("use_server_time", &self.use_server_time)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("expiry_slack", &self.expiry_slack)
+            .field("max_idle", &self.max_idle)
+            .finish()
+    }
 }
 
 impl Builder {
@@ -319,7 +333,6 @@ impl RedisStore {
     }
 
     /// Calls lease.lua; returns the reply's items after the status.
-    #[allow(clippy::too_many_arguments)]
     fn lease_call(
         &self,
         op: &str,

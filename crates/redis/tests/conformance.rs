@@ -22,7 +22,11 @@ fn redis_store_conforms_at_microsecond_resolution() {
         },
         Config {
             resolution: Nanos::from_micros(1),
-            cases: 1024,
+            // TOLLGATE_REDIS_CASES=20000 for a longer soak.
+            cases: std::env::var("TOLLGATE_REDIS_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1024),
             ..Config::default()
         },
     );
