@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -31,7 +32,11 @@ fn unavailable(test: &str, why: &str) -> Option<TestRedis> {
         !in_ci(),
         "{test}: no Redis under CI=true ({why}); install redis-server or set REDIS_URL"
     );
-    eprintln!("SKIPPED {test}: no Redis available ({why}); install redis-server or set REDIS_URL");
+    // Straight to stderr, not `eprintln!`: the test harness hides what a passing test prints.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: no Redis available ({why}); install redis-server or set REDIS_URL"
+    );
     None
 }
 
