@@ -59,7 +59,8 @@ pub fn redis(test: &str) -> Option<TestRedis> {
         && !url.is_empty()
     {
         if is_default_port(&url) {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "{test}: REDIS_URL points at port 6379, which tests never use; starting a redis-server instead"
             );
         } else {
