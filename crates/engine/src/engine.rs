@@ -315,16 +315,23 @@ impl<S: Store + 'static> Engine<S> {
                 .collect();
             names.sort();
             let event = serde_json::json!({"name": name, "data": data});
-            let mut out = Vec::new();
-            for task in names {
-                let id = st.enqueue(
-                    &task,
-                    data.clone(),
-                    additional_metadata.clone(),
-                    Some(event.clone()),
-                    now,
-                    store,
-                )?;
+            // Every run is rendered before any is stored: one task's failing expression must
+            // not leave the other tasks' runs behind (stored, journaled, and leased) while the
+            // caller is told the event was rejected.
+            let prepared = names
+                .iter()
+                .map(|task| {
+                    st.prepare(
+                        task,
+                        data.clone(),
+                        additional_metadata.clone(),
+                        Some(event.clone()),
+                    )
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            let mut out = Vec::with_capacity(prepared.len());
+            for p in prepared {
+                let id = st.insert(p, now, store)?;
                 out.push(RunView::from(&st.runs[&id]));
             }
             Ok(out)
@@ -337,6 +344,11 @@ impl<S: Store + 'static> Engine<S> {
     ///
     /// # Errors
     /// Store failures.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe while it commits: dropped then, the runs it has just leased stay leased
+    /// to nobody until their lease expires (costing an attempt). To end a wait early, use
+    /// [`Engine::lease_until`].
     pub async fn lease(
         &self,
         worker_id: &str,
@@ -344,8 +356,28 @@ impl<S: Store + 'static> Engine<S> {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<LeasedRun>, Error> {
+        self.lease_until(worker_id, tasks, max, wait, std::future::pending())
+            .await
+    }
+
+    /// As [`Engine::lease`], but the wait also ends as soon as `stop` completes (a server
+    /// shutting down answers its long-polls at once): the call then returns what it holds,
+    /// which is nothing. `stop` only cuts the wait, never a lease being committed, so unlike
+    /// dropping the future it never leaves runs leased to nobody.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn lease_until(
+        &self,
+        worker_id: &str,
+        tasks: &[String],
+        max: usize,
+        wait: Duration,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Vec<LeasedRun>, Error> {
         let max = max.clamp(1, MAX_LEASE_BATCH);
         let deadline = Instant::now() + wait;
+        tokio::pin!(stop);
         loop {
             let notified = self.inner.ready.notified();
             tokio::pin!(notified);
@@ -365,6 +397,8 @@ impl<S: Store + 'static> Engine<S> {
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(deadline) => {}
+                // Nothing is held while waiting, so nothing is lost by stopping here.
+                () = &mut stop => return Ok(Vec::new()),
             }
         }
     }

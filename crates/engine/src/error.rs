@@ -76,13 +76,15 @@ pub enum Error {
     },
     /// A CEL expression that could not be evaluated for a run's input: the run is rejected,
     /// never run unlimited.
-    #[error("{field}: expression {source_text:?} failed: {message}")]
+    // `message` reads on from the expression (`failed: no such key`, `gave a list; …`), as in
+    // `RenderError`: adding "failed:" here would say it twice.
+    #[error("{field}: expression {source_text:?} {message}")]
     Expression {
         /// Where the expression is in the task (`rate_limits[1].dynamic_key`).
         field: String,
         /// The expression.
         source_text: String,
-        /// What went wrong.
+        /// What went wrong, reading on from the expression: `failed: …` or `gave …`.
         message: String,
     },
     /// A limit or task definition that is not valid.

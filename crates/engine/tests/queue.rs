@@ -487,3 +487,115 @@ async fn a_lease_long_poll_returns_as_soon_as_a_run_is_enqueued() {
     assert_eq!(got[0].id, id);
     assert_eq!(start.elapsed(), Duration::ZERO);
 }
+
+// A server shutting down must answer its long-polls at once, without dropping a lease call
+// mid-commit (which would leave runs leased to nobody until their lease expires).
+#[tokio::test(start_paused = true)]
+async fn lease_until_ends_the_wait_when_told_and_takes_nothing_after() {
+    let e = engine();
+    task(&e, "t", json!({})).await;
+    let start = tokio::time::Instant::now();
+    let got = e
+        .lease_until(
+            "w1",
+            &["t".into()],
+            5,
+            Duration::from_secs(30),
+            tokio::time::sleep(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(2),
+        "stopped, not timed out"
+    );
+    let id = enqueue(&e, "t", json!({})).await;
+    assert_eq!(
+        state(&e, &id),
+        RunState::Queued,
+        "the stopped call leased nothing"
+    );
+    // A run already there is still leased: `stop` only cuts the wait.
+    let got = e
+        .lease_until("w1", &["t".into()], 5, Duration::from_secs(30), async {})
+        .await
+        .unwrap();
+    assert_eq!(got[0].id, id);
+}
+
+// The message used to read `expression "input.user_id" failed: failed: No such key`.
+#[tokio::test(start_paused = true)]
+async fn an_expression_error_says_what_failed_once() {
+    let e = engine();
+    task(
+        &e,
+        "t",
+        json!({"rate_limits": [{"dynamic_key": "input.user_id", "limit": 10, "period": "1m"}]}),
+    )
+    .await;
+    let shown = e
+        .enqueue("t", json!({}), json!({}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        shown.starts_with("rate_limits[0].dynamic_key: expression \"input.user_id\" failed: "),
+        "{shown}"
+    );
+    assert!(!shown.contains("failed: failed"), "{shown}");
+    let shown = e
+        .enqueue("t", json!({"user_id": [1]}), json!({}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        shown.starts_with("rate_limits[0].dynamic_key: expression \"input.user_id\" gave "),
+        "{shown}"
+    );
+}
+
+// An event whose expressions fail for one task used to keep the runs of the tasks before it
+// (stored, journaled, leasable, their skip-policy units consumed) while the caller was told
+// the event was rejected.
+#[tokio::test(start_paused = true)]
+async fn an_event_failing_for_one_task_keeps_no_run_and_consumes_nothing() {
+    let e = engine();
+    limit(&e, "one", json!({"rate": "1/h"})).await;
+    task(
+        &e,
+        "a-skips",
+        json!({"triggers": ["company.updated"], "on_limit": "skip",
+               "rate_limits": [{"static_key": "one", "units": 1}]}),
+    )
+    .await;
+    task(
+        &e,
+        "b-needs-id",
+        json!({"triggers": ["company.updated"],
+               "rate_limits": [{"dynamic_key": "event.data.company_id", "limit": 1, "period": "4h"}]}),
+    )
+    .await;
+    let err = e
+        .emit("company.updated", json!({"name": "no id"}), json!({}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Expression { .. }), "{err}");
+    assert!(e.runs(None, None, 10).is_empty(), "no run was kept");
+    // "one" was not consumed by the rejected event: a-skips' next run is not skipped.
+    let r = e.enqueue("a-skips", json!({}), json!({})).await.unwrap();
+    assert_eq!(r.state, RunState::Queued);
+    let runs = e
+        .emit("company.updated", json!({"company_id": "c1"}), json!({}))
+        .await
+        .unwrap();
+    let states: Vec<(String, RunState)> = runs.into_iter().map(|r| (r.task, r.state)).collect();
+    assert_eq!(
+        states,
+        [
+            ("a-skips".to_owned(), RunState::Skipped),
+            ("b-needs-id".to_owned(), RunState::Queued)
+        ]
+    );
+}

@@ -14,11 +14,12 @@ use tollgate::SpecError;
 /// | --- | --- |
 /// | 400 | `invalid_json`, `invalid_field`, `missing_field`, `unknown_field`, `invalid_period`, `invalid_rate`, `invalid_key`, `invalid_body` |
 /// | 400 | `invalid_name` (task names) |
-/// | 404 | `unknown_limit`, `unknown_lease`, `unknown_barrier`, `unknown_task`, `unknown_run`, `not_found` |
+/// | 400 | `invalid_expression` (a task's CEL that does not compile) |
+/// | 404 | `unknown_limit`, `unknown_lease`, `unknown_barrier`, `unknown_task`, `unknown_run`, `not_found` (the thing a path names) |
 /// | 405 | `method_not_allowed` |
 /// | 409 | `lease_expired`, `barrier_expired`, `invalid_state`, `limit_in_use` |
 /// | 413 | `payload_too_large` |
-/// | 422 | `wrong_algorithm`, `insufficient_capacity`, `expression_failed` |
+/// | 422 | `wrong_algorithm`, `insufficient_capacity`, `unknown_limit` (a task's `static_key`), `unknown_task` (a lease's `tasks[i]`), `invalid_expression` (a run's input that a task's CEL cannot evaluate) |
 /// | 500 | `internal_error` (details are logged, never sent) |
 /// | 503 | `store_unavailable`, with `"transient": true` |
 #[derive(Debug, Clone)]
@@ -85,6 +86,11 @@ impl ApiError {
         self.body.code
     }
 
+    /// The message for people.
+    pub fn message(&self) -> &str {
+        &self.body.message
+    }
+
     /// The field the error is about, if any.
     pub fn field(&self) -> Option<&str> {
         self.body.field.as_deref()
@@ -132,8 +138,12 @@ impl IntoResponse for ApiError {
 
 impl From<SpecError> for ApiError {
     fn from(e: SpecError) -> ApiError {
+        // Malformed definitions are 400; a well-formed one naming what cannot be (a limit not
+        // declared, units no limit of that size can hold, the wrong kind of limit) is 422.
         let status = match e.code {
-            "wrong_algorithm" => StatusCode::UNPROCESSABLE_ENTITY,
+            "wrong_algorithm" | "unknown_limit" | "insufficient_capacity" => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             _ => StatusCode::BAD_REQUEST,
         };
         let field = e.field.clone();
@@ -164,11 +174,12 @@ impl From<tollgate::Error> for ApiError {
             E::InvalidName { .. } => (StatusCode::BAD_REQUEST, "invalid_name"),
             E::Spec(spec) => return ApiError::from(spec.clone()),
             E::Expression { field, .. } => {
-                // Valid JSON and a valid task; this run's input made an expression fail.
+                // Valid JSON and a valid task; this run's input made an expression fail. The
+                // message quotes the expression; the run was not stored (never run unlimited).
                 let field = field.clone();
                 return ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "expression_failed",
+                    "invalid_expression",
                     e.to_string(),
                 )
                 .with_field(field);
@@ -276,10 +287,10 @@ mod tests {
                 E::Expression {
                     field: "rate_limits[0].units".into(),
                     source_text: "input.n".into(),
-                    message: "no such key".into(),
+                    message: "failed: no such key".into(),
                 },
                 422,
-                "expression_failed",
+                "invalid_expression",
             ),
             (
                 E::Core(C::BarrierExpired {
@@ -314,6 +325,28 @@ mod tests {
                     "internal details leaked"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn spec_errors_are_400_when_malformed_and_422_when_impossible() {
+        let spec = |code: &'static str| SpecError {
+            code,
+            field: "rate_limits[0].static_key".into(),
+            message: "m".into(),
+        };
+        for (code, status) in [
+            ("invalid_expression", 400),
+            ("invalid_field", 400),
+            ("invalid_period", 400),
+            ("missing_field", 400),
+            ("unknown_limit", 422),
+            ("insufficient_capacity", 422),
+            ("wrong_algorithm", 422),
+        ] {
+            let api = ApiError::from(spec(code));
+            assert_eq!((api.status().as_u16(), api.code()), (status, code));
+            assert_eq!(api.field(), Some("rate_limits[0].static_key"));
         }
     }
 }

@@ -30,6 +30,12 @@
 //! | `POST /v1/acquire`, `POST /v1/acquire/batch` | atomic multi-key decisions, optional `wait_ms` (capped at [`MAX_WAIT`]) |
 //! | `POST /v1/leases`, `POST /v1/leases/{id}/renew`, `DELETE /v1/leases/{id}` | concurrency leases with self-describing ids |
 //! | `POST/GET /v1/barriers/{key}`, `POST /v1/barriers/{key}/wait` | barriers |
+//! | `PUT/GET /v1/tasks/{name}`, `GET /v1/tasks` | task definitions (limits, policy, triggers) with defaults shown and run counts per state |
+//! | `POST /v1/tasks/{name}/runs` | enqueue a run: `201` with the run; `422 invalid_expression` when the task's CEL cannot be evaluated for its input |
+//! | `POST /v1/events` | one run of every task the event triggers: `202 {"runs": [...]}` |
+//! | `POST /v1/workers/lease` | a worker's long-poll for runs (`wait_ms`, capped at [`MAX_WAIT`]; answered at once on shutdown) |
+//! | `POST /v1/runs/{id}/heartbeat`, `/complete`, `/fail`, `/release`, `/cancel` | a leased run's lease and outcome (`attempt` guards against stale workers: `409 invalid_state`) |
+//! | `GET /v1/runs/{id}`, `GET /v1/runs?task=&state=&limit=` | runs with `state`, `attempt`, `waiting_on`, `eligible_at_ms`, `skip_reason`, newest first |
 //!
 //! # Layout
 //! - [`cli`]: `tollgate serve`, parsed, then validated, then resolved (binding, runtime).
@@ -61,6 +67,10 @@ pub fn app(state: AppState) -> Router {
         .merge(api::acquire::routes())
         .merge(api::leases::routes())
         .merge(api::barriers::routes())
+        .merge(api::tasks::routes())
+        .merge(api::runs::routes())
+        .merge(api::events::routes())
+        .merge(api::workers::routes())
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(state)
@@ -87,8 +97,8 @@ pub async fn run(
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: answering the requests in flight");
-            // Long waits (acquire `wait_ms`, barrier waits) would otherwise hold the
-            // shutdown for up to their full length.
+            // Long waits (acquire `wait_ms`, barrier waits, worker lease long-polls) would
+            // otherwise hold the shutdown for up to their full length.
             signal_state.begin_shutdown();
         })
         .await

@@ -26,7 +26,7 @@ use tollgate_core::{Nanos, Period};
 use super::run::{Run, RunState};
 use crate::error::Error;
 use crate::store::{AcquireEntry, Store};
-use crate::task::{OnLimit, RenderError, RunContext, Task};
+use crate::task::{OnLimit, RenderError, Rendered, RunContext, Task};
 
 /// What a parked run waits on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,6 +58,17 @@ struct TaskQueue {
     first: VecDeque<String>,
     /// Runs in enqueue order.
     normal: VecDeque<String>,
+}
+
+/// A run rendered for its task, not stored yet ([`QueueState::prepare`]).
+pub(crate) struct Prepared {
+    task: Arc<Task>,
+    rendered: Rendered,
+    /// Why the run fails at once (units that can never fit).
+    failure: Option<String>,
+    input: Value,
+    additional_metadata: Value,
+    event: Option<Value>,
 }
 
 /// The whole queue.
@@ -150,6 +161,20 @@ impl QueueState {
         now: Nanos,
         store: &dyn Store,
     ) -> Result<String, Error> {
+        let prepared = self.prepare(task_name, input, additional_metadata, event)?;
+        self.insert(prepared, now, store)
+    }
+
+    /// Renders a run of `task` without storing it or changing anything: the part of an
+    /// enqueue that can reject the run. An event prepares all its runs before storing any, so
+    /// that one task's failing expression keeps none of them.
+    pub(crate) fn prepare(
+        &self,
+        task_name: &str,
+        input: Value,
+        additional_metadata: Value,
+        event: Option<Value>,
+    ) -> Result<Prepared, Error> {
         let task = self
             .tasks
             .get(task_name)
@@ -187,6 +212,31 @@ impl QueueState {
                 )),
             ),
         };
+        Ok(Prepared {
+            task,
+            rendered,
+            failure,
+            input,
+            additional_metadata,
+            event,
+        })
+    }
+
+    /// Stores a prepared run: failed, skipped, or queued.
+    pub(crate) fn insert(
+        &mut self,
+        prepared: Prepared,
+        now: Nanos,
+        store: &dyn Store,
+    ) -> Result<String, Error> {
+        let Prepared {
+            task,
+            rendered,
+            failure,
+            input,
+            additional_metadata,
+            event,
+        } = prepared;
         self.next_seq += 1;
         let seq = self.next_seq;
         let id = format!("{}{seq:x}", self.id_prefix);

@@ -1,5 +1,6 @@
-//! The HTTP API, one module per area. Each exposes `routes()`, merged by [`crate::app`]; the
-//! task, run and worker routes join the same way.
+//! The HTTP API, one module per area. Each exposes `routes()`, merged by [`crate::app`]:
+//! direct use (`limits`, `acquire`, `leases`, `barriers`) and task runs (`tasks`, `runs`,
+//! `events`, `workers`).
 //!
 //! Conventions: durations are `*_ms`, rounded up (a client that waits that long is never
 //! early); instants are `*_at_ms`, Unix-epoch milliseconds, rounded down (a lease holder that
@@ -7,9 +8,13 @@
 
 pub(crate) mod acquire;
 pub(crate) mod barriers;
+pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod leases;
 pub(crate) mod limits;
+pub(crate) mod runs;
+pub(crate) mod tasks;
+pub(crate) mod workers;
 
 use axum::http::{StatusCode, Uri};
 use tollgate::MAX_KEY_LEN;

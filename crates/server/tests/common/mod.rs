@@ -146,3 +146,91 @@ impl Server {
         String::from_utf8_lossy(&out).into_owned()
     }
 }
+
+/// Task-run helpers: each asserts the call succeeded, so a test reads as the worker's steps.
+impl Server {
+    /// The server clock's current time in epoch milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        self.state.now().as_millis_floor()
+    }
+
+    /// `PUT /v1/limits/{key}`, expecting 200.
+    pub async fn define_limit(&self, key: &str, definition: Value) -> Value {
+        let r = self.put(&format!("/v1/limits/{key}"), definition).await;
+        assert_eq!(r.status, 200, "defining limit {key}: {:?}", r.body);
+        r.body
+    }
+
+    /// `PUT /v1/tasks/{name}`, expecting 200.
+    pub async fn define_task(&self, name: &str, spec: Value) -> Value {
+        let r = self.put(&format!("/v1/tasks/{name}"), spec).await;
+        assert_eq!(r.status, 200, "defining task {name}: {:?}", r.body);
+        r.body
+    }
+
+    /// `POST /v1/tasks/{task}/runs` with `input`, expecting 201; the run.
+    pub async fn enqueue(&self, task: &str, input: Value) -> Value {
+        let r = self
+            .post(
+                &format!("/v1/tasks/{task}/runs"),
+                serde_json::json!({"input": input}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "enqueueing a run of {task}: {:?}", r.body);
+        r.body
+    }
+
+    /// Enqueues `n` runs of `task` with `input`; their ids in order.
+    pub async fn enqueue_n(&self, task: &str, n: usize, input: Value) -> Vec<String> {
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            ids.push(id(&self.enqueue(task, input.clone()).await));
+        }
+        ids
+    }
+
+    /// `POST /v1/workers/lease` as worker `w1`, expecting 200; the leased runs.
+    pub async fn lease(&self, tasks: &[&str], max: u64, wait_ms: u64) -> Vec<Value> {
+        self.lease_as("w1", tasks, max, wait_ms).await
+    }
+
+    /// `POST /v1/workers/lease` as `worker_id`, expecting 200; the leased runs.
+    pub async fn lease_as(
+        &self,
+        worker_id: &str,
+        tasks: &[&str],
+        max: u64,
+        wait_ms: u64,
+    ) -> Vec<Value> {
+        let r = self
+            .post(
+                "/v1/workers/lease",
+                serde_json::json!({"worker_id": worker_id, "tasks": tasks, "max": max, "wait_ms": wait_ms}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "leasing {tasks:?}: {:?}", r.body);
+        r.body["runs"].as_array().expect("runs is an array").clone()
+    }
+
+    /// `GET /v1/runs/{id}`, expecting 200.
+    pub async fn run(&self, id: &str) -> Value {
+        let r = self.get(&format!("/v1/runs/{id}")).await;
+        assert_eq!(r.status, 200, "getting run {id}: {:?}", r.body);
+        r.body
+    }
+
+    /// `POST /v1/runs/{id}/{action}` with `body`.
+    pub async fn act(&self, id: &str, action: &str, body: Value) -> Answer {
+        self.post(&format!("/v1/runs/{id}/{action}"), body).await
+    }
+}
+
+/// A run's (or leased run's) id.
+pub fn id(run: &Value) -> String {
+    run["id"].as_str().expect("a run has an id").to_owned()
+}
+
+/// The ids of `runs`, in order.
+pub fn ids(runs: &[Value]) -> Vec<String> {
+    runs.iter().map(id).collect()
+}

@@ -1,0 +1,183 @@
+//! Task definitions: `PUT /v1/tasks/{name}`, `GET /v1/tasks/{name}`, `GET /v1/tasks`.
+//!
+//! The body of a `PUT` is a task spec (DESIGN §3); every field is optional. A task is answered
+//! as its name, its definition with the defaults filled in (so that what a run will get is
+//! visible, and the `spec` object can be sent back as it is), and how many runs it has in each
+//! state:
+//! ```json
+//! {"name": "send-email",
+//!  "spec": {"rate_limits": [{"static_key": "test-limit", "units": 1}], "concurrency": [],
+//!           "on_limit": "requeue", "idempotency": null, "triggers": [],
+//!           "max_attempts": 3, "lease_timeout": "30s"},
+//!  "depth": {"queued": 2, "waiting": 0, "running": 1, "succeeded": 7, "failed": 0,
+//!            "skipped": 0, "cancelled": 0}}
+//! ```
+//! Errors name the field: a CEL expression that does not compile is 400 `invalid_expression`
+//! (`rate_limits[1].dynamic_key`); a `static_key` naming no declared limit is 422
+//! `unknown_limit`; constant units beyond a constant limit's capacity are 422
+//! `insufficient_capacity`.
+
+use std::collections::HashMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use tollgate::task::{ConcurrencyUse, IdempotencyUse, OnLimit, RateLimitUse};
+use tollgate::{RunState, Task, TaskSpec};
+
+use crate::error::ApiError;
+use crate::extract::{JsonBody, Segment};
+use crate::state::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/tasks", get(list))
+        .route("/v1/tasks/{name}", get(get_one).put(put))
+}
+
+/// Runs of one task in each state.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub(crate) struct Depth {
+    queued: u64,
+    waiting: u64,
+    running: u64,
+    succeeded: u64,
+    failed: u64,
+    skipped: u64,
+    cancelled: u64,
+}
+
+impl Depth {
+    fn add(&mut self, state: RunState, n: u64) {
+        let slot = match state {
+            RunState::Queued => &mut self.queued,
+            RunState::Waiting => &mut self.waiting,
+            RunState::Running => &mut self.running,
+            RunState::Succeeded => &mut self.succeeded,
+            RunState::Failed => &mut self.failed,
+            RunState::Skipped => &mut self.skipped,
+            RunState::Cancelled => &mut self.cancelled,
+        };
+        *slot += n;
+    }
+}
+
+/// Every task's depth, by name.
+fn depths(state: &AppState) -> HashMap<String, Depth> {
+    let mut out: HashMap<String, Depth> = HashMap::new();
+    for (task, run_state, n) in state.engine().depth() {
+        out.entry(task).or_default().add(run_state, n);
+    }
+    out
+}
+
+/// A definition with its defaults filled in. Field for field a [`TaskSpec`], so that it reads
+/// back as the same task.
+#[derive(Debug, Serialize)]
+struct ShownSpec {
+    rate_limits: Vec<RateLimitUse>,
+    concurrency: Vec<ConcurrencyUse>,
+    on_limit: OnLimit,
+    idempotency: Option<IdempotencyUse>,
+    triggers: Vec<String>,
+    max_attempts: u32,
+    lease_timeout: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct TaskView {
+    name: String,
+    spec: ShownSpec,
+    depth: Depth,
+}
+
+impl TaskView {
+    fn new(task: &Task, depth: Depth) -> TaskView {
+        let spec: &TaskSpec = &task.spec;
+        TaskView {
+            name: task.name.clone(),
+            spec: ShownSpec {
+                rate_limits: spec.rate_limits.clone(),
+                concurrency: spec.concurrency.clone(),
+                on_limit: task.on_limit,
+                idempotency: spec.idempotency.clone(),
+                triggers: spec.triggers.clone(),
+                max_attempts: task.max_attempts,
+                // As given when given (the spec is kept as written), else the default.
+                lease_timeout: spec
+                    .lease_timeout
+                    .clone()
+                    .unwrap_or_else(|| task.lease_timeout.to_string()),
+            },
+            depth,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Listing {
+    tasks: Vec<TaskView>,
+}
+
+pub(crate) fn unknown_task(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_task",
+        format!("no task is defined under name {name:?}"),
+    )
+    .with_field("name")
+}
+
+/// A `{name}` segment: one that is not even text names no task.
+fn task_name(segment: Result<Segment, ApiError>) -> Result<String, ApiError> {
+    segment
+        .map(|Segment(name)| name)
+        .map_err(|_| unknown_task("(not UTF-8)"))
+}
+
+/// `GET /v1/tasks`: every task, by name.
+async fn list(State(state): State<AppState>) -> Json<Listing> {
+    let depths = depths(&state);
+    let tasks = state
+        .engine()
+        .tasks()
+        .iter()
+        .map(|t| TaskView::new(t, depths.get(&t.name).copied().unwrap_or_default()))
+        .collect();
+    Json(Listing { tasks })
+}
+
+/// `GET /v1/tasks/{name}`: 404 `unknown_task` if not defined.
+async fn get_one(
+    State(state): State<AppState>,
+    name: Result<Segment, ApiError>,
+) -> Result<Json<TaskView>, ApiError> {
+    let name = task_name(name)?;
+    let task = state
+        .engine()
+        .task(&name)
+        .ok_or_else(|| unknown_task(&name))?;
+    let depth = depths(&state).remove(&name).unwrap_or_default();
+    Ok(Json(TaskView::new(&task, depth)))
+}
+
+/// `PUT /v1/tasks/{name}`: defines or redefines (runs already enqueued keep the limits they
+/// were rendered with). Durable before it is answered.
+async fn put(
+    State(state): State<AppState>,
+    name: Result<Segment, ApiError>,
+    JsonBody(spec): JsonBody<TaskSpec>,
+) -> Result<Json<TaskView>, ApiError> {
+    let Segment(name) = name.map_err(|_| {
+        ApiError::bad_request("invalid_name", "a task name must be UTF-8 text").with_field("name")
+    })?;
+    let task = state.engine().put_task(&name, spec).await.map_err(|e| {
+        let named = matches!(e, tollgate::Error::InvalidName { .. });
+        let err = ApiError::from(e);
+        if named { err.with_field("name") } else { err }
+    })?;
+    let depth = depths(&state).remove(&name).unwrap_or_default();
+    Ok(Json(TaskView::new(&task, depth)))
+}
