@@ -22,7 +22,9 @@
 //! - **One round trip per decision.** Each operation is one `EVALSHA` of a Lua script, loaded
 //!   once per server (and again after `NOSCRIPT`, e.g. a restart). An acquire naming several
 //!   keys reads every key's definition and state, decides each with the algorithm, and writes
-//!   only if all are admitted: all or nothing, however many keys.
+//!   only if all are admitted: all or nothing, however many keys. (An acquire whose keys are
+//!   all gcra or token_bucket, with state written under the same parameters, takes a fast path
+//!   that decides inline before the algorithm library is even built, for throughput.)
 //! - **The core's arithmetic, in microseconds.** The scripts are a port of `tollgate-core`'s
 //!   algorithms (including how a state written under other parameters is converted, and that a
 //!   fresh state is no state), computing in integer microseconds because Lua numbers are
@@ -69,7 +71,8 @@
 //!
 //! Source files: `store.rs` ([`RedisStore`], [`Builder`], the `Store` impl), `keys.rs` (key
 //! names), `spec.rs` (limits as specs), `conn.rs` (connection pool, error mapping, password
-//! redaction), `scripts/*.lua` (each opens with its `KEYS` and `ARGV`).
+//! redaction), `scripts.rs` and `scripts/*.lua` (each opens with its `KEYS` and `ARGV`;
+//! `lib.lua`, the algorithms, is prepended to every script).
 
 mod conn;
 mod keys;

@@ -23,7 +23,12 @@ fn with_lib(body: &str) -> Script {
 impl Scripts {
     pub(crate) fn new() -> Scripts {
         Scripts {
-            acquire: with_lib(include_str!("scripts/acquire.lua")),
+            // The fast path runs before the library is made, and falls through to it.
+            acquire: Script::new(&format!(
+                "{}\n{LIB}\n{}",
+                include_str!("scripts/acquire_fast.lua"),
+                include_str!("scripts/acquire.lua")
+            )),
             refund: with_lib(include_str!("scripts/refund.lua")),
             lease: with_lib(include_str!("scripts/lease.lua")),
             barrier: with_lib(include_str!("scripts/barrier.lua")),
