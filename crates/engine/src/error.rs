@@ -163,12 +163,22 @@ impl StoreError {
 /// Longest key, in bytes.
 pub const MAX_KEY_LEN: usize = 512;
 
+/// Whether `s` holds a control character (`char::is_control`). Every acquire checks its keys,
+/// so ASCII keys (nearly all) are checked byte-wise instead of decoding UTF-8.
+fn has_control(s: &str) -> bool {
+    if s.is_ascii() {
+        s.bytes().any(|b| b.is_ascii_control())
+    } else {
+        s.chars().any(char::is_control)
+    }
+}
+
 pub(crate) fn check_key(key: &str) -> Result<(), Error> {
     let reason = if key.is_empty() {
         "a key must not be empty"
     } else if key.len() > MAX_KEY_LEN {
         "a key must be at most 512 bytes"
-    } else if key.chars().any(char::is_control) {
+    } else if has_control(key) {
         "a key must not contain control characters"
     } else {
         return Ok(());
@@ -178,4 +188,31 @@ pub(crate) fn check_key(key: &str) -> Result<(), Error> {
         shown.push('…');
     }
     Err(Error::InvalidKey { key: shown, reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_found_in_ascii_and_non_ascii_keys_alike() {
+        // Why: ASCII keys take a byte-wise shortcut; it must agree with `char::is_control`.
+        for key in [
+            "user:42",
+            "a\tb",
+            "del\u{7f}",
+            "caf\u{e9}",
+            "nel\u{85}",
+            "\u{9f}x",
+            "\u{a0}",
+        ] {
+            assert_eq!(
+                has_control(key),
+                key.chars().any(char::is_control),
+                "{key:?}"
+            );
+        }
+        assert!(check_key("a\u{85}").is_err());
+        assert!(check_key("caf\u{e9}").is_ok());
+    }
 }

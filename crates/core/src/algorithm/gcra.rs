@@ -105,6 +105,7 @@ impl Gcra {
         self.interval.saturating_mul(self.burst)
     }
 
+    #[inline]
     pub(crate) fn decide(
         &self,
         state: Option<&GcraState>,

@@ -90,6 +90,7 @@ impl RateLimit {
     ///
     /// # Errors
     /// [`InsufficientCapacity`] when `units > capacity()`.
+    #[inline]
     pub fn check_units(&self, units: NonZeroU32) -> Result<(), InsufficientCapacity> {
         let units = u64::from(units.get());
         if units > self.capacity() {
@@ -111,6 +112,7 @@ impl RateLimit {
     /// See DESIGN §2: never admits beyond the algorithm's bound for any arrival sequence, a
     /// clock that steps back never admits extra, `retry_after` is exact (gcra, fixed window) or
     /// at most one sub-bucket late (sliding window) and never early.
+    #[inline]
     pub fn decide(
         &self,
         prior: Option<&LimitState>,
@@ -196,6 +198,7 @@ impl RateLimit {
     }
 
     /// The prior state expressed in this limit's terms at `now` (`None`: fresh).
+    #[inline]
     fn adopt(&self, prior: Option<&LimitState>, now: Nanos) -> Option<RateState> {
         let prior = prior?;
         // A fresh state is no state, whatever limit wrote it (stores may forget it any time).
@@ -247,6 +250,7 @@ impl RateLimit {
 impl LimitState {
     /// The instant from which this state equals a fresh one (absent time stepping back), so a
     /// store may forget the key then.
+    #[inline]
     pub fn fresh_at(&self) -> Nanos {
         match (&self.limit, &self.state) {
             (RateLimit::SlidingWindow(l), RateState::SlidingWindow(s)) => l.fresh_at(s),

@@ -512,6 +512,53 @@ impl MemoryStore {
             state,
         })
     }
+
+    /// The single-key fast path: one lock, one hash-table probe, the state replaced in place.
+    fn acquire_one(&self, entry: &AcquireEntry<'_>, now: Nanos) -> Result<Acquired, Error> {
+        let (ns, key) = (entry.target.namespace(), entry.target.key());
+        let units = u64::from(entry.units);
+        let hash = self.hash(ns, key);
+        let mut shard = self.lock(hash);
+        let now = shard.observe(now);
+        let found = shard
+            .table
+            .find_entry(hash, |s| s.ns == ns && &*s.key == key)
+            .ok();
+        let decision = match found {
+            Some(mut slot) => {
+                let (limit, prior) = resolve_rate(Some(slot.get()), &entry.target, now)?;
+                let outcome = decide(&limit, prior, now, key, units)?;
+                if outcome.decision.allowed {
+                    match outcome.state {
+                        Some(state) => slot.get_mut().set_state(SlotState::Rate(state)),
+                        None if ns == Namespace::Static => {
+                            slot.get_mut().set_state(SlotState::Empty);
+                        }
+                        None => {
+                            slot.remove();
+                        }
+                    }
+                }
+                outcome.decision
+            }
+            None => {
+                let (limit, _) = resolve_rate(None, &entry.target, now)?;
+                let outcome = decide(&limit, None, now, key, units)?;
+                if let (true, Some(state)) = (outcome.decision.allowed, outcome.state) {
+                    let mut slot = Slot::new(ns, key);
+                    slot.set_state(SlotState::Rate(state));
+                    self.insert(&mut shard, hash, slot, now);
+                }
+                outcome.decision
+            }
+        };
+        let mut decisions = SmallVec::new();
+        decisions.push(decision);
+        Ok(Acquired {
+            allowed: decision.allowed,
+            decisions,
+        })
+    }
 }
 
 impl Store for MemoryStore {
@@ -591,22 +638,7 @@ impl Store for MemoryStore {
     fn acquire(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<Acquired, Error> {
         validate(entries)?;
         if let [entry] = entries {
-            // Fast path: one key, one lock, no grouping.
-            let (ns, key) = (entry.target.namespace(), entry.target.key());
-            let hash = self.hash(ns, key);
-            let mut shard = self.lock(hash);
-            let now = shard.observe(now);
-            let (limit, prior) = resolve_rate(shard.find(hash, ns, key), &entry.target, now)?;
-            let outcome = decide(&limit, prior, now, key, u64::from(entry.units))?;
-            if outcome.decision.allowed {
-                self.apply_rate(&mut shard, hash, ns, key, outcome.state, now);
-            }
-            let mut decisions = SmallVec::new();
-            decisions.push(outcome.decision);
-            return Ok(Acquired {
-                allowed: outcome.decision.allowed,
-                decisions,
-            });
+            return self.acquire_one(entry, now);
         }
         let (keys, index_of) = self.prepare(entries);
         let mut shard_ids: SmallVec<[usize; 4]> =
