@@ -134,6 +134,7 @@ impl<S: Store + 'static> Engine<S> {
             for run in loaded.runs {
                 st.restore(run);
             }
+            st.finish_restore(now);
         }
         engine.inner.timer.notify_one();
         Ok(engine)

@@ -62,6 +62,20 @@ async fn runs_limits_and_consumption_survive_an_unclean_restart() {
         RunState::Running,
         "a leased run keeps its lease"
     );
+    let parked = e.run(&ids[2]).unwrap();
+    assert_eq!(
+        (
+            parked.state,
+            parked.waiting_on.as_deref(),
+            parked.eligible_at_ms
+        ),
+        (
+            RunState::Waiting,
+            Some("test-limit"),
+            Some(T0.as_millis_floor() + 30_000)
+        ),
+        "a parked run is parked again, before any lease call, with the same eligible_at"
+    );
     assert!(e.task("t").is_some());
     // Both units of the minute were consumed before the restart: nothing more is admitted.
     let again = e

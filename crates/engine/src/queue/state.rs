@@ -333,8 +333,19 @@ impl QueueState {
     pub(crate) fn restore(&mut self, mut run: Run) {
         self.next_seq = self.next_seq.max(run.seq);
         let id = run.id.clone();
-        match run.state {
-            RunState::Queued | RunState::Waiting => {
+        let parked_on = (run.state == RunState::Waiting)
+            .then(|| Self::wait_key_of(&run))
+            .flatten();
+        match (run.state, parked_on) {
+            (RunState::Waiting, Some(key)) => {
+                // Parks again where it was, in enqueue order (restore goes by seq); the first one
+                // per key is the head and gets the key's timer (finish_restore).
+                for k in &run.held {
+                    *self.live.entry(k.clone()).or_default() += 1;
+                }
+                self.parked.entry(key).or_default().push_back(id.clone());
+            }
+            (RunState::Queued | RunState::Waiting, _) => {
                 run.state = RunState::Queued;
                 run.waiting_on = None;
                 run.eligible_at = None;
@@ -348,7 +359,7 @@ impl QueueState {
                     .push_back(id.clone());
                 self.became_ready = true;
             }
-            RunState::Running => {
+            (RunState::Running, _) => {
                 for k in &run.held {
                     *self.live.entry(k.clone()).or_default() += 1;
                 }
@@ -370,6 +381,46 @@ impl QueueState {
             *e = (*e).max(until);
         }
         self.runs.insert(id, run);
+    }
+
+    /// The key a waiting run was parked on, from its rendered limits.
+    fn wait_key_of(run: &Run) -> Option<WaitKey> {
+        let name = run.waiting_on.as_deref()?;
+        if let Some(r) = run.rendered.rate.iter().find(|r| r.key == name) {
+            return Some(WaitKey::Rate {
+                dynamic: r.dynamic.is_some(),
+                key: r.key.clone(),
+            });
+        }
+        run.rendered
+            .concurrency
+            .iter()
+            .find(|c| c.key == name)
+            .map(|c| WaitKey::Concurrency(c.key.clone()))
+    }
+
+    /// After every run is restored: each rate key's head gets its timer back (at its stored
+    /// `eligible_at`, or now), and free concurrency slots go to the heads waiting for them.
+    pub(crate) fn finish_restore(&mut self, now: Nanos) {
+        let keys: Vec<WaitKey> = self.parked.keys().cloned().collect();
+        for key in keys {
+            match &key {
+                WaitKey::Rate { .. } => {
+                    let at = self
+                        .parked
+                        .get(&key)
+                        .and_then(|q| q.front())
+                        .and_then(|h| self.runs.get(h))
+                        .and_then(|r| r.eligible_at)
+                        .unwrap_or(now);
+                    self.timers.push(Reverse((at, key)));
+                }
+                WaitKey::Concurrency(k) => {
+                    let k = k.clone();
+                    self.wake_concurrency(&k, now);
+                }
+            }
+        }
     }
 
     // ---- admission -----------------------------------------------------------------------
