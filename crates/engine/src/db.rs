@@ -13,9 +13,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 use tollgate_core::Nanos;
 
+use tollgate_core::{LimitState, RateState};
+
 use crate::error::StoreError;
 use crate::queue::run::Run;
 use crate::spec::LimitSpec;
+use crate::store::Namespace;
 use crate::task::TaskSpec;
 
 /// The database file inside the data directory.
@@ -48,6 +51,79 @@ pub enum Write {
     },
     /// Insert or replace a run.
     PutRun(Box<Run>),
+    /// Record that a key had direct (`/v1/acquire`) use, last at `last_used`.
+    DirectUse(DirectUse),
+    /// Forget a key's direct use (its usage has long expired).
+    ForgetDirectUse {
+        /// Static or dynamic.
+        namespace: Namespace,
+        /// The key.
+        key: String,
+    },
+    /// Replace the whole rate-state snapshot (taken at a clean shutdown).
+    ReplaceStates(Vec<StoredState>),
+}
+
+/// A key with direct use: after a crash it is treated as fully used for one period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectUse {
+    /// Static or dynamic.
+    pub namespace: Namespace,
+    /// The key.
+    pub key: String,
+    /// For dynamic keys, the parameters of the last use.
+    pub spec: Option<LimitSpec>,
+    /// The last use known to the journal.
+    pub last_used: Nanos,
+}
+
+/// One key's rate state in the clean-shutdown snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredState {
+    /// Static or dynamic.
+    pub namespace: Namespace,
+    /// The key.
+    pub key: String,
+    /// The limit that wrote the state.
+    pub spec: LimitSpec,
+    /// The state.
+    pub state: RateState,
+}
+
+impl StoredState {
+    /// The snapshot form of `state`.
+    pub fn new(namespace: Namespace, key: String, state: &LimitState) -> StoredState {
+        StoredState {
+            namespace,
+            key,
+            spec: LimitSpec::from_limit(&tollgate_core::Limit::Rate(state.limit)),
+            state: state.state.clone(),
+        }
+    }
+
+    /// Back to a core state; `None` if the stored limit no longer parses.
+    pub fn to_limit_state(&self) -> Option<LimitState> {
+        Some(LimitState {
+            limit: self.spec.to_rate_limit().ok()?,
+            state: self.state.clone(),
+        })
+    }
+}
+
+fn ns_name(ns: Namespace) -> &'static str {
+    match ns {
+        Namespace::Static => "static",
+        Namespace::Dynamic => "dynamic",
+        Namespace::Barrier => "barrier",
+    }
+}
+
+fn ns_parse(s: &str) -> Namespace {
+    match s {
+        "dynamic" => Namespace::Dynamic,
+        "barrier" => Namespace::Barrier,
+        _ => Namespace::Static,
+    }
 }
 
 /// What a data directory held when opened.
@@ -63,6 +139,11 @@ pub struct Loaded {
     pub last_time: Option<Nanos>,
     /// Whether the previous process shut down cleanly.
     pub clean_shutdown: bool,
+    /// Keys with direct use still within their period.
+    pub direct_use: Vec<DirectUse>,
+    /// The rate-state snapshot of the last clean shutdown (only meaningful when
+    /// `clean_shutdown`).
+    pub states: Vec<StoredState>,
 }
 
 /// Tells a submitter its batch is committed (or why not).
@@ -110,7 +191,13 @@ impl Db {
                  id TEXT PRIMARY KEY, seq INTEGER NOT NULL, task TEXT NOT NULL,
                  state TEXT NOT NULL, data TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS runs_seq ON runs(seq);
-             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS direct_use (
+                 ns TEXT NOT NULL, key TEXT NOT NULL, spec TEXT, last_used INTEGER NOT NULL,
+                 PRIMARY KEY (ns, key));
+             CREATE TABLE IF NOT EXISTS states (
+                 ns TEXT NOT NULL, key TEXT NOT NULL, spec TEXT NOT NULL, state TEXT NOT NULL,
+                 PRIMARY KEY (ns, key));",
         )
         .map_err(|e| err(&format!("cannot prepare {}", path.display()), e))?;
         let loaded = load(&conn).map_err(|e| err(&format!("cannot read {}", path.display()), e))?;
@@ -206,6 +293,46 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
         conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()
     };
+    let mut stmt = conn.prepare("SELECT ns, key, spec, last_used FROM direct_use")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<String>>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (ns, key, spec, last_used) = row?;
+        let spec = match spec {
+            Some(s) => Some(serde_json::from_str(&s).map_err(json_err)?),
+            None => None,
+        };
+        loaded.direct_use.push(DirectUse {
+            namespace: ns_parse(&ns),
+            key,
+            spec,
+            last_used: Nanos::from_nanos(u64::try_from(last_used).unwrap_or(0)),
+        });
+    }
+    let mut stmt = conn.prepare("SELECT ns, key, spec, state FROM states")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (ns, key, spec, state) = row?;
+        loaded.states.push(StoredState {
+            namespace: ns_parse(&ns),
+            key,
+            spec: serde_json::from_str(&spec).map_err(json_err)?,
+            state: serde_json::from_str(&state).map_err(json_err)?,
+        });
+    }
     loaded.last_time = meta("last_time")?
         .and_then(|v| v.parse().ok())
         .map(Nanos::from_nanos);
@@ -228,6 +355,29 @@ fn apply(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<(), String> {
             "INSERT OR REPLACE INTO tasks (name, spec) VALUES (?1, ?2)",
             params![name, json(spec)?],
         ),
+        Write::DirectUse(d) => {
+            let spec = d.spec.as_ref().map(json).transpose()?;
+            tx.execute(
+                "INSERT OR REPLACE INTO direct_use (ns, key, spec, last_used) VALUES (?1, ?2, ?3, ?4)",
+                params![ns_name(d.namespace), d.key, spec, d.last_used.as_nanos() as i64],
+            )
+        }
+        Write::ForgetDirectUse { namespace, key } => tx.execute(
+            "DELETE FROM direct_use WHERE ns = ?1 AND key = ?2",
+            params![ns_name(*namespace), key],
+        ),
+        Write::ReplaceStates(states) => {
+            tx.execute("DELETE FROM states", [])
+                .map_err(|e| format!("cannot write to the database: {e}"))?;
+            for st in states {
+                tx.execute(
+                    "INSERT OR REPLACE INTO states (ns, key, spec, state) VALUES (?1, ?2, ?3, ?4)",
+                    params![ns_name(st.namespace), st.key, json(&st.spec)?, json(&st.state)?],
+                )
+                .map_err(|e| format!("cannot write to the database: {e}"))?;
+            }
+            Ok(0)
+        }
         Write::PutRun(run) => tx.execute(
             "INSERT OR REPLACE INTO runs (id, seq, task, state, data) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![

@@ -1,7 +1,7 @@
 //! [`Engine`]: what the server runs — a [`Limiter`], the task-run admission queue, and
 //! (optionally) SQLite durability. The server is a thin HTTP shell over it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -10,16 +10,16 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tollgate_core::{Limit, Nanos};
+use tollgate_core::{Limit, LimitState, Nanos, RateLimit};
 
-use crate::db::{Db, Loaded, Write};
+use crate::db::{Db, DirectUse, Loaded, StoredState, Write};
 use crate::error::{Error, StoreError};
 use crate::limiter::Limiter;
 use crate::queue::run::{LeasedRun, Run, RunState, RunView};
 use crate::queue::state::QueueState;
 use crate::spec::LimitSpec;
 use crate::store::memory::MemoryStore;
-use crate::store::{AcquireEntry, Store};
+use crate::store::{AcquireEntry, Namespace, Store, Target};
 use crate::task::{Task, TaskSpec};
 
 /// Most runs one lease call returns.
@@ -56,6 +56,17 @@ struct Inner<S: Store> {
     /// Woken when a timer may have moved earlier.
     timer: Arc<Notify>,
     db: Option<Db>,
+    /// Keys with direct (`/v1/acquire`) use, for crash recovery (only with a `db`).
+    direct: Mutex<HashMap<(Namespace, String), DirectEntry>>,
+}
+
+/// What the journal knows of one key's direct use.
+struct DirectEntry {
+    /// Dynamic keys: the parameters of the last use.
+    limit: Option<RateLimit>,
+    last_used: Nanos,
+    /// Used since the last snapshot.
+    dirty: bool,
 }
 
 impl<S: Store> Drop for Inner<S> {
@@ -90,12 +101,16 @@ impl<S: Store + 'static> Engine<S> {
                 ready: Notify::new(),
                 timer: Arc::new(Notify::new()),
                 db,
+                direct: Mutex::new(HashMap::new()),
             }),
         };
         spawn_timer(
             Arc::downgrade(&engine.inner),
             Arc::clone(&engine.inner.timer),
         );
+        if engine.inner.db.is_some() {
+            spawn_snapshots(Arc::downgrade(&engine.inner));
+        }
         engine
     }
 
@@ -120,17 +135,54 @@ impl<S: Store + 'static> Engine<S> {
                 let task = engine.compile(&name, spec)?;
                 st.tasks.insert(name, Arc::new(task));
             }
-            let mut consumed: Vec<&Run> = loaded
-                .runs
-                .iter()
-                .filter(|r| r.consumed_at.is_some())
-                .collect();
-            consumed.sort_by_key(|r| (r.consumed_at, r.seq));
             let now = engine.inner.limiter.now();
             let store = engine.inner.limiter.store();
-            for run in consumed {
-                replay(store, run, now);
+            if loaded.clean_shutdown {
+                // A clean stop left the exact limiter state (runs' consumption included).
+                for saved in &loaded.states {
+                    if let Some(state) = saved.to_limit_state() {
+                        // A static limit removed since has nothing to restore into.
+                        let _ = store.import_rate_state(saved.namespace, &saved.key, state, now);
+                    }
+                }
+            } else {
+                let mut consumed: Vec<&Run> = loaded
+                    .runs
+                    .iter()
+                    .filter(|r| r.consumed_at.is_some())
+                    .collect();
+                consumed.sort_by_key(|r| (r.consumed_at, r.seq));
+                for run in consumed {
+                    replay(store, run, now);
+                }
+                // Direct use since the last snapshot is unknown: every key with direct use is
+                // treated as fully used from the latest instant the crash can have happened.
+                let crash_by = loaded
+                    .last_time
+                    .map_or(now, |t| (t + SNAPSHOT_EVERY.saturating_mul(2)).min(now));
+                for d in &loaded.direct_use {
+                    if let Some(limit) =
+                        direct_limit(store, d.namespace, &d.key, d.spec.as_ref(), now)
+                        && let Some(full) = exhausted(&limit, crash_by)
+                        && full.fresh_at() > now
+                    {
+                        let _ = store.import_rate_state(d.namespace, &d.key, full, now);
+                    }
+                }
             }
+            let mut direct = engine.inner.direct.lock();
+            for d in loaded.direct_use {
+                let limit = d.spec.as_ref().and_then(|s| s.to_rate_limit().ok());
+                direct.insert(
+                    (d.namespace, d.key),
+                    DirectEntry {
+                        limit,
+                        last_used: d.last_used,
+                        dirty: false,
+                    },
+                );
+            }
+            drop(direct);
             for run in loaded.runs {
                 st.restore(run);
             }
@@ -138,6 +190,91 @@ impl<S: Store + 'static> Engine<S> {
         }
         engine.inner.timer.notify_one();
         Ok(engine)
+    }
+
+    /// Records that `entries` were just consumed by direct use (`/v1/acquire`), so that after a
+    /// crash those keys are treated as fully used for one period (DESIGN §4). A key's first use
+    /// is committed before this returns; later uses are snapshotted about every second.
+    /// Without a database this does nothing.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn note_direct_use(&self, entries: &[AcquireEntry<'_>]) -> Result<(), Error> {
+        let Some(db) = &self.inner.db else {
+            return Ok(());
+        };
+        let now = self.inner.limiter.now();
+        let mut writes = Vec::new();
+        {
+            let mut direct = self.inner.direct.lock();
+            for e in entries {
+                let (ns, key) = (e.target.namespace(), e.target.key());
+                let limit = match e.target {
+                    Target::Dynamic(_, l) => Some(l),
+                    Target::Static(_) => None,
+                };
+                if let Some(d) = direct.get_mut(&(ns, key.to_owned())) {
+                    d.last_used = now;
+                    d.limit = limit;
+                    d.dirty = true;
+                    continue;
+                }
+                direct.insert(
+                    (ns, key.to_owned()),
+                    DirectEntry {
+                        limit,
+                        last_used: now,
+                        dirty: false,
+                    },
+                );
+                writes.push(Write::DirectUse(DirectUse {
+                    namespace: ns,
+                    key: key.to_owned(),
+                    spec: limit.map(|l| LimitSpec::from_limit(&Limit::Rate(l))),
+                    last_used: now,
+                }));
+            }
+        }
+        if !writes.is_empty() {
+            db.submit(writes, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Journals direct use since the last snapshot and forgets keys whose use has expired.
+    async fn snapshot_direct_use(&self) -> Result<(), Error> {
+        let Some(db) = &self.inner.db else {
+            return Ok(());
+        };
+        let now = self.inner.limiter.now();
+        let store = self.inner.limiter.store();
+        let mut writes = Vec::new();
+        self.inner.direct.lock().retain(|(ns, key), d| {
+            let limit = d.limit.or_else(|| direct_limit(store, *ns, key, None, now));
+            let alive = limit
+                .as_ref()
+                .and_then(|l| exhausted(l, d.last_used))
+                .is_some_and(|full| full.fresh_at() > now);
+            if !alive {
+                writes.push(Write::ForgetDirectUse {
+                    namespace: *ns,
+                    key: key.clone(),
+                });
+            } else if d.dirty {
+                d.dirty = false;
+                writes.push(Write::DirectUse(DirectUse {
+                    namespace: *ns,
+                    key: key.clone(),
+                    spec: d.limit.map(|l| LimitSpec::from_limit(&Limit::Rate(l))),
+                    last_used: d.last_used,
+                }));
+            }
+            alive
+        });
+        if !writes.is_empty() {
+            db.submit(writes, now).await?;
+        }
+        Ok(())
     }
 
     /// The limiter.
@@ -517,9 +654,61 @@ impl<S: Store + 'static> Engine<S> {
     /// Flushes everything and records a clean shutdown (SQLite); call before exiting.
     pub async fn close(&self) {
         if let Some(db) = &self.inner.db {
-            db.close(self.inner.limiter.now()).await;
+            let _ = self.snapshot_direct_use().await;
+            let now = self.inner.limiter.now();
+            match self.inner.limiter.store().export_rate_states(now) {
+                Ok(states) => {
+                    let saved = states
+                        .iter()
+                        .map(|e| StoredState::new(e.namespace, e.key.clone(), &e.state))
+                        .collect();
+                    if let Err(e) = db.submit(vec![Write::ReplaceStates(saved)], now).await {
+                        tracing_fallback(&format!(
+                            "cannot save the limiter state at shutdown: {e}"
+                        ));
+                        return; // not marked clean: the next start treats it as a crash
+                    }
+                }
+                Err(e) => {
+                    tracing_fallback(&format!("cannot export the limiter state at shutdown: {e}"));
+                    return;
+                }
+            }
+            db.close(now).await;
         }
     }
+}
+
+/// How often direct use is journalled.
+const SNAPSHOT_EVERY: Nanos = Nanos::SECOND;
+
+/// The engine has no logging dependency; shutdown problems go to stderr.
+fn tracing_fallback(message: &str) {
+    eprintln!("tollgate: {message}");
+}
+
+/// The rate limit a directly used key has now: a static key's definition, or a dynamic key's
+/// last parameters.
+fn direct_limit(
+    store: &dyn Store,
+    ns: Namespace,
+    key: &str,
+    spec: Option<&LimitSpec>,
+    now: Nanos,
+) -> Option<RateLimit> {
+    match ns {
+        Namespace::Static => match store.get_limit(key, now).ok()??.limit {
+            Limit::Rate(r) => Some(r),
+            _ => None,
+        },
+        _ => spec.and_then(|s| s.to_rate_limit().ok()),
+    }
+}
+
+/// The state of `limit` fully used at `at`.
+fn exhausted(limit: &RateLimit, at: Nanos) -> Option<LimitState> {
+    let units = NonZeroU32::new(u32::try_from(limit.capacity()).ok()?)?;
+    limit.decide(None, at, units).ok()?.state
 }
 
 /// Re-applies the units `run` consumed, at the time it consumed them, where they still count.
@@ -564,6 +753,20 @@ fn check_name(name: &str) -> Result<(), Error> {
     crate::error::check_key(name).map_err(|_| Error::InvalidName {
         name: name.chars().take(64).collect(),
     })
+}
+
+fn spawn_snapshots<S: Store + 'static>(engine: Weak<Inner<S>>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SNAPSHOT_EVERY.as_duration());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(inner) = engine.upgrade() else {
+                return;
+            };
+            let _ = Engine { inner }.snapshot_direct_use().await;
+        }
+    });
 }
 
 fn spawn_timer<S: Store + 'static>(engine: Weak<Inner<S>>, timer: Arc<Notify>) {

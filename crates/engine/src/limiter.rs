@@ -73,7 +73,15 @@ impl Limiter<MemoryStore> {
 impl<S: Store> Limiter<S> {
     /// A limiter over `store`, reading time from `clock`.
     pub fn with_store(store: S, clock: impl Clock + 'static) -> Limiter<S> {
-        let lease_prefix = clock.now().as_nanos();
+        // Random per limiter: several limiters (nodes) sharing one store must never hand out
+        // the same lease id, even when created at the same instant.
+        let lease_prefix = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(clock.now().as_nanos());
+            h.write_u32(std::process::id());
+            h.finish()
+        };
         Limiter {
             inner: Arc::new(Inner {
                 store,

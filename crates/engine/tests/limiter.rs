@@ -374,3 +374,21 @@ async fn a_waiter_whose_barrier_expires_gets_an_error_not_a_pass() {
         "{r:?}"
     );
 }
+
+#[test]
+fn limiters_sharing_a_store_never_hand_out_the_same_lease_id() {
+    // Why: lease ids are the only identity of a lease; two nodes created at the same instant
+    // once produced equal ids, so the second "renewed" the first's lease: two holders, one slot.
+    let store = std::sync::Arc::new(MemoryStore::new());
+    let clock = FakeClock::new(T0);
+    let a = Limiter::with_store(store.clone(), clock.clone());
+    let b = Limiter::with_store(store, clock);
+    a.upsert("db", Concurrency::new(1, Period::MINUTE).unwrap())
+        .unwrap();
+    let held = a.try_lease(Target::Static("db"), "a").unwrap().unwrap();
+    assert!(
+        b.try_lease(Target::Static("db"), "b").unwrap().is_err(),
+        "one slot, already held"
+    );
+    drop(held);
+}

@@ -20,7 +20,9 @@ use tollgate_core::{
     LimitState, Nanos, Outcome, RateLimit,
 };
 
-use super::{AcquireEntry, Acquired, LimitInfo, Namespace, StateView, Store, Target};
+use super::{
+    AcquireEntry, Acquired, ExportedState, LimitInfo, Namespace, StateView, Store, Target,
+};
 use crate::error::{Error, check_key};
 
 /// Shards: a power of two, enough that 2 to 64 threads rarely meet on one lock.
@@ -756,6 +758,52 @@ impl Store for MemoryStore {
         self.with_barrier(key, now, |prior, now| {
             Ok((Barrier::status(prior, now)?, None))
         })
+    }
+
+    fn export_rate_states(&self, now: Nanos) -> Result<Vec<ExportedState>, Error> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.0.lock();
+            let now = shard.observe(now);
+            out.extend(shard.table.iter().filter(|s| s.fresh_at > now).filter_map(
+                |s| match &s.state {
+                    SlotState::Rate(state) => Some(ExportedState {
+                        namespace: s.ns,
+                        key: s.key.to_string(),
+                        state: state.clone(),
+                    }),
+                    _ => None,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    fn import_rate_state(
+        &self,
+        namespace: Namespace,
+        key: &str,
+        state: LimitState,
+        now: Nanos,
+    ) -> Result<(), Error> {
+        check_key(key)?;
+        let hash = self.hash(namespace, key);
+        let mut shard = self.lock(hash);
+        let now = shard.observe(now);
+        match shard.find_mut(hash, namespace, key) {
+            Some(slot) => slot.set_state(SlotState::Rate(state)),
+            None if namespace == Namespace::Static => {
+                return Err(Error::UnknownLimit {
+                    key: key.to_owned(),
+                });
+            }
+            None => {
+                let mut slot = Slot::new(namespace, key);
+                slot.set_state(SlotState::Rate(state));
+                self.insert(&mut shard, hash, slot, now);
+            }
+        }
+        Ok(())
     }
 
     fn sweep(&self, now: Nanos) -> Result<usize, Error> {

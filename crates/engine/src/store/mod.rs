@@ -7,7 +7,8 @@ pub(crate) mod memory;
 
 use smallvec::SmallVec;
 use tollgate_core::{
-    Barrier, BarrierStatus, Concurrency, Decision, LeaseDecision, Limit, Nanos, RateLimit, Usage,
+    Barrier, BarrierStatus, Concurrency, Decision, LeaseDecision, Limit, LimitState, Nanos,
+    RateLimit, Usage,
 };
 
 use crate::error::Error;
@@ -245,4 +246,121 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// Store failures.
     fn sweep(&self, now: Nanos) -> Result<usize, Error>;
+
+    /// Every rate state that is not fresh at `now`, static and dynamic, for a snapshot taken
+    /// at a clean shutdown. Stores that are durable themselves (Redis) return nothing: there is
+    /// nothing to carry over.
+    ///
+    /// # Errors
+    /// Store failures.
+    fn export_rate_states(&self, now: Nanos) -> Result<Vec<ExportedState>, Error> {
+        let _ = now;
+        Ok(Vec::new())
+    }
+
+    /// Puts a rate state back, replacing the key's current one (restoring a snapshot, or marking
+    /// a key used after a crash). A static key must already be declared; otherwise this is
+    /// [`Error::UnknownLimit`]. Stores that are durable themselves ignore it.
+    ///
+    /// # Errors
+    /// As above; store failures.
+    fn import_rate_state(
+        &self,
+        namespace: Namespace,
+        key: &str,
+        state: LimitState,
+        now: Nanos,
+    ) -> Result<(), Error> {
+        let _ = (namespace, key, state, now);
+        Ok(())
+    }
+}
+
+/// One key's rate state, as exported for a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedState {
+    /// Static or dynamic.
+    pub namespace: Namespace,
+    /// The key.
+    pub key: String,
+    /// The state with the limit that wrote it.
+    pub state: LimitState,
+}
+
+/// One store shared by several limiters (nodes in one process, tests).
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn put_limit(&self, key: &str, limit: Limit, now: Nanos) -> Result<(), Error> {
+        (**self).put_limit(key, limit, now)
+    }
+    fn remove_limit(&self, key: &str) -> Result<bool, Error> {
+        (**self).remove_limit(key)
+    }
+    fn get_limit(&self, key: &str, now: Nanos) -> Result<Option<LimitInfo>, Error> {
+        (**self).get_limit(key, now)
+    }
+    fn list_limits(&self, now: Nanos) -> Result<Vec<LimitInfo>, Error> {
+        (**self).list_limits(now)
+    }
+    fn acquire(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<Acquired, Error> {
+        (**self).acquire(entries, now)
+    }
+    fn refund(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<(), Error> {
+        (**self).refund(entries, now)
+    }
+    fn lease_acquire(
+        &self,
+        target: Target<'_, Concurrency>,
+        lease_id: &str,
+        holder: &str,
+        ttl: Option<Nanos>,
+        now: Nanos,
+    ) -> Result<LeaseDecision, Error> {
+        (**self).lease_acquire(target, lease_id, holder, ttl, now)
+    }
+    fn lease_renew(
+        &self,
+        target: Target<'_, Concurrency>,
+        lease_id: &str,
+        ttl: Option<Nanos>,
+        now: Nanos,
+    ) -> Result<Nanos, Error> {
+        (**self).lease_renew(target, lease_id, ttl, now)
+    }
+    fn lease_release(
+        &self,
+        target: Target<'_, Concurrency>,
+        lease_id: &str,
+        now: Nanos,
+    ) -> Result<bool, Error> {
+        (**self).lease_release(target, lease_id, now)
+    }
+    fn barrier_create(
+        &self,
+        key: &str,
+        barrier: Barrier,
+        now: Nanos,
+    ) -> Result<BarrierStatus, Error> {
+        (**self).barrier_create(key, barrier, now)
+    }
+    fn barrier_arrive(&self, key: &str, now: Nanos) -> Result<BarrierStatus, Error> {
+        (**self).barrier_arrive(key, now)
+    }
+    fn barrier_status(&self, key: &str, now: Nanos) -> Result<BarrierStatus, Error> {
+        (**self).barrier_status(key, now)
+    }
+    fn sweep(&self, now: Nanos) -> Result<usize, Error> {
+        (**self).sweep(now)
+    }
+    fn export_rate_states(&self, now: Nanos) -> Result<Vec<ExportedState>, Error> {
+        (**self).export_rate_states(now)
+    }
+    fn import_rate_state(
+        &self,
+        namespace: Namespace,
+        key: &str,
+        state: LimitState,
+        now: Nanos,
+    ) -> Result<(), Error> {
+        (**self).import_rate_state(namespace, key, state, now)
+    }
 }

@@ -293,7 +293,13 @@ async fn decide(
         }
     };
     match result {
-        Ok(acquired) => Ok(Answer::new(entries, &acquired)),
+        Ok(acquired) => {
+            if acquired.allowed {
+                // Journalled so that after a crash these keys are treated as fully used.
+                state.engine().note_direct_use(&engine).await?;
+            }
+            Ok(Answer::new(entries, &acquired))
+        }
         Err(e) => {
             let err = locate(e, entries, prefix);
             if err.is_transient() && state.settings().on_store_error == StoreErrorPolicy::Open {
