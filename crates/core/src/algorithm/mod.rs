@@ -9,6 +9,7 @@ pub(crate) mod fixed_window;
 pub(crate) mod gcra;
 pub(crate) mod sliding_window;
 
+use std::borrow::Cow;
 use std::num::NonZeroU32;
 
 use serde::{Deserialize, Serialize};
@@ -123,7 +124,7 @@ impl RateLimit {
         let units = u64::from(units.get());
         let now = now.min(Nanos::LAST);
         let adopted = self.adopt(prior, now);
-        let state = adopted.as_ref();
+        let state = adopted.as_deref();
         let (decision, next) = match (self, state) {
             (RateLimit::SlidingWindow(l), s) => {
                 let (d, n) = l.decide(s.and_then(as_sliding), now, units);
@@ -155,7 +156,7 @@ impl RateLimit {
     pub fn usage(&self, prior: Option<&LimitState>, now: Nanos) -> Usage {
         let now = now.min(Nanos::LAST);
         let adopted = self.adopt(prior, now);
-        let s = adopted.as_ref();
+        let s = adopted.as_deref();
         match self {
             RateLimit::SlidingWindow(l) => l.usage(s.and_then(as_sliding), now),
             RateLimit::FixedWindow(l) => l.usage(s.and_then(as_fixed), now),
@@ -175,7 +176,7 @@ impl RateLimit {
         let units = u64::from(units.get());
         let now = now.min(Nanos::LAST);
         let adopted = self.adopt(prior, now)?;
-        let next = match (self, &adopted) {
+        let next = match (self, &*adopted) {
             (RateLimit::SlidingWindow(l), RateState::SlidingWindow(s)) => {
                 l.refund(s, now, units).map(RateState::SlidingWindow)
             }
@@ -189,7 +190,7 @@ impl RateLimit {
                 l.as_gcra().refund(s, now, units).map(RateState::Gcra)
             }
             // `adopt` always returns this limit's own kind of state.
-            _ => Some(adopted),
+            _ => Some(adopted.into_owned()),
         };
         next.map(|state| LimitState {
             limit: *self,
@@ -199,15 +200,22 @@ impl RateLimit {
 
     /// The prior state expressed in this limit's terms at `now` (`None`: fresh).
     #[inline]
-    fn adopt(&self, prior: Option<&LimitState>, now: Nanos) -> Option<RateState> {
+    fn adopt<'p>(&self, prior: Option<&'p LimitState>, now: Nanos) -> Option<Cow<'p, RateState>> {
         let prior = prior?;
         // A fresh state is no state, whatever limit wrote it (stores may forget it any time).
         if prior.fresh_at() <= now {
             return None;
         }
         if prior.limit == *self {
-            return Some(prior.state.clone());
+            // The usual case, borrowed: cloning would copy a sliding window's buckets (a heap
+            // allocation) at every decision, only to build the next state from them.
+            return Some(Cow::Borrowed(&prior.state));
         }
+        self.convert(prior, now).map(Cow::Owned)
+    }
+
+    /// `prior`, written under another limit, in this limit's terms at `now`.
+    fn convert(&self, prior: &LimitState, now: Nanos) -> Option<RateState> {
         if let (Some(new), Some(old), RateState::Gcra(s)) =
             (self.as_gcra(), prior.limit.as_gcra(), &prior.state)
         {
