@@ -173,14 +173,26 @@ fn has_control(s: &str) -> bool {
     }
 }
 
-pub(crate) fn check_key(key: &str) -> Result<(), Error> {
-    let reason = if key.is_empty() {
-        "a key must not be empty"
+/// What is wrong with `key` as a key (empty, over [`MAX_KEY_LEN`] bytes, control characters),
+/// or `None` when it is fine. Every store and the server apply this one rule.
+pub fn key_problem(key: &str) -> Option<&'static str> {
+    if key.is_empty() {
+        Some("a key must not be empty")
     } else if key.len() > MAX_KEY_LEN {
-        "a key must be at most 512 bytes"
+        Some("a key must be at most 512 bytes")
     } else if has_control(key) {
-        "a key must not contain control characters"
+        Some("a key must not contain control characters")
     } else {
+        None
+    }
+}
+
+/// [`key_problem`] as an [`Error::InvalidKey`] (showing at most 64 characters of the key).
+///
+/// # Errors
+/// [`Error::InvalidKey`].
+pub fn check_key(key: &str) -> Result<(), Error> {
+    let Some(reason) = key_problem(key) else {
         return Ok(());
     };
     let mut shown: String = key.chars().take(64).collect();

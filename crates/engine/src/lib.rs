@@ -61,13 +61,14 @@ pub mod testkit;
 pub use clock::{Clock, FakeClock, SystemClock, TokioClock};
 pub use db::{DB_FILE, Db, DirectUse, Loaded, StoredState, Write};
 pub use engine::{Engine, MAX_LEASE_BATCH};
-pub use error::{Error, MAX_KEY_LEN, StoreError};
+pub use error::{Error, MAX_KEY_LEN, StoreError, check_key, key_problem};
 pub use limiter::{LeaseGuard, Limiter};
 pub use queue::run::{LeasedRun, Run, RunState, RunView};
 pub use spec::{DEFAULT_LEASE_TTL, LimitSpec, SpecError};
 pub use store::memory::MemoryStore;
 pub use store::{
     AcquireEntry, Acquired, ExportedState, LimitInfo, Namespace, StateView, Store, Target,
+    validate_entries,
 };
 pub use task::{Expr, OnLimit, RenderError, Rendered, RunContext, Task, TaskSpec};
 pub use tollgate_core as core;

@@ -23,7 +23,9 @@ use tollgate_core::{
 };
 
 use crate::error::{Error, check_key};
-use crate::store::{AcquireEntry, Acquired, LimitInfo, Namespace, StateView, Store, Target};
+use crate::store::{
+    AcquireEntry, Acquired, LimitInfo, Namespace, StateView, Store, Target, validate_entries,
+};
 
 /// How the suite runs.
 #[derive(Debug, Clone)]
@@ -393,21 +395,6 @@ fn leases_live(slot: &RefSlot, now: Nanos) -> Option<&(Concurrency, ConcurrencyS
     slot.leases.as_ref().filter(|(_, s)| s.fresh_at() > now)
 }
 
-fn check_entries(entries: &[AcquireEntry<'_>]) -> Result<(), Error> {
-    if entries.is_empty() {
-        return Err(Error::EmptyRequest);
-    }
-    for e in entries {
-        check_key(e.target.key())?;
-        if e.units == 0 {
-            return Err(Error::ZeroUnits {
-                key: e.target.key().to_owned(),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Distinct keys in first-appearance order with summed units and the last entry's target, and
 /// each entry's index into them.
 fn group<'a>(entries: &[AcquireEntry<'a>]) -> (Vec<(Target<'a, RateLimit>, u64)>, Vec<usize>) {
@@ -596,7 +583,7 @@ impl Store for Reference {
     }
 
     fn acquire(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<Acquired, Error> {
-        check_entries(entries)?;
+        validate_entries(entries)?;
         let (keys, index) = group(entries);
         let mut map = self.keys.lock();
         let mut outcomes = Vec::new();
@@ -628,7 +615,7 @@ impl Store for Reference {
     }
 
     fn refund(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<(), Error> {
-        check_entries(entries)?;
+        validate_entries(entries)?;
         let (keys, _) = group(entries);
         let mut map = self.keys.lock();
         let mut next = Vec::new();

@@ -102,6 +102,8 @@ async fn runs_limits_and_consumption_survive_an_unclean_restart() {
 
 #[tokio::test(start_paused = true)]
 async fn restored_parked_runs_keep_their_fifo_order() {
+    // The lease outlives the test: paused time jumps ahead while a commit is awaited from the
+    // database thread, and an expiring first lease would rejoin the queue.
     let dir = tempfile::tempdir().unwrap();
     let (e, _) = open(dir.path(), TokioClock::new(T0));
     e.put_limit(
@@ -112,7 +114,7 @@ async fn restored_parked_runs_keep_their_fifo_order() {
     .unwrap();
     e.put_task(
         "t",
-        serde_json::from_value(json!({"rate_limits": [{"static_key": "one", "units": 1}]}))
+        serde_json::from_value(json!({"rate_limits": [{"static_key": "one", "units": 1}], "lease_timeout": "1h"}))
             .unwrap(),
     )
     .await

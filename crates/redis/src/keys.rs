@@ -8,8 +8,6 @@
 
 use std::borrow::Cow;
 
-use tollgate::{Error, MAX_KEY_LEN};
-
 /// What a Redis key holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -110,24 +108,6 @@ pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// The engine's key rule (the same check and message as every other store).
-pub(crate) fn check_key(key: &str) -> Result<(), Error> {
-    let reason = if key.is_empty() {
-        "a key must not be empty"
-    } else if key.len() > MAX_KEY_LEN {
-        "a key must be at most 512 bytes"
-    } else if key.chars().any(char::is_control) {
-        "a key must not contain control characters"
-    } else {
-        return Ok(());
-    };
-    let mut shown: String = key.chars().take(64).collect();
-    if shown.len() < key.len() {
-        shown.push('…');
-    }
-    Err(Error::InvalidKey { key: shown, reason })
 }
 
 #[cfg(test)]

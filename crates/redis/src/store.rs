@@ -8,13 +8,14 @@ use redis::{Client, Connection, RedisResult, Script, Value};
 use smallvec::SmallVec;
 use tollgate::{
     AcquireEntry, Acquired, Error, LimitInfo, Namespace, StateView, Store, StoreError, Target,
+    check_key, validate_entries,
 };
 use tollgate_core::{
     Barrier, BarrierStatus, Concurrency, Decision, LeaseDecision, Limit, Nanos, RateLimit, Usage,
 };
 
 use crate::conn::{Pool, redact};
-use crate::keys::{self, Kind, check_key};
+use crate::keys::{self, Kind};
 use crate::scripts::Scripts;
 use crate::spec;
 
@@ -578,21 +579,6 @@ fn decision(items: &[Value]) -> Option<Decision> {
     })
 }
 
-fn check_entries(entries: &[AcquireEntry<'_>]) -> Result<(), Error> {
-    if entries.is_empty() {
-        return Err(Error::EmptyRequest);
-    }
-    for e in entries {
-        check_key(e.target.key())?;
-        if e.units == 0 {
-            return Err(Error::ZeroUnits {
-                key: e.target.key().to_owned(),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Distinct keys in first-appearance order with summed units and the last entry's target
 /// (last writer wins for a dynamic key's parameters), and each entry's index into them.
 fn group<'a>(entries: &[AcquireEntry<'a>]) -> (SmallVec<[Group<'a>; 4]>, SmallVec<[usize; 4]>) {
@@ -768,7 +754,7 @@ impl Store for RedisStore {
     }
 
     fn acquire(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<Acquired, Error> {
-        check_entries(entries)?;
+        validate_entries(entries)?;
         let (groups, index) = group(entries);
         let items = self.rate_call("acquire", &self.shared.scripts.acquire, &groups, now)?;
         let per_key: Option<SmallVec<[Decision; 4]>> = (0..groups.len())
@@ -784,7 +770,7 @@ impl Store for RedisStore {
     }
 
     fn refund(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<(), Error> {
-        check_entries(entries)?;
+        validate_entries(entries)?;
         let (mut groups, _) = group(entries);
         for g in &mut groups {
             // The core refunds at most u32::MAX units at once.

@@ -22,6 +22,7 @@ use tollgate_core::{
 
 use super::{
     AcquireEntry, Acquired, ExportedState, LimitInfo, Namespace, StateView, Store, Target,
+    validate_entries,
 };
 use crate::error::{Error, check_key};
 
@@ -320,21 +321,6 @@ fn decide(
         .and_then(NonZeroU32::new)
         .ok_or_else(capacity_error)?;
     limit.decide(prior, now, n).map_err(|_| capacity_error())
-}
-
-fn validate(entries: &[AcquireEntry<'_>]) -> Result<(), Error> {
-    if entries.is_empty() {
-        return Err(Error::EmptyRequest);
-    }
-    for e in entries {
-        check_key(e.target.key())?;
-        if e.units == 0 {
-            return Err(Error::ZeroUnits {
-                key: e.target.key().to_owned(),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// One distinct key of a multi-key request.
@@ -638,7 +624,7 @@ impl Store for MemoryStore {
     }
 
     fn acquire(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<Acquired, Error> {
-        validate(entries)?;
+        validate_entries(entries)?;
         if let [entry] = entries {
             return self.acquire_one(entry, now);
         }
@@ -672,7 +658,7 @@ impl Store for MemoryStore {
     }
 
     fn refund(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<(), Error> {
-        validate(entries)?;
+        validate_entries(entries)?;
         let (keys, _) = self.prepare(entries);
         let mut shard_ids: SmallVec<[usize; 4]> =
             keys.iter().map(|p| Self::shard_of(p.hash)).collect();

@@ -11,7 +11,7 @@ use tollgate_core::{
     RateLimit, Usage,
 };
 
-use crate::error::Error;
+use crate::error::{Error, check_key};
 
 /// The two key namespaces of DESIGN §3, plus barriers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -104,6 +104,26 @@ impl Acquired {
     pub fn first_denied(&self) -> Option<usize> {
         self.decisions.iter().position(|d| !d.allowed)
     }
+}
+
+/// Checks an acquire or refund request before any store looks at it: at least one entry,
+/// valid keys, units of at least 1. Every store applies it, so they refuse alike.
+///
+/// # Errors
+/// [`Error::EmptyRequest`], [`Error::InvalidKey`], [`Error::ZeroUnits`].
+pub fn validate_entries(entries: &[AcquireEntry<'_>]) -> Result<(), Error> {
+    if entries.is_empty() {
+        return Err(Error::EmptyRequest);
+    }
+    for e in entries {
+        check_key(e.target.key())?;
+        if e.units == 0 {
+            return Err(Error::ZeroUnits {
+                key: e.target.key().to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What a key holds now, for listings.

@@ -34,19 +34,15 @@ pub(crate) fn instant_ms(t: Nanos) -> u64 {
 
 /// Checks a key as the engine does, but names the request field it came from.
 pub(crate) fn validate_key(key: &str, field: &str) -> Result<(), ApiError> {
-    let reason = if key.is_empty() {
-        "a key must not be empty".to_owned()
-    } else if key.len() > MAX_KEY_LEN {
-        format!(
-            "a key must be at most {MAX_KEY_LEN} bytes, this one has {}",
-            key.len()
+    match tollgate::key_problem(key) {
+        None => Ok(()),
+        Some(reason) if key.len() > MAX_KEY_LEN => Err(ApiError::bad_request(
+            "invalid_key",
+            format!("{reason}, this one has {}", key.len()),
         )
-    } else if key.chars().any(char::is_control) {
-        "a key must not contain control characters".to_owned()
-    } else {
-        return Ok(());
-    };
-    Err(ApiError::bad_request("invalid_key", reason).with_field(field))
+        .with_field(field)),
+        Some(reason) => Err(ApiError::bad_request("invalid_key", reason).with_field(field)),
+    }
 }
 
 /// A number of milliseconds that must make a period (1 ms to 10 years).
