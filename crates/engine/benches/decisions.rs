@@ -196,8 +196,9 @@ fn gcra_engine(c: &mut Criterion) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Regime {
     /// 200 000/ms, burst 1 000: every decision is admitted, and a key is back to fresh a few
-    /// nanoseconds after each use, long before it is used again. Tollgate forgets fresh keys
-    /// (and re-inserts them on their next use); `governor` keeps every key forever.
+    /// nanoseconds after each use, long before it is used again. Tollgate's shards sweep fresh
+    /// keys out once they outgrow their threshold: with 1 M keys only a few thousand stay
+    /// resident and most decisions insert their key again; `governor` keeps every key.
     AllowIdle,
     /// 1/s with a burst of 100 M: every decision is admitted and every key's state stays live
     /// (not fresh) for the whole run, so both libraries only look keys up.
