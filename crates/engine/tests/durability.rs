@@ -114,8 +114,10 @@ async fn restored_parked_runs_keep_their_fifo_order() {
     .unwrap();
     e.put_task(
         "t",
-        serde_json::from_value(json!({"rate_limits": [{"static_key": "one", "units": 1}], "lease_timeout": "1h"}))
-            .unwrap(),
+        serde_json::from_value(
+            json!({"rate_limits": [{"static_key": "one", "units": 1}], "lease_timeout": "1h"}),
+        )
+        .unwrap(),
     )
     .await
     .unwrap();
