@@ -86,7 +86,7 @@ fn all_runs(e: &Engine) -> Vec<RunView> {
     e.runs(None, None, usize::MAX)
 }
 
-fn pick<'a>(runs: &'a [RunView], state: Option<RunState>, i: usize) -> Option<&'a RunView> {
+fn pick(runs: &[RunView], state: Option<RunState>, i: usize) -> Option<&RunView> {
     let matching: Vec<&RunView> = runs
         .iter()
         .filter(|r| state.is_none_or(|s| r.state == s))
