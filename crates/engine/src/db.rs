@@ -51,6 +51,11 @@ pub enum Write {
     },
     /// Insert or replace a run.
     PutRun(Box<Run>),
+    /// Forget an ended run (retention).
+    DeleteRun {
+        /// Its id.
+        id: String,
+    },
     /// Record that a key had direct (`/v1/acquire`) use, last at `last_used`.
     DirectUse(DirectUse),
     /// Forget a key's direct use (its usage has long expired).
@@ -355,6 +360,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<(), String> {
             "INSERT OR REPLACE INTO tasks (name, spec) VALUES (?1, ?2)",
             params![name, json(spec)?],
         ),
+        Write::DeleteRun { id } => tx.execute("DELETE FROM runs WHERE id = ?1", params![id]),
         Write::DirectUse(d) => {
             let spec = d.spec.as_ref().map(json).transpose()?;
             tx.execute(

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tollgate_core::{Limit, LimitState, Nanos, RateLimit};
+use tollgate_core::{Limit, LimitState, Nanos, Period, RateLimit};
 
 use crate::db::{Db, DirectUse, Loaded, StoredState, Write};
 use crate::error::{Error, StoreError};
@@ -58,6 +58,8 @@ struct Inner<S: Store> {
     db: Option<Db>,
     /// Keys with direct (`/v1/acquire`) use, for crash recovery (only with a `db`).
     direct: Mutex<HashMap<(Namespace, String), DirectEntry>>,
+    /// How long ended runs are kept (nanoseconds; 0: forever).
+    retention: std::sync::atomic::AtomicU64,
 }
 
 /// What the journal knows of one key's direct use.
@@ -102,6 +104,9 @@ impl<S: Store + 'static> Engine<S> {
                 timer: Arc::new(Notify::new()),
                 db,
                 direct: Mutex::new(HashMap::new()),
+                retention: std::sync::atomic::AtomicU64::new(
+                    DEFAULT_RETENTION.as_nanos().as_nanos(),
+                ),
             }),
         };
         spawn_timer(
@@ -111,6 +116,7 @@ impl<S: Store + 'static> Engine<S> {
         if engine.inner.db.is_some() {
             spawn_snapshots(Arc::downgrade(&engine.inner));
         }
+        spawn_pruning(Arc::downgrade(&engine.inner));
         engine
     }
 
@@ -190,6 +196,56 @@ impl<S: Store + 'static> Engine<S> {
         }
         engine.inner.timer.notify_one();
         Ok(engine)
+    }
+
+    /// Keeps ended runs (succeeded, failed, skipped, cancelled) for `retention` after their last
+    /// change, then forgets them (memory and database). A run whose consumed units still count
+    /// against a limit is kept until they no longer do, so forgetting never loosens a limit
+    /// after a restart. The default is [`DEFAULT_RETENTION`].
+    pub fn set_retention(&self, retention: Period) {
+        self.inner.retention.store(
+            retention.as_nanos().as_nanos(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Forgets ended runs older than the retention now; returns how many.
+    ///
+    /// # Errors
+    /// Store failures (the database).
+    pub async fn prune(&self) -> Result<usize, Error> {
+        let retention = Nanos::from_nanos(
+            self.inner
+                .retention
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let store = self.inner.limiter.store();
+        let removed = self
+            .mutate(Vec::new(), |st, now, _| {
+                let cutoff = now - retention;
+                let old: Vec<String> = st
+                    .runs
+                    .values()
+                    .filter(|r| r.state.is_final() && r.updated_at <= cutoff)
+                    .filter(|r| !consumption_counts(store, r, now))
+                    .map(|r| r.id.clone())
+                    .collect();
+                for id in &old {
+                    st.runs.remove(id);
+                }
+                Ok(old)
+            })
+            .await?;
+        if let (Some(db), false) = (&self.inner.db, removed.is_empty()) {
+            let n = removed.len();
+            let writes = removed
+                .into_iter()
+                .map(|id| Write::DeleteRun { id })
+                .collect();
+            db.submit(writes, self.inner.limiter.now()).await?;
+            return Ok(n);
+        }
+        Ok(removed.len())
     }
 
     /// Records that `entries` were just consumed by direct use (`/v1/acquire`), so that after a
@@ -711,6 +767,24 @@ fn exhausted(limit: &RateLimit, at: Nanos) -> Option<LimitState> {
     limit.decide(None, at, units).ok()?.state
 }
 
+/// Ended runs are kept this long by default.
+pub const DEFAULT_RETENTION: Period = match Period::from_secs_const(7 * 86_400) {
+    Some(p) => p,
+    None => Period::DAY,
+};
+
+/// Whether units `run` consumed still count against any of its limits at `now`.
+fn consumption_counts(store: &dyn Store, run: &Run, now: Nanos) -> bool {
+    let Some(at) = run.consumed_at else {
+        return false;
+    };
+    run.rendered
+        .rate
+        .iter()
+        .filter_map(|r| r.entry().ok())
+        .any(|e| still_counts(store, &e, at, now))
+}
+
 /// Re-applies the units `run` consumed, at the time it consumed them, where they still count.
 fn replay(store: &dyn Store, run: &Run, now: Nanos) {
     let Some(at) = run.consumed_at else { return };
@@ -753,6 +827,20 @@ fn check_name(name: &str) -> Result<(), Error> {
     crate::error::check_key(name).map_err(|_| Error::InvalidName {
         name: name.chars().take(64).collect(),
     })
+}
+
+fn spawn_pruning<S: Store + 'static>(engine: Weak<Inner<S>>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(inner) = engine.upgrade() else {
+                return;
+            };
+            let _ = Engine { inner }.prune().await;
+        }
+    });
 }
 
 fn spawn_snapshots<S: Store + 'static>(engine: Weak<Inner<S>>) {

@@ -60,7 +60,7 @@ pub mod testkit;
 
 pub use clock::{Clock, FakeClock, SystemClock, TokioClock};
 pub use db::{DB_FILE, Db, DirectUse, Loaded, StoredState, Write};
-pub use engine::{Engine, MAX_LEASE_BATCH};
+pub use engine::{DEFAULT_RETENTION, Engine, MAX_LEASE_BATCH};
 pub use error::{Error, MAX_KEY_LEN, StoreError, check_key, key_problem};
 pub use limiter::{LeaseGuard, Limiter};
 pub use queue::run::{LeasedRun, Run, RunState, RunView};

@@ -233,3 +233,26 @@ async fn after_a_crash_direct_use_counts_as_fully_used_for_one_period() {
     clock.advance(Nanos::from_secs(60 + 2 + 2));
     assert_eq!(used(&e, "api").1, 10);
 }
+
+#[tokio::test]
+async fn forgotten_runs_are_deleted_from_the_database_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new(T0);
+    let (e, _) = open(dir.path(), clock.clone());
+    e.set_retention(tollgate_core::Period::HOUR);
+    e.put_task("t", serde_json::from_value(json!({})).unwrap())
+        .await
+        .unwrap();
+    let old = e.enqueue("t", json!({}), json!({})).await.unwrap().id;
+    e.lease("w", &["t".into()], 1, Duration::ZERO)
+        .await
+        .unwrap();
+    e.complete(&old, None, None).await.unwrap();
+    clock.advance(Nanos::from_secs(3_601));
+    let kept = e.enqueue("t", json!({}), json!({})).await.unwrap().id;
+    assert_eq!(e.prune().await.unwrap(), 1);
+    drop(e);
+    let (e, _) = open(dir.path(), clock.clone());
+    assert!(e.run(&old).is_err(), "not restored");
+    assert_eq!(e.run(&kept).unwrap().state, RunState::Queued);
+}

@@ -599,3 +599,45 @@ async fn an_event_failing_for_one_task_keeps_no_run_and_consumes_nothing() {
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn ended_runs_are_forgotten_after_the_retention_but_not_while_their_units_count() {
+    let e = engine();
+    e.set_retention(tollgate_core::Period::HOUR);
+    limit(&e, "slow", json!({"algorithm": "gcra", "rate": "1/2h"})).await;
+    task(
+        &e,
+        "limited",
+        json!({"rate_limits": [{"static_key": "slow", "units": 1}]}),
+    )
+    .await;
+    task(&e, "free", json!({})).await;
+    let limited = enqueue(&e, "limited", json!({})).await;
+    let free = enqueue(&e, "free", json!({})).await;
+    let waiting = enqueue(&e, "limited", json!({})).await;
+    assert_eq!(
+        lease(&e, "limited", 10).await,
+        std::slice::from_ref(&limited)
+    );
+    assert_eq!(lease(&e, "free", 10).await, std::slice::from_ref(&free));
+    e.complete(&limited, None, None).await.unwrap();
+    e.complete(&free, None, None).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3_601)).await;
+    e.prune().await.unwrap();
+    assert!(
+        matches!(e.run(&free), Err(Error::UnknownRun { .. })),
+        "ended an hour ago: forgotten"
+    );
+    assert_eq!(
+        state(&e, &limited),
+        RunState::Succeeded,
+        "its unit counts for 2 h: kept"
+    );
+    assert!(
+        e.run(&waiting).is_ok(),
+        "runs that have not ended are never forgotten"
+    );
+    tokio::time::sleep(Duration::from_secs(3_600)).await;
+    e.prune().await.unwrap();
+    assert!(matches!(e.run(&limited), Err(Error::UnknownRun { .. })));
+}

@@ -71,6 +71,22 @@ pub struct ServeArgs {
         default_value_t = StoreErrorPolicy::Closed
     )]
     pub on_store_error: StoreErrorPolicy,
+    /// How long ended runs (succeeded, failed, skipped, cancelled) are kept before they are
+    /// forgotten, as a period (`7d`, `12h`, `YEAR`). Runs whose units still count against a
+    /// limit are kept until they no longer do.
+    #[arg(
+        long,
+        value_name = "PERIOD",
+        env = "TOLLGATE_RETENTION",
+        default_value = "7d",
+        value_parser = parse_period
+    )]
+    pub retention: tollgate::core::Period,
+}
+
+/// Parses a period argument, quoting the input in the error.
+fn parse_period(input: &str) -> Result<tollgate::core::Period, String> {
+    tollgate::core::Period::parse(input).map_err(|e| e.to_string())
 }
 
 /// The largest `--max-body` accepted: 1 GiB.
@@ -116,6 +132,7 @@ pub struct ServeConfig {
     listen: String,
     /// `None` with `--memory`.
     data_dir: Option<PathBuf>,
+    retention: tollgate::core::Period,
     settings: Settings,
 }
 
@@ -148,6 +165,7 @@ impl ServeArgs {
         Ok(ServeConfig {
             listen,
             data_dir: (!self.memory).then_some(self.data_dir),
+            retention: self.retention,
             settings: Settings {
                 max_body: self.max_body,
                 on_store_error: self.on_store_error,
@@ -175,6 +193,7 @@ impl ServeConfig {
             Some(dir) => AppState::open(dir, self.settings)?,
             None => AppState::new(SystemClock::new(), self.settings),
         };
+        state.engine().set_retention(self.retention);
         crate::run(listener, state, shutdown_signal()).await
     }
 }
@@ -263,6 +282,7 @@ mod tests {
         assert_eq!(args.data_dir, PathBuf::from("./tollgate-data"));
         assert_eq!(args.max_body, 1 << 20);
         assert_eq!(args.on_store_error, StoreErrorPolicy::Closed);
+        assert_eq!(args.retention, tollgate::DEFAULT_RETENTION);
     }
 
     #[test]
@@ -277,10 +297,16 @@ mod tests {
             "512KiB",
             "--on-store-error",
             "open",
+            "--retention",
+            "12h",
         ])
         .unwrap();
         let Command::Serve(args) = cli.command;
         assert!(args.memory);
+        assert_eq!(
+            args.retention,
+            tollgate::core::Period::parse("12h").unwrap()
+        );
         assert_eq!(args.max_body, 512 << 10);
         assert_eq!(args.on_store_error, StoreErrorPolicy::Open);
         assert!(args.validate().is_ok());
@@ -290,6 +316,8 @@ mod tests {
     fn invalid_arguments_are_refused_before_anything_starts() {
         assert!(Cli::try_parse_from(["tollgate", "serve", "--on-store-error", "maybe"]).is_err());
         assert!(Cli::try_parse_from(["tollgate", "serve", "--max-body", "lots"]).is_err());
+        let e = Cli::try_parse_from(["tollgate", "serve", "--retention", "3x"]).unwrap_err();
+        assert!(e.to_string().contains("\"3x\""), "{e}");
         let parse = |args: &[&str]| {
             let mut all = vec!["tollgate", "serve"];
             all.extend_from_slice(args);
