@@ -1,4 +1,5 @@
-//! The command line: `tollgate serve`.
+//! The command line: `tollgate serve`, and the client commands (`limits`, `tasks`, `runs`,
+//! `acquire`, `events`; see [`crate::commands`]).
 //!
 //! Arguments go through two stages: parsing and validation ([`ServeArgs::validate`], no IO
 //! beyond looking at `--data-dir`), then resolution ([`ServeConfig::serve`]: logging, the
@@ -12,6 +13,10 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tollgate::SystemClock;
 
+use crate::commands::{
+    AcquireArgs, ClientCommand, ClientOptions, EventsCommand, LimitsCommand, RunsCommand,
+    TasksCommand,
+};
 use crate::state::{AppState, MAX_WAIT, Settings, StoreErrorPolicy};
 
 /// Tollgate: decides when background jobs may start.
@@ -21,6 +26,9 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// For the client commands: `--server URL` and `--json`, accepted anywhere on the line.
+    #[command(flatten)]
+    pub client: ClientOptions,
 }
 
 /// The subcommands.
@@ -28,6 +36,21 @@ pub struct Cli {
 pub enum Command {
     /// Serve the HTTP API.
     Serve(ServeArgs),
+    /// Declare, list and remove limits.
+    #[command(subcommand)]
+    Limits(LimitsCommand),
+    /// List tasks.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
+    /// Enqueue runs and see why a run waits.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Take units from a limit now: prints `allowed` (exit 0) or `denied, retry after N ms`
+    /// (exit 1).
+    Acquire(AcquireArgs),
+    /// Send events.
+    #[command(subcommand)]
+    Events(EventsCommand),
 }
 
 /// `tollgate serve`.
@@ -237,12 +260,13 @@ fn init_tracing() {
 }
 
 impl Cli {
-    /// Runs the command.
+    /// Runs the command; client commands print their own errors and choose their exit code
+    /// (`acquire` exits 1 when denied).
     ///
     /// # Errors
     /// Invalid arguments, or the server failing to start or serve.
-    pub fn run(self) -> anyhow::Result<()> {
-        match self.command {
+    pub fn run(self) -> anyhow::Result<std::process::ExitCode> {
+        let client = match self.command {
             Command::Serve(args) => {
                 let config = args.validate()?;
                 init_tracing();
@@ -250,9 +274,16 @@ impl Cli {
                     .enable_all()
                     .build()
                     .context("starting the async runtime")?;
-                runtime.block_on(config.serve())
+                runtime.block_on(config.serve())?;
+                return Ok(std::process::ExitCode::SUCCESS);
             }
-        }
+            Command::Limits(c) => ClientCommand::Limits(c),
+            Command::Tasks(c) => ClientCommand::Tasks(c),
+            Command::Runs(c) => ClientCommand::Runs(c),
+            Command::Acquire(c) => ClientCommand::Acquire(c),
+            Command::Events(c) => ClientCommand::Events(c),
+        };
+        Ok(client.run(&self.client))
     }
 }
 
@@ -277,7 +308,9 @@ mod tests {
     #[test]
     fn serve_defaults_match_the_design() {
         let cli = Cli::try_parse_from(["tollgate", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            unreachable!()
+        };
         assert_eq!(args.listen, "127.0.0.1:7070");
         assert_eq!(args.data_dir, PathBuf::from("./tollgate-data"));
         assert_eq!(args.max_body, 1 << 20);
@@ -301,7 +334,9 @@ mod tests {
             "12h",
         ])
         .unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            unreachable!()
+        };
         assert!(args.memory);
         assert_eq!(
             args.retention,
@@ -321,7 +356,9 @@ mod tests {
         let parse = |args: &[&str]| {
             let mut all = vec!["tollgate", "serve"];
             all.extend_from_slice(args);
-            let Command::Serve(a) = Cli::try_parse_from(all).unwrap().command;
+            let Command::Serve(a) = Cli::try_parse_from(all).unwrap().command else {
+                unreachable!()
+            };
             a.validate()
         };
         assert!(parse(&["--listen", "7070"]).is_err());

@@ -46,6 +46,7 @@
 
 mod api;
 pub mod cli;
+pub mod commands;
 mod error;
 mod extract;
 mod state;

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("tollgate: {e:#}");
             ExitCode::FAILURE

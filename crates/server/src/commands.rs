@@ -1,0 +1,583 @@
+//! The client commands of the `tollgate` binary: `limits`, `tasks`, `runs`, `acquire`,
+//! `events`. They speak to a server through `tollgate-client` only (no HTTP code here), print
+//! tables for people or JSON with `--json`, and exit non-zero with one line when something
+//! fails.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use tollgate::LimitSpec;
+use tollgate_client::{AcquireEntry, Client, RunFilter, RunView};
+
+/// Where the server is, for every client command (`--server URL`, `TOLLGATE_SERVER`).
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
+
+/// Options every client command takes, anywhere on the line.
+#[derive(Debug, Args)]
+pub struct ClientOptions {
+    /// The server's base URL.
+    #[arg(long, global = true, value_name = "URL", env = "TOLLGATE_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// Print JSON instead of a table (for scripts).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `tollgate limits …`.
+#[derive(Debug, Subcommand)]
+pub enum LimitsCommand {
+    /// Declare or redefine a limit: `limits put stripe-api 100/m --algorithm gcra --burst 10`.
+    Put(PutLimit),
+    /// List every limit with its live usage.
+    Ls,
+    /// Show one limit.
+    Get {
+        /// The limit's key.
+        key: String,
+    },
+    /// Remove a limit.
+    Rm {
+        /// The limit's key.
+        key: String,
+    },
+}
+
+/// `tollgate limits put KEY RATE`.
+#[derive(Debug, Args)]
+pub struct PutLimit {
+    /// The limit's key.
+    pub key: String,
+    /// `N/period` (`100/m`, `5/24h`); for `concurrency` the number of slots, for `barrier`
+    /// the number of parties.
+    pub rate: String,
+    /// sliding_window (default), fixed_window, gcra, token_bucket, concurrency, barrier.
+    #[arg(long)]
+    pub algorithm: Option<String>,
+    /// gcra: units admissible at once.
+    #[arg(long)]
+    pub burst: Option<u64>,
+    /// token_bucket: the bucket's size (RATE is its refill).
+    #[arg(long)]
+    pub capacity: Option<u64>,
+    /// sliding_window: sub-buckets per period.
+    #[arg(long)]
+    pub precision: Option<u32>,
+    /// fixed_window: first_use (default) or clock.
+    #[arg(long)]
+    pub align: Option<String>,
+    /// concurrency: lease time to live (`30s`); barrier: its time to live.
+    #[arg(long)]
+    pub ttl: Option<String>,
+}
+
+/// `tollgate tasks …`.
+#[derive(Debug, Subcommand)]
+pub enum TasksCommand {
+    /// List tasks with their runs per state.
+    Ls,
+}
+
+/// `tollgate runs …`.
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Enqueue a run of TASK.
+    Enqueue {
+        /// The task's name.
+        task: String,
+        /// The run's input, as JSON.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Additional metadata, as JSON.
+        #[arg(long)]
+        metadata: Option<String>,
+    },
+    /// Show a run: its state, and why it waits and until when.
+    Get {
+        /// The run's id.
+        id: String,
+    },
+    /// List runs, newest first.
+    Ls {
+        /// Only runs of this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only runs in this state (queued, waiting, running, succeeded, failed, skipped, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Cancel a run that has not ended.
+    Cancel {
+        /// The run's id.
+        id: String,
+    },
+}
+
+/// `tollgate events …`.
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Send an event: one run of every task it triggers.
+    Send {
+        /// The event's name.
+        name: String,
+        /// The event's data, as JSON (the runs' input).
+        #[arg(long, default_value = "{}")]
+        data: String,
+    },
+}
+
+/// `tollgate acquire KEY`.
+#[derive(Debug, Args)]
+pub struct AcquireArgs {
+    /// The limit's key.
+    pub key: String,
+    /// Units to take.
+    #[arg(long, default_value_t = 1)]
+    pub units: u32,
+    /// Wait up to this many milliseconds to be admitted.
+    #[arg(long)]
+    pub wait_ms: Option<u64>,
+}
+
+/// A client command, ready to run.
+#[derive(Debug)]
+pub enum ClientCommand {
+    /// `limits …`
+    Limits(LimitsCommand),
+    /// `tasks …`
+    Tasks(TasksCommand),
+    /// `runs …`
+    Runs(RunsCommand),
+    /// `acquire …`
+    Acquire(AcquireArgs),
+    /// `events …`
+    Events(EventsCommand),
+}
+
+/// What went wrong, as the one line the user sees.
+type Failure = String;
+
+fn parse_json(what: &str, text: &str) -> Result<Value, Failure> {
+    serde_json::from_str(text).map_err(|e| format!("--{what} is not valid JSON ({e}): {text}"))
+}
+
+fn client_error(server: &str, e: tollgate_client::Error) -> Failure {
+    // The server's errors already say their status, code and field.
+    if e.code().is_none() && e.is_transient() {
+        format!("{e} (is the server running at {server}? see --server)")
+    } else {
+        e.to_string()
+    }
+}
+
+impl ClientCommand {
+    /// Runs the command against the server; prints its answer on stdout or one line on stderr.
+    /// Exit codes: 0 done (for `acquire`: allowed), 1 denied (`acquire`), 2 failed.
+    pub fn run(self, options: &ClientOptions) -> ExitCode {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("tollgate: cannot start the async runtime: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match runtime.block_on(self.execute(options)) {
+            Ok((text, code)) => {
+                print!("{text}");
+                code
+            }
+            Err(line) => {
+                eprintln!("tollgate: {line}");
+                ExitCode::from(2)
+            }
+        }
+    }
+
+    async fn execute(self, o: &ClientOptions) -> Result<(String, ExitCode), Failure> {
+        let client = Client::builder()
+            .base_url(&o.server)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| format!("invalid --server {:?}: {e}", o.server))?;
+        let fail = |e| client_error(&o.server, e);
+        let ok = |text: String| Ok((text, ExitCode::SUCCESS));
+        match self {
+            ClientCommand::Limits(LimitsCommand::Put(p)) => {
+                let spec = p.spec()?;
+                let limit = client.put_limit(&p.key, &spec).await.map_err(fail)?;
+                ok(render_limits(&[limit], o.json))
+            }
+            ClientCommand::Limits(LimitsCommand::Ls) => ok(render_limits(
+                &client.list_limits().await.map_err(fail)?,
+                o.json,
+            )),
+            ClientCommand::Limits(LimitsCommand::Get { key }) => ok(render_limits(
+                &[client.get_limit(&key).await.map_err(fail)?],
+                o.json,
+            )),
+            ClientCommand::Limits(LimitsCommand::Rm { key }) => {
+                client.delete_limit(&key).await.map_err(fail)?;
+                ok(if o.json {
+                    format!("{}\n", json!({"removed": key}))
+                } else {
+                    format!("removed {key}\n")
+                })
+            }
+            ClientCommand::Tasks(TasksCommand::Ls) => {
+                let tasks = client.list_tasks().await.map_err(fail)?;
+                if o.json {
+                    let v: Vec<Value> = tasks
+                        .iter()
+                        .map(|t| json!({"name": t.name, "spec": t.spec}))
+                        .collect();
+                    return ok(format!("{}\n", Value::Array(v)));
+                }
+                let mut rows = vec![
+                    vec![
+                        "NAME",
+                        "ON_LIMIT",
+                        "LIMITS",
+                        "QUEUED",
+                        "WAITING",
+                        "RUNNING",
+                        "SUCCEEDED",
+                        "FAILED",
+                        "SKIPPED",
+                    ]
+                    .into_iter()
+                    .map(String::from)
+                    .collect::<Vec<_>>(),
+                ];
+                for t in &tasks {
+                    let d = t.depth;
+                    rows.push(vec![
+                        t.name.clone(),
+                        t.spec
+                            .on_limit
+                            .map_or("requeue", |p| match p {
+                                tollgate::OnLimit::Requeue => "requeue",
+                                tollgate::OnLimit::Skip => "skip",
+                            })
+                            .to_owned(),
+                        (t.spec.rate_limits.len() + t.spec.concurrency.len()).to_string(),
+                        d.queued.to_string(),
+                        d.waiting.to_string(),
+                        d.running.to_string(),
+                        d.succeeded.to_string(),
+                        d.failed.to_string(),
+                        d.skipped.to_string(),
+                    ]);
+                }
+                ok(table(&rows))
+            }
+            ClientCommand::Runs(RunsCommand::Enqueue {
+                task,
+                input,
+                metadata,
+            }) => {
+                let input = parse_json("input", &input)?;
+                let metadata = metadata.map(|m| parse_json("metadata", &m)).transpose()?;
+                let run = client
+                    .enqueue(&task, &input, metadata.as_ref())
+                    .await
+                    .map_err(fail)?;
+                ok(render_run(&run, o.json))
+            }
+            ClientCommand::Runs(RunsCommand::Get { id }) => ok(render_run(
+                &client.get_run(&id).await.map_err(fail)?,
+                o.json,
+            )),
+            ClientCommand::Runs(RunsCommand::Cancel { id }) => {
+                ok(render_run(&client.cancel(&id).await.map_err(fail)?, o.json))
+            }
+            ClientCommand::Runs(RunsCommand::Ls { task, state, limit }) => {
+                let mut filter = RunFilter::all().limit(limit);
+                if let Some(t) = task {
+                    filter = filter.task(t);
+                }
+                if let Some(s) = state {
+                    filter = filter.state(s.parse().map_err(|e: String| format!("--state: {e}"))?);
+                }
+                let runs = client.list_runs(&filter).await.map_err(fail)?;
+                if o.json {
+                    return ok(format!(
+                        "{}\n",
+                        serde_json::to_string(&runs).unwrap_or_default()
+                    ));
+                }
+                let mut rows = vec![
+                    ["ID", "TASK", "STATE", "ATTEMPT", "WAITING_ON", "ELIGIBLE"]
+                        .map(String::from)
+                        .to_vec(),
+                ];
+                for r in &runs {
+                    rows.push(vec![
+                        r.id.clone(),
+                        r.task.clone(),
+                        r.state.as_str().to_owned(),
+                        format!("{}/{}", r.attempt, r.max_attempts),
+                        r.waiting_on.clone().unwrap_or_default(),
+                        r.eligible_at_ms.map(in_ms).unwrap_or_default(),
+                    ]);
+                }
+                ok(table(&rows))
+            }
+            ClientCommand::Events(EventsCommand::Send { name, data }) => {
+                let data = parse_json("data", &data)?;
+                let runs = client.send_event(&name, &data, None).await.map_err(fail)?;
+                if o.json {
+                    let v: Vec<Value> = runs
+                        .iter()
+                        .map(|r| json!({"id": r.id, "task": r.task, "state": r.state}))
+                        .collect();
+                    return ok(format!("{}\n", Value::Array(v)));
+                }
+                if runs.is_empty() {
+                    return ok(format!("no task is triggered by {name:?}\n"));
+                }
+                let mut rows = vec![["ID", "TASK", "STATE"].map(String::from).to_vec()];
+                for r in &runs {
+                    rows.push(vec![
+                        r.id.clone(),
+                        r.task.clone(),
+                        r.state.as_str().to_owned(),
+                    ]);
+                }
+                ok(table(&rows))
+            }
+            ClientCommand::Acquire(a) => {
+                let entry = AcquireEntry::new(a.key.clone()).units(a.units);
+                let answer = client
+                    .acquire(
+                        std::slice::from_ref(&entry),
+                        a.wait_ms.map(Duration::from_millis),
+                    )
+                    .await
+                    .map_err(fail)?;
+                let code = if answer.allowed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                };
+                let d = answer.decisions.first();
+                let text = if o.json {
+                    format!(
+                        "{}\n",
+                        json!({"allowed": answer.allowed, "retry_after_ms": answer.retry_after_ms,
+                               "remaining": d.map(|d| d.remaining), "limit": d.map(|d| d.limit)})
+                    )
+                } else if answer.allowed {
+                    format!(
+                        "allowed ({} of {} left)\n",
+                        d.map_or(0, |d| d.remaining),
+                        d.map_or(0, |d| d.limit)
+                    )
+                } else {
+                    format!("denied, retry after {} ms\n", answer.retry_after_ms)
+                };
+                Ok((text, code))
+            }
+        }
+    }
+}
+
+impl PutLimit {
+    fn spec(&self) -> Result<LimitSpec, Failure> {
+        let algorithm = self
+            .algorithm
+            .clone()
+            .unwrap_or_else(|| "sliding_window".to_owned());
+        let count = || {
+            self.rate
+                .parse::<u64>()
+                .map_err(|_| format!("{algorithm} takes a number (e.g. 5), not {:?}", self.rate))
+        };
+        let mut spec = LimitSpec {
+            algorithm: Some(algorithm.clone()),
+            ..LimitSpec::default()
+        };
+        match algorithm.as_str() {
+            "concurrency" => {
+                spec.limit = Some(count()?);
+                spec.lease_ttl = self.ttl.clone();
+            }
+            "barrier" => {
+                spec.parties =
+                    Some(u32::try_from(count()?).map_err(|_| "too many parties".to_owned())?);
+                spec.ttl = Some(self.ttl.clone().unwrap_or_else(|| "1m".to_owned()));
+            }
+            "token_bucket" => {
+                spec.refill = Some(self.rate.clone());
+                spec.capacity = self.capacity.or(self.burst);
+            }
+            _ => {
+                spec.rate = Some(self.rate.clone());
+                spec.burst = self.burst;
+                spec.precision = self.precision;
+                spec.align = self.align.clone();
+                if self.ttl.is_some() {
+                    return Err(format!("--ttl does not apply to {algorithm}"));
+                }
+            }
+        }
+        if self.capacity.is_some() && algorithm != "token_bucket" {
+            return Err(format!("--capacity does not apply to {algorithm}"));
+        }
+        // The server checks the rest and names the field.
+        Ok(spec)
+    }
+}
+
+/// A run for people: its state, and why it waits and until when.
+fn render_run(run: &RunView, json_out: bool) -> String {
+    if json_out {
+        return format!("{}\n", serde_json::to_string(run).unwrap_or_default());
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "run {}  task {}", run.id, run.task);
+    let _ = writeln!(out, "state      {}", run.state.as_str());
+    let _ = writeln!(out, "attempt    {} of {}", run.attempt, run.max_attempts);
+    if let Some(key) = &run.waiting_on {
+        let why = if run.skip_reason.is_some() {
+            "limited by"
+        } else {
+            "waiting on"
+        };
+        let _ = writeln!(out, "{why} {key}");
+    }
+    if let Some(at) = run.eligible_at_ms {
+        let _ = writeln!(out, "eligible   {}", in_ms(at));
+    }
+    if let Some(reason) = &run.skip_reason {
+        let _ = writeln!(out, "skipped    {reason}");
+    }
+    if let Some(error) = &run.error {
+        let _ = writeln!(out, "error      {error}");
+    }
+    if let Some(at) = run.lease_expires_at_ms {
+        let _ = writeln!(
+            out,
+            "lease      until {} ({})",
+            in_ms(at),
+            run.worker_id.as_deref().unwrap_or("?")
+        );
+    }
+    out
+}
+
+/// An epoch-millisecond instant as "in N ms" (or "now").
+fn in_ms(at_ms: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if at_ms <= now {
+        format!("now (at {at_ms})")
+    } else {
+        format!("in {} ms (at {at_ms})", at_ms - now)
+    }
+}
+
+fn render_limits(limits: &[tollgate_client::Limit], json_out: bool) -> String {
+    if json_out {
+        let v: Vec<Value> = limits
+            .iter()
+            .map(|l| {
+                let mut v = serde_json::to_value(&l.definition).unwrap_or_default();
+                if let Value::Object(m) = &mut v {
+                    m.insert("key".into(), json!(l.key));
+                    m.insert("used".into(), json!(l.used));
+                    m.insert("remaining".into(), json!(l.remaining));
+                    m.insert("reset_after_ms".into(), json!(l.reset_after_ms));
+                }
+                v
+            })
+            .collect();
+        return format!("{}\n", Value::Array(v));
+    }
+    let mut rows = vec![
+        [
+            "KEY",
+            "NAMESPACE",
+            "ALGORITHM",
+            "DEFINITION",
+            "USED",
+            "REMAINING",
+            "RESET",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for l in limits {
+        let d = &l.definition;
+        let definition = match d.algorithm.as_deref() {
+            Some("token_bucket") => format!(
+                "{} refill {}",
+                d.capacity.unwrap_or(0),
+                d.refill.clone().unwrap_or_default()
+            ),
+            Some("concurrency") => format!(
+                "{} slots, lease {}",
+                d.limit.unwrap_or(0),
+                d.lease_ttl.clone().unwrap_or_default()
+            ),
+            _ => {
+                let mut s = format!(
+                    "{}/{}",
+                    d.limit.unwrap_or(0),
+                    d.period.clone().unwrap_or_default()
+                );
+                if let Some(b) = d.burst {
+                    let _ = write!(s, " burst {b}");
+                }
+                if let Some(a) = &d.align {
+                    let _ = write!(s, " {a}");
+                }
+                s
+            }
+        };
+        rows.push(vec![
+            l.key.clone(),
+            format!("{:?}", l.namespace).to_lowercase(),
+            d.algorithm.clone().unwrap_or_default(),
+            definition,
+            l.used.to_string(),
+            l.remaining.to_string(),
+            l.reset_after_ms
+                .map(|ms| format!("{ms} ms"))
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    table(&rows)
+}
+
+/// Left-aligned columns separated by two spaces.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| format!("{cell:<w$}", w = widths[i]))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}

@@ -1,0 +1,243 @@
+//! The client commands of the real `tollgate` binary against a server started in-process:
+//! tables for people, `--json` for scripts, `acquire` exit codes, why a run waits, and one
+//! line with a non-zero exit when something fails.
+
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
+use std::process::Output;
+
+use serde_json::Value;
+use tollgate::SystemClock;
+use tollgate_server::{AppState, Settings};
+
+/// Starts a server on a free port; returns its base URL.
+async fn server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = AppState::new(SystemClock::new(), Settings::default());
+    tokio::spawn(tollgate_server::run(
+        listener,
+        state,
+        std::future::pending::<()>(),
+    ));
+    format!("http://{addr}")
+}
+
+/// Runs the binary with `args` (and no TOLLGATE_* from the environment) off the runtime.
+async fn tollgate(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(&args)
+            .env_remove("TOLLGATE_SERVER")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_declared_listed_and_removed_as_tables_or_json() {
+    let url = server().await;
+    let put = tollgate(&[
+        "--server",
+        &url,
+        "limits",
+        "put",
+        "stripe-api",
+        "10/s",
+        "--algorithm",
+        "gcra",
+        "--burst",
+        "5",
+    ])
+    .await;
+    assert!(put.status.success(), "{}", stderr(&put));
+    assert!(stdout(&put).contains("stripe-api"), "{}", stdout(&put));
+    // --server is accepted after the subcommand too.
+    let ls = tollgate(&["limits", "ls", "--server", &url]).await;
+    let table = stdout(&ls);
+    assert!(table.starts_with("KEY"), "{table}");
+    assert!(
+        table.contains("gcra") && table.contains("10/1s burst 5"),
+        "{table}"
+    );
+    let json: Value = serde_json::from_str(&stdout(
+        &tollgate(&["limits", "ls", "--json", "--server", &url]).await,
+    ))
+    .unwrap();
+    assert_eq!(json[0]["key"], "stripe-api");
+    assert_eq!(json[0]["burst"], 5);
+    let rm = tollgate(&["--server", &url, "limits", "rm", "stripe-api"]).await;
+    assert!(rm.status.success());
+    let again = tollgate(&["--server", &url, "limits", "rm", "stripe-api"]).await;
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        stderr(&again).contains("unknown_limit"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        stderr(&again).lines().count(),
+        1,
+        "one line: {}",
+        stderr(&again)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_prints_allowed_or_denied_and_exits_zero_or_one() {
+    let url = server().await;
+    tollgate(&["--server", &url, "limits", "put", "one", "1/h"]).await;
+    let first = tollgate(&["--server", &url, "acquire", "one"]).await;
+    assert_eq!(first.status.code(), Some(0));
+    assert!(stdout(&first).starts_with("allowed"), "{}", stdout(&first));
+    let second = tollgate(&["--server", &url, "acquire", "one", "--units", "1"]).await;
+    assert_eq!(second.status.code(), Some(1));
+    let text = stdout(&second);
+    assert!(
+        text.starts_with("denied, retry after ") && text.trim_end().ends_with(" ms"),
+        "{text}"
+    );
+    let json: Value = serde_json::from_str(&stdout(
+        &tollgate(&["--server", &url, "--json", "acquire", "one"]).await,
+    ))
+    .unwrap();
+    assert_eq!(json["allowed"], false);
+    assert!(json["retry_after_ms"].as_u64().unwrap() > 3_500_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_get_says_why_a_run_waits_and_until_when() {
+    let url = server().await;
+    tollgate(&[
+        "--server",
+        &url,
+        "limits",
+        "put",
+        "api",
+        "1/h",
+        "--algorithm",
+        "gcra",
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let task = serde_json::json!({"rate_limits": [{"static_key": "api", "units": 1}], "triggers": ["user.created"]});
+    client
+        .put(format!("{url}/v1/tasks/sync"))
+        .json(&task)
+        .send()
+        .await
+        .unwrap();
+    let first = tollgate(&[
+        "--server",
+        &url,
+        "runs",
+        "enqueue",
+        "sync",
+        "--input",
+        r#"{"user": 1}"#,
+    ])
+    .await;
+    assert!(first.status.success(), "{}", stderr(&first));
+    let second: Value = serde_json::from_str(&stdout(
+        &tollgate(&[
+            "--server",
+            &url,
+            "--json",
+            "runs",
+            "enqueue",
+            "sync",
+            "--input",
+            r#"{"user": 2}"#,
+        ])
+        .await,
+    ))
+    .unwrap();
+    let id = second["id"].as_str().unwrap();
+    let lease = serde_json::json!({"worker_id": "w", "tasks": ["sync"], "max": 10});
+    client
+        .post(format!("{url}/v1/workers/lease"))
+        .json(&lease)
+        .send()
+        .await
+        .unwrap();
+    let shown = stdout(&tollgate(&["--server", &url, "runs", "get", id]).await);
+    assert!(shown.contains("state      waiting"), "{shown}");
+    assert!(shown.contains("waiting on api"), "{shown}");
+    assert!(shown.contains("eligible   in "), "{shown}");
+    let ls = stdout(&tollgate(&["--server", &url, "runs", "ls", "--state", "waiting"]).await);
+    assert!(ls.contains(id) && ls.contains("api"), "{ls}");
+    let tasks = stdout(&tollgate(&["--server", &url, "tasks", "ls"]).await);
+    assert!(
+        tasks.contains("sync") && tasks.contains("WAITING"),
+        "{tasks}"
+    );
+    let sent = tollgate(&[
+        "--server",
+        &url,
+        "events",
+        "send",
+        "user.created",
+        "--data",
+        r#"{"user": 3}"#,
+    ])
+    .await;
+    assert!(stdout(&sent).contains("sync"), "{}", stdout(&sent));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_one_line_and_a_non_zero_exit() {
+    let url = server().await;
+    let bad_json = tollgate(&["--server", &url, "runs", "enqueue", "t", "--input", "{bad"]).await;
+    assert_eq!(bad_json.status.code(), Some(2));
+    assert!(
+        stderr(&bad_json).contains("--input is not valid JSON"),
+        "{}",
+        stderr(&bad_json)
+    );
+    let bad_rate = tollgate(&["--server", &url, "limits", "put", "x", "10/apples"]).await;
+    assert_eq!(bad_rate.status.code(), Some(2));
+    assert!(
+        stderr(&bad_rate).contains("\"10/apples\""),
+        "{}",
+        stderr(&bad_rate)
+    );
+    // A server that is down: a quick, clear line, not a panic.
+    let down = tollgate(&["--server", "http://127.0.0.1:1", "limits", "ls"]).await;
+    assert_eq!(down.status.code(), Some(2));
+    let line = stderr(&down);
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.contains("cannot connect") && line.contains("127.0.0.1:1"),
+        "{line}"
+    );
+    assert!(!line.contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_comes_from_tollgate_server_when_no_flag_is_given() {
+    let url = server().await;
+    let url2 = url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["limits", "ls"])
+            .env("TOLLGATE_SERVER", url2)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("KEY"));
+    let _ = url;
+}
