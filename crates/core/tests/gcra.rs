@@ -175,3 +175,47 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    /// `Gcra::decide_in_place` (what the memory store runs for a key whose state was written
+    /// under the same limit) answers exactly what `RateLimit::decide` answers, for both
+    /// spellings, and leaves the state `decide` returns (unchanged on a denial).
+    #[test]
+    fn deciding_in_place_is_deciding(
+        g in gcra(), t0 in start(), steps in steps(), bucket in any::<bool>()
+    ) {
+        let limit = if bucket {
+            RateLimit::TokenBucket(TokenBucket::new(g.burst(), g.rate()).expect("valid"))
+        } else {
+            RateLimit::Gcra(g)
+        };
+        let mut state: Option<tollgate_core::LimitState> = None;
+        let mut in_place = tollgate_core::GcraState { tat: Nanos::ZERO };
+        let mut now = t0.as_nanos();
+        let scale = g.emission_interval().as_nanos() * g.burst();
+        for (selector, r, u) in steps {
+            // Sometimes step back in time, as a clock may.
+            now = if selector % 7 == 0 { now.saturating_sub(r % scale.max(1)) } else { now + gap(scale, selector, r) };
+            let n = pick_units(g.burst() + 1, u);
+            let t = Nanos::from_nanos(now);
+            let units = std::num::NonZeroU32::new(u32::try_from(n).expect("small")).expect("nonzero");
+            let expected = limit.decide(state.as_ref(), t, units);
+            let got = g.decide_in_place(&mut in_place, t, units);
+            match expected {
+                Err(e) => prop_assert_eq!(got, Err(e)),
+                Ok(out) => {
+                    prop_assert_eq!(got, Ok(out.decision));
+                    if out.decision.allowed {
+                        let Some(RateState::Gcra(s)) = out.state.as_ref().map(|s| s.state.clone()) else {
+                            return Err(TestCaseError::fail("an admission leaves a gcra state"));
+                        };
+                        prop_assert_eq!(in_place, s);
+                        state = out.state;
+                    }
+                }
+            }
+        }
+    }
+}

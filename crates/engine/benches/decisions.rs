@@ -27,7 +27,7 @@ use governor::clock::FakeRelativeClock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use tollgate::core::{
-    Align, FixedWindow, Gcra, LimitState, Nanos, Period, Rate, RateLimit, SlidingWindow,
+    Align, FixedWindow, Gcra, GcraState, LimitState, Nanos, Period, Rate, RateLimit, SlidingWindow,
     TokenBucket,
 };
 use tollgate::{AcquireEntry, Clock, FakeClock, Limiter, MemoryStore};
@@ -95,6 +95,26 @@ fn core_loop(b: &mut Bencher<'_>, limit: RateLimit) {
     });
 }
 
+/// tollgate-core's in-place entry point: `Gcra::decide_in_place` on a `GcraState` (what the
+/// memory store runs for a key whose state was written under the same limit).
+fn core_in_place_loop(b: &mut Bencher<'_>, limit: RateLimit) {
+    let RateLimit::Gcra(gcra) = limit else {
+        panic!("a gcra limit");
+    };
+    let clock = FakeClock::new(T0);
+    let mut state = GcraState { tat: Nanos::ZERO };
+    let mut ticker = Ticker(0);
+    b.iter(|| {
+        let decision = gcra
+            .decide_in_place(&mut state, clock.now(), nonzero(1))
+            .expect("one unit fits every bench limit");
+        black_box(&decision);
+        if ticker.tick() {
+            advance_tollgate(&clock);
+        }
+    });
+}
+
 /// The engine: `Limiter::try_acquire` on a fake clock.
 fn engine_loop(
     b: &mut Bencher<'_>,
@@ -149,10 +169,16 @@ fn gcra_core(c: &mut Criterion) {
     let mut g = c.benchmark_group("gcra_core");
     g.throughput(Throughput::Elements(1));
     g.bench_function("tollgate/allow", |b| core_loop(b, gcra_allow()));
+    g.bench_function("tollgate_in_place/allow", |b| {
+        core_in_place_loop(b, gcra_allow())
+    });
     g.bench_function("governor/allow", |b| {
         governor_direct_loop(b, governor_allow())
     });
     g.bench_function("tollgate/deny", |b| core_loop(b, gcra_deny()));
+    g.bench_function("tollgate_in_place/deny", |b| {
+        core_in_place_loop(b, gcra_deny())
+    });
     g.bench_function("governor/deny", |b| {
         governor_direct_loop(b, governor_deny())
     });

@@ -6,10 +6,12 @@
 //! So a fresh state admits exactly `burst` units at once, then one unit per `T`, and a
 //! denial's `retry_after` is exact to the nanosecond.
 
+use std::num::NonZeroU32;
+
 use serde::{Deserialize, Serialize};
 
 use crate::decision::{Decision, Usage};
-use crate::error::Error;
+use crate::error::{Error, InsufficientCapacity};
 use crate::period::{Period, Rate};
 use crate::time::Nanos;
 
@@ -101,8 +103,39 @@ impl Gcra {
         self.interval
     }
 
+    #[inline]
     fn tolerance(&self) -> Nanos {
         self.interval.saturating_mul(self.burst)
+    }
+
+    /// What [`RateLimit::decide`](crate::RateLimit::decide) answers for a key whose state was
+    /// written under this same limit (`RateLimit::Gcra(*self)` or its `TokenBucket` spelling),
+    /// with the state updated in place instead of returned: on an admission `state` becomes
+    /// the state `decide` returns, on a denial it is left as it was. A stale `state` (one whose
+    /// `tat` is not after `now`) counts as fresh, as in `decide`. Stores use it to decide on a
+    /// key's state where it lies, without moving a [`LimitState`](crate::LimitState) around.
+    ///
+    /// # Errors
+    /// [`InsufficientCapacity`] when `units > burst`, as `decide`.
+    #[inline]
+    pub fn decide_in_place(
+        &self,
+        state: &mut GcraState,
+        now: Nanos,
+        units: NonZeroU32,
+    ) -> Result<Decision, InsufficientCapacity> {
+        let units = u64::from(units.get());
+        if units > self.burst {
+            return Err(InsufficientCapacity {
+                units,
+                capacity: self.burst,
+            });
+        }
+        let (decision, next) = self.decide(Some(state), now.min(Nanos::LAST), units);
+        if let Some(next) = next {
+            *state = next;
+        }
+        Ok(decision)
     }
 
     #[inline]
@@ -144,6 +177,7 @@ impl Gcra {
         }
     }
 
+    #[inline]
     fn remaining_at(&self, tat: Nanos, now: Nanos) -> u64 {
         let headroom = (now + self.tolerance()) - tat;
         headroom.as_nanos() / self.interval.as_nanos()

@@ -16,8 +16,8 @@ use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 use tollgate_core::{
-    Barrier, BarrierState, BarrierStatus, Concurrency, ConcurrencyState, LeaseDecision, Limit,
-    LimitState, Nanos, Outcome, RateLimit,
+    Barrier, BarrierState, BarrierStatus, Concurrency, ConcurrencyState, Decision, LeaseDecision,
+    Limit, LimitState, Nanos, Outcome, RateLimit, RateState,
 };
 
 use super::{
@@ -323,6 +323,57 @@ fn decide(
     limit.decide(prior, now, n).map_err(|_| capacity_error())
 }
 
+/// The `gcra`/`token_bucket` fast path of a single-key acquire: a key whose state was written
+/// under the very limit the request resolves to is decided where its state lies
+/// ([`tollgate_core::Gcra::decide_in_place`], the same answer and next state as
+/// [`RateLimit::decide`]), without moving an [`Outcome`]. `None`: not that case, so the general
+/// path decides (other algorithms, changed parameters, a missing definition, no rate state).
+#[inline]
+fn gcra_in_place(
+    slot: &mut Slot,
+    target: &Target<'_, RateLimit>,
+    now: Nanos,
+    units: u32,
+) -> Option<Result<Decision, Error>> {
+    let limit = match target {
+        Target::Dynamic(_, limit) => limit,
+        Target::Static(_) => match slot.def.as_deref() {
+            Some(Limit::Rate(limit)) => limit,
+            _ => return None,
+        },
+    };
+    let gcra = match limit {
+        RateLimit::Gcra(g) => g,
+        RateLimit::TokenBucket(t) => t.as_gcra(),
+        _ => return None,
+    };
+    let SlotState::Rate(LimitState {
+        limit: written,
+        state: RateState::Gcra(state),
+    }) = &mut slot.state
+    else {
+        return None;
+    };
+    if written != limit {
+        return None;
+    }
+    let decision = match gcra.decide_in_place(state, now, NonZeroU32::new(units)?) {
+        Ok(decision) => decision,
+        Err(e) => {
+            return Some(Err(Error::InsufficientCapacity {
+                key: target.key().to_owned(),
+                units: e.units,
+                capacity: e.capacity,
+            }));
+        }
+    };
+    if decision.allowed {
+        // `LimitState::fresh_at` of a gcra state.
+        slot.fresh_at = state.tat;
+    }
+    Some(Ok(decision))
+}
+
 /// One distinct key of a multi-key request.
 struct Prepared<'a> {
     target: Target<'a, RateLimit>,
@@ -514,6 +565,16 @@ impl MemoryStore {
             .ok();
         let decision = match found {
             Some(mut slot) => {
+                if let Some(answer) = gcra_in_place(slot.get_mut(), &entry.target, now, entry.units)
+                {
+                    let decision = answer?;
+                    let mut decisions = SmallVec::new();
+                    decisions.push(decision);
+                    return Ok(Acquired {
+                        allowed: decision.allowed,
+                        decisions,
+                    });
+                }
                 let (limit, prior) = resolve_rate(Some(slot.get()), &entry.target, now)?;
                 let outcome = decide(&limit, prior, now, key, units)?;
                 if outcome.decision.allowed {
@@ -874,5 +935,105 @@ mod tests {
             Nanos::from_secs(1),
             "decided at 100 s, not 99 s"
         );
+    }
+
+    /// Why: single-key acquires of gcra and token-bucket keys take a fast path
+    /// (`gcra_in_place`) that decides on the slot's state in place. Whatever the sequence
+    /// (parameters changing, algorithms changing, static and dynamic keys, units beyond
+    /// capacity, the clock stepping back), every answer and every error must be the core's
+    /// `RateLimit::decide` on the state the store is meant to hold.
+    mod fast_path {
+        use super::*;
+        use proptest::prelude::*;
+        use tollgate_core::{Align, FixedWindow, Period, TokenBucket};
+
+        fn limits() -> Vec<RateLimit> {
+            vec![
+                gcra("10/s", 5),
+                gcra("10/s", 3),
+                gcra("3/s", 5),
+                RateLimit::TokenBucket(TokenBucket::new(5, "10/s".parse().unwrap()).unwrap()),
+                RateLimit::FixedWindow(
+                    FixedWindow::new(4, Period::SECOND, Align::FirstUse).unwrap(),
+                ),
+            ]
+        }
+
+        /// `(static?, limit index, redefine first?, units, time step in ms, step back?)`
+        type Op = (bool, usize, bool, u32, u64, bool);
+
+        fn ops() -> impl Strategy<Value = Vec<Op>> {
+            prop::collection::vec(
+                (
+                    any::<bool>(),
+                    0..5usize,
+                    prop::bool::weighted(0.1),
+                    1..=7u32,
+                    prop_oneof![3 => 0..200u64, 1 => 0..3_000u64],
+                    prop::bool::weighted(0.1),
+                ),
+                1..120,
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn single_key_acquires_answer_what_the_core_decides(ops in ops()) {
+                let limits = limits();
+                let store = MemoryStore::new();
+                let mut now = Nanos::from_secs(1_000);
+                // Each shard keeps its own high-water mark; the two keys may share one.
+                let shard = |ns| MemoryStore::shard_of(store.hash(ns, "k"));
+                let shards = [shard(Namespace::Static), shard(Namespace::Dynamic)];
+                let mut high_water = [Nanos::ZERO; SHARDS];
+                // The model: per namespace, the state written, and the static definition.
+                let mut states: [Option<LimitState>; 2] = [None, None];
+                let mut def = limits[0];
+                store.put_limit("k", Limit::Rate(def), now).unwrap();
+                high_water[shards[0]] = now;
+                for (is_static, l, redefine, units, step, back) in ops {
+                    now = if back {
+                        now.saturating_sub(Nanos::from_millis(step))
+                    } else {
+                        now + Nanos::from_millis(step)
+                    };
+                    let limit = limits[l];
+                    if is_static && redefine {
+                        store.put_limit("k", Limit::Rate(limit), now).unwrap();
+                        high_water[shards[0]] = high_water[shards[0]].max(now);
+                        def = limit;
+                    }
+                    let hw = &mut high_water[shards[usize::from(!is_static)]];
+                    let at = (*hw).max(now);
+                    *hw = at;
+                    let (slot, entry, limit) = if is_static {
+                        (0, AcquireEntry::new("k", units), def)
+                    } else {
+                        (1, AcquireEntry::dynamic("k", limit, units), limit)
+                    };
+                    let prior = states[slot].as_ref().filter(|s| s.fresh_at() > at);
+                    let expected = limit.decide(prior, at, NonZeroU32::new(units).unwrap());
+                    let got = store.acquire(&[entry], now);
+                    match expected {
+                        Err(e) => match got {
+                            Err(Error::InsufficientCapacity { units: u, capacity: c, .. }) => {
+                                prop_assert_eq!((u, c), (e.units, e.capacity));
+                            }
+                            other => prop_assert!(false, "expected a capacity error: {:?}", other),
+                        },
+                        Ok(out) => {
+                            let got = got.unwrap();
+                            prop_assert_eq!(got.allowed, out.decision.allowed);
+                            prop_assert_eq!(&got.decisions[..], &[out.decision][..]);
+                            if out.decision.allowed {
+                                states[slot] = out.state;
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
