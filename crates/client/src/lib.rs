@@ -46,6 +46,10 @@
 //! - `leases.rs`: concurrency leases and barriers ([`LeaseRequest`], [`Lease`], [`Barrier`]).
 //! - `runs.rs`: tasks, enqueue, events, worker leases, run outcomes and queries ([`Task`],
 //!   [`EventRun`], [`RunFilter`]).
+//! - `task_builder.rs`: [`Task::builder`] → [`TaskBuilder`], a [`TaskSpec`] written in Rust.
+//! - `worker.rs`: the worker runtime ([`Worker`], [`WorkerBuilder`], [`RunContext`],
+//!   [`HandlerError`]): N slots, long-poll leases, heartbeats, complete/fail with retry,
+//!   graceful shutdown that releases what did not finish.
 //!
 //! Types the engine already defines in their wire form are re-used, not copied:
 //! [`LimitSpec`], [`TaskSpec`], [`RunView`], [`LeasedRun`], [`RunState`].
@@ -55,11 +59,18 @@ mod error;
 mod leases;
 mod limits;
 mod runs;
+mod task_builder;
+mod worker;
 
 pub use client::{Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT};
 pub use error::{Error, ErrorBody};
 pub use leases::{Barrier, Lease, LeaseRenewal, LeaseRequest};
 pub use limits::{AcquireEntry, Acquisition, BatchResult, Health, KeyDecision, Limit, Namespace};
 pub use runs::{Depth, EventRun, RunFilter, Task};
+pub use task_builder::{DEFAULT_LEASE_TIMEOUT, TaskBuilder};
 pub use tollgate::task::{ConcurrencyUse, IdempotencyUse, NumberOrExpr, OnLimit, RateLimitUse};
 pub use tollgate::{LeasedRun, LimitSpec, RunState, RunView, TaskSpec};
+pub use worker::{
+    DEFAULT_GRACE, DEFAULT_POLL_WAIT, DEFAULT_SLOTS, HandlerError, HandlerResult, RunContext,
+    Worker, WorkerBuilder, WorkerError, WorkerSummary,
+};
