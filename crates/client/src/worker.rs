@@ -551,27 +551,28 @@ async fn execute(
         worker_id,
         client: client.clone(),
     };
-    let mut handle = tokio::spawn(handler(ctx));
+    // Dropping this task (a worker dropped or aborted) aborts its handler too.
+    let mut handle = AbortOnDrop(tokio::spawn(handler(ctx)));
     let every = (lease_timeout / 3).max(Duration::from_millis(10));
     let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let joined = loop {
         tokio::select! {
-            joined = &mut handle => break joined,
+            joined = &mut handle.0 => break joined,
             _ = ticks.tick() => match client.heartbeat(&id, Some(attempt)).await {
                 Ok(_) => {}
                 Err(e) if e.is_transient() => {
                     tracing::warn!(run = %id, attempt, error = %e, "heartbeat failed; trying again at the next one");
                 }
                 Err(e) => {
-                    handle.abort();
+                    handle.0.abort();
                     tracing::warn!(run = %id, attempt, error = %e, "lease lost (expired, cancelled or taken by another attempt); dropping the run");
                     return Outcome::Lost;
                 }
             },
             _ = release.changed() => {
-                handle.abort();
+                handle.0.abort();
                 return release_run(&client, &id, attempt).await;
             }
         }
@@ -616,6 +617,14 @@ async fn execute(
             tracing::warn!(run = %id, attempt, error = %e, "the outcome was not recorded; dropping the run");
             Outcome::Lost
         }
+    }
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
