@@ -641,3 +641,31 @@ async fn ended_runs_are_forgotten_after_the_retention_but_not_while_their_units_
     e.prune().await.unwrap();
     assert!(matches!(e.run(&limited), Err(Error::UnknownRun { .. })));
 }
+
+#[tokio::test(start_paused = true)]
+async fn units_beyond_a_declared_limits_capacity_fail_the_run_at_enqueue() {
+    // Why: a static key's capacity is known at enqueue; waiting for the first lease to find out
+    // left an impossible run queued.
+    let e = engine();
+    limit(&e, "small", json!({"rate": "3/m"})).await;
+    task(
+        &e,
+        "t",
+        json!({"rate_limits": [{"static_key": "small", "units": "input.n"}]}),
+    )
+    .await;
+    let r = e.enqueue("t", json!({"n": 4}), json!({})).await.unwrap();
+    assert_eq!(r.state, RunState::Failed);
+    let error = r.error.unwrap_or_default();
+    assert!(
+        error.contains("insufficient_capacity") && error.contains("\"small\""),
+        "{error}"
+    );
+    assert_eq!(
+        e.enqueue("t", json!({"n": 3}), json!({}))
+            .await
+            .unwrap()
+            .state,
+        RunState::Queued
+    );
+}

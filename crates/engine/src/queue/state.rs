@@ -237,6 +237,23 @@ impl QueueState {
             additional_metadata,
             event,
         } = prepared;
+        // A declared limit is known now too: units it can never hold fail the run at once
+        // rather than at its first lease.
+        let failure = failure.or_else(|| {
+            rendered.rate.iter().filter(|r| r.dynamic.is_none()).find_map(|r| {
+                let capacity = match store.get_limit(&r.key, now).ok()??.limit {
+                    tollgate_core::Limit::Rate(l) => l.capacity(),
+                    _ => return None,
+                };
+                (u64::from(r.units) > capacity).then(|| {
+                    format!(
+                        "insufficient_capacity: rate_limits[{}] asks {} units of key {:?}, which holds at most {capacity}",
+                        r.spec_index, r.units, r.key
+                    )
+                })
+            })
+        });
+
         self.next_seq += 1;
         let seq = self.next_seq;
         let id = format!("{}{seq:x}", self.id_prefix);
