@@ -191,7 +191,21 @@ pub fn key_problem(key: &str) -> Option<&'static str> {
 ///
 /// # Errors
 /// [`Error::InvalidKey`].
+#[inline]
 pub fn check_key(key: &str) -> Result<(), Error> {
+    // Nearly every key is 1 to 512 bytes of printable ASCII (no control character: not below
+    // 0x20, not 0x7f): one pass over the bytes, inlined into every acquire. Anything else
+    // takes the full rule.
+    if !key.is_empty() && key.len() <= MAX_KEY_LEN && key.bytes().all(|b| (0x20..0x7f).contains(&b))
+    {
+        return Ok(());
+    }
+    key_error(key)
+}
+
+#[cold]
+#[inline(never)]
+fn key_error(key: &str) -> Result<(), Error> {
     let Some(reason) = key_problem(key) else {
         return Ok(());
     };
@@ -225,6 +239,18 @@ mod tests {
             );
         }
         assert!(check_key("a\u{85}").is_err());
+        // The printable-ASCII shortcut of `check_key` agrees with `key_problem` on every byte.
+        for b in 0..=0x7fu8 {
+            let key = format!("k{}", b as char);
+            assert_eq!(
+                check_key(&key).is_ok(),
+                key_problem(&key).is_none(),
+                "{b:#x}"
+            );
+        }
+        assert!(check_key("").is_err());
+        assert!(check_key(&"k".repeat(MAX_KEY_LEN)).is_ok());
+        assert!(check_key(&"k".repeat(MAX_KEY_LEN + 1)).is_err());
         assert!(check_key("caf\u{e9}").is_ok());
     }
 }

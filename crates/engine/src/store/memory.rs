@@ -109,18 +109,44 @@ impl Slot {
     }
 }
 
+/// Whether two keys are equal. Short keys (nearly all) are compared with a few loads in
+/// registers: hashbrown calls the comparison for every tag match, and `==` on `str` calls
+/// `bcmp` in libc, which costs more than the rest of the probe.
+#[inline]
+fn same_key(a: &str, b: &str) -> bool {
+    fn word<const N: usize>(s: &[u8], at: usize) -> [u8; N] {
+        let mut w = [0; N];
+        w.copy_from_slice(&s[at..at + N]);
+        w
+    }
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        // Two overlapping words cover every byte.
+        8..=16 => word::<8>(a, 0) == word::<8>(b, 0) && word::<8>(a, n - 8) == word::<8>(b, n - 8),
+        4..=7 => word::<4>(a, 0) == word::<4>(b, 0) && word::<4>(a, n - 4) == word::<4>(b, n - 4),
+        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        _ => a == b,
+    }
+}
+
 impl Shard {
     fn find(&self, hash: u64, ns: Namespace, key: &str) -> Option<&Slot> {
-        self.table.find(hash, |s| s.ns == ns && &*s.key == key)
+        self.table
+            .find(hash, |s| s.ns == ns && same_key(&s.key, key))
     }
 
     fn find_mut(&mut self, hash: u64, ns: Namespace, key: &str) -> Option<&mut Slot> {
-        self.table.find_mut(hash, |s| s.ns == ns && &*s.key == key)
+        self.table
+            .find_mut(hash, |s| s.ns == ns && same_key(&s.key, key))
     }
 
     fn remove(&mut self, hash: u64, ns: Namespace, key: &str) -> Option<Slot> {
         self.table
-            .find_entry(hash, |s| s.ns == ns && &*s.key == key)
+            .find_entry(hash, |s| s.ns == ns && same_key(&s.key, key))
             .ok()
             .map(|e| e.remove().0)
     }
@@ -552,6 +578,39 @@ impl MemoryStore {
         })
     }
 
+    /// A multi-key acquire: every key decided under the locks of all the shards involved, then
+    /// all written or none. Kept out of line, so the single-key path does not carry its frame.
+    #[inline(never)]
+    fn acquire_many(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<Acquired, Error> {
+        let (keys, index_of) = self.prepare(entries);
+        let mut shard_ids: SmallVec<[usize; 4]> =
+            keys.iter().map(|p| Self::shard_of(p.hash)).collect();
+        let (mut guards, now) = self.lock_many(&mut shard_ids, now);
+        let mut outcomes: SmallVec<[Outcome; 4]> = SmallVec::with_capacity(keys.len());
+        for p in &keys {
+            let shard = guard_for(&mut guards, Self::shard_of(p.hash));
+            let (ns, key) = (p.target.namespace(), p.target.key());
+            let (limit, prior) = resolve_rate(shard.find(p.hash, ns, key), &p.target, now)?;
+            outcomes.push(decide(&limit, prior, now, key, p.units)?);
+        }
+        let allowed = outcomes.iter().all(|o| o.decision.allowed);
+        let decisions = index_of.iter().map(|&i| outcomes[i].decision).collect();
+        if allowed {
+            for (p, o) in keys.iter().zip(outcomes) {
+                let shard = guard_for(&mut guards, Self::shard_of(p.hash));
+                self.apply_rate(
+                    shard,
+                    p.hash,
+                    p.target.namespace(),
+                    p.target.key(),
+                    o.state,
+                    now,
+                );
+            }
+        }
+        Ok(Acquired { allowed, decisions })
+    }
+
     /// The single-key fast path: one lock, one hash-table probe, the state replaced in place.
     fn acquire_one(&self, entry: &AcquireEntry<'_>, now: Nanos) -> Result<Acquired, Error> {
         let (ns, key) = (entry.target.namespace(), entry.target.key());
@@ -561,7 +620,7 @@ impl MemoryStore {
         let now = shard.observe(now);
         let found = shard
             .table
-            .find_entry(hash, |s| s.ns == ns && &*s.key == key)
+            .find_entry(hash, |s| s.ns == ns && same_key(&s.key, key))
             .ok();
         let decision = match found {
             Some(mut slot) => {
@@ -689,33 +748,7 @@ impl Store for MemoryStore {
         if let [entry] = entries {
             return self.acquire_one(entry, now);
         }
-        let (keys, index_of) = self.prepare(entries);
-        let mut shard_ids: SmallVec<[usize; 4]> =
-            keys.iter().map(|p| Self::shard_of(p.hash)).collect();
-        let (mut guards, now) = self.lock_many(&mut shard_ids, now);
-        let mut outcomes: SmallVec<[Outcome; 4]> = SmallVec::with_capacity(keys.len());
-        for p in &keys {
-            let shard = guard_for(&mut guards, Self::shard_of(p.hash));
-            let (ns, key) = (p.target.namespace(), p.target.key());
-            let (limit, prior) = resolve_rate(shard.find(p.hash, ns, key), &p.target, now)?;
-            outcomes.push(decide(&limit, prior, now, key, p.units)?);
-        }
-        let allowed = outcomes.iter().all(|o| o.decision.allowed);
-        let decisions = index_of.iter().map(|&i| outcomes[i].decision).collect();
-        if allowed {
-            for (p, o) in keys.iter().zip(outcomes) {
-                let shard = guard_for(&mut guards, Self::shard_of(p.hash));
-                self.apply_rate(
-                    shard,
-                    p.hash,
-                    p.target.namespace(),
-                    p.target.key(),
-                    o.state,
-                    now,
-                );
-            }
-        }
-        Ok(Acquired { allowed, decisions })
+        self.acquire_many(entries, now)
     }
 
     fn refund(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<(), Error> {
@@ -935,6 +968,23 @@ mod tests {
             Nanos::from_secs(1),
             "decided at 100 s, not 99 s"
         );
+    }
+
+    /// Why: keys are compared word-wise when short; a difference at any byte, of any length,
+    /// must still tell them apart.
+    #[test]
+    fn keys_compare_equal_exactly_when_equal() {
+        for n in 0..40 {
+            let a: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            assert!(same_key(&a, &a.clone()));
+            assert!(!same_key(&a, &format!("{a}x")));
+            for i in 0..n {
+                let mut b = a.clone().into_bytes();
+                b[i] = b'#';
+                let b = String::from_utf8(b).unwrap();
+                assert!(!same_key(&a, &b), "{a:?} {b:?}");
+            }
+        }
     }
 
     /// Why: single-key acquires of gcra and token-bucket keys take a fast path
