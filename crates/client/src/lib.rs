@@ -32,6 +32,30 @@
 //! # }
 //! ```
 //!
+//! # Workers
+//!
+//! [`Worker`] serves tasks defined with [`Task::builder`]: it defines them on the server,
+//! leases runs for its free slots (a long poll), heartbeats while each handler runs, completes
+//! or fails the run, and at shutdown lets in-flight handlers finish within a grace period
+//! before releasing the rest (no attempt counted).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use tollgate_client::{Client, Task, Worker};
+//!
+//! let worker = Worker::builder(Client::new("http://127.0.0.1:7070")?)
+//!     .slots(4)
+//!     .register(
+//!         Task::builder("resize").dynamic_limit("input.user_id", 1, 10, "1m"),
+//!         |run| async move { Ok(Some(run.input)) },
+//!     )
+//!     .build();
+//! let summary = worker.run_until_ctrl_c().await?;
+//! println!("{} succeeded, {} released", summary.succeeded, summary.released);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Requests are plain HTTP/1.1 (no TLS built in: with an `https` server, pass a
 //! `reqwest::Client` with TLS enabled to [`ClientBuilder::http_client`]).
 //!
