@@ -328,3 +328,45 @@ async fn a_worker_started_before_its_server_waits_for_it() {
     assert_eq!(run.output, Some(json!(1)));
     stop(running).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cancelled_while_running_is_dropped_and_its_handler_stopped() {
+    let server = Server::start(SystemClock::new()).await;
+    let c = &server.client;
+    // Set when the handler's future is dropped: the worker stopped it.
+    struct Dropped(Arc<AtomicUsize>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let d = Arc::clone(&dropped);
+    let running = start(
+        worker(c, "w1")
+            .register(Task::builder("job").lease_timeout(LEASE), move |_| {
+                let guard = Dropped(Arc::clone(&d));
+                async move {
+                    let _guard = guard;
+                    std::future::pending::<()>().await;
+                    Ok(None)
+                }
+            })
+            .build(),
+    );
+    until("the task is defined", || async {
+        c.get_task("job").await.ok()
+    })
+    .await;
+    let id = c.enqueue("job", &json!({}), None).await.unwrap().id;
+    run_in(c, &id, &[RunState::Running]).await;
+    c.cancel(&id).await.unwrap();
+    // The next heartbeat gets 409: the worker drops the run and stops its handler.
+    until("the handler is stopped", || async {
+        (dropped.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    let summary = stop(running).await;
+    assert_eq!((summary.lost, summary.succeeded), (1, 0), "{summary:?}");
+    assert_eq!(c.get_run(&id).await.unwrap().state, RunState::Cancelled);
+}
