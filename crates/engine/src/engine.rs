@@ -15,6 +15,7 @@ use tollgate_core::{Limit, LimitState, Nanos, Period, RateLimit};
 use crate::db::{Db, DirectUse, Loaded, StoredState, Write};
 use crate::error::{Error, StoreError};
 use crate::limiter::Limiter;
+use crate::metrics::QueueMetrics;
 use crate::queue::run::{LeasedRun, Run, RunState, RunView};
 use crate::queue::state::QueueState;
 use crate::spec::LimitSpec;
@@ -705,6 +706,13 @@ impl<S: Store + 'static> Engine<S> {
             .collect();
         out.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
         out
+    }
+
+    /// The queue's counters: run transitions and decisions per task (labelled by the index in
+    /// the task's `rate_limits`, never by a rendered key) and the dispatch lag of parked runs.
+    /// A copy, taken under the queue's lock.
+    pub fn metrics(&self) -> QueueMetrics {
+        self.inner.state.lock().metrics.counts.clone()
     }
 
     /// Flushes everything and records a clean shutdown (SQLite); call before exiting.

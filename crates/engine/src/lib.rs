@@ -43,7 +43,8 @@
 //! - [`Limiter`] and [`LeaseGuard`]: the embeddable API.
 //! - [`LimitSpec`]: limit definitions in their JSON form.
 //! - `task`: task definitions with CEL expressions; `queue`: runs and the admission queue;
-//!   [`Engine`]: limiter + queue + durability ([`Db`], SQLite), what the server runs.
+//!   [`Engine`]: limiter + queue + durability ([`Db`], SQLite), what the server runs;
+//!   `metrics`: the queue's counters ([`QueueMetrics`]) for the server's `GET /metrics`.
 //! - `testkit` (feature): the conformance suite every store must pass.
 
 mod clock;
@@ -51,6 +52,7 @@ mod db;
 mod engine;
 mod error;
 mod limiter;
+pub mod metrics;
 pub mod queue;
 mod spec;
 mod store;
@@ -63,6 +65,7 @@ pub use db::{DB_FILE, Db, DirectUse, Loaded, StoredState, Write};
 pub use engine::{DEFAULT_RETENTION, Engine, MAX_LEASE_BATCH};
 pub use error::{Error, MAX_KEY_LEN, StoreError, check_key, key_problem};
 pub use limiter::{LeaseGuard, Limiter};
+pub use metrics::{QueueMetrics, Transition};
 pub use queue::run::{LeasedRun, Run, RunState, RunView};
 pub use spec::{DEFAULT_LEASE_TTL, LimitSpec, SpecError};
 pub use store::memory::MemoryStore;

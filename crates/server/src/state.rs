@@ -63,6 +63,7 @@ pub struct AppState {
 
 struct Shared {
     engine: Engine,
+    metrics: crate::metrics::Metrics,
     clock: Arc<dyn Clock>,
     settings: Settings,
     /// `true` once the server is shutting down: long waits answer at once.
@@ -112,6 +113,7 @@ impl AppState {
         h.write_u32(std::process::id());
         AppState {
             inner: Arc::new(Shared {
+                metrics: crate::metrics::Metrics::new(engine.clone()),
                 engine,
                 clock,
                 settings,
@@ -125,6 +127,11 @@ impl AppState {
     /// The engine behind the API.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// What `GET /metrics` reports.
+    pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     /// The limiter behind the API (for embedding and tests).

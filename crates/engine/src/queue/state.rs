@@ -25,6 +25,7 @@ use tollgate_core::{Nanos, Period};
 
 use super::run::{Run, RunState};
 use crate::error::Error;
+use crate::metrics::{Metrics, Transition};
 use crate::store::{AcquireEntry, Store};
 use crate::task::{OnLimit, RenderError, Rendered, RunContext, Task};
 
@@ -90,6 +91,8 @@ pub(crate) struct QueueState {
     dirty: Vec<String>,
     /// Set when runs became ready: lease waiters should look.
     pub(crate) became_ready: bool,
+    /// Transition and decision counters, dispatch lag.
+    pub(crate) metrics: Metrics,
 }
 
 fn entries(run: &Run) -> Result<Vec<AcquireEntry<'_>>, String> {
@@ -303,7 +306,11 @@ impl QueueState {
             && !run.rendered.rate.is_empty()
         {
             // Skip policy: limits are consumed now; an over-limit run never runs.
-            match entries(&run).map(|e| store.acquire(&e, now)) {
+            let result = entries(&run).map(|e| store.acquire(&e, now));
+            if let Ok(Ok(a)) = &result {
+                self.metrics.decision(&run.task, &run.rendered.rate, a);
+            }
+            match result {
                 Ok(Ok(a)) if a.allowed => {
                     run.reserved = true;
                     run.consumed_at = Some(now);
@@ -325,13 +332,19 @@ impl QueueState {
                 }
             }
         }
-        if run.state == RunState::Queued {
-            self.ready
-                .entry(run.task.clone())
-                .or_default()
-                .normal
-                .push_back(id.clone());
-            self.became_ready = true;
+        self.metrics.transition(&run.task, Transition::Enqueued);
+        match run.state {
+            RunState::Queued => {
+                self.ready
+                    .entry(run.task.clone())
+                    .or_default()
+                    .normal
+                    .push_back(id.clone());
+                self.became_ready = true;
+            }
+            RunState::Failed => self.metrics.transition(&run.task, Transition::Failed),
+            RunState::Skipped => self.metrics.transition(&run.task, Transition::Skipped),
+            _ => {}
         }
         self.runs.insert(id.clone(), run);
         self.dirty.push(id.clone());
@@ -486,6 +499,9 @@ impl QueueState {
                 Ok(e) => store.acquire(&e, now),
                 Err(reason) => return Admission::Failed(reason),
             };
+            if let Ok(a) = &result {
+                self.metrics.decision(&run.task, &run.rendered.rate, a);
+            }
             match result {
                 Ok(a) if a.allowed => {
                     let run = self
@@ -534,7 +550,9 @@ impl QueueState {
             run.state = RunState::Waiting;
             run.waiting_on = Some(key.name().to_owned());
             run.eligible_at = eta;
+            self.metrics.transition(&run.task, Transition::Parked);
         }
+        self.metrics.forget(id);
         let q = self.parked.entry(key.clone()).or_default();
         q.push_back(id.to_owned());
         if q.len() == 1
@@ -570,7 +588,9 @@ impl QueueState {
             run.eligible_at = None;
             run.lease_expires_at = None;
             run.reserved = false;
+            self.metrics.transition(&run.task, Transition::Failed);
         }
+        self.metrics.forget(id);
         self.touch(id, now);
     }
 
@@ -621,6 +641,8 @@ impl QueueState {
             if let Some(run) = self.runs.get_mut(&id) {
                 run.held.push(key.to_owned());
             }
+            // Eligible from the moment its slot was freed.
+            self.metrics.woken(&id, now);
             self.make_ready_first(&id, now);
         }
     }
@@ -649,9 +671,11 @@ impl QueueState {
                 continue;
             }
             let run = &self.runs[&id];
+            let eligible_at = run.eligible_at.unwrap_or(now);
             if run.reserved {
                 // Already holds its units (parked on concurrency before, then re-parked).
                 self.pop_parked(key);
+                self.metrics.woken(&id, eligible_at);
                 self.make_ready_first(&id, now);
                 continue;
             }
@@ -663,6 +687,9 @@ impl QueueState {
                     continue;
                 }
             };
+            if let Ok(a) = &result {
+                self.metrics.decision(&run.task, &run.rendered.rate, a);
+            }
             match result {
                 Ok(a) if a.allowed => {
                     self.pop_parked(key);
@@ -670,6 +697,7 @@ impl QueueState {
                         run.reserved = true;
                         run.consumed_at = Some(now);
                     }
+                    self.metrics.woken(&id, eligible_at);
                     self.make_ready_first(&id, now);
                 }
                 Ok(a) => {
@@ -741,6 +769,7 @@ impl QueueState {
         run.reserved = false;
         run.lease_expires_at = None;
         run.worker_id = None;
+        self.metrics.transition(&run.task, Transition::Expired);
         if run.attempt >= run.max_attempts {
             let reason = format!(
                 "lease expired on attempt {} of {}: the worker stopped heartbeating",
@@ -816,7 +845,9 @@ impl QueueState {
             let until = now + timeout;
             run.lease_expires_at = Some(until);
             self.leases.push(Reverse((until, id.to_owned())));
+            self.metrics.transition(&run.task, Transition::Leased);
         }
+        self.metrics.leased(id, now);
         self.touch(id, now);
     }
 
@@ -870,6 +901,7 @@ impl QueueState {
             run.error = None;
             run.reserved = false;
             run.lease_expires_at = None;
+            self.metrics.transition(&run.task, Transition::Succeeded);
         }
         self.touch(id, now);
         Ok(())
@@ -968,7 +1000,9 @@ impl QueueState {
             run.lease_expires_at = None;
             run.waiting_on = None;
             run.eligible_at = None;
+            self.metrics.transition(&run.task, Transition::Cancelled);
         }
+        self.metrics.forget(id);
         self.touch(id, now);
         if was == RunState::Waiting
             && let Some(name) = parked_on

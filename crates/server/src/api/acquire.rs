@@ -284,7 +284,10 @@ async fn decide(
     let engine: Vec<AcquireEntry<'_>> = entries.iter().map(Entry::as_engine).collect();
     let limiter = state.limiter();
     let result = if wait.is_zero() {
-        limiter.try_acquire(&engine)
+        let started = std::time::Instant::now();
+        let r = limiter.try_acquire(&engine);
+        state.metrics().decision_time(started.elapsed());
+        r
     } else {
         tokio::select! {
             r = limiter.acquire(&engine, wait) => r,
@@ -294,6 +297,7 @@ async fn decide(
     };
     match result {
         Ok(acquired) => {
+            count_decisions(state, entries, &acquired);
             if acquired.allowed {
                 // Journalled so that after a crash these keys are treated as fully used.
                 state.engine().note_direct_use(&engine).await?;
@@ -307,6 +311,23 @@ async fn decide(
             } else {
                 Err(err)
             }
+        }
+    }
+}
+
+/// Counts a decision per entry under a bounded label: its declared key, or `dynamic` for an
+/// inline key (never the key itself, which may be a user id).
+fn count_decisions(state: &AppState, entries: &[Entry], acquired: &Acquired) {
+    let metrics = state.metrics();
+    for (e, d) in entries.iter().zip(&acquired.decisions) {
+        let limit = match e.inline {
+            Some(_) => crate::metrics::DYNAMIC,
+            None => e.key.as_str(),
+        };
+        if acquired.allowed {
+            metrics.decision(limit, true);
+        } else if !d.allowed {
+            metrics.decision(limit, false);
         }
     }
 }
