@@ -727,14 +727,12 @@ impl<S: Store + 'static> Engine<S> {
                         .map(|e| StoredState::new(e.namespace, e.key.clone(), &e.state))
                         .collect();
                     if let Err(e) = db.submit(vec![Write::ReplaceStates(saved)], now).await {
-                        tracing_fallback(&format!(
-                            "cannot save the limiter state at shutdown: {e}"
-                        ));
+                        tracing::error!(error = %e, "cannot save the limiter state at shutdown");
                         return; // not marked clean: the next start treats it as a crash
                     }
                 }
                 Err(e) => {
-                    tracing_fallback(&format!("cannot export the limiter state at shutdown: {e}"));
+                    tracing::error!(error = %e, "cannot export the limiter state at shutdown");
                     return;
                 }
             }
@@ -745,11 +743,6 @@ impl<S: Store + 'static> Engine<S> {
 
 /// How often direct use is journalled.
 const SNAPSHOT_EVERY: Nanos = Nanos::SECOND;
-
-/// The engine has no logging dependency; shutdown problems go to stderr.
-fn tracing_fallback(message: &str) {
-    eprintln!("tollgate: {message}");
-}
 
 /// The rate limit a directly used key has now: a static key's definition, or a dynamic key's
 /// last parameters.

@@ -1,4 +1,5 @@
-//! Counters the admission queue keeps about itself, for the server's `GET /metrics`.
+//! Counters the admission queue keeps about itself, for the server's `GET /metrics`, and the
+//! debug-level log line of every run transition (target `tollgate::queue`).
 //!
 //! Every transition of a run happens under the queue's one lock, so the counters are plain
 //! integers updated there: no atomics, no allocation once a task has been seen, and nothing
@@ -178,8 +179,11 @@ impl Metrics {
             .unwrap_or_else(|| unreachable!("inserted above"))
     }
 
-    pub(crate) fn transition(&mut self, task: &str, t: Transition) {
+    /// Counts run `id` of `task` going through `t`, and logs it at debug level: per-run
+    /// changes are too many for info.
+    pub(crate) fn transition(&mut self, task: &str, id: &str, t: Transition) {
         self.task(task).transitions[t as usize] += 1;
+        tracing::debug!(target: "tollgate::queue", run = id, task, transition = t.as_str(), "run transition");
     }
 
     /// Counts the decision of one acquire for a run of `task` whose limits are `rate`: every

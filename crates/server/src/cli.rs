@@ -214,7 +214,12 @@ impl ServeConfig {
         println!("listening on http://{addr}");
         let state = match &self.data_dir {
             Some(dir) => AppState::open(dir, self.settings)?,
-            None => AppState::new(SystemClock::new(), self.settings),
+            None => {
+                tracing::info!(
+                    "keeping everything in memory (--memory): nothing survives a restart"
+                );
+                AppState::new(SystemClock::new(), self.settings)
+            }
         };
         state.engine().set_retention(self.retention);
         crate::run(listener, state, shutdown_signal()).await

@@ -95,7 +95,7 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .context("reading the listening address")?;
-    tracing::info!(%addr, "serving the HTTP API");
+    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "serving the HTTP API");
     let router = app(state.clone());
     let signal_state = state.clone();
     let served = axum::serve(listener, router)
@@ -110,5 +110,6 @@ pub async fn run(
         .context("serving HTTP");
     // Everything answered is committed; record the clean stop.
     state.engine().close().await;
+    tracing::info!("stopped");
     served
 }

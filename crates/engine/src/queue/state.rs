@@ -332,7 +332,8 @@ impl QueueState {
                 }
             }
         }
-        self.metrics.transition(&run.task, Transition::Enqueued);
+        self.metrics
+            .transition(&run.task, &run.id, Transition::Enqueued);
         match run.state {
             RunState::Queued => {
                 self.ready
@@ -342,8 +343,12 @@ impl QueueState {
                     .push_back(id.clone());
                 self.became_ready = true;
             }
-            RunState::Failed => self.metrics.transition(&run.task, Transition::Failed),
-            RunState::Skipped => self.metrics.transition(&run.task, Transition::Skipped),
+            RunState::Failed => self
+                .metrics
+                .transition(&run.task, &run.id, Transition::Failed),
+            RunState::Skipped => self
+                .metrics
+                .transition(&run.task, &run.id, Transition::Skipped),
             _ => {}
         }
         self.runs.insert(id.clone(), run);
@@ -550,7 +555,15 @@ impl QueueState {
             run.state = RunState::Waiting;
             run.waiting_on = Some(key.name().to_owned());
             run.eligible_at = eta;
-            self.metrics.transition(&run.task, Transition::Parked);
+            self.metrics
+                .transition(&run.task, &run.id, Transition::Parked);
+            tracing::debug!(
+                target: "tollgate::queue",
+                run = %run.id,
+                waiting_on = key.name(),
+                eligible_at_ms = eta.map(Nanos::as_millis_ceil),
+                "run parked"
+            );
         }
         self.metrics.forget(id);
         let q = self.parked.entry(key.clone()).or_default();
@@ -588,7 +601,8 @@ impl QueueState {
             run.eligible_at = None;
             run.lease_expires_at = None;
             run.reserved = false;
-            self.metrics.transition(&run.task, Transition::Failed);
+            self.metrics
+                .transition(&run.task, &run.id, Transition::Failed);
         }
         self.metrics.forget(id);
         self.touch(id, now);
@@ -769,7 +783,8 @@ impl QueueState {
         run.reserved = false;
         run.lease_expires_at = None;
         run.worker_id = None;
-        self.metrics.transition(&run.task, Transition::Expired);
+        self.metrics
+            .transition(&run.task, &run.id, Transition::Expired);
         if run.attempt >= run.max_attempts {
             let reason = format!(
                 "lease expired on attempt {} of {}: the worker stopped heartbeating",
@@ -845,7 +860,8 @@ impl QueueState {
             let until = now + timeout;
             run.lease_expires_at = Some(until);
             self.leases.push(Reverse((until, id.to_owned())));
-            self.metrics.transition(&run.task, Transition::Leased);
+            self.metrics
+                .transition(&run.task, &run.id, Transition::Leased);
         }
         self.metrics.leased(id, now);
         self.touch(id, now);
@@ -901,7 +917,8 @@ impl QueueState {
             run.error = None;
             run.reserved = false;
             run.lease_expires_at = None;
-            self.metrics.transition(&run.task, Transition::Succeeded);
+            self.metrics
+                .transition(&run.task, &run.id, Transition::Succeeded);
         }
         self.touch(id, now);
         Ok(())
@@ -1000,7 +1017,8 @@ impl QueueState {
             run.lease_expires_at = None;
             run.waiting_on = None;
             run.eligible_at = None;
-            self.metrics.transition(&run.task, Transition::Cancelled);
+            self.metrics
+                .transition(&run.task, &run.id, Transition::Cancelled);
         }
         self.metrics.forget(id);
         self.touch(id, now);
