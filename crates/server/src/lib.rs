@@ -36,6 +36,7 @@
 //! | `POST /v1/workers/lease` | a worker's long-poll for runs (`wait_ms`, capped at [`MAX_WAIT`]; answered at once on shutdown) |
 //! | `POST /v1/runs/{id}/heartbeat`, `/complete`, `/fail`, `/release`, `/cancel` | a leased run's lease and outcome (`attempt` guards against stale workers: `409 invalid_state`) |
 //! | `GET /v1/runs/{id}`, `GET /v1/runs?task=&state=&limit=` | runs with `state`, `attempt`, `waiting_on`, `eligible_at_ms`, `skip_reason`, newest first |
+//! | `GET /` | the dashboard: one self-contained page, server-rendered, then refreshed every 2 s from the JSON API |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text): decisions per limit, run transitions per task, queue depths, decision time, dispatch lag; labels never carry a rendered dynamic key |
 //!
 //! # Layout
@@ -44,11 +45,13 @@
 //! - [`ApiError`]: engine and input errors mapped to a status and a stable code.
 //! - `extract`: the JSON body extractor (size limit before reading, field paths in errors).
 //! - `api`: one module per area, each with its own `routes()`; [`app`] merges them.
+//! - `dashboard`: `GET /`, the page and its first render.
 //! - `metrics`: `GET /metrics`, the server's counters plus the engine's read at scrape time.
 
 mod api;
 pub mod cli;
 pub mod commands;
+mod dashboard;
 mod error;
 mod extract;
 mod metrics;
@@ -76,6 +79,7 @@ pub fn app(state: AppState) -> Router {
         .merge(api::events::routes())
         .merge(api::workers::routes())
         .merge(metrics::routes())
+        .merge(dashboard::routes())
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(state)

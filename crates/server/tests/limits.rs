@@ -75,7 +75,10 @@ async fn limits_crud_for_every_algorithm() {
         let again = server.delete(&format!("/v1/limits/{key}")).await;
         assert_eq!((again.status, again.code()), (404, "unknown_limit"));
     }
-    assert_eq!(server.get("/v1/limits").await.body, json!({"limits": []}));
+    assert_eq!(
+        server.get("/v1/limits").await.body,
+        json!({"limits": [], "dynamic_total": 0})
+    );
     server.stop().await;
 }
 
@@ -214,5 +217,40 @@ async fn keys_with_slashes_and_spaces_round_trip_percent_encoded() {
         .post("/v1/acquire", json!({"limits": [{"key": "tenant/42 api"}]}))
         .await;
     assert_eq!(acquired.body["allowed"], true);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_listing_can_keep_only_the_busiest_dynamic_keys() {
+    let server = Server::start(fake_clock()).await;
+    server
+        .put("/v1/limits/declared", json!({"limit": 10, "period": "1m"}))
+        .await;
+    for (user, n) in [("a", 1), ("b", 4), ("c", 2)] {
+        for _ in 0..n {
+            let entry = json!({"key": format!("user:{user}"), "limit": 5, "period": "1m"});
+            server.post("/v1/acquire", json!({"limits": [entry]})).await;
+        }
+    }
+    let all = server.get("/v1/limits").await.body;
+    assert_eq!(all["dynamic_total"], 3);
+    assert_eq!(all["limits"].as_array().map(Vec::len), Some(4));
+
+    let top = server.get("/v1/limits?dynamic=2").await;
+    assert_eq!(top.status, 200);
+    let keys: Vec<&str> = top.body["limits"]
+        .as_array()
+        .expect("limits")
+        .iter()
+        .map(|l| l["key"].as_str().expect("a key"))
+        .collect();
+    // Declared limits always, then the busiest dynamic keys first.
+    assert_eq!(keys, ["declared", "user:b", "user:c"]);
+    assert_eq!(top.body["dynamic_total"], 3);
+
+    let bad = server.get("/v1/limits?dynamic=many").await;
+    assert_eq!((bad.status, bad.code()), (400, "invalid_field"));
+    let unknown = server.get("/v1/limits?sort=name").await;
+    assert_eq!((unknown.status, unknown.code()), (400, "invalid_field"));
     server.stop().await;
 }

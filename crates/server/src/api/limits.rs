@@ -7,9 +7,12 @@
 //!  "period": "1s", "burst": 5, "used": 2, "remaining": 3, "reset_after_ms": 200}
 //! ```
 //! For a concurrency limit `used` counts the live leases, and `reset_after_ms` is `null`.
-//! The listing also shows the dynamic keys that have state (`"namespace": "dynamic"`).
+//! The listing also shows the dynamic keys that have state (`"namespace": "dynamic"`), and
+//! how many there are (`"dynamic_total"`). `GET /v1/limits?dynamic=N` keeps only the `N`
+//! busiest dynamic keys (the largest share of their limit used first): a dashboard polling
+//! it stays small however many per-user keys are live.
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -71,16 +74,84 @@ fn namespace_name(ns: Namespace) -> &'static str {
 }
 
 #[derive(Serialize)]
-struct Listing {
+pub(crate) struct Listing {
     limits: Vec<LimitView>,
+    /// Dynamic keys with state, including those left out by `?dynamic=N`.
+    dynamic_total: usize,
 }
 
-/// `GET /v1/limits`: every declared limit, then every dynamic key with state.
-async fn list(State(state): State<AppState>) -> Result<Json<Listing>, ApiError> {
-    let limits = state.limiter().list()?;
-    Ok(Json(Listing {
-        limits: limits.into_iter().map(LimitView::from).collect(),
-    }))
+impl LimitView {
+    /// The share of its capacity in use, for ordering (0 when it holds nothing).
+    fn load(&self) -> f64 {
+        let capacity = self.used.saturating_add(self.remaining);
+        if capacity == 0 {
+            0.0
+        } else {
+            self.used as f64 / capacity as f64
+        }
+    }
+}
+
+/// Every declared limit, then the dynamic keys: all of them, or the `dynamic` busiest.
+pub(crate) fn listing(state: &AppState, dynamic: Option<usize>) -> Result<Listing, ApiError> {
+    let limits: Vec<LimitView> = state
+        .limiter()
+        .list()?
+        .into_iter()
+        .map(LimitView::from)
+        .collect();
+    let (mut dynamic_keys, mut limits): (Vec<LimitView>, Vec<LimitView>) =
+        limits.into_iter().partition(|l| l.namespace == "dynamic");
+    let dynamic_total = dynamic_keys.len();
+    if let Some(n) = dynamic {
+        dynamic_keys.sort_by(|a, b| {
+            b.load()
+                .total_cmp(&a.load())
+                .then(b.used.cmp(&a.used))
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        dynamic_keys.truncate(n);
+    }
+    limits.extend(dynamic_keys);
+    Ok(Listing {
+        limits,
+        dynamic_total,
+    })
+}
+
+/// `GET /v1/limits?dynamic=N`: every declared limit, then every dynamic key with state (or
+/// the `N` busiest).
+async fn list(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Listing>, ApiError> {
+    let mut dynamic = None;
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("dynamic", n)) => {
+                dynamic = Some(n.parse::<usize>().map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_field",
+                        format!("dynamic must be a number of keys, not {n:?}"),
+                    )
+                    .with_field("dynamic")
+                })?);
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_field",
+                    "GET /v1/limits takes only the parameter dynamic=N",
+                )
+                .with_field(pair.split('=').next().unwrap_or(pair).to_owned()));
+            }
+        }
+    }
+    Ok(Json(listing(&state, dynamic)?))
 }
 
 fn unknown(key: &str) -> ApiError {

@@ -137,16 +137,22 @@ fn task_name(segment: Result<Segment, ApiError>) -> Result<String, ApiError> {
         .map_err(|_| unknown_task("(not UTF-8)"))
 }
 
-/// `GET /v1/tasks`: every task, by name.
-async fn list(State(state): State<AppState>) -> Json<Listing> {
-    let depths = depths(&state);
-    let tasks = state
+/// Every task with its depth, by name.
+pub(crate) fn views(state: &AppState) -> Vec<TaskView> {
+    let depths = depths(state);
+    state
         .engine()
         .tasks()
         .iter()
         .map(|t| TaskView::new(t, depths.get(&t.name).copied().unwrap_or_default()))
-        .collect();
-    Json(Listing { tasks })
+        .collect()
+}
+
+/// `GET /v1/tasks`: every task, by name.
+async fn list(State(state): State<AppState>) -> Json<Listing> {
+    Json(Listing {
+        tasks: views(&state),
+    })
 }
 
 /// `GET /v1/tasks/{name}`: 404 `unknown_task` if not defined.
