@@ -245,3 +245,45 @@ async fn the_dashboard_shows_limits_and_their_usage_moves_in_a_real_browser() {
     }
     server.stop().await;
 }
+
+/// The page reads only the API, so it renders the same over the embedded (SQLite) store, the
+/// default of `tollgate serve`; no browser needed to see the first paint.
+#[tokio::test]
+async fn the_page_renders_over_the_embedded_store() {
+    let dir = profile_dir();
+    let state = tollgate_server::AppState::open(&dir, tollgate_server::Settings::default())
+        .expect("a data directory");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    let base = format!("http://{}", listener.local_addr().expect("an address"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(tollgate_server::run(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let put = client
+        .put(format!("{base}/v1/limits/stripe-api"))
+        .json(&json!({"rate": "10/m"}))
+        .send()
+        .await
+        .expect("PUT a limit");
+    assert_eq!(put.status(), 200);
+    let page = client.get(format!("{base}/")).send().await.expect("GET /");
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("text/html")),
+        "{:?}",
+        page.headers()
+    );
+    let page = page.text().await.expect("a page");
+    assert_eq!(usage(&page, "stripe-api"), (0, 10));
+    let _ = stop.send(());
+    served
+        .await
+        .expect("the server task")
+        .expect("a clean stop");
+    let _ = std::fs::remove_dir_all(&dir);
+}
