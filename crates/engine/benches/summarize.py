@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Summarizes criterion's results (target/criterion) as the tables of BENCHMARKS.md.
 
-Usage: python3 crates/engine/benches/summarize.py [TARGET_DIR]
+Usage: python3 crates/engine/benches/summarize.py [TARGET_DIR ...]
+
+With several directories (several runs, e.g. with CRITERION_HOME=DIR/criterion), each
+benchmark is taken from the run where its fastest sample was.
 
 For every benchmark it prints two figures per decision (or per request):
 - `best`: the fastest of criterion's samples (time / iterations). On a shared machine other
@@ -53,13 +56,21 @@ def versus(results, group, cases, ours, theirs, title):
 
 
 def main():
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "target")
-    results = load(target / "criterion")
-    if not results:
-        sys.exit(f"no criterion results under {target}/criterion")
+    # Several target directories (several runs): each benchmark's figures come from the run
+    # with its fastest sample.
+    results = {}
+    for target in [Path(t) for t in sys.argv[1:]] or [Path("target")]:
+        run = load(target / "criterion")
+        if not run:
+            sys.exit(f"no criterion results under {target}/criterion")
+        for k, v in run.items():
+            if k not in results or v["best"] < results[k]["best"]:
+                results[k] = v
 
     versus(results, "gcra_core", ["allow", "deny"], "tollgate", "governor",
-           "gcra, one key, pure decision (tollgate-core vs governor direct)")
+           "gcra, one key, pure decision: RateLimit::decide vs governor direct check()")
+    versus(results, "gcra_core", ["allow", "deny"], "tollgate_in_place", "governor",
+           "gcra, one key, pure decision: Gcra::decide_in_place vs governor direct check()")
 
     print("\n### gcra, one key, through the engine (vs governor keyed, one key)\n")
     row(["case", "tollgate static", "tollgate dynamic", "governor keyed",

@@ -13,6 +13,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::num::NonZeroU32;
 
 use hashbrown::HashTable;
+use hashbrown::hash_table::OccupiedEntry;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 use tollgate_core::{
@@ -614,7 +615,6 @@ impl MemoryStore {
     /// The single-key fast path: one lock, one hash-table probe, the state replaced in place.
     fn acquire_one(&self, entry: &AcquireEntry<'_>, now: Nanos) -> Result<Acquired, Error> {
         let (ns, key) = (entry.target.namespace(), entry.target.key());
-        let units = u64::from(entry.units);
         let hash = self.hash(ns, key);
         let mut shard = self.lock(hash);
         let now = shard.observe(now);
@@ -624,41 +624,12 @@ impl MemoryStore {
             .ok();
         let decision = match found {
             Some(mut slot) => {
-                if let Some(answer) = gcra_in_place(slot.get_mut(), &entry.target, now, entry.units)
-                {
-                    let decision = answer?;
-                    let mut decisions = SmallVec::new();
-                    decisions.push(decision);
-                    return Ok(Acquired {
-                        allowed: decision.allowed,
-                        decisions,
-                    });
+                match gcra_in_place(slot.get_mut(), &entry.target, now, entry.units) {
+                    Some(answer) => answer?,
+                    None => Self::decide_found(slot, entry, now)?,
                 }
-                let (limit, prior) = resolve_rate(Some(slot.get()), &entry.target, now)?;
-                let outcome = decide(&limit, prior, now, key, units)?;
-                if outcome.decision.allowed {
-                    match outcome.state {
-                        Some(state) => slot.get_mut().set_state(SlotState::Rate(state)),
-                        None if ns == Namespace::Static => {
-                            slot.get_mut().set_state(SlotState::Empty);
-                        }
-                        None => {
-                            slot.remove();
-                        }
-                    }
-                }
-                outcome.decision
             }
-            None => {
-                let (limit, _) = resolve_rate(None, &entry.target, now)?;
-                let outcome = decide(&limit, None, now, key, units)?;
-                if let (true, Some(state)) = (outcome.decision.allowed, outcome.state) {
-                    let mut slot = Slot::new(ns, key);
-                    slot.set_state(SlotState::Rate(state));
-                    self.insert(&mut shard, hash, slot, now);
-                }
-                outcome.decision
-            }
+            None => self.decide_new(&mut shard, hash, entry, now)?,
         };
         let mut decisions = SmallVec::new();
         decisions.push(decision);
@@ -666,6 +637,53 @@ impl MemoryStore {
             allowed: decision.allowed,
             decisions,
         })
+    }
+
+    /// A single-key acquire of a resident key off the gcra fast path: the core decides, and an
+    /// admission replaces the state in place (or forgets a dynamic key that is fresh again).
+    /// Out of line: inlined, its moves of the `Outcome` slowed the fast path's caller down.
+    #[inline(never)]
+    fn decide_found(
+        mut slot: OccupiedEntry<'_, Slot>,
+        entry: &AcquireEntry<'_>,
+        now: Nanos,
+    ) -> Result<Decision, Error> {
+        let (ns, key) = (entry.target.namespace(), entry.target.key());
+        let (limit, prior) = resolve_rate(Some(slot.get()), &entry.target, now)?;
+        let outcome = decide(&limit, prior, now, key, u64::from(entry.units))?;
+        if outcome.decision.allowed {
+            match outcome.state {
+                Some(state) => slot.get_mut().set_state(SlotState::Rate(state)),
+                None if ns == Namespace::Static => {
+                    slot.get_mut().set_state(SlotState::Empty);
+                }
+                None => {
+                    slot.remove();
+                }
+            }
+        }
+        Ok(outcome.decision)
+    }
+
+    /// A single-key acquire of a key that is not resident: the core decides from fresh, and an
+    /// admission inserts the key.
+    #[inline(never)]
+    fn decide_new(
+        &self,
+        shard: &mut Shard,
+        hash: u64,
+        entry: &AcquireEntry<'_>,
+        now: Nanos,
+    ) -> Result<Decision, Error> {
+        let (ns, key) = (entry.target.namespace(), entry.target.key());
+        let (limit, _) = resolve_rate(None, &entry.target, now)?;
+        let outcome = decide(&limit, None, now, key, u64::from(entry.units))?;
+        if let (true, Some(state)) = (outcome.decision.allowed, outcome.state) {
+            let mut slot = Slot::new(ns, key);
+            slot.set_state(SlotState::Rate(state));
+            self.insert(shard, hash, slot, now);
+        }
+        Ok(outcome.decision)
     }
 }
 
