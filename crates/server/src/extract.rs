@@ -97,6 +97,11 @@ pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             format!("the body must be a JSON object, not {kind}"),
         ));
     }
+    // A valid body, the common case, is read without tracking the path; only a failing one is
+    // read again with serde_path_to_error, to name the field (the same input fails the same way).
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(from_serde)?;
     de.end().map_err(invalid_json)?;

@@ -169,20 +169,23 @@ fn prepare(limits: Vec<EntryBody>, prefix: &str) -> Result<Vec<Entry>, ApiError>
     limits
         .into_iter()
         .enumerate()
-        .map(|(i, body)| {
-            let at = format!("{prefix}limits[{i}]");
-            validate_key(&body.key, &format!("{at}.key"))?;
+        .map(|(i, mut body)| {
+            // Field paths are built only for an error: a valid entry allocates none.
+            let at = || format!("{prefix}limits[{i}]");
+            if tollgate::key_problem(&body.key).is_some() {
+                validate_key(&body.key, &format!("{}.key", at()))?;
+            }
             let units = body.units.unwrap_or(1);
             if units == 0 {
                 return Err(
                     ApiError::bad_request("invalid_field", "units must be at least 1")
-                        .with_field(format!("{at}.units")),
+                        .with_field(format!("{}.units", at())),
                 );
             }
-            let key = body.key.clone();
+            let key = std::mem::take(&mut body.key);
             let inline = match body.spec() {
                 None => None,
-                Some(spec) => Some(spec.to_rate_limit().map_err(|e| e.within(&at))?),
+                Some(spec) => Some(spec.to_rate_limit().map_err(|e| e.within(&at()))?),
             };
             Ok(Entry { key, inline, units })
         })
@@ -337,8 +340,9 @@ fn secs_ceil(d: Nanos) -> u64 {
     d.as_nanos().div_ceil(1_000_000_000)
 }
 
-fn rate_limit_headers(answer: &Answer, acquired_retry_after: Nanos) -> HeaderMap {
-    let mut headers = HeaderMap::new();
+/// Adds the `RateLimit-*` (and `Retry-After`) headers to `headers`, the response's own: no
+/// second map to build and merge.
+fn rate_limit_headers(headers: &mut HeaderMap, answer: &Answer, acquired_retry_after: Nanos) {
     let decisions = &answer.decisions;
     let restrictive = if answer.allowed {
         decisions
@@ -368,7 +372,6 @@ fn rate_limit_headers(answer: &Answer, acquired_retry_after: Nanos) -> HeaderMap
             number(secs_ceil(acquired_retry_after).max(1)),
         );
     }
-    headers
 }
 
 /// `POST /v1/acquire`.
@@ -380,8 +383,9 @@ async fn acquire(
     let wait = Duration::from_millis(req.wait_ms.unwrap_or(0)).min(state.settings().max_wait);
     let answer = decide(&state, &entries, wait, "").await?;
     let retry_after = Nanos::from_millis(answer.retry_after_ms);
-    let headers = rate_limit_headers(&answer, retry_after);
-    Ok((headers, Json(answer)).into_response())
+    let mut response = Json(&answer).into_response();
+    rate_limit_headers(response.headers_mut(), &answer, retry_after);
+    Ok(response)
 }
 
 #[derive(Serialize)]
