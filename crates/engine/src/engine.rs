@@ -372,14 +372,18 @@ impl<S: Store + 'static> Engine<S> {
             let ready = std::mem::take(&mut st.became_ready);
             (out, self.journal(all, now), ready, earlier)
         };
-        if let Some(commit) = commit {
-            commit.await?;
-        }
+        // Waiters are woken before this change's commit completes: whatever they do next is
+        // committed after it (one writer, in submission order), and they answer only once their
+        // own commit is done, so nothing is answered before it is durable — and a parked run's
+        // dispatch waits for one commit, not two.
         if ready {
             self.inner.ready.notify_waiters();
         }
         if earlier {
             self.inner.timer.notify_one();
+        }
+        if let Some(commit) = commit {
+            commit.await?;
         }
         out
     }
