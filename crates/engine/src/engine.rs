@@ -58,7 +58,8 @@ struct Inner<S: Store> {
     timer: Arc<Notify>,
     db: Option<Db>,
     /// Keys with direct (`/v1/acquire`) use, for crash recovery (only with a `db`).
-    direct: Mutex<HashMap<(Namespace, String), DirectEntry>>,
+    /// By namespace, then key, so the acquire path looks a key up without allocating.
+    direct: Mutex<HashMap<Namespace, HashMap<String, DirectEntry>>>,
     /// How long ended runs are kept (nanoseconds; 0: forever).
     retention: std::sync::atomic::AtomicU64,
 }
@@ -180,8 +181,8 @@ impl<S: Store + 'static> Engine<S> {
             let mut direct = engine.inner.direct.lock();
             for d in loaded.direct_use {
                 let limit = d.spec.as_ref().and_then(|s| s.to_rate_limit().ok());
-                direct.insert(
-                    (d.namespace, d.key),
+                direct.entry(d.namespace).or_default().insert(
+                    d.key,
                     DirectEntry {
                         limit,
                         last_used: d.last_used,
@@ -270,14 +271,15 @@ impl<S: Store + 'static> Engine<S> {
                     Target::Dynamic(_, l) => Some(l),
                     Target::Static(_) => None,
                 };
-                if let Some(d) = direct.get_mut(&(ns, key.to_owned())) {
+                let keys = direct.entry(ns).or_default();
+                if let Some(d) = keys.get_mut(key) {
                     d.last_used = now;
                     d.limit = limit;
                     d.dirty = true;
                     continue;
                 }
-                direct.insert(
-                    (ns, key.to_owned()),
+                keys.insert(
+                    key.to_owned(),
                     DirectEntry {
                         limit,
                         last_used: now,
@@ -306,28 +308,33 @@ impl<S: Store + 'static> Engine<S> {
         let now = self.inner.limiter.now();
         let store = self.inner.limiter.store();
         let mut writes = Vec::new();
-        self.inner.direct.lock().retain(|(ns, key), d| {
-            let limit = d.limit.or_else(|| direct_limit(store, *ns, key, None, now));
-            let alive = limit
-                .as_ref()
-                .and_then(|l| exhausted(l, d.last_used))
-                .is_some_and(|full| full.fresh_at() > now);
-            if !alive {
-                writes.push(Write::ForgetDirectUse {
-                    namespace: *ns,
-                    key: key.clone(),
+        {
+            let mut direct = self.inner.direct.lock();
+            for (ns, keys) in direct.iter_mut() {
+                keys.retain(|key, d| {
+                    let limit = d.limit.or_else(|| direct_limit(store, *ns, key, None, now));
+                    let alive = limit
+                        .as_ref()
+                        .and_then(|l| exhausted(l, d.last_used))
+                        .is_some_and(|full| full.fresh_at() > now);
+                    if !alive {
+                        writes.push(Write::ForgetDirectUse {
+                            namespace: *ns,
+                            key: key.clone(),
+                        });
+                    } else if d.dirty {
+                        d.dirty = false;
+                        writes.push(Write::DirectUse(DirectUse {
+                            namespace: *ns,
+                            key: key.clone(),
+                            spec: d.limit.map(|l| LimitSpec::from_limit(&Limit::Rate(l))),
+                            last_used: d.last_used,
+                        }));
+                    }
+                    alive
                 });
-            } else if d.dirty {
-                d.dirty = false;
-                writes.push(Write::DirectUse(DirectUse {
-                    namespace: *ns,
-                    key: key.clone(),
-                    spec: d.limit.map(|l| LimitSpec::from_limit(&Limit::Rate(l))),
-                    last_used: d.last_used,
-                }));
             }
-            alive
-        });
+        } // the lock is released before the commit is awaited
         if !writes.is_empty() {
             db.submit(writes, now).await?;
         }
