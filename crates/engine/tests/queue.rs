@@ -44,6 +44,15 @@ fn state(e: &Engine, id: &str) -> RunState {
     e.run(id).unwrap().state
 }
 
+/// Enqueues `n` runs of `task` with the same input; their ids in enqueue order.
+async fn enqueue_n(e: &Engine, task: &str, n: usize, input: Value) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(enqueue(e, task, input.clone()).await);
+    }
+    ids
+}
+
 #[tokio::test(start_paused = true)]
 async fn static_limit_of_two_per_second_parks_the_rest_with_an_exact_eligible_at() {
     let e = engine();
@@ -59,7 +68,7 @@ async fn static_limit_of_two_per_second_parks_the_rest_with_an_exact_eligible_at
         json!({"rate_limits": [{"static_key": "test-limit", "units": 1}]}),
     )
     .await;
-    let ids: Vec<String> = futures_join(&e, "t", 5).await;
+    let ids: Vec<String> = enqueue_n(&e, "t", 5, json!({})).await;
     let leased = lease(&e, "t", 10).await;
     assert_eq!(leased, ids[..2], "two admitted, in enqueue order");
     let third = e.run(&ids[2]).unwrap();
@@ -84,14 +93,6 @@ async fn static_limit_of_two_per_second_parks_the_rest_with_an_exact_eligible_at
         .unwrap();
     assert_eq!(got[0].id, ids[3]);
     assert_eq!(start.elapsed(), Duration::from_millis(1_000));
-}
-
-async fn futures_join(e: &Engine, task: &str, n: usize) -> Vec<String> {
-    let mut ids = Vec::new();
-    for i in 0..n {
-        ids.push(enqueue(e, task, json!({"i": i})).await);
-    }
-    ids
 }
 
 #[tokio::test(start_paused = true)]
@@ -152,7 +153,7 @@ async fn only_the_head_of_a_keys_queue_wakes_and_a_big_run_is_not_starved() {
     let big = enqueue(&e, "big", json!({})).await;
     assert!(lease(&e, "big", 1).await.is_empty());
     assert_eq!(state(&e, &big), RunState::Waiting);
-    let smalls = futures_join(&e, "small", 3).await;
+    let smalls = enqueue_n(&e, "small", 3, json!({})).await;
     assert!(
         lease(&e, "small", 3).await.is_empty(),
         "small runs do not overtake the parked big one"
@@ -293,7 +294,7 @@ async fn concurrency_slots_are_held_while_running_and_handed_to_the_next_in_line
         json!({"concurrency": [{"key": "input.account", "limit": 2}]}),
     )
     .await;
-    let ids = futures_join_input(&e, "t", 4, json!({"account": "x"})).await;
+    let ids = enqueue_n(&e, "t", 4, json!({"account": "x"})).await;
     assert_eq!(lease(&e, "t", 10).await, ids[..2]);
     assert_eq!(e.run(&ids[2]).unwrap().waiting_on.as_deref(), Some("x"));
     e.complete(&ids[0], Some(1), Some(json!({"ok": true})))
@@ -305,14 +306,6 @@ async fn concurrency_slots_are_held_while_running_and_handed_to_the_next_in_line
         "the freed slot goes to the head"
     );
     assert_eq!(state(&e, &ids[3]), RunState::Waiting);
-}
-
-async fn futures_join_input(e: &Engine, task: &str, n: usize, input: Value) -> Vec<String> {
-    let mut ids = Vec::new();
-    for _ in 0..n {
-        ids.push(enqueue(e, task, input.clone()).await);
-    }
-    ids
 }
 
 #[tokio::test(start_paused = true)]
@@ -409,7 +402,7 @@ async fn cancelling_a_parked_head_passes_the_timer_to_the_next() {
         json!({"rate_limits": [{"static_key": "one", "units": 1}]}),
     )
     .await;
-    let ids = futures_join(&e, "t", 3).await;
+    let ids = enqueue_n(&e, "t", 3, json!({})).await;
     assert_eq!(lease(&e, "t", 10).await, [ids[0].clone()]);
     e.cancel(&ids[1]).await.unwrap();
     let got = e
