@@ -843,7 +843,10 @@ fn check_name(name: &str) -> Result<(), Error> {
 
 fn spawn_pruning<S: Store + 'static>(engine: Weak<Inner<S>>) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        // The first pass a minute after start, not at once: nothing has ended yet, and an
+        // immediate pass would race with callers running `prune` themselves.
+        let every = Duration::from_secs(60);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
