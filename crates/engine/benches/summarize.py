@@ -4,7 +4,9 @@
 Usage: python3 crates/engine/benches/summarize.py [TARGET_DIR ...]
 
 With several directories (several runs, e.g. with CRITERION_HOME=DIR/criterion), each
-benchmark is taken from the run where its fastest sample was.
+benchmark is taken from the run where its fastest sample was; then a last table gives, for the
+keyed groups, the ratio tollgate/governor of criterion's medians within each run (both sides
+measured in the same process, minutes apart at most) and the median of those ratios.
 
 For every benchmark it prints two figures per decision (or per request):
 - `best`: the fastest of criterion's samples (time / iterations). On a shared machine other
@@ -59,10 +61,12 @@ def main():
     # Several target directories (several runs): each benchmark's figures come from the run
     # with its fastest sample.
     results = {}
+    runs = []
     for target in [Path(t) for t in sys.argv[1:]] or [Path("target")]:
         run = load(target / "criterion")
         if not run:
             sys.exit(f"no criterion results under {target}/criterion")
+        runs.append(run)
         for k, v in run.items():
             if k not in results or v["best"] < results[k]["best"]:
                 results[k] = v
@@ -114,9 +118,31 @@ def main():
         if r:
             row([str(n), ns(r["best"]), ns(r["best"] / n), ns(r["median"])])
 
+    if len(runs) > 1:
+        same_run_ratios(runs, cases)
+
     noisy = sorted((v["spread"], k) for k, v in results.items() if v["spread"] > 0.25)
     if noisy:
         print("\nNoisy (sample spread > 25 %): " + ", ".join(k for _, k in noisy))
+
+
+def same_run_ratios(runs, cases):
+    """Per run, tollgate's median over governor's median; then the median of those ratios."""
+    for group, title in [("gcra_keyed_10k", "10 k keys"), ("gcra_keyed_1m", "1 M keys")]:
+        print(f"\n### gcra, {title}: ratio of medians tollgate/governor within each run\n")
+        row(["case"] + [f"run {i + 1}" for i in range(len(runs))] + ["median of runs"])
+        row(["---"] * (len(runs) + 2))
+        for case in cases:
+            ratios = []
+            for run in runs:
+                a = run.get(f"{group}/tollgate/{case}")
+                b = run.get(f"{group}/governor/{case}")
+                ratios.append(a["median"] / b["median"] if a and b else None)
+            known = [r for r in ratios if r is not None]
+            if not known:
+                continue
+            row([case] + [f"{r:.2f}" if r is not None else "" for r in ratios]
+                + [f"**{statistics.median(known):.2f}**"])
 
 
 if __name__ == "__main__":

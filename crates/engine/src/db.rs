@@ -4,6 +4,22 @@
 //! (group commit), then acknowledges every caller in it. WAL with `synchronous=NORMAL`: a
 //! committed transaction survives the process being killed (`kill -9`); only an operating
 //! system crash can lose the last moments, which the README states.
+//!
+//! # Checkpoints
+//! A commit only appends to the WAL; copying the WAL back into the database file (a
+//! checkpoint) syncs both files to disk, which took 4–21 ms here. SQLite's automatic
+//! checkpoint runs it inside the commit that crosses 1,000 WAL pages, so every caller queued
+//! behind that commit waited for it (`cargo bench -p tollgate-server --bench dispatch`,
+//! BENCHMARKS.md). Instead, the writer turns the automatic checkpoint off and, past
+//! [`WalPolicy::checkpoint_frames`], nudges a second connection on a thread of its own that
+//! checkpoints in `PASSIVE` mode, which never blocks the writer. Durability is unchanged: a
+//! commit is as durable as before whether or not its frames have been copied yet.
+//!
+//! The WAL can only start over from its beginning when a checkpoint has copied all of it and
+//! the writer then begins a transaction; under sustained writes the background checkpoint may
+//! never catch up with the writer. So past [`WalPolicy::limit_frames`] the writer checkpoints
+//! itself, in `RESTART` mode, after acknowledging its commit: WAL growth stays bounded, and only
+//! that rare commit's successors wait.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -26,6 +42,30 @@ pub const DB_FILE: &str = "tollgate.db";
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 4_096;
+
+/// When the WAL is checkpointed, in WAL frames (one frame: one page of 4 KiB and its 24-byte
+/// header). See [the module docs](self#checkpoints).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WalPolicy {
+    /// Past this many frames the background connection is asked to checkpoint. Every
+    /// checkpoint lets the WAL start over, and the first commit after that syncs the WAL's
+    /// header (about 4 ms here) on the writer's path; larger means rarer.
+    pub(crate) checkpoint_frames: u32,
+    /// Past this many frames the writer checkpoints itself (`RESTART`): the bound on WAL growth.
+    pub(crate) limit_frames: u32,
+    /// Whether the background checkpointer runs (tests turn it off to reach the limit).
+    pub(crate) background: bool,
+}
+
+impl WalPolicy {
+    /// 8,192 frames are 32 MiB of WAL, a few seconds of the dispatch bench's writes; the limit
+    /// is four times that.
+    pub(crate) const DEFAULT: WalPolicy = WalPolicy {
+        checkpoint_frames: 8_192,
+        limit_frames: 4 * 8_192,
+        background: true,
+    };
+}
 
 /// One durable change.
 #[derive(Debug, Clone)]
@@ -164,6 +204,8 @@ pub struct Db {
     tx: mpsc::Sender<Msg>,
     path: PathBuf,
     writer: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    /// Ends when the writer does (the writer holds its only nudge sender).
+    checkpointer: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
 
 fn err(context: &str, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -177,6 +219,10 @@ impl Db {
     /// A [`StoreError`] naming the path when the directory or database cannot be opened, or
     /// when stored data cannot be read.
     pub fn open(dir: &Path) -> Result<(Db, Loaded), StoreError> {
+        Db::open_with(dir, WalPolicy::DEFAULT)
+    }
+
+    pub(crate) fn open_with(dir: &Path, policy: WalPolicy) -> Result<(Db, Loaded), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             err(
                 &format!("cannot create data directory {}", dir.display()),
@@ -212,16 +258,36 @@ impl Db {
             [],
         )
         .map_err(|e| err("cannot write meta", e))?;
+        // One pending nudge is enough: a checkpoint copies everything committed before it.
+        let (nudge, nudged) = mpsc::sync_channel(1);
+        let checkpointer = if policy.background {
+            let conn = Connection::open(&path)
+                .and_then(|c| {
+                    c.busy_timeout(std::time::Duration::from_secs(5))
+                        .map(|()| c)
+                })
+                .map_err(|e| err(&format!("cannot open {}", path.display()), e))?;
+            Some(
+                std::thread::Builder::new()
+                    .name("tollgate-db-checkpoint".into())
+                    .spawn(move || checkpointer_loop(conn, nudged))
+                    .map_err(|e| err("cannot start the database checkpointer", e))?,
+            )
+        } else {
+            drop(nudged);
+            None
+        };
         let (tx, rx) = mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("tollgate-db".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, policy, nudge))
             .map_err(|e| err("cannot start the database writer", e))?;
         Ok((
             Db {
                 tx,
                 path,
                 writer: parking_lot::Mutex::new(Some(writer)),
+                checkpointer: parking_lot::Mutex::new(checkpointer),
             },
             loaded,
         ))
@@ -266,6 +332,11 @@ impl Db {
             let _ = done.await;
         }
         if let Some(h) = self.writer.lock().take() {
+            let _ = h.join();
+        }
+        // The last connection to close copies what is left of the WAL and removes it: done
+        // before this returns, so the directory can be reopened at once.
+        if let Some(h) = self.checkpointer.lock().take() {
             let _ = h.join();
         }
     }
@@ -424,7 +495,38 @@ fn set_meta(tx: &rusqlite::Transaction<'_>, key: &str, value: &str) -> rusqlite:
     )
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
+thread_local! {
+    /// The WAL's length in frames after the writer's last commit. SQLite reports it to a WAL
+    /// hook, which is a plain function; the hook runs inside the commit, on the writer's own
+    /// thread, so a thread-local hands the number back to that thread's loop.
+    static WAL_FRAMES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Replaces SQLite's automatic checkpoint on the writer's connection (a WAL hook and the
+/// automatic checkpoint are the same slot): records the WAL's length, copies nothing.
+fn note_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.with(|f| f.set(u32::try_from(frames).unwrap_or(0)));
+    Ok(())
+}
+
+/// Checkpoints whenever the writer asks, until the writer stops. `PASSIVE`: copies what no
+/// reader still needs without waiting for, or blocking, the writer.
+fn checkpointer_loop(conn: Connection, nudged: mpsc::Receiver<()>) {
+    while nudged.recv().is_ok() {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            // The writer's limit still bounds the WAL; the next nudge tries again.
+            tracing::warn!(error = %e, "background WAL checkpoint failed");
+        }
+    }
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Msg>,
+    policy: WalPolicy,
+    nudge: mpsc::SyncSender<()>,
+) {
+    conn.wal_hook(Some(note_wal_frames));
     let mut pending: Vec<(Vec<Write>, Ack)> = Vec::new();
     loop {
         let Ok(first) = rx.recv() else { return };
@@ -475,5 +577,113 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
             let _ = ack.send(());
             return;
         }
+        // After the acknowledgements: only later commits can wait for this.
+        let frames = WAL_FRAMES.with(std::cell::Cell::get);
+        if frames >= policy.limit_frames {
+            // Copies everything and makes the next commit start the WAL over; waits (busy
+            // timeout) for a background checkpoint in progress.
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, frames, "WAL checkpoint at the limit failed");
+            }
+        } else if frames >= policy.checkpoint_frames {
+            // Full: a checkpoint is already asked for.
+            let _ = nudge.try_send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
+    use super::*;
+
+    /// One WAL frame: a 4 KiB page and its 24-byte header.
+    const FRAME: u64 = 4_096 + 24;
+
+    /// A write that adds a row of about 200 bytes.
+    fn direct_use(i: u64) -> Write {
+        Write::DirectUse(DirectUse {
+            namespace: Namespace::Dynamic,
+            key: format!("{i:0>200}"),
+            spec: None,
+            last_used: Nanos::from_secs(i),
+        })
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    }
+
+    fn wal_path(dir: &Path) -> PathBuf {
+        dir.join(format!("{DB_FILE}-wal"))
+    }
+
+    // Without a background checkpoint (or with one that never catches up with the writer), the
+    // WAL grows with every commit; the writer's own limit is what bounds it.
+    #[tokio::test]
+    async fn the_wal_stays_within_its_limit_without_a_background_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = WalPolicy {
+            checkpoint_frames: 16,
+            limit_frames: 64,
+            background: false,
+        };
+        let (db, _) = Db::open_with(dir.path(), policy).unwrap();
+        let wal = wal_path(dir.path());
+        let mut largest = 0;
+        for i in 0..3_000 {
+            db.submit(vec![direct_use(i)], Nanos::from_secs(i))
+                .await
+                .unwrap();
+            largest = largest.max(file_len(&wal));
+        }
+        // The limit, plus the frames of the one commit that crossed it (a few pages each), plus
+        // the WAL's header. Unbounded, 3,000 commits of two or more frames each would be
+        // about 25 MB.
+        let bound = 32 + (64 + 16) * FRAME;
+        assert!(
+            largest <= bound,
+            "the WAL reached {largest} bytes, over {bound}"
+        );
+        // Nothing committed was lost to the checkpoints (reopened without a clean close).
+        drop(db);
+        let (_db, loaded) = Db::open(dir.path()).unwrap();
+        assert_eq!(loaded.direct_use.len(), 3_000);
+        assert!(!loaded.clean_shutdown);
+    }
+
+    // The writer never checkpoints below its limit (SQLite's automatic checkpoint is off), so
+    // the database file only grows through the background connection's checkpoints.
+    #[tokio::test]
+    async fn the_background_checkpoint_copies_the_wal_into_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = WalPolicy {
+            checkpoint_frames: 16,
+            limit_frames: u32::MAX,
+            background: true,
+        };
+        let (db, _) = Db::open_with(dir.path(), policy).unwrap();
+        let file = dir.path().join(DB_FILE);
+        let before = file_len(&file);
+        for i in 0..1_000 {
+            db.submit(vec![direct_use(i)], Nanos::from_secs(i))
+                .await
+                .unwrap();
+        }
+        // 1,000 rows of 200 bytes and more: at least 200 kB must reach the database file.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while file_len(&file) < before + 200_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file stayed at {} bytes (from {before})",
+                file_len(&file)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        db.close(Nanos::from_secs(1_000)).await;
+        let (_db, loaded) = Db::open(dir.path()).unwrap();
+        assert_eq!(loaded.direct_use.len(), 1_000);
+        assert!(loaded.clean_shutdown);
     }
 }

@@ -62,6 +62,9 @@ struct Inner<S: Store> {
     direct: Mutex<HashMap<Namespace, HashMap<String, DirectEntry>>>,
     /// How long ended runs are kept (nanoseconds; 0: forever).
     retention: std::sync::atomic::AtomicU64,
+    /// Lease calls in progress: a timer that wakes one leaves its own changes to that call's
+    /// commit ([`Engine::apply`]).
+    leasing: std::sync::atomic::AtomicUsize,
 }
 
 /// What the journal knows of one key's direct use.
@@ -109,6 +112,7 @@ impl<S: Store + 'static> Engine<S> {
                 retention: std::sync::atomic::AtomicU64::new(
                     DEFAULT_RETENTION.as_nanos().as_nanos(),
                 ),
+                leasing: std::sync::atomic::AtomicUsize::new(0),
             }),
         };
         spawn_timer(
@@ -354,29 +358,63 @@ impl<S: Store + 'static> Engine<S> {
         .map_err(Error::Spec)
     }
 
-    /// Runs `f` on the queue under its lock, journals what changed (in order), waits for the
-    /// commit, then wakes lease waiters and the timer.
+    /// Runs `f` on the queue under its lock, journals what changed (in order), wakes lease
+    /// waiters and the timer, then waits for the commit.
     async fn mutate<T>(
         &self,
         writes: Vec<Write>,
         f: impl FnOnce(&mut QueueState, Nanos, &dyn Store) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        let (out, commit) = self.apply(writes, false, f);
+        if let Some(commit) = commit {
+            commit.await?;
+        }
+        out
+    }
+
+    /// [`Engine::mutate`] without waiting: returns `f`'s result and the commit of what changed
+    /// (none without a database or without changes), already submitted.
+    ///
+    /// With `carry`, when `f` made runs ready while a lease call is in progress, the runs it
+    /// changed are not journaled now but by the next change, whoever makes it (changed runs
+    /// are kept until then): the woken lease call then commits the timer's reservation and its
+    /// own lease together, and answers after one commit instead of two in a row. Only for
+    /// changes acknowledged to nobody (the timer's).
+    fn apply<T>(
+        &self,
+        writes: Vec<Write>,
+        carry: bool,
+        f: impl FnOnce(&mut QueueState, Nanos, &dyn Store) -> Result<T, Error>,
+    ) -> (Result<T, Error>, Option<Commit>) {
         let (out, commit, ready, earlier) = {
             let mut st = self.inner.state.lock();
             let now = self.inner.limiter.now();
             let before = st.next_deadline();
+            // What is due at `now` (timers, lapsed leases) happens before the change, whether
+            // or not the timer task has got there yet: a worker call after its lease lapsed
+            // finds the run requeued, and every change sees the same queue at the same instant.
+            st.process_due(now, self.inner.limiter.store());
             let out = f(&mut st, now, self.inner.limiter.store());
             let after = st.next_deadline();
             // Only a deadline that moved earlier needs the timer task to re-plan its sleep.
             let earlier = matches!((before, after), (None, Some(_)))
                 || matches!((before, after), (Some(b), Some(a)) if a < b);
-            let mut all = writes;
-            all.extend(
-                st.drain_dirty()
-                    .into_iter()
-                    .map(|r| Write::PutRun(Box::new(r))),
-            );
             let ready = std::mem::take(&mut st.became_ready);
+            let carried = carry
+                && ready
+                && self
+                    .inner
+                    .leasing
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    > 0;
+            let mut all = writes;
+            if !carried {
+                all.extend(
+                    st.drain_dirty()
+                        .into_iter()
+                        .map(|r| Write::PutRun(Box::new(r))),
+                );
+            }
             (out, self.journal(all, now), ready, earlier)
         };
         // Waiters are woken before this change's commit completes: whatever they do next is
@@ -389,10 +427,7 @@ impl<S: Store + 'static> Engine<S> {
         if earlier {
             self.inner.timer.notify_one();
         }
-        if let Some(commit) = commit {
-            commit.await?;
-        }
-        out
+        (out, commit)
     }
 
     fn journal(&self, writes: Vec<Write>, now: Nanos) -> Option<Commit> {
@@ -429,12 +464,7 @@ impl<S: Store + 'static> Engine<S> {
         let users: Vec<String> = self
             .tasks()
             .iter()
-            .filter(|t| {
-                t.spec
-                    .rate_limits
-                    .iter()
-                    .any(|r| r.static_key.as_deref() == Some(key))
-            })
+            .filter(|t| t.uses_static_key(key))
             .map(|t| t.name.clone())
             .collect();
         if !users.is_empty() {
@@ -583,6 +613,7 @@ impl<S: Store + 'static> Engine<S> {
     ) -> Result<Vec<LeasedRun>, Error> {
         let max = max.clamp(1, MAX_LEASE_BATCH);
         let deadline = Instant::now() + wait;
+        let _leasing = Leasing::enter(&self.inner.leasing);
         tokio::pin!(stop);
         loop {
             let notified = self.inner.ready.notified();
@@ -729,6 +760,8 @@ impl<S: Store + 'static> Engine<S> {
     /// Flushes everything and records a clean shutdown (SQLite); call before exiting.
     pub async fn close(&self) {
         if let Some(db) = &self.inner.db {
+            // Runs the timer changed and left for a lease call to journal.
+            let _ = self.mutate(Vec::new(), |_, _, _| Ok(())).await;
             let _ = self.snapshot_direct_use().await;
             let now = self.inner.limiter.now();
             match self.inner.limiter.store().export_rate_states(now) {
@@ -749,6 +782,22 @@ impl<S: Store + 'static> Engine<S> {
             }
             db.close(now).await;
         }
+    }
+}
+
+/// Counts a lease call in progress for as long as it lives (dropped futures included).
+struct Leasing<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Leasing<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Leasing<'a> {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Leasing(count)
+    }
+}
+
+impl Drop for Leasing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -883,15 +932,23 @@ fn spawn_timer<S: Store + 'static>(engine: Weak<Inner<S>>, timer: Arc<Notify>) {
                     return;
                 };
                 let e = Engine { inner };
-                let woke = e.mutate(Vec::new(), |st, now, store| {
+                let (next, commit) = e.apply(Vec::new(), true, |st, now, store| {
                     st.process_due(now, store);
                     Ok(st.next_deadline().map(|t| t - now))
                 });
-                match woke.await {
-                    Ok(next) => next,
-                    // The journal failed: try again shortly rather than spin.
-                    Err(_) => Some(Nanos::from_millis(100)),
+                if let Some(commit) = commit {
+                    // Not awaited here: what the timer changed (reservations, expiries) is
+                    // acknowledged to nobody, and every later change — the lease that hands a
+                    // woken run to a worker included — commits after it (one writer, in
+                    // submission order) and answers only then. Awaiting it would start the next
+                    // sleep late by however long this commit took.
+                    tokio::spawn(async move {
+                        if let Err(e) = commit.await {
+                            tracing::warn!(error = %e, "cannot journal the queue's timers");
+                        }
+                    });
                 }
+                next.unwrap_or(None)
             };
             match sleep_for {
                 Some(d) => {

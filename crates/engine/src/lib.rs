@@ -70,8 +70,8 @@ pub use queue::run::{LeasedRun, Run, RunState, RunView};
 pub use spec::{DEFAULT_LEASE_TTL, LimitSpec, SpecError};
 pub use store::memory::MemoryStore;
 pub use store::{
-    AcquireEntry, Acquired, ExportedState, LimitInfo, Namespace, StateView, Store, Target,
-    validate_entries,
+    AcquireEntry, Acquired, DynStore, ExportedState, LimitInfo, Namespace, StateView, Store,
+    Target, validate_entries,
 };
 pub use task::{Expr, OnLimit, RenderError, Rendered, RunContext, Task, TaskSpec};
 pub use tollgate_core as core;

@@ -98,7 +98,8 @@ pub struct LagHistogram {
 }
 
 impl LagHistogram {
-    fn observe(&mut self, d: Nanos) {
+    /// Counts one duration.
+    pub fn observe(&mut self, d: Nanos) {
         match LAG_BUCKETS.iter().position(|b| d <= *b) {
             Some(i) => self.buckets[i] += 1,
             None => self.overflow += 1,

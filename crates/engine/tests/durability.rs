@@ -20,24 +20,36 @@ fn open(dir: &std::path::Path, clock: impl Clock + 'static) -> (Engine, bool) {
 
 // A fake clock on real tokio time: the database writer is a thread tokio cannot see, so paused
 // time would auto-advance past lease expiries while a commit is awaited.
+
+async fn limit(e: &Engine, key: &str, spec: serde_json::Value) {
+    e.put_limit(key, serde_json::from_value(spec).unwrap())
+        .await
+        .unwrap();
+}
+
+async fn task(e: &Engine, name: &str, spec: serde_json::Value) {
+    e.put_task(name, serde_json::from_value(spec).unwrap())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn runs_limits_and_consumption_survive_an_unclean_restart() {
     let dir = tempfile::tempdir().unwrap();
     let clock = FakeClock::new(T0);
     let (e, _) = open(dir.path(), clock.clone());
-    e.put_limit(
+    limit(
+        &e,
         "test-limit",
-        serde_json::from_value(json!({"algorithm": "gcra", "rate": "2/m", "burst": 2})).unwrap(),
+        json!({"algorithm": "gcra", "rate": "2/m", "burst": 2}),
     )
-    .await
-    .unwrap();
-    e.put_task(
+    .await;
+    task(
+        &e,
         "t",
-        serde_json::from_value(json!({"rate_limits": [{"static_key": "test-limit", "units": 1}]}))
-            .unwrap(),
+        json!({"rate_limits": [{"static_key": "test-limit", "units": 1}]}),
     )
-    .await
-    .unwrap();
+    .await;
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(e.enqueue("t", json!({"i": i}), json!({})).await.unwrap().id);
@@ -106,21 +118,13 @@ async fn restored_parked_runs_keep_their_fifo_order() {
     // database thread, and an expiring first lease would rejoin the queue.
     let dir = tempfile::tempdir().unwrap();
     let (e, _) = open(dir.path(), TokioClock::new(T0));
-    e.put_limit(
-        "one",
-        serde_json::from_value(json!({"algorithm": "gcra", "rate": "1/s"})).unwrap(),
-    )
-    .await
-    .unwrap();
-    e.put_task(
+    limit(&e, "one", json!({"algorithm": "gcra", "rate": "1/s"})).await;
+    task(
+        &e,
         "t",
-        serde_json::from_value(
-            json!({"rate_limits": [{"static_key": "one", "units": 1}], "lease_timeout": "1h"}),
-        )
-        .unwrap(),
+        json!({"rate_limits": [{"static_key": "one", "units": 1}], "lease_timeout": "1h"}),
     )
-    .await
-    .unwrap();
+    .await;
     let mut ids = Vec::new();
     for _ in 0..4 {
         ids.push(e.enqueue("t", json!({}), json!({})).await.unwrap().id);
@@ -165,19 +169,13 @@ async fn a_clean_restart_restores_limiter_state_exactly_without_counting_runs_tw
     let dir = tempfile::tempdir().unwrap();
     let clock = FakeClock::new(T0);
     let (e, _) = open(dir.path(), clock.clone());
-    e.put_limit(
-        "api",
-        serde_json::from_value(json!({"rate": "10/m"})).unwrap(),
-    )
-    .await
-    .unwrap();
-    e.put_task(
+    limit(&e, "api", json!({"rate": "10/m"})).await;
+    task(
+        &e,
         "t",
-        serde_json::from_value(json!({"rate_limits": [{"static_key": "api", "units": 1}]}))
-            .unwrap(),
+        json!({"rate_limits": [{"static_key": "api", "units": 1}]}),
     )
-    .await
-    .unwrap();
+    .await;
     direct(&e, "api", 4).await;
     for _ in 0..2 {
         e.enqueue("t", json!({}), json!({})).await.unwrap();
@@ -206,18 +204,8 @@ async fn after_a_crash_direct_use_counts_as_fully_used_for_one_period() {
     let dir = tempfile::tempdir().unwrap();
     let clock = FakeClock::new(T0);
     let (e, _) = open(dir.path(), clock.clone());
-    e.put_limit(
-        "api",
-        serde_json::from_value(json!({"rate": "10/m"})).unwrap(),
-    )
-    .await
-    .unwrap();
-    e.put_limit(
-        "idle",
-        serde_json::from_value(json!({"rate": "10/m"})).unwrap(),
-    )
-    .await
-    .unwrap();
+    limit(&e, "api", json!({"rate": "10/m"})).await;
+    limit(&e, "idle", json!({"rate": "10/m"})).await;
     direct(&e, "api", 1).await;
     drop(e); // a crash: no close()
     let (e, clean) = open(dir.path(), clock.clone());
@@ -240,9 +228,7 @@ async fn forgotten_runs_are_deleted_from_the_database_too() {
     let clock = FakeClock::new(T0);
     let (e, _) = open(dir.path(), clock.clone());
     e.set_retention(tollgate_core::Period::HOUR);
-    e.put_task("t", serde_json::from_value(json!({})).unwrap())
-        .await
-        .unwrap();
+    task(&e, "t", json!({})).await;
     let old = e.enqueue("t", json!({}), json!({})).await.unwrap().id;
     e.lease("w", &["t".into()], 1, Duration::ZERO)
         .await
@@ -255,4 +241,59 @@ async fn forgotten_runs_are_deleted_from_the_database_too() {
     let (e, _) = open(dir.path(), clock.clone());
     assert!(e.run(&old).is_err(), "not restored");
     assert_eq!(e.run(&kept).unwrap().state, RunState::Queued);
+}
+
+// The timer leaves what it changes (the woken run's reservation, the next head's eligible_at)
+// to the commit of the lease call it wakes: both must be durable once that lease is answered.
+#[tokio::test(start_paused = true)]
+async fn what_the_timer_changed_is_durable_once_the_lease_it_woke_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = open(dir.path(), TokioClock::new(T0));
+    limit(&e, "one", json!({"algorithm": "gcra", "rate": "1/h"})).await;
+    task(
+        &e,
+        "t",
+        json!({"rate_limits": [{"static_key": "one", "units": 1}], "lease_timeout": "1d"}),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(e.enqueue("t", json!({}), json!({})).await.unwrap().id);
+    }
+    let first = e
+        .lease("w", &["t".into()], 10, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    // Paused time jumps ahead (by seconds) whenever a commit is awaited, hence an hourly limit,
+    // and times compared rather than fixed.
+    let parked_until = e.run(&ids[2]).unwrap().eligible_at_ms;
+    // Waits for the key's timer, which reserves the second run.
+    let woken = e
+        .lease("w", &["t".into()], 10, Duration::from_secs(2 * 3_600))
+        .await
+        .unwrap();
+    assert_eq!(
+        woken.iter().map(|r| &r.id).collect::<Vec<_>>(),
+        [&ids[1]],
+        "the second run, woken by the timer"
+    );
+    let third = e.run(&ids[2]).unwrap();
+    assert_eq!(third.state, RunState::Waiting);
+    assert!(
+        third.eligible_at_ms > parked_until,
+        "the new head waits an hour after the second run: {:?} after {parked_until:?}",
+        third.eligible_at_ms
+    );
+    drop(e); // a crash: no close()
+
+    let (e, _) = open(dir.path(), TokioClock::new(T0));
+    let second = e.run(&ids[1]).unwrap();
+    assert_eq!((second.state, second.attempt), (RunState::Running, 1));
+    let restored = e.run(&ids[2]).unwrap();
+    assert_eq!(
+        (restored.state, restored.eligible_at_ms),
+        (RunState::Waiting, third.eligible_at_ms),
+        "the next head's eligible_at, set by the timer, was committed with the lease"
+    );
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tollgate::{Engine, Error, Limiter, MemoryStore, RunState, TokioClock};
+use tollgate::{Engine, Error, FakeClock, Limiter, MemoryStore, RunState, TokioClock};
 use tollgate_core::Nanos;
 
 const T0: Nanos = Nanos::from_secs(1_700_000_000);
@@ -352,6 +352,49 @@ async fn an_expired_lease_requeues_the_run_as_the_next_attempt_and_frees_its_slo
     assert!(matches!(stale, Error::InvalidState { .. }), "{stale}");
 }
 
+/// On a fake clock and a one-thread runtime the timer task cannot run between the clock step
+/// and the call, so only the call itself can find the lapsed lease.
+#[tokio::test]
+async fn a_worker_call_after_its_lease_lapsed_finds_the_run_requeued() {
+    let clock = FakeClock::new(T0);
+    let e = Engine::in_memory(Limiter::with_store(MemoryStore::new(), clock.clone()));
+    task(&e, "t", json!({"lease_timeout": "30s", "max_attempts": 3})).await;
+    let ids = enqueue_n(&e, "t", 2, json!({})).await;
+    assert_eq!(lease(&e, "t", 2).await, ids);
+    clock.advance(Nanos::from_millis(29_999));
+    e.heartbeat(&ids[1], Some(1))
+        .await
+        .expect("a millisecond before the lease lapses the heartbeat holds");
+    clock.advance(Nanos::from_millis(1));
+    for call in ["complete", "heartbeat", "fail", "release"] {
+        let err = match call {
+            "complete" => e.complete(&ids[0], Some(1), None).await,
+            "heartbeat" => e.heartbeat(&ids[0], Some(1)).await,
+            "fail" => e.fail(&ids[0], Some(1), "late".into(), true).await,
+            _ => e.release(&ids[0], Some(1)).await,
+        }
+        .expect_err(call);
+        assert!(
+            matches!(
+                err,
+                Error::InvalidState {
+                    state: "queued",
+                    ..
+                }
+            ),
+            "{call}: {err}"
+        );
+    }
+    let run = e.run(&ids[0]).unwrap();
+    assert_eq!((run.state, run.attempt), (RunState::Queued, 1));
+    assert!(run.error.unwrap().contains("lease expired"));
+    assert_eq!(
+        state(&e, &ids[1]),
+        RunState::Running,
+        "its lease was extended"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn failures_retry_until_max_attempts_then_fail() {
     let e = engine();
@@ -411,6 +454,46 @@ async fn cancelling_a_parked_head_passes_the_timer_to_the_next() {
         .unwrap();
     assert_eq!(got[0].id, ids[2]);
     assert_eq!(state(&e, &ids[1]), RunState::Cancelled);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_a_parked_head_lets_the_runs_behind_it_through_at_once() {
+    let e = engine();
+    limit(
+        &e,
+        "api",
+        json!({"algorithm": "gcra", "rate": "10/s", "burst": 5}),
+    )
+    .await;
+    task(
+        &e,
+        "small",
+        json!({"rate_limits": [{"static_key": "api", "units": 1}]}),
+    )
+    .await;
+    task(
+        &e,
+        "big",
+        json!({"rate_limits": [{"static_key": "api", "units": 5}]}),
+    )
+    .await;
+    let first = enqueue(&e, "small", json!({})).await;
+    assert_eq!(lease(&e, "small", 1).await, [first]);
+    // 4 units left: the 5-unit head parks and two 1-unit runs queue behind it.
+    let big = enqueue(&e, "big", json!({})).await;
+    assert!(lease(&e, "big", 1).await.is_empty());
+    let smalls = enqueue_n(&e, "small", 2, json!({})).await;
+    assert!(lease(&e, "small", 2).await.is_empty());
+    e.cancel(&big).await.unwrap();
+    // Before any timer could fire (no time has passed), the next runs have their turn.
+    for id in &smalls {
+        assert_eq!(
+            state(&e, id),
+            RunState::Queued,
+            "visible as soon as cancel answers"
+        );
+    }
+    assert_eq!(lease(&e, "small", 2).await, smalls);
 }
 
 #[tokio::test(start_paused = true)]
@@ -661,4 +744,28 @@ async fn units_beyond_a_declared_limits_capacity_fail_the_run_at_enqueue() {
             .state,
         RunState::Queued
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_parked_on_a_rate_limit_holds_no_concurrency_slot() {
+    let e = engine();
+    limit(&e, "hourly", json!({"rate": "1/h"})).await;
+    let both = json!({"rate_limits": [{"static_key": "hourly"}], "concurrency": [{"key": "'k'", "limit": 1}]});
+    task(&e, "a", both).await;
+    task(
+        &e,
+        "b",
+        json!({"concurrency": [{"key": "'k'", "limit": 1}]}),
+    )
+    .await;
+    let a = enqueue_n(&e, "a", 2, json!({})).await;
+    assert_eq!(lease(&e, "a", 2).await, a[..1]);
+    assert_eq!(e.run(&a[1]).unwrap().waiting_on.as_deref(), Some("k"));
+    // a[0] ends: its slot goes to a[1], which then finds the hourly limit spent and parks on
+    // it, handing the slot on instead of keeping it for an hour.
+    e.complete(&a[0], None, None).await.unwrap();
+    assert!(lease(&e, "a", 1).await.is_empty());
+    assert_eq!(e.run(&a[1]).unwrap().waiting_on.as_deref(), Some("hourly"));
+    let b = enqueue(&e, "b", json!({})).await;
+    assert_eq!(lease(&e, "b", 1).await, [b]);
 }

@@ -27,7 +27,7 @@ use super::run::{Run, RunState};
 use crate::error::Error;
 use crate::metrics::{Metrics, Transition};
 use crate::store::{AcquireEntry, Store};
-use crate::task::{OnLimit, RenderError, Rendered, RunContext, Task};
+use crate::task::{OnLimit, Rendered, RunContext, Task};
 
 /// What a parked run waits on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -190,31 +190,7 @@ impl QueueState {
             additional_metadata: &additional_metadata,
             event: event.as_ref(),
         };
-        let (rendered, failure) = match task.render(&ctx) {
-            Ok(r) => (r, None),
-            Err(RenderError::Expression {
-                field,
-                source_text,
-                message,
-            }) => {
-                return Err(Error::Expression {
-                    field,
-                    source_text,
-                    message,
-                });
-            }
-            Err(RenderError::InsufficientCapacity {
-                field,
-                key,
-                units,
-                capacity,
-            }) => (
-                Default::default(),
-                Some(format!(
-                    "insufficient_capacity: {field} asks {units} units of key {key:?}, which holds at most {capacity}"
-                )),
-            ),
-        };
+        let (rendered, failure) = task.render_for_enqueue(&ctx)?;
         Ok(Prepared {
             task,
             rendered,
@@ -547,10 +523,10 @@ impl QueueState {
     }
 
     fn park(&mut self, id: &str, key: WaitKey, eta: Option<Nanos>, now: Nanos) {
-        if matches!(key, WaitKey::Concurrency(_)) {
-            // Never hold one slot while waiting for another (no hold-and-wait deadlock).
-            self.release_slots(id, now);
-        }
+        // A parked run holds no slot: never one while waiting for another (no hold-and-wait
+        // deadlock), nor while waiting for a rate limit (it would shut out every other user
+        // of the key for as long as the limit keeps it).
+        self.release_slots(id, now);
         if let Some(run) = self.runs.get_mut(id) {
             run.state = RunState::Waiting;
             run.waiting_on = Some(key.name().to_owned());
@@ -1025,7 +1001,8 @@ impl QueueState {
         if was == RunState::Waiting
             && let Some(name) = parked_on
         {
-            // If it was a head, the next run must get the key's timer.
+            // If it was a head, the next run takes its turn now: it is admitted or parked
+            // with its own eligible_at before this call returns, not at the next tick.
             let keys: Vec<WaitKey> = self
                 .parked
                 .iter()
@@ -1035,7 +1012,7 @@ impl QueueState {
             for k in keys {
                 self.pop_parked(&k);
                 match &k {
-                    WaitKey::Rate { .. } => self.timers.push(Reverse((now, k))),
+                    WaitKey::Rate { .. } => self.wake_rate(&k, now, store),
                     WaitKey::Concurrency(key) => self.wake_concurrency(key, now),
                 }
             }

@@ -8,17 +8,27 @@
 //! Idle dynamic keys are forgotten: a key whose state becomes fresh after a decision is removed
 //! at once, and each shard sweeps out keys that went fresh on their own whenever it has doubled
 //! in size since its last sweep (amortised O(1) per insert), so one-shot keys never accumulate.
+//!
+//! # Layout
+//! A slot is 32 bytes, aligned to 32, so it never straddles two cache lines: the key (inline up
+//! to 15 bytes) and a 16-byte body. The common case, a `gcra` or `token_bucket` key, keeps its
+//! state (one instant) in the body, with a 4-byte index into the shard's [`Bindings`]: the
+//! distinct limits that the shard's keys were written under, of which there are usually a
+//! handful however many keys there are. Every other kind of state (windows, leases, barriers,
+//! declared keys of other kinds) is boxed beside the slot.
 
+use std::borrow::Cow;
 use std::hash::{BuildHasher, Hasher};
 use std::num::NonZeroU32;
 
-use hashbrown::HashTable;
+use ecow::EcoString;
 use hashbrown::hash_table::OccupiedEntry;
+use hashbrown::{HashMap, HashTable};
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 use tollgate_core::{
-    Barrier, BarrierState, BarrierStatus, Concurrency, ConcurrencyState, Decision, LeaseDecision,
-    Limit, LimitState, Nanos, Outcome, RateLimit, RateState,
+    Barrier, BarrierState, BarrierStatus, Concurrency, ConcurrencyState, Decision, GcraState,
+    LeaseDecision, Limit, LimitState, Nanos, Outcome, RateLimit, RateState,
 };
 
 use super::{
@@ -31,6 +41,9 @@ use crate::error::{Error, check_key};
 const SHARDS: usize = 64;
 /// A shard sweeps when it holds this many keys more than after its last sweep (at least).
 const MIN_SWEEP: usize = 256;
+/// A shard collects unused bindings when it holds this many more than after its last
+/// collection (at least).
+const MIN_COLLECT: usize = 64;
 
 /// The in-memory store. Cheap to share behind an `Arc`; `Limiter` does that for you.
 ///
@@ -59,17 +72,38 @@ type Guards<'a> = SmallVec<[(usize, MutexGuard<'a, Shard>); 4]>;
 
 struct Shard {
     table: HashTable<Slot>,
+    /// The limits the table's compact slots refer to.
+    bindings: Bindings,
     /// The latest `now` this shard has decided at: a clock that steps back is treated as
     /// standing still, so a key forgotten as fresh can never be re-opened by earlier times.
     high_water: Nanos,
     sweep_at: usize,
 }
 
+/// One key. 32 bytes, aligned so that a slot never spans two cache lines: a lookup of a gcra
+/// key touches one line of the table (and the shard's bindings, which all its keys share).
+#[repr(align(32))]
 struct Slot {
+    key: EcoString,
+    body: Body,
+}
+
+/// What a slot holds. 16 bytes: the compact variants are the dynamic and declared gcra keys.
+enum Body {
+    /// A dynamic key's gcra (or token_bucket) state: `tat`, written under `bindings[binding]`.
+    Dynamic { binding: u32, tat: Nanos },
+    /// A declared gcra (or token_bucket) limit and its state; `tat` 0 is no state.
+    Static { binding: u32, tat: Nanos },
+    /// Anything else.
+    Other(Box<Other>),
+}
+
+/// A slot that does not fit [`Body`]'s compact variants: a rate state of another algorithm,
+/// leases, a barrier, a declared limit of another kind.
+struct Other {
     ns: Namespace,
-    key: Box<str>,
-    /// Static keys only: the declared definition. Boxed: most slots are dynamic.
-    def: Option<Box<Limit>>,
+    /// Static keys only: the declared definition.
+    def: Option<Limit>,
     state: SlotState,
     /// When `state` becomes fresh (forgettable).
     fresh_at: Nanos,
@@ -93,20 +127,242 @@ impl SlotState {
     }
 }
 
+/// A slot's state where it lies, or rebuilt from a compact body.
+enum State<'s> {
+    Empty,
+    Rate(Cow<'s, LimitState>),
+    Leases(&'s Concurrency, &'s ConcurrencyState),
+    Barrier(&'s BarrierState),
+}
+
+impl State<'_> {
+    fn into_owned(self) -> SlotState {
+        match self {
+            State::Empty => SlotState::Empty,
+            State::Rate(s) => SlotState::Rate(s.into_owned()),
+            State::Leases(c, s) => SlotState::Leases(*c, s.clone()),
+            State::Barrier(b) => SlotState::Barrier(*b),
+        }
+    }
+}
+
+/// The limits a compact slot refers to: the one its state was written under and, for a
+/// declared key, its definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Binding {
+    written: RateLimit,
+    def: Option<RateLimit>,
+}
+
+/// A shard's interned [`Binding`]s, by index. Indices stay valid while a slot refers to them:
+/// unused ones are collected only by [`Shard::collect_bindings`], which marks every slot's.
+#[derive(Default)]
+struct Bindings {
+    list: Vec<Binding>,
+    ids: HashMap<Binding, u32, foldhash::fast::RandomState>,
+    /// Indices in `list` that no binding uses.
+    free: Vec<u32>,
+    /// The last index interned: most keys of a shard share one limit.
+    last: Option<u32>,
+    collect_at: usize,
+    /// More bindings than `collect_at`: collect at the start of the shard's next operation,
+    /// when no index is held outside the table.
+    due: bool,
+}
+
+impl Bindings {
+    fn get(&self, id: u32) -> &Binding {
+        &self.list[id as usize]
+    }
+
+    fn intern(&mut self, binding: Binding) -> u32 {
+        if let Some(id) = self.last.filter(|&id| self.list[id as usize] == binding) {
+            return id;
+        }
+        let id = match self.ids.get(&binding) {
+            Some(&id) => id,
+            None => {
+                let id = match self.free.pop() {
+                    Some(id) => {
+                        self.list[id as usize] = binding;
+                        id
+                    }
+                    None => {
+                        // Invariant: the list holds at most a few bindings per resident key,
+                        // far fewer than 2³² in any memory.
+                        let id = u32::try_from(self.list.len()).expect("fewer than 2^32 bindings");
+                        self.list.push(binding);
+                        id
+                    }
+                };
+                self.ids.insert(binding, id);
+                self.due |= self.ids.len() >= self.collect_at.max(MIN_COLLECT);
+                id
+            }
+        };
+        self.last = Some(id);
+        id
+    }
+}
+
 impl Slot {
-    fn new(ns: Namespace, key: &str) -> Slot {
+    fn new(
+        ns: Namespace,
+        key: &str,
+        def: Option<Limit>,
+        state: SlotState,
+        bindings: &mut Bindings,
+    ) -> Slot {
         Slot {
-            ns,
             key: key.into(),
-            def: None,
-            state: SlotState::Empty,
-            fresh_at: Nanos::ZERO,
+            body: Body::new(ns, def, state, bindings),
         }
     }
 
-    fn set_state(&mut self, state: SlotState) {
-        self.fresh_at = state.fresh_at();
-        self.state = state;
+    fn ns(&self) -> Namespace {
+        match &self.body {
+            Body::Dynamic { .. } => Namespace::Dynamic,
+            Body::Static { .. } => Namespace::Static,
+            Body::Other(o) => o.ns,
+        }
+    }
+
+    /// When the slot's state becomes fresh (forgettable).
+    fn fresh_at(&self) -> Nanos {
+        match &self.body {
+            Body::Dynamic { tat, .. } | Body::Static { tat, .. } => *tat,
+            Body::Other(o) => o.fresh_at,
+        }
+    }
+
+    /// A declared key's definition.
+    fn def(&self, bindings: &Bindings) -> Option<Limit> {
+        match &self.body {
+            Body::Dynamic { .. } => None,
+            Body::Static { binding, .. } => bindings.get(*binding).def.map(Limit::Rate),
+            Body::Other(o) => o.def,
+        }
+    }
+
+    fn state<'s>(&'s self, bindings: &Bindings) -> State<'s> {
+        match &self.body {
+            Body::Dynamic { binding, tat } | Body::Static { binding, tat } => {
+                if *tat == Nanos::ZERO {
+                    State::Empty
+                } else {
+                    State::Rate(Cow::Owned(LimitState {
+                        limit: bindings.get(*binding).written,
+                        state: RateState::Gcra(GcraState { tat: *tat }),
+                    }))
+                }
+            }
+            Body::Other(o) => match &o.state {
+                SlotState::Empty => State::Empty,
+                SlotState::Rate(s) => State::Rate(Cow::Borrowed(s)),
+                SlotState::Leases(c, s) => State::Leases(c, s),
+                SlotState::Barrier(b) => State::Barrier(b),
+            },
+        }
+    }
+
+    fn set_state(&mut self, state: SlotState, bindings: &mut Bindings) {
+        let def = self.def(bindings);
+        self.set(def, state, bindings);
+    }
+
+    /// Replaces the definition and the state; keeps the namespace.
+    fn set(&mut self, def: Option<Limit>, state: SlotState, bindings: &mut Bindings) {
+        let ns = self.ns();
+        if let Some(body) = Body::compact(ns, def.as_ref(), &state, bindings) {
+            self.body = body;
+            return;
+        }
+        let fresh_at = state.fresh_at();
+        match &mut self.body {
+            // Reuses the box: off the compact forms, a key keeps its kind from one decision to
+            // the next.
+            Body::Other(o) => {
+                o.def = def;
+                o.state = state;
+                o.fresh_at = fresh_at;
+            }
+            body => {
+                *body = Body::Other(Box::new(Other {
+                    ns,
+                    def,
+                    state,
+                    fresh_at,
+                }));
+            }
+        }
+    }
+
+    /// A declared key's state becomes empty (the sweep, for a fresh state).
+    fn forget_state(&mut self) {
+        match &mut self.body {
+            Body::Static { tat, .. } | Body::Dynamic { tat, .. } => *tat = Nanos::ZERO,
+            Body::Other(o) => {
+                o.state = SlotState::Empty;
+                o.fresh_at = Nanos::ZERO;
+            }
+        }
+    }
+
+    fn binding(&self) -> Option<u32> {
+        match self.body {
+            Body::Dynamic { binding, .. } | Body::Static { binding, .. } => Some(binding),
+            Body::Other(_) => None,
+        }
+    }
+}
+
+impl Body {
+    fn new(ns: Namespace, def: Option<Limit>, state: SlotState, bindings: &mut Bindings) -> Body {
+        match Body::compact(ns, def.as_ref(), &state, bindings) {
+            Some(body) => body,
+            None => Body::Other(Box::new(Other {
+                ns,
+                def,
+                fresh_at: state.fresh_at(),
+                state,
+            })),
+        }
+    }
+
+    /// The compact form of a slot, if it has one: a gcra or token_bucket state (or none, for a
+    /// declared rate limit), in the dynamic or the static namespace.
+    fn compact(
+        ns: Namespace,
+        def: Option<&Limit>,
+        state: &SlotState,
+        bindings: &mut Bindings,
+    ) -> Option<Body> {
+        let (written, tat) = match (state, def) {
+            (
+                SlotState::Rate(LimitState {
+                    limit: written @ (RateLimit::Gcra(_) | RateLimit::TokenBucket(_)),
+                    state: RateState::Gcra(s),
+                }),
+                _,
+            ) if s.tat > Nanos::ZERO => (*written, s.tat),
+            // No state: the written limit does not matter; the definition is as good as any.
+            (SlotState::Empty, Some(Limit::Rate(d))) => (*d, Nanos::ZERO),
+            _ => return None,
+        };
+        match (ns, def) {
+            (Namespace::Dynamic, None) if tat > Nanos::ZERO => Some(Body::Dynamic {
+                binding: bindings.intern(Binding { written, def: None }),
+                tat,
+            }),
+            (Namespace::Static, Some(Limit::Rate(d))) => Some(Body::Static {
+                binding: bindings.intern(Binding {
+                    written,
+                    def: Some(*d),
+                }),
+                tat,
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -134,41 +390,70 @@ fn same_key(a: &str, b: &str) -> bool {
     }
 }
 
+/// Whether `slot` is the one of `key` in `ns`. The key first: the namespace of a boxed slot is
+/// behind its pointer, and keys of the same name in two namespaces are rare.
+#[inline]
+fn is_slot_of(slot: &Slot, ns: Namespace, key: &str) -> bool {
+    same_key(&slot.key, key) && slot.ns() == ns
+}
+
 impl Shard {
     fn find(&self, hash: u64, ns: Namespace, key: &str) -> Option<&Slot> {
-        self.table
-            .find(hash, |s| s.ns == ns && same_key(&s.key, key))
-    }
-
-    fn find_mut(&mut self, hash: u64, ns: Namespace, key: &str) -> Option<&mut Slot> {
-        self.table
-            .find_mut(hash, |s| s.ns == ns && same_key(&s.key, key))
+        self.table.find(hash, |s| is_slot_of(s, ns, key))
     }
 
     fn remove(&mut self, hash: u64, ns: Namespace, key: &str) -> Option<Slot> {
         self.table
-            .find_entry(hash, |s| s.ns == ns && same_key(&s.key, key))
+            .find_entry(hash, |s| is_slot_of(s, ns, key))
             .ok()
             .map(|e| e.remove().0)
     }
 
-    /// Moves the shard's time forward; returns the time to decide at.
+    /// Moves the shard's time forward; returns the time to decide at. Every operation starts
+    /// with it, so it is also where unused bindings are collected when due.
+    #[inline]
     fn observe(&mut self, now: Nanos) -> Nanos {
+        if self.bindings.due {
+            self.collect_bindings();
+        }
         self.high_water = self.high_water.max(now);
         self.high_water
+    }
+
+    /// Frees the bindings no slot refers to. It runs when the shard holds at least twice the
+    /// bindings it kept last time and at least a quarter as many as it has keys (and at least
+    /// [`MIN_COLLECT`]): a pass over the table is paid for by as many new bindings as a quarter
+    /// of its keys (amortised O(1) each), and bindings no key uses stay below about a quarter of
+    /// the key count, at about 200 bytes each (80 in the list, the rest in the index), in the
+    /// worst case of a new limit at every request.
+    #[cold]
+    fn collect_bindings(&mut self) {
+        let b = &mut self.bindings;
+        let mut used = vec![false; b.list.len()];
+        for id in self.table.iter().filter_map(Slot::binding) {
+            used[id as usize] = true;
+        }
+        b.ids.retain(|_, id| used[*id as usize]);
+        b.free = (0..b.list.len())
+            .filter(|&i| !used[i])
+            .filter_map(|i| u32::try_from(i).ok())
+            .collect();
+        b.last = None;
+        b.collect_at = (b.ids.len() * 2).max(self.table.len() / 4);
+        b.due = false;
     }
 
     /// Forgets dynamic keys and barriers that are fresh at `now`; empties static keys' state.
     fn sweep(&mut self, now: Nanos) -> usize {
         let before = self.table.len();
-        self.table.retain(|s| match s.ns {
+        self.table.retain(|s| match s.ns() {
             Namespace::Static => {
-                if s.fresh_at <= now {
-                    s.state = SlotState::Empty;
+                if s.fresh_at() <= now {
+                    s.forget_state();
                 }
                 true
             }
-            _ => s.fresh_at > now,
+            _ => s.fresh_at() > now,
         });
         self.sweep_at = (self.table.len() * 2).max(MIN_SWEEP);
         before - self.table.len()
@@ -189,6 +474,7 @@ impl MemoryStore {
                 .map(|_| {
                     Padded(Mutex::new(Shard {
                         table: HashTable::new(),
+                        bindings: Bindings::default(),
                         high_water: Nanos::ZERO,
                         sweep_at: MIN_SWEEP,
                     }))
@@ -229,13 +515,9 @@ impl MemoryStore {
         if shard.table.len() >= shard.sweep_at {
             shard.sweep(now);
         }
-        let hasher = &self.hasher;
-        shard.table.insert_unique(hash, slot, |s| {
-            let mut h = hasher.build_hasher();
-            h.write_u8(s.ns as u8);
-            h.write(s.key.as_bytes());
-            h.finish()
-        });
+        shard
+            .table
+            .insert_unique(hash, slot, |s| self.hash(s.ns(), &s.key));
     }
 
     /// Writes the state an admitted decision produced.
@@ -248,18 +530,22 @@ impl MemoryStore {
         next: Option<LimitState>,
         now: Nanos,
     ) {
-        match (shard.find_mut(hash, ns, key), next) {
-            (Some(slot), Some(state)) => slot.set_state(SlotState::Rate(state)),
-            (Some(slot), None) if ns == Namespace::Static => slot.set_state(SlotState::Empty),
-            (Some(_), None) => {
-                shard.remove(hash, ns, key);
+        let found = shard.table.find_entry(hash, |s| is_slot_of(s, ns, key));
+        match (found, next) {
+            (Ok(mut slot), Some(state)) => slot
+                .get_mut()
+                .set_state(SlotState::Rate(state), &mut shard.bindings),
+            (Ok(mut slot), None) if ns == Namespace::Static => slot
+                .get_mut()
+                .set_state(SlotState::Empty, &mut shard.bindings),
+            (Ok(slot), None) => {
+                slot.remove();
             }
-            (None, Some(state)) => {
-                let mut slot = Slot::new(ns, key);
-                slot.set_state(SlotState::Rate(state));
+            (Err(_), Some(state)) => {
+                let slot = Slot::new(ns, key, None, SlotState::Rate(state), &mut shard.bindings);
                 self.insert(shard, hash, slot, now);
             }
-            (None, None) => {}
+            (Err(_), None) => {}
         }
     }
 
@@ -299,15 +585,19 @@ fn guard_for<'g, 'a>(
 /// The limit an acquire entry resolves to, with the key's prior state.
 fn resolve_rate<'s>(
     slot: Option<&'s Slot>,
+    bindings: &Bindings,
     target: &Target<'_, RateLimit>,
     now: Nanos,
-) -> Result<(RateLimit, Option<&'s LimitState>), Error> {
+) -> Result<(RateLimit, Option<Cow<'s, LimitState>>), Error> {
     let key = target.key();
-    let prior = |slot: Option<&'s Slot>| -> Result<Option<&'s LimitState>, Error> {
+    let prior = |slot: Option<&'s Slot>| -> Result<Option<Cow<'s, LimitState>>, Error> {
         // A fresh state is no state: a dynamic key whose leases all lapsed is free for reuse.
-        match slot.filter(|s| s.fresh_at > now).map(|s| &s.state) {
-            Some(SlotState::Rate(s)) => Ok(Some(s)),
-            Some(SlotState::Leases(..)) => Err(Error::WrongAlgorithm {
+        match slot
+            .filter(|s| s.fresh_at() > now)
+            .map(|s| s.state(bindings))
+        {
+            Some(State::Rate(s)) => Ok(Some(s)),
+            Some(State::Leases(..)) => Err(Error::WrongAlgorithm {
                 key: key.to_owned(),
                 expected: "a rate limit",
                 found: tollgate_core::Algorithm::Concurrency,
@@ -317,8 +607,8 @@ fn resolve_rate<'s>(
     };
     match target {
         Target::Dynamic(_, limit) => Ok((*limit, prior(slot)?)),
-        Target::Static(_) => match slot.and_then(|s| s.def.as_deref()) {
-            Some(Limit::Rate(r)) => Ok((*r, prior(slot)?)),
+        Target::Static(_) => match slot.and_then(|s| s.def(bindings)) {
+            Some(Limit::Rate(r)) => Ok((r, prior(slot)?)),
             Some(other) => Err(Error::WrongAlgorithm {
                 key: key.to_owned(),
                 expected: "a rate limit",
@@ -358,33 +648,29 @@ fn decide(
 #[inline]
 fn gcra_in_place(
     slot: &mut Slot,
+    bindings: &Bindings,
     target: &Target<'_, RateLimit>,
     now: Nanos,
     units: u32,
 ) -> Option<Result<Decision, Error>> {
+    let (Body::Dynamic { binding, tat } | Body::Static { binding, tat }) = &mut slot.body else {
+        return None;
+    };
+    let binding = bindings.get(*binding);
     let limit = match target {
         Target::Dynamic(_, limit) => limit,
-        Target::Static(_) => match slot.def.as_deref() {
-            Some(Limit::Rate(limit)) => limit,
-            _ => return None,
-        },
+        Target::Static(_) => binding.def.as_ref()?,
     };
+    if binding.written != *limit {
+        return None;
+    }
     let gcra = match limit {
         RateLimit::Gcra(g) => g,
         RateLimit::TokenBucket(t) => t.as_gcra(),
         _ => return None,
     };
-    let SlotState::Rate(LimitState {
-        limit: written,
-        state: RateState::Gcra(state),
-    }) = &mut slot.state
-    else {
-        return None;
-    };
-    if written != limit {
-        return None;
-    }
-    let decision = match gcra.decide_in_place(state, now, NonZeroU32::new(units)?) {
+    let mut state = GcraState { tat: *tat };
+    let decision = match gcra.decide_in_place(&mut state, now, NonZeroU32::new(units)?) {
         Ok(decision) => decision,
         Err(e) => {
             return Some(Err(Error::InsufficientCapacity {
@@ -395,8 +681,7 @@ fn gcra_in_place(
         }
     };
     if decision.allowed {
-        // `LimitState::fresh_at` of a gcra state.
-        slot.fresh_at = state.tat;
+        *tat = state.tat;
     }
     Some(Ok(decision))
 }
@@ -443,11 +728,14 @@ impl MemoryStore {
 
     fn resolve_concurrency(
         slot: Option<&Slot>,
+        bindings: &Bindings,
         target: &Target<'_, Concurrency>,
         now: Nanos,
     ) -> Result<Concurrency, Error> {
         let key = target.key();
-        if let Some(SlotState::Rate(s)) = slot.filter(|s| s.fresh_at > now).map(|s| &s.state)
+        if let Some(State::Rate(s)) = slot
+            .filter(|s| s.fresh_at() > now)
+            .map(|s| s.state(bindings))
             && matches!(target, Target::Dynamic(..))
         {
             return Err(Error::WrongAlgorithm {
@@ -458,8 +746,8 @@ impl MemoryStore {
         }
         match target {
             Target::Dynamic(_, c) => Ok(*c),
-            Target::Static(_) => match slot.and_then(|s| s.def.as_deref()) {
-                Some(Limit::Concurrency(c)) => Ok(*c),
+            Target::Static(_) => match slot.and_then(|s| s.def(bindings)) {
+                Some(Limit::Concurrency(c)) => Ok(c),
                 Some(other) => Err(Error::WrongAlgorithm {
                     key: key.to_owned(),
                     expected: "a concurrency limit",
@@ -487,27 +775,37 @@ impl MemoryStore {
         check_key(key)?;
         let ns = target.namespace();
         let hash = self.hash(ns, key);
-        let mut shard = self.lock(hash);
-        let now = shard.observe(now);
-        let slot = shard.find(hash, ns, key);
-        let limit = Self::resolve_concurrency(slot, &target, now)?;
-        let prior = match slot.map(|s| &s.state) {
-            Some(SlotState::Leases(_, s)) => Some(s),
-            _ => None,
+        let mut guard = self.lock(hash);
+        let now = guard.observe(now);
+        let shard = &mut *guard;
+        let (out, next, limit) = {
+            let slot = shard.find(hash, ns, key);
+            let limit = Self::resolve_concurrency(slot, &shard.bindings, &target, now)?;
+            let state = slot.map(|s| s.state(&shard.bindings));
+            let prior = match &state {
+                Some(State::Leases(_, s)) => Some(*s),
+                _ => None,
+            };
+            let (out, next) = f(&limit, prior, now)?;
+            (out, next, limit)
         };
-        let (out, next) = f(&limit, prior, now)?;
-        match (shard.find_mut(hash, ns, key), next) {
-            (Some(slot), Some(s)) => slot.set_state(SlotState::Leases(limit, s)),
-            (Some(slot), None) if ns == Namespace::Static => slot.set_state(SlotState::Empty),
-            (Some(_), None) => {
-                shard.remove(hash, ns, key);
+        let found = shard.table.find_entry(hash, |s| is_slot_of(s, ns, key));
+        match (found, next) {
+            (Ok(mut slot), Some(s)) => slot
+                .get_mut()
+                .set_state(SlotState::Leases(limit, s), &mut shard.bindings),
+            (Ok(mut slot), None) if ns == Namespace::Static => slot
+                .get_mut()
+                .set_state(SlotState::Empty, &mut shard.bindings),
+            (Ok(slot), None) => {
+                slot.remove();
             }
-            (None, Some(s)) => {
-                let mut slot = Slot::new(ns, key);
-                slot.set_state(SlotState::Leases(limit, s));
-                self.insert(&mut shard, hash, slot, now);
+            (Err(_), Some(s)) => {
+                let state = SlotState::Leases(limit, s);
+                let slot = Slot::new(ns, key, None, state, &mut shard.bindings);
+                self.insert(shard, hash, slot, now);
             }
-            (None, None) => {}
+            (Err(_), None) => {}
         }
         Ok(out)
     }
@@ -521,48 +819,49 @@ impl MemoryStore {
         check_key(key)?;
         let ns = Namespace::Barrier;
         let hash = self.hash(ns, key);
-        let mut shard = self.lock(hash);
-        let now = shard.observe(now);
-        let prior = match shard.find(hash, ns, key).map(|s| &s.state) {
-            Some(SlotState::Barrier(b)) => Some(*b),
+        let mut guard = self.lock(hash);
+        let now = guard.observe(now);
+        let shard = &mut *guard;
+        let prior = match shard.find(hash, ns, key).map(|s| s.state(&shard.bindings)) {
+            Some(State::Barrier(b)) => Some(*b),
             _ => None,
         };
         let (out, next) = f(prior.as_ref(), now)?;
         if let Some(b) = next {
-            match shard.find_mut(hash, ns, key) {
-                Some(slot) => slot.set_state(SlotState::Barrier(b)),
+            match shard.table.find_mut(hash, |s| is_slot_of(s, ns, key)) {
+                Some(slot) => slot.set_state(SlotState::Barrier(b), &mut shard.bindings),
                 None => {
-                    let mut slot = Slot::new(ns, key);
-                    slot.set_state(SlotState::Barrier(b));
-                    self.insert(&mut shard, hash, slot, now);
+                    let state = SlotState::Barrier(b);
+                    let slot = Slot::new(ns, key, None, state, &mut shard.bindings);
+                    self.insert(shard, hash, slot, now);
                 }
             }
         }
         Ok(out)
     }
 
-    fn info(slot: &Slot, now: Nanos) -> Option<LimitInfo> {
-        let (limit, state) = match (&slot.def, &slot.state) {
+    fn info(slot: &Slot, bindings: &Bindings, now: Nanos) -> Option<LimitInfo> {
+        let (limit, state) = match (slot.def(bindings), slot.state(bindings)) {
             (Some(def), state) => {
-                let view = match (def.as_ref(), state) {
-                    (Limit::Rate(r), SlotState::Rate(s)) => StateView::Rate(r.usage(Some(s), now)),
+                let view = match (def, state) {
+                    (Limit::Rate(r), State::Rate(s)) => StateView::Rate(r.usage(Some(&*s), now)),
                     (Limit::Rate(r), _) => StateView::Rate(r.usage(None, now)),
                     (Limit::Concurrency(c), s) => StateView::Concurrency {
                         live: match s {
-                            SlotState::Leases(_, s) => c.live_leases(Some(s), now).len() as u64,
+                            State::Leases(_, s) => c.live_leases(Some(s), now).len() as u64,
                             _ => 0,
                         },
                         limit: u64::from(c.limit()),
                     },
                     (Limit::Barrier(_), _) => return None,
                 };
-                (**def, view)
+                (def, view)
             }
-            (None, SlotState::Rate(s)) => (
+            (None, State::Rate(s)) => (
                 Limit::Rate(s.limit),
-                StateView::Rate(s.limit.usage(Some(s), now)),
+                StateView::Rate(s.limit.usage(Some(&*s), now)),
             ),
-            (None, SlotState::Leases(c, s)) => (
+            (None, State::Leases(c, s)) => (
                 Limit::Concurrency(*c),
                 StateView::Concurrency {
                     live: c.live_leases(Some(s), now).len() as u64,
@@ -573,7 +872,7 @@ impl MemoryStore {
         };
         Some(LimitInfo {
             key: slot.key.to_string(),
-            namespace: slot.ns,
+            namespace: slot.ns(),
             limit,
             state,
         })
@@ -591,8 +890,9 @@ impl MemoryStore {
         for p in &keys {
             let shard = guard_for(&mut guards, Self::shard_of(p.hash));
             let (ns, key) = (p.target.namespace(), p.target.key());
-            let (limit, prior) = resolve_rate(shard.find(p.hash, ns, key), &p.target, now)?;
-            outcomes.push(decide(&limit, prior, now, key, p.units)?);
+            let slot = shard.find(p.hash, ns, key);
+            let (limit, prior) = resolve_rate(slot, &shard.bindings, &p.target, now)?;
+            outcomes.push(decide(&limit, prior.as_deref(), now, key, p.units)?);
         }
         let allowed = outcomes.iter().all(|o| o.decision.allowed);
         let decisions = index_of.iter().map(|&i| outcomes[i].decision).collect();
@@ -616,20 +916,24 @@ impl MemoryStore {
     fn acquire_one(&self, entry: &AcquireEntry<'_>, now: Nanos) -> Result<Acquired, Error> {
         let (ns, key) = (entry.target.namespace(), entry.target.key());
         let hash = self.hash(ns, key);
-        let mut shard = self.lock(hash);
-        let now = shard.observe(now);
-        let found = shard
-            .table
-            .find_entry(hash, |s| s.ns == ns && same_key(&s.key, key))
-            .ok();
+        let mut guard = self.lock(hash);
+        let now = guard.observe(now);
+        let shard = &mut *guard;
+        let found = shard.table.find_entry(hash, |s| is_slot_of(s, ns, key));
         let decision = match found {
-            Some(mut slot) => {
-                match gcra_in_place(slot.get_mut(), &entry.target, now, entry.units) {
+            Ok(mut slot) => {
+                match gcra_in_place(
+                    slot.get_mut(),
+                    &shard.bindings,
+                    &entry.target,
+                    now,
+                    entry.units,
+                ) {
                     Some(answer) => answer?,
-                    None => Self::decide_found(slot, entry, now)?,
+                    None => Self::decide_found(slot, &mut shard.bindings, entry, now)?,
                 }
             }
-            None => self.decide_new(&mut shard, hash, entry, now)?,
+            Err(_) => self.decide_new(shard, hash, entry, now)?,
         };
         let mut decisions = SmallVec::new();
         decisions.push(decision);
@@ -645,17 +949,20 @@ impl MemoryStore {
     #[inline(never)]
     fn decide_found(
         mut slot: OccupiedEntry<'_, Slot>,
+        bindings: &mut Bindings,
         entry: &AcquireEntry<'_>,
         now: Nanos,
     ) -> Result<Decision, Error> {
         let (ns, key) = (entry.target.namespace(), entry.target.key());
-        let (limit, prior) = resolve_rate(Some(slot.get()), &entry.target, now)?;
-        let outcome = decide(&limit, prior, now, key, u64::from(entry.units))?;
+        let outcome = {
+            let (limit, prior) = resolve_rate(Some(slot.get()), bindings, &entry.target, now)?;
+            decide(&limit, prior.as_deref(), now, key, u64::from(entry.units))?
+        };
         if outcome.decision.allowed {
             match outcome.state {
-                Some(state) => slot.get_mut().set_state(SlotState::Rate(state)),
+                Some(state) => slot.get_mut().set_state(SlotState::Rate(state), bindings),
                 None if ns == Namespace::Static => {
-                    slot.get_mut().set_state(SlotState::Empty);
+                    slot.get_mut().set_state(SlotState::Empty, bindings);
                 }
                 None => {
                     slot.remove();
@@ -676,11 +983,10 @@ impl MemoryStore {
         now: Nanos,
     ) -> Result<Decision, Error> {
         let (ns, key) = (entry.target.namespace(), entry.target.key());
-        let (limit, _) = resolve_rate(None, &entry.target, now)?;
+        let (limit, _) = resolve_rate(None, &shard.bindings, &entry.target, now)?;
         let outcome = decide(&limit, None, now, key, u64::from(entry.units))?;
         if let (true, Some(state)) = (outcome.decision.allowed, outcome.state) {
-            let mut slot = Slot::new(ns, key);
-            slot.set_state(SlotState::Rate(state));
+            let slot = Slot::new(ns, key, None, SlotState::Rate(state), &mut shard.bindings);
             self.insert(shard, hash, slot, now);
         }
         Ok(outcome.decision)
@@ -692,31 +998,31 @@ impl Store for MemoryStore {
         check_key(key)?;
         let ns = Namespace::Static;
         let hash = self.hash(ns, key);
-        let mut shard = self.lock(hash);
-        let now = shard.observe(now);
-        match shard.find_mut(hash, ns, key) {
+        let mut guard = self.lock(hash);
+        let now = guard.observe(now);
+        let shard = &mut *guard;
+        match shard.table.find_mut(hash, |s| is_slot_of(s, ns, key)) {
             Some(slot) => {
                 let same_kind = matches!(
-                    (slot.def.as_deref(), &limit),
+                    (slot.def(&shard.bindings), &limit),
                     (Some(Limit::Rate(_)), Limit::Rate(_))
                         | (Some(Limit::Concurrency(_)), Limit::Concurrency(_))
                 );
-                if !same_kind {
-                    slot.set_state(SlotState::Empty);
-                } else if let (SlotState::Leases(_, s), Limit::Concurrency(c)) =
-                    (&slot.state, &limit)
-                {
+                let state = match (same_kind, slot.state(&shard.bindings), &limit) {
+                    (false, ..) => SlotState::Empty,
                     // Leases keep their expiries; the new limit applies to new leases.
-                    slot.state = SlotState::Leases(*c, s.clone());
-                }
-                // Rate state keeps the limit it was written under: the core converts it
-                // (usage kept) at the next decision.
-                slot.def = Some(Box::new(limit));
+                    (true, State::Leases(_, s), Limit::Concurrency(c)) => {
+                        SlotState::Leases(*c, s.clone())
+                    }
+                    // Rate state keeps the limit it was written under: the core converts it
+                    // (usage kept) at the next decision.
+                    (true, state, _) => state.into_owned(),
+                };
+                slot.set(Some(limit), state, &mut shard.bindings);
             }
             None => {
-                let mut slot = Slot::new(ns, key);
-                slot.def = Some(Box::new(limit));
-                self.insert(&mut shard, hash, slot, now);
+                let slot = Slot::new(ns, key, Some(limit), SlotState::Empty, &mut shard.bindings);
+                self.insert(shard, hash, slot, now);
             }
         }
         Ok(())
@@ -738,7 +1044,7 @@ impl Store for MemoryStore {
         let now = shard.observe(now);
         Ok(shard
             .find(hash, Namespace::Static, key)
-            .and_then(|s| Self::info(s, now)))
+            .and_then(|s| Self::info(s, &shard.bindings, now)))
     }
 
     fn list_limits(&self, now: Nanos) -> Result<Vec<LimitInfo>, Error> {
@@ -750,11 +1056,12 @@ impl Store for MemoryStore {
                 shard
                     .table
                     .iter()
-                    .filter(|s| {
-                        s.ns == Namespace::Static
-                            || (s.ns == Namespace::Dynamic && s.fresh_at > now)
+                    .filter(|s| match s.ns() {
+                        Namespace::Static => true,
+                        Namespace::Dynamic => s.fresh_at() > now,
+                        Namespace::Barrier => false,
                     })
-                    .filter_map(|s| Self::info(s, now)),
+                    .filter_map(|s| Self::info(s, &shard.bindings, now)),
             );
         }
         out.sort_by(|a, b| (a.namespace, &a.key).cmp(&(b.namespace, &b.key)));
@@ -778,14 +1085,11 @@ impl Store for MemoryStore {
         let mut next: SmallVec<[Option<LimitState>; 4]> = SmallVec::new();
         for p in &keys {
             let shard = guard_for(&mut guards, Self::shard_of(p.hash));
-            let (limit, prior) = resolve_rate(
-                shard.find(p.hash, p.target.namespace(), p.target.key()),
-                &p.target,
-                now,
-            )?;
+            let slot = shard.find(p.hash, p.target.namespace(), p.target.key());
+            let (limit, prior) = resolve_rate(slot, &shard.bindings, &p.target, now)?;
             let units = NonZeroU32::new(u32::try_from(p.units).unwrap_or(u32::MAX))
                 .unwrap_or(NonZeroU32::MIN);
-            next.push(limit.refund(prior, now, units));
+            next.push(limit.refund(prior.as_deref(), now, units));
         }
         for (p, n) in keys.iter().zip(next) {
             let shard = guard_for(&mut guards, Self::shard_of(p.hash));
@@ -863,16 +1167,20 @@ impl Store for MemoryStore {
         for shard in self.shards.iter() {
             let mut shard = shard.0.lock();
             let now = shard.observe(now);
-            out.extend(shard.table.iter().filter(|s| s.fresh_at > now).filter_map(
-                |s| match &s.state {
-                    SlotState::Rate(state) => Some(ExportedState {
-                        namespace: s.ns,
-                        key: s.key.to_string(),
-                        state: state.clone(),
+            out.extend(
+                shard
+                    .table
+                    .iter()
+                    .filter(|s| s.fresh_at() > now)
+                    .filter_map(|s| match s.state(&shard.bindings) {
+                        State::Rate(state) => Some(ExportedState {
+                            namespace: s.ns(),
+                            key: s.key.to_string(),
+                            state: state.into_owned(),
+                        }),
+                        _ => None,
                     }),
-                    _ => None,
-                },
-            ));
+            );
         }
         Ok(out)
     }
@@ -886,19 +1194,23 @@ impl Store for MemoryStore {
     ) -> Result<(), Error> {
         check_key(key)?;
         let hash = self.hash(namespace, key);
-        let mut shard = self.lock(hash);
-        let now = shard.observe(now);
-        match shard.find_mut(hash, namespace, key) {
-            Some(slot) => slot.set_state(SlotState::Rate(state)),
+        let mut guard = self.lock(hash);
+        let now = guard.observe(now);
+        let shard = &mut *guard;
+        match shard
+            .table
+            .find_mut(hash, |s| is_slot_of(s, namespace, key))
+        {
+            Some(slot) => slot.set_state(SlotState::Rate(state), &mut shard.bindings),
             None if namespace == Namespace::Static => {
                 return Err(Error::UnknownLimit {
                     key: key.to_owned(),
                 });
             }
             None => {
-                let mut slot = Slot::new(namespace, key);
-                slot.set_state(SlotState::Rate(state));
-                self.insert(&mut shard, hash, slot, now);
+                let state = SlotState::Rate(state);
+                let slot = Slot::new(namespace, key, None, state, &mut shard.bindings);
+                self.insert(shard, hash, slot, now);
             }
         }
         Ok(())
@@ -986,6 +1298,112 @@ mod tests {
             Nanos::from_secs(1),
             "decided at 100 s, not 99 s"
         );
+    }
+
+    /// Why: the slot's size is what 1 M resident keys cost (BENCHMARKS.md, bytes per key), and
+    /// its alignment keeps every slot within one cache line: one miss per lookup.
+    #[test]
+    fn a_slot_is_half_a_cache_line() {
+        assert_eq!(std::mem::size_of::<Body>(), 16);
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
+        assert_eq!(std::mem::align_of::<Slot>(), 32);
+    }
+
+    /// Why: a short key lives inside its slot, with no allocation of its own.
+    #[test]
+    fn short_keys_are_stored_inline() {
+        let mut bindings = Bindings::default();
+        let short = Slot::new(
+            Namespace::Barrier,
+            "user:123456789",
+            None,
+            SlotState::Empty,
+            &mut bindings,
+        );
+        assert!(short.key.is_inline(), "15 bytes or fewer fit in the slot");
+        let long = Slot::new(
+            Namespace::Barrier,
+            "tenant:42:user:123456789",
+            None,
+            SlotState::Empty,
+            &mut bindings,
+        );
+        assert!(!long.key.is_inline());
+        assert_eq!(&*long.key, "tenant:42:user:123456789");
+    }
+
+    fn bindings_held(store: &MemoryStore) -> usize {
+        store
+            .shards
+            .iter()
+            .map(|s| s.0.lock().bindings.list.len())
+            .sum()
+    }
+
+    /// Why: a dynamic key's parameters are the last request's, and may differ at every
+    /// request (a per-run CEL `limit`). Bindings no key refers to any more must be freed, or
+    /// memory grows with every distinct definition ever seen.
+    #[test]
+    fn bindings_no_key_uses_are_collected() {
+        let store = MemoryStore::new();
+        let mut now = Nanos::from_secs(1_000);
+        for burst in 1..=10_000u64 {
+            let e = [AcquireEntry::dynamic("k", gcra("1/s", burst), 1)];
+            store.acquire(&e, now).unwrap();
+            now = now + Nanos::from_millis(1);
+        }
+        assert_eq!(store.len(), 1);
+        let held = bindings_held(&store);
+        assert!(held <= 2 * MIN_COLLECT, "{held} bindings held for one key");
+    }
+
+    /// Why: collecting bindings reuses their indices; a key whose binding were collected while
+    /// it still referred to it would be decided under another key's limit. Many keys with
+    /// distinct limits, churning, are checked decision by decision against the core.
+    #[test]
+    fn collecting_bindings_keeps_every_keys_limit() {
+        let store = MemoryStore::new();
+        // Distinct rates as well as bursts: a state taken over under the wrong old rate would
+        // come out with another usage.
+        let limits: Vec<RateLimit> = (0..400u64)
+            .map(|i| gcra(&format!("{}/s", 1 + i % 20), 1 + i / 20))
+            .collect();
+        let keys: Vec<String> = (0..300).map(|i| format!("u{i}")).collect();
+        let mut model: Vec<Option<LimitState>> = vec![None; keys.len()];
+        let mut now = Nanos::from_secs(1_000);
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = |n: u64| {
+            // SplitMix64: deterministic, no dependency.
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)) % n
+        };
+        for _ in 0..100_000 {
+            let k = next(keys.len() as u64) as usize;
+            let limit = limits[next(limits.len() as u64) as usize];
+            let units = 1 + next(3) as u32;
+            now = now + Nanos::from_micros(next(200));
+            let prior = model[k].as_ref().filter(|s| s.fresh_at() > now);
+            let expected = limit
+                .decide(prior, now, NonZeroU32::new(units).unwrap())
+                .map(|o| (o.decision, o.state));
+            let got = store.acquire(&[AcquireEntry::dynamic(&keys[k], limit, units)], now);
+            match (expected, got) {
+                (Ok((decision, state)), Ok(got)) => {
+                    assert_eq!(got.decisions[0], decision, "key {k} at {now:?}");
+                    if decision.allowed {
+                        model[k] = state;
+                    }
+                }
+                (Err(_), Err(Error::InsufficientCapacity { .. })) => {}
+                (e, g) => panic!("expected {e:?}, got {g:?}"),
+            }
+        }
+        let held = bindings_held(&store);
+        // Without collection each shard would keep nearly every one of the 400 limits.
+        assert!(held <= SHARDS * (MIN_COLLECT + 4), "{held} bindings held");
     }
 
     /// Why: keys are compared word-wise when short; a difference at any byte, of any length,

@@ -307,6 +307,9 @@ pub struct ExportedState {
     pub state: LimitState,
 }
 
+/// Any store, chosen at run time (the server picks memory or Redis from its flags).
+pub type DynStore = std::sync::Arc<dyn Store>;
+
 /// One store shared by several limiters (nodes in one process, tests).
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn put_limit(&self, key: &str, limit: Limit, now: Nanos) -> Result<(), Error> {

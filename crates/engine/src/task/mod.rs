@@ -306,6 +306,50 @@ impl Task {
         self.idempotency.as_ref().map(|(_, p)| *p)
     }
 
+    /// Whether the task names declared limit `key` as a `static_key` (it cannot be removed
+    /// while any task does).
+    pub fn uses_static_key(&self, key: &str) -> bool {
+        self.spec
+            .rate_limits
+            .iter()
+            .any(|r| r.static_key.as_deref() == Some(key))
+    }
+
+    /// [`Task::render`] as an enqueue needs it: an expression error rejects the run
+    /// ([`Error::Expression`]); units a dynamic key can never hold give the reason the run is
+    /// stored as failed (with nothing rendered), never an endless requeue.
+    ///
+    /// # Errors
+    /// [`Error::Expression`].
+    pub fn render_for_enqueue(
+        &self,
+        ctx: &RunContext<'_>,
+    ) -> Result<(Rendered, Option<String>), Error> {
+        match self.render(ctx) {
+            Ok(r) => Ok((r, None)),
+            Err(RenderError::Expression {
+                field,
+                source_text,
+                message,
+            }) => Err(Error::Expression {
+                field,
+                source_text,
+                message,
+            }),
+            Err(RenderError::InsufficientCapacity {
+                field,
+                key,
+                units,
+                capacity,
+            }) => Ok((
+                Rendered::default(),
+                Some(format!(
+                    "insufficient_capacity: {field} asks {units} units of key {key:?}, which holds at most {capacity}"
+                )),
+            )),
+        }
+    }
+
     /// Evaluates every expression once for a run, at enqueue. Only the variables the task's
     /// expressions name are converted from JSON.
     ///
