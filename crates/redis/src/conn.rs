@@ -1,7 +1,8 @@
 //! Connections: a small pool of synchronous connections with bounded timeouts, and the
 //! mapping of Redis failures onto [`StoreError`] (transient or not), with passwords redacted.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use redis::{Client, Connection, ErrorKind, RedisError, RedisResult, ServerErrorKind};
@@ -19,6 +20,44 @@ pub(crate) struct Pool {
     max_idle: usize,
     connect_timeout: Duration,
     response_timeout: Duration,
+    /// Set while Redis seems unreachable: calls fail at once until `retry_at`, so that an
+    /// outage answers every request quickly instead of each one waiting out a timeout.
+    down: Mutex<Option<Down>>,
+    /// In a Redis Cluster: a key in the one slot every key of this store lives in. `client`
+    /// is then a seed node, and connections go to the slot's owner, found with
+    /// `CLUSTER KEYSLOT` and `CLUSTER SLOTS` and found again after a `MOVED`.
+    cluster_key: Option<String>,
+    /// In a Redis Cluster: the client of the slot's owner, once known.
+    owner: Mutex<Option<Client>>,
+    /// In a Redis Cluster: every node the last lookup named (asked when the seed is gone).
+    known: Mutex<Vec<Client>>,
+}
+
+/// An outage as the pool sees it.
+struct Down {
+    /// When the next call may try Redis again.
+    retry_at: Instant,
+    /// The wait after the next failure: doubles from 50 ms up to [`MAX_BACKOFF`].
+    backoff: Duration,
+    /// The last failure, for the messages of the calls failed at once.
+    error: String,
+}
+
+/// The longest wait between two attempts to reach an unreachable Redis.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Runs blocking Redis IO from async code without stalling the runtime: on a multi-threaded
+/// tokio runtime the worker hands its other tasks over first (`block_in_place`); elsewhere
+/// (no runtime, a current-thread runtime) it just runs.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 impl Pool {
@@ -36,7 +75,120 @@ impl Pool {
             max_idle,
             connect_timeout,
             response_timeout,
+            down: Mutex::new(None),
+            cluster_key: None,
+            owner: Mutex::new(None),
+            known: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Makes this a pool for a Redis Cluster whose slot holding `key` has every key of the
+    /// store; `client` is a seed node.
+    pub(crate) fn in_cluster(mut self, key: String) -> Pool {
+        self.cluster_key = Some(key);
+        self
+    }
+
+    /// The client to open connections with: the server, or in a cluster the owner of the
+    /// store's slot. The owner is looked up the first time and again after a `MOVED` or a lost
+    /// connection: on the seed node, else on the other nodes the last lookup named (so that a
+    /// failover of the seed itself is survived), for at most the connect plus the response
+    /// timeout in all.
+    fn target(&self) -> RedisResult<Client> {
+        let Some(key) = &self.cluster_key else {
+            return Ok(self.client.clone());
+        };
+        if let Some(owner) = &*self.owner.lock() {
+            return Ok(owner.clone());
+        }
+        let deadline = Instant::now() + self.connect_timeout + self.response_timeout;
+        let mut nodes = vec![self.client.clone()];
+        nodes.extend(self.known.lock().iter().cloned());
+        let mut last = None;
+        for node in nodes {
+            if Instant::now() >= deadline {
+                break;
+            }
+            match self.ask_owner(&node, key) {
+                Ok(owner) => {
+                    *self.owner.lock() = Some(owner.clone());
+                    return Ok(owner);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            RedisError::from((
+                ErrorKind::Server(ServerErrorKind::ClusterDown),
+                "no node of the cluster answered",
+            ))
+        }))
+    }
+
+    /// Asks `node` which node owns the slot of `key`; remembers every node it names.
+    fn ask_owner(&self, node: &Client, key: &str) -> RedisResult<Client> {
+        let mut con = node.get_connection_with_timeout(self.connect_timeout)?;
+        con.set_read_timeout(Some(self.response_timeout))?;
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut con)?;
+        let slots: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut con)?;
+        let info = node.get_connection_info().clone();
+        let client_at = |entry: &redis::Value| -> Option<Client> {
+            let redis::Value::Array(entry) = entry else {
+                return None;
+            };
+            let host = match entry.first() {
+                Some(redis::Value::BulkString(h)) if !h.is_empty() => {
+                    String::from_utf8_lossy(h).into_owned()
+                }
+                // An empty host means "the node you asked".
+                _ => match info.addr() {
+                    redis::ConnectionAddr::Tcp(h, _) => h.clone(),
+                    _ => return None,
+                },
+            };
+            let Some(redis::Value::Int(port)) = entry.get(1) else {
+                return None;
+            };
+            let port = u16::try_from(*port).ok()?;
+            Client::open(
+                info.clone()
+                    .set_addr(redis::ConnectionAddr::Tcp(host, port)),
+            )
+            .ok()
+        };
+        let mut owner = None;
+        let mut known = Vec::new();
+        for range in &slots {
+            let redis::Value::Array(range) = range else {
+                continue;
+            };
+            let bound = |i: usize| match range.get(i) {
+                Some(redis::Value::Int(n)) => Some(*n),
+                _ => None,
+            };
+            let (Some(start), Some(end)) = (bound(0), bound(1)) else {
+                continue;
+            };
+            // The primary, then its replicas.
+            for (i, entry) in range.iter().enumerate().skip(2) {
+                if let Some(c) = client_at(entry) {
+                    if i == 2 && (start..=end).contains(&slot) {
+                        owner = Some(c.clone());
+                    }
+                    known.push(c);
+                }
+            }
+        }
+        *self.known.lock() = known;
+        owner.ok_or_else(|| {
+            RedisError::from((
+                ErrorKind::Server(ServerErrorKind::ClusterDown),
+                "no node of the cluster serves the store's slot",
+            ))
+        })
     }
 
     /// The redacted URL.
@@ -46,7 +198,7 @@ impl Pool {
 
     fn connect(&self) -> RedisResult<Connection> {
         let con = self
-            .client
+            .target()?
             .get_connection_with_timeout(self.connect_timeout)?;
         con.set_read_timeout(Some(self.response_timeout))?;
         con.set_write_timeout(Some(self.response_timeout))?;
@@ -67,25 +219,115 @@ impl Pool {
         what: &str,
         f: impl FnOnce(&mut Connection) -> RedisResult<T>,
     ) -> Result<T, Error> {
+        if let Some(d) = &*self.down.lock()
+            && Instant::now() < d.retry_at
+        {
+            return Err(Error::Store(StoreError::transient(
+                format!(
+                    "redis at {} is unreachable: {what} not tried (last failure: {})",
+                    self.url, d.error
+                ),
+                None,
+            )));
+        }
+        blocking(|| self.run_now(what, f))
+    }
+
+    fn run_now<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, Error> {
         let pooled = self.idle.lock().pop();
         let mut con = match pooled {
             Some(con) => con,
-            None => self.connect().map_err(|e| self.error("connect", e))?,
+            None => match self.connect() {
+                Ok(con) => con,
+                Err(e) => {
+                    // In a cluster the slot may have a new owner by the time it answers again.
+                    *self.owner.lock() = None;
+                    self.went_down(&e);
+                    return Err(self.error("connect", e));
+                }
+            },
         };
         match f(&mut con) {
             Ok(v) => {
                 self.put_back(con);
+                let mut down = self.down.lock();
+                if down.take().is_some() {
+                    tracing::info!(url = %self.url, "redis is reachable again");
+                }
                 Ok(v)
             }
             Err(e) => {
-                if replied(&e) {
-                    self.put_back(con);
-                } else if e.is_connection_dropped() || e.is_connection_refusal() {
+                if matches!(
+                    e.kind(),
+                    ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)
+                ) {
+                    // The slot moved (resharding, failover): find its owner again next time.
+                    // Nothing was applied; the caller sees a transient error and may retry.
+                    *self.owner.lock() = None;
                     self.idle.lock().clear();
+                } else if replied(&e) {
+                    self.put_back(con);
+                } else {
+                    if e.is_connection_dropped() || e.is_connection_refusal() {
+                        self.idle.lock().clear();
+                        *self.owner.lock() = None;
+                    }
+                    if e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+                        self.went_down(&e);
+                    }
                 }
                 Err(self.error(what, e))
             }
         }
+    }
+
+    /// Records a failure to reach Redis: calls fail at once for a backoff that doubles up to
+    /// [`MAX_BACKOFF`].
+    fn went_down(&self, e: &RedisError) {
+        let mut down = self.down.lock();
+        let backoff = match &*down {
+            Some(d) => d.backoff,
+            None => {
+                tracing::warn!(url = %self.url, error = %e, "redis is unreachable");
+                FIRST_BACKOFF
+            }
+        };
+        *down = Some(Down {
+            retry_at: Instant::now() + backoff,
+            backoff: (backoff * 2).min(MAX_BACKOFF),
+            error: e.to_string(),
+        });
+    }
+
+    /// Listens on `channel` until the connection fails or `closed` is set, calling
+    /// `on_message` for every message (and once on subscribing, for anything missed while
+    /// away). Returns `Ok` only when `closed` was set.
+    pub(crate) fn subscribe(
+        &self,
+        channel: &str,
+        closed: &AtomicBool,
+        on_message: &dyn Fn(),
+    ) -> Result<(), Error> {
+        let mut con = self.connect().map_err(|e| self.error("subscribe", e))?;
+        // Wakes up now and then to notice `closed`.
+        con.set_read_timeout(Some(Duration::from_millis(500)))
+            .map_err(|e| self.error("subscribe", e))?;
+        let mut sub = con.as_pubsub();
+        sub.subscribe(channel)
+            .map_err(|e| self.error("subscribe", e))?;
+        on_message();
+        while !closed.load(Ordering::Relaxed) {
+            match sub.get_message() {
+                Ok(_) => on_message(),
+                Err(e) if e.is_timeout() => {}
+                Err(e) => return Err(self.error("subscribe", e)),
+            }
+        }
+        Ok(())
     }
 
     fn put_back(&self, con: Connection) {
@@ -132,6 +374,8 @@ pub(crate) fn is_transient(e: &RedisError) -> bool {
         ErrorKind::Server(kind) => matches!(
             kind,
             ServerErrorKind::BusyLoading
+                | ServerErrorKind::Moved
+                | ServerErrorKind::Ask
                 | ServerErrorKind::TryAgain
                 | ServerErrorKind::ClusterDown
                 | ServerErrorKind::MasterDown

@@ -45,13 +45,15 @@
 //!
 //! # Redis Cluster
 //! Every Redis key carries a hash tag (see *Layout*), so one Tollgate key's definition, state
-//! and leases always share a slot, and a script touching one key works in a cluster. A request
-//! naming several keys is atomic in a cluster **only when all its keys share a slot**: give
-//! them the same `{...}` part (`"{acct-42}:api"` and `"{acct-42}:user-7"`), exactly as with
-//! plain Redis keys; otherwise Redis refuses it (`CROSSSLOT`) rather than deciding it
-//! non-atomically. Concurrency leases and barriers touch one key each and always work.
-//! This crate connects to a single server (or a proxy in front of a cluster); `list_limits`
-//! scans only the server it is connected to.
+//! and leases always share a slot. With [`Builder::cluster`]`(true)` the prefix itself becomes
+//! the tag (`{tollgate}:def:{api}:api`): every key of the store shares one slot, so every
+//! operation — acquires over several keys, and the run queue's scripts — stays atomic as on
+//! one server; the store talks to that slot's owner (found with `CLUSTER KEYSLOT` and
+//! `CLUSTER SLOTS` on the node it was given, and again after a `MOVED`). One store's data is
+//! then on one shard. Without it, a request naming several keys is atomic in a cluster
+//! **only when all its keys share a slot** (the same `{...}` part, `"{acct-42}:api"` and
+//! `"{acct-42}:user-7"`), through a proxy that routes by key; otherwise Redis refuses it
+//! (`CROSSSLOT`) rather than deciding it non-atomically.
 //!
 //! # Layout
 //! Every Redis key is `<prefix>:<kind>:{<tag>}:<key>`, where `<tag>` is the key's own non-empty
@@ -69,15 +71,26 @@
 //! limit `"x"`. Specs and states are space-separated integers; `src/scripts/lib.lua` documents
 //! them.
 //!
-//! Source files: `store.rs` ([`RedisStore`], [`Builder`], the `Store` impl), `keys.rs` (key
-//! names), `spec.rs` (limits as specs), `conn.rs` (connection pool, error mapping, password
-//! redaction), `scripts.rs` and `scripts/*.lua` (each opens with its `KEYS` and `ARGV`;
-//! `lib.lua`, the algorithms, is prepended to every script).
+//! # The run queue
+//! [`RedisEngine`] keeps task definitions and runs in Redis too, with the embedded engine's
+//! scheduling rules ported to Lua (`scripts/queue_lib.lua` and one `queue_*.lua` per
+//! operation): what `tollgate serve --redis` runs. Its keys live under
+//! `<prefix>:q:{<prefix>}:`, and its scripts touch the limit keys a run names, so in a Redis
+//! Cluster it needs [`Builder::cluster`]`(true)`, which puts every key of the store in one
+//! slot.
+//!
+//! Source files: `store.rs` ([`RedisStore`], [`Builder`], the `Store` impl), `engine.rs`
+//! ([`RedisEngine`]: tasks, runs, the sweeper and the subscriber), `keys.rs` (key names),
+//! `spec.rs` (limits as specs), `conn.rs` (connection pool, fail-fast while Redis is down,
+//! error mapping, password redaction), `scripts.rs` and `scripts/*.lua` (each opens with its
+//! `KEYS` and `ARGV`; `lib.lua`, the algorithms, is prepended to every script).
 
 mod conn;
+mod engine;
 mod keys;
 mod scripts;
 mod spec;
 mod store;
 
+pub use engine::RedisEngine;
 pub use store::{Builder, RedisStore};

@@ -14,6 +14,18 @@ pub(crate) struct Scripts {
     pub(crate) remove_limit: Script,
     pub(crate) view_static: Script,
     pub(crate) view_dynamic: Script,
+    pub(crate) queue_enqueue: Script,
+    pub(crate) queue_lease: Script,
+    pub(crate) queue_run: Script,
+    pub(crate) queue_sweep: Script,
+    pub(crate) queue_read: Script,
+}
+
+const QUEUE_LIB: &str = include_str!("scripts/queue_lib.lua");
+
+/// A queue script: the algorithms, then the queue's state machine, then the script.
+fn with_queue(body: &str) -> Script {
+    Script::new(&format!("{LIB}\n{QUEUE_LIB}\n{body}"))
 }
 
 fn with_lib(body: &str) -> Script {
@@ -36,6 +48,11 @@ impl Scripts {
             remove_limit: with_lib(include_str!("scripts/remove_limit.lua")),
             view_static: with_lib(include_str!("scripts/view_static.lua")),
             view_dynamic: with_lib(include_str!("scripts/view_dynamic.lua")),
+            queue_enqueue: with_queue(include_str!("scripts/queue_enqueue.lua")),
+            queue_lease: with_queue(include_str!("scripts/queue_lease.lua")),
+            queue_run: with_queue(include_str!("scripts/queue_run.lua")),
+            queue_sweep: with_queue(include_str!("scripts/queue_sweep.lua")),
+            queue_read: with_queue(include_str!("scripts/queue_read.lua")),
         }
     }
 }

@@ -30,6 +30,7 @@ pub struct Builder {
     response_timeout: Duration,
     expiry_slack: Duration,
     max_idle: usize,
+    cluster: bool,
 }
 
 impl std::fmt::Debug for Builder {
@@ -42,6 +43,7 @@ impl std::fmt::Debug for Builder {
             .field("response_timeout", &self.response_timeout)
             .field("expiry_slack", &self.expiry_slack)
             .field("max_idle", &self.max_idle)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -95,6 +97,17 @@ impl Builder {
         self
     }
 
+    /// Use a Redis Cluster, `url` being one of its nodes (default `false`). Every key of the
+    /// store then lives in one slot, the one of `{<prefix>}` (the prefix becomes the hash tag),
+    /// so that every operation, the run queue's included, stays one atomic script as on a
+    /// single server; the store talks to that slot's owner and finds it again after a
+    /// failover or resharding (`MOVED`). One store's data is on one shard: deployments with
+    /// different prefixes spread over the cluster.
+    pub fn cluster(mut self, yes: bool) -> Builder {
+        self.cluster = yes;
+        self
+    }
+
     /// The store. Does not connect: a node can start while Redis is down, and its requests
     /// fail with transient errors until Redis is back.
     ///
@@ -117,20 +130,29 @@ impl Builder {
                 e.kind()
             ))
         })?;
+        let mut pool = Pool::new(
+            client,
+            url,
+            self.max_idle,
+            self.connect_timeout,
+            self.response_timeout,
+        );
+        let prefix = if self.cluster {
+            let tagged = format!("{{{}}}", self.prefix);
+            pool = pool.in_cluster(tagged.clone());
+            tagged
+        } else {
+            self.prefix
+        };
         Ok(RedisStore {
             shared: Arc::new(Shared {
-                pool: Pool::new(
-                    client,
-                    url,
-                    self.max_idle,
-                    self.connect_timeout,
-                    self.response_timeout,
-                ),
+                pool,
                 scripts: Scripts::new(),
                 use_server_time: self.use_server_time,
                 slack_ms: u64::try_from(self.expiry_slack.as_millis()).unwrap_or(u64::MAX),
+                cluster: self.cluster,
             }),
-            prefix: self.prefix.into(),
+            prefix: prefix.into(),
         })
     }
 }
@@ -150,6 +172,7 @@ struct Shared {
     scripts: Scripts,
     use_server_time: bool,
     slack_ms: u64,
+    cluster: bool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -188,6 +211,7 @@ impl RedisStore {
             response_timeout: Duration::from_secs(1),
             expiry_slack: Duration::from_secs(1),
             max_idle: 16,
+            cluster: false,
         }
     }
 
@@ -197,13 +221,20 @@ impl RedisStore {
     /// A permanent [`StoreError`] for a bad prefix.
     pub fn with_prefix(&self, prefix: &str) -> Result<RedisStore, Error> {
         keys::check_prefix(prefix).map_err(|m| Error::Store(StoreError::permanent(m, None)))?;
+        if self.shared.cluster {
+            // The connections go to the owner of the old prefix's slot.
+            return Err(Error::Store(StoreError::permanent(
+                "a cluster store's prefix names its slot and cannot change: build another store",
+                None,
+            )));
+        }
         Ok(RedisStore {
             shared: Arc::clone(&self.shared),
             prefix: prefix.into(),
         })
     }
 
-    /// The key prefix.
+    /// The key prefix (in a cluster, wrapped in braces: the hash tag of every key).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -228,8 +259,48 @@ impl RedisStore {
         keys::name(&self.prefix, kind, key)
     }
 
+    /// The Redis key holding `kind` for Tollgate key `key` (the queue stores these in runs).
+    pub(crate) fn key_of(&self, kind: Kind, key: &str) -> String {
+        self.key(kind, key)
+    }
+
+    /// The expiry slack in milliseconds.
+    pub(crate) fn slack_ms(&self) -> u64 {
+        self.shared.slack_ms
+    }
+
+    /// The scripts, loaded once per server.
+    pub(crate) fn scripts(&self) -> &Scripts {
+        &self.shared.scripts
+    }
+
+    /// Runs `f` on a pooled connection (see [`Pool::run`]).
+    pub(crate) fn run_on_pool<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, Error> {
+        self.shared.pool.run(what, f)
+    }
+
+    /// A permanent error for data Tollgate cannot read.
+    pub(crate) fn corrupt(&self, what: impl std::fmt::Display) -> Error {
+        self.shared.pool.corrupt(what)
+    }
+
+    /// Listens on `channel` until the connection fails or `closed` is set, calling `on_message`
+    /// for every message. Returns `Ok` only when `closed` was set.
+    pub(crate) fn subscribe(
+        &self,
+        channel: &str,
+        closed: &std::sync::atomic::AtomicBool,
+        on_message: &dyn Fn(),
+    ) -> Result<(), Error> {
+        self.shared.pool.subscribe(channel, closed, on_message)
+    }
+
     /// `now` for the scripts: whole microseconds, or empty for Redis `TIME`.
-    fn now_arg(&self, now: Nanos) -> String {
+    pub(crate) fn now_arg(&self, now: Nanos) -> String {
         if self.shared.use_server_time {
             String::new()
         } else {
@@ -237,7 +308,7 @@ impl RedisStore {
         }
     }
 
-    fn call(
+    pub(crate) fn call(
         &self,
         what: &str,
         script: &Script,
@@ -254,7 +325,7 @@ impl RedisStore {
         self.shared.pool.run(what, |con| inv.invoke::<Value>(con))
     }
 
-    fn bad_reply(&self, what: &str, reply: &Value) -> Error {
+    pub(crate) fn bad_reply(&self, what: &str, reply: &Value) -> Error {
         self.shared
             .pool
             .corrupt(format_args!("unexpected reply to {what}: {reply:?}"))

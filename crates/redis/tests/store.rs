@@ -181,8 +181,16 @@ fn idle_dynamic_keys_are_forgotten_by_redis() {
             )
             .unwrap();
         assert!(d.allowed);
+        // Checked at once, key by key: on a loaded machine the first keys may already be
+        // fresh (and gone) by the time the last is written.
+        let suffix = format!(":{key}");
+        assert!(
+            redis_keys(&mut con, store.prefix())
+                .iter()
+                .any(|k| k.ends_with(&suffix)),
+            "{key} is in Redis right after its use"
+        );
     }
-    assert_eq!(redis_keys(&mut con, store.prefix()).len(), 200);
     // Each is fresh 50 ms after its use; poll rather than sleep a fixed time.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !redis_keys(&mut con, store.prefix()).is_empty() {

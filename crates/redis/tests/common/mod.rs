@@ -20,6 +20,9 @@ pub struct TestRedis {
     port: u16,
     child: Option<Child>,
     dir: Option<PathBuf>,
+    /// Writes every change to an append-only file, fsynced before it answers, so that a
+    /// restart keeps every acknowledged write.
+    persistent: bool,
 }
 
 fn in_ci() -> bool {
@@ -69,6 +72,7 @@ pub fn redis(test: &str) -> Option<TestRedis> {
                 port: 0,
                 child: None,
                 dir: None,
+                persistent: false,
             });
         }
     }
@@ -77,6 +81,15 @@ pub fn redis(test: &str) -> Option<TestRedis> {
 
 /// A server of the test's own (tests that stop and restart it).
 pub fn own_redis(test: &str) -> Option<TestRedis> {
+    own_redis_with(test, false)
+}
+
+/// A server of the test's own with an fsynced append-only file: a restart keeps everything.
+pub fn own_persistent_redis(test: &str) -> Option<TestRedis> {
+    own_redis_with(test, true)
+}
+
+fn own_redis_with(test: &str, persistent: bool) -> Option<TestRedis> {
     let port = match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
         Ok(addr) => addr.port(),
         Err(e) => return unavailable(test, &format!("no free port: {e}")),
@@ -91,6 +104,7 @@ pub fn own_redis(test: &str) -> Option<TestRedis> {
         port,
         child: None,
         dir: Some(dir),
+        persistent,
     };
     match r.start() {
         Ok(()) => Some(r),
@@ -106,7 +120,8 @@ impl TestRedis {
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
-            .args(["--appendonly", "no"])
+            .args(["--appendonly", if self.persistent { "yes" } else { "no" }])
+            .args(["--appendfsync", "always"])
             .arg("--dir")
             .arg(dir)
             .stdout(Stdio::null())
@@ -128,6 +143,27 @@ impl TestRedis {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Freezes the server of the test's own (`SIGSTOP`): it accepts connections but never
+    /// answers, as a hung or partitioned Redis would.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server (`SIGCONT`).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("a server of the test's own");
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {sig} failed");
     }
 
     /// Kills the server of the test's own (as a crash would).
@@ -168,4 +204,136 @@ pub fn fresh_prefix() -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// A Redis Cluster of the test's own: three primaries on free ports, no replicas, no
+/// persistence, killed on drop. Skipped (or failed under `CI=true`) without `redis-server`
+/// and `redis-cli`.
+pub struct TestCluster {
+    pub ports: Vec<u16>,
+    nodes: Vec<TestRedis>,
+}
+
+impl TestCluster {
+    /// The URL of node `i`, a seed for a cluster store.
+    pub fn url(&self, i: usize) -> String {
+        format!("redis://127.0.0.1:{}/", self.ports[i])
+    }
+
+    /// Kills node `i` (as a crash would).
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+}
+
+pub fn own_cluster(test: &str) -> Option<TestCluster> {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let port = match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+            Ok(addr) => addr.port(),
+            Err(e) => {
+                unavailable(test, &format!("no free port: {e}"));
+                return None;
+            }
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "tollgate-redis-cluster-{}-{port}",
+            std::process::id()
+        ));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            unavailable(test, &format!("cannot create {}: {e}", dir.display()));
+            return None;
+        }
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-config-file", "nodes.conf"])
+            // The others keep serving their slots when one node is gone (tests kill one).
+            .args(["--cluster-require-full-coverage", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                unavailable(test, &format!("cannot start redis-server: {e}"));
+                return None;
+            }
+        };
+        nodes.push(TestRedis {
+            url: format!("redis://127.0.0.1:{port}/"),
+            port,
+            child: Some(child),
+            dir: Some(dir),
+            persistent: false,
+        });
+    }
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    // Every node answers before the cluster is formed.
+    for n in &nodes {
+        let client = redis::Client::open(n.url.as_str()).ok()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client
+            .get_connection_with_timeout(Duration::from_millis(200))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                unavailable(test, "a cluster node did not answer");
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let mut create = Command::new("redis-cli");
+    create.args(["--cluster", "create"]);
+    for p in &ports {
+        create.arg(format!("127.0.0.1:{p}"));
+    }
+    let created = create
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match created {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            unavailable(test, &format!("redis-cli --cluster create failed: {s}"));
+            return None;
+        }
+        Err(e) => {
+            unavailable(test, &format!("cannot run redis-cli: {e}"));
+            return None;
+        }
+    }
+    // Until every node agrees the cluster is up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in &nodes {
+        let client = redis::Client::open(n.url.as_str()).ok()?;
+        loop {
+            let info = client
+                .get_connection_with_timeout(Duration::from_millis(200))
+                .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c));
+            if info.is_ok_and(|i| i.contains("cluster_state:ok")) {
+                break;
+            }
+            if Instant::now() > deadline {
+                unavailable(test, "the cluster never reached cluster_state:ok");
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Some(TestCluster { ports, nodes })
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+    }
 }

@@ -1,0 +1,236 @@
+//! Redis decisions per second and round trips per acquire, against a floor measured in the
+//! same run (DESIGN §6: "throughput ≥ 80 % of a minimal GCRA EVALSHA floor").
+//!
+//! The floor is the least a Redis-backed GCRA can do: one `EVALSHA` of a ten-line script that
+//! reads one key's TAT, decides, and writes it back with `SET … PX`. Tollgate's `RedisStore`
+//! does the same job with every guarantee (microsecond state, parameter migration, Redis
+//! `TIME`, several keys all or nothing), so the ratio is the price of those.
+//!
+//! Every scenario runs `THREADS` client threads, each with its own connection, for the same
+//! wall time, in rounds that alternate floor and Tollgate so both see the same machine load.
+//! Round trips are counted on the server (`INFO commandstats`: `EVALSHA`, `EVAL` and `SCRIPT`
+//! calls, which only clients send) and divided by the acquires made.
+//!
+//! `cargo bench -p tollgate-redis --bench throughput` (a `redis-server` of its own on a free
+//! port, or `REDIS_URL`). Knobs: `TOLLGATE_BENCH_THREADS` (default 8),
+//! `TOLLGATE_BENCH_SECONDS` per round (default 2), `TOLLGATE_BENCH_ROUNDS` (default 3).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tollgate::{AcquireEntry, Store};
+use tollgate_core::{Gcra, Limit, Nanos, RateLimit, SlidingWindow};
+use tollgate_redis::RedisStore;
+
+/// The floor: GCRA on every key given, all or nothing, TAT in µs, in the fewest Redis calls
+/// possible.
+const FLOOR: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tats = {}
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  if now < tat - interval * (burst - 1) then return {0, i} end
+  tats[i] = tat + interval
+end
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', math.ceil((tats[i] - now) / 1000) + 1000)
+end
+return {1, 0}
+";
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Client round trips the server has seen (calls of the commands only clients send: EVALSHA,
+/// EVAL, SCRIPT), and the server's time inside them in µs.
+fn round_trips(url: &str) -> (u64, u64) {
+    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut con)
+        .unwrap();
+    let field = |l: &str, name: &str| -> Option<u64> {
+        let v = l.split(&format!("{name}=")).nth(1)?;
+        v.split(',').next()?.parse::<u64>().ok()
+    };
+    info.lines()
+        .filter(|l| {
+            l.starts_with("cmdstat_evalsha:")
+                || l.starts_with("cmdstat_eval:")
+                || l.starts_with("cmdstat_script")
+        })
+        .fold((0, 0), |(calls, usec), l| {
+            (
+                calls + field(l, "calls").unwrap_or(0),
+                usec + field(l, "usec").unwrap_or(0),
+            )
+        })
+}
+
+/// Runs `op` on `threads` threads for `seconds`; decisions per second.
+fn run<F>(threads: u64, seconds: u64, make: impl Fn() -> F) -> (f64, u64)
+where
+    F: FnMut() + Send + 'static,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let mut op = make();
+            let (stop, count) = (Arc::clone(&stop), Arc::clone(&count));
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    op();
+                    n += 1;
+                }
+                count.fetch_add(n, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(seconds));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    let n = count.load(Ordering::Relaxed);
+    (n as f64 / start.elapsed().as_secs_f64(), n)
+}
+
+fn main() {
+    let Some(redis) = common::redis("throughput bench") else {
+        return;
+    };
+    let url = redis.url.clone();
+    let threads = env("TOLLGATE_BENCH_THREADS", 8);
+    let seconds = env("TOLLGATE_BENCH_SECONDS", 2);
+    let rounds = env("TOLLGATE_BENCH_ROUNDS", 3);
+    let prefix = common::fresh_prefix();
+    let store = RedisStore::builder(&url)
+        .prefix(prefix.clone())
+        .max_idle_connections(usize::try_from(threads).unwrap() * 2)
+        .build()
+        .unwrap();
+    // Limits that never deny during the run: every call is an admitted decision that writes.
+    let huge = "1000000000/s".parse().unwrap();
+    let gcra = Limit::Rate(RateLimit::Gcra(Gcra::new(huge, 1_000_000_000).unwrap()));
+    let sliding = Limit::Rate(RateLimit::SlidingWindow(
+        SlidingWindow::new(1_000_000_000, "1s".parse().unwrap()).unwrap(),
+    ));
+    let now = Nanos::ZERO; // ignored: the store reads Redis TIME
+    let keys: Vec<String> = (0..10).map(|i| format!("bench-{i}")).collect();
+    for k in &keys {
+        store.put_limit(k, gcra, now).unwrap();
+    }
+    store.put_limit("bench-sw", sliding, now).unwrap();
+    let floor = redis::Script::new(FLOOR);
+
+    println!(
+        "threads {threads}, {seconds} s per round, {rounds} rounds; redis {}",
+        store.url()
+    );
+    println!(
+        "| scenario | decisions/s (median of rounds) | ratio to the floor of as many keys | round trips per acquire | Redis µs per acquire |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    type Make = Box<dyn Fn() -> Box<dyn FnMut() + Send>>;
+    // (name, what it does, index of the floor it is compared with)
+    let scenarios: Vec<(&str, Make, usize)> = vec![
+        (
+            "floor: minimal GCRA EVALSHA, 1 key",
+            floor_of(&url, &floor, &prefix, 1),
+            0,
+        ),
+        ("tollgate gcra, 1 key", acquire(&store, &keys[..1]), 0),
+        ("floor, 3 keys", floor_of(&url, &floor, &prefix, 3), 2),
+        ("tollgate gcra, 3 keys", acquire(&store, &keys[..3]), 2),
+        ("floor, 10 keys", floor_of(&url, &floor, &prefix, 10), 4),
+        ("tollgate gcra, 10 keys", acquire(&store, &keys[..10]), 4),
+        (
+            "tollgate sliding_window, 1 key",
+            acquire(&store, &["bench-sw".to_owned()]),
+            0,
+        ),
+    ];
+    let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); scenarios.len()];
+    for _ in 0..rounds {
+        for (i, (_, make, _)) in scenarios.iter().enumerate() {
+            let (calls0, usec0) = round_trips(&url);
+            let (rate, n) = run(threads, seconds, make);
+            let (calls1, usec1) = round_trips(&url);
+            let n = n.max(1) as f64;
+            results[i].push((
+                rate,
+                (calls1 - calls0) as f64 / n,
+                (usec1 - usec0) as f64 / n,
+            ));
+        }
+    }
+    let median = |i: usize, f: fn(&(f64, f64, f64)) -> f64| {
+        let mut v: Vec<f64> = results[i].iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (i, (name, _, floor)) in scenarios.iter().enumerate() {
+        let rate = median(i, |r| r.0);
+        println!(
+            "| {name} | {rate:.0} | {:.2} | {:.3} | {:.1} |",
+            rate / median(*floor, |r| r.0),
+            median(i, |r| r.1),
+            median(i, |r| r.2),
+        );
+    }
+}
+
+/// An acquire of one unit of each of `keys` on `store`.
+fn acquire(store: &RedisStore, keys: &[String]) -> Box<dyn Fn() -> Box<dyn FnMut() + Send>> {
+    let (store, keys) = (store.clone(), keys.to_vec());
+    Box::new(move || {
+        let (store, keys) = (store.clone(), keys.clone());
+        Box::new(move || {
+            let entries: Vec<AcquireEntry<'_>> =
+                keys.iter().map(|k| AcquireEntry::new(k, 1)).collect();
+            let a = store.acquire(&entries, Nanos::ZERO).unwrap();
+            assert!(a.allowed);
+        })
+    })
+}
+
+/// The floor script on `n` keys of its own.
+fn floor_of(
+    url: &str,
+    floor: &redis::Script,
+    prefix: &str,
+    n: usize,
+) -> Box<dyn Fn() -> Box<dyn FnMut() + Send>> {
+    let (url, floor) = (url.to_owned(), floor.clone());
+    let keys: Vec<String> = (0..n).map(|i| format!("{prefix}:floor:{n}:{i}")).collect();
+    Box::new(move || {
+        let mut con = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let (floor, keys) = (floor.clone(), keys.clone());
+        Box::new(move || {
+            let mut inv = floor.prepare_invoke();
+            for k in &keys {
+                inv.key(k);
+            }
+            let _: Vec<i64> = inv.arg(1).arg(1_000_000_000).invoke(&mut con).unwrap();
+        })
+    })
+}

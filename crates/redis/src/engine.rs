@@ -1,0 +1,1021 @@
+//! [`RedisEngine`]: what `tollgate serve --redis` runs — limits, tasks, runs and leases all in
+//! Redis, so that any number of nodes behind a load balancer act as one.
+//!
+//! The same rules as the embedded [`tollgate::Engine`] (DESIGN §3), with the queue's state
+//! machine ported to Lua (`scripts/queue_*.lua`): every operation is one script call, atomic
+//! in Redis, so nodes never step on each other. A lease decides a run's limits and takes its
+//! lease in the same script: no node consumes units for a run another node took.
+//!
+//! Each node keeps only caches and counters: compiled tasks (checked against Redis on every
+//! use), its own metrics, and two background jobs — a sweeper that fires parked runs' timers
+//! and lease expiries when they fall due (safe on every node at once), and a subscriber that
+//! wakes this node's long-polling workers when any node makes a run ready.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::Value;
+use serde_json::Value as Json;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tollgate::metrics::{DecisionCount, QueueMetrics};
+use tollgate::{
+    Clock, DEFAULT_RETENTION, DynStore, Error, LeasedRun, LimitSpec, Limiter, OnLimit, RunContext,
+    RunState, RunView, StoreError, Task, TaskSpec, Transition, check_key,
+};
+use tollgate_core::{Limit, Nanos, Period};
+
+use crate::keys::Kind;
+use crate::store::RedisStore;
+
+use tollgate::MAX_LEASE_BATCH;
+
+/// The default of [`RedisEngine::set_poll_interval`].
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The longest wait between two attempts to reach Redis after a failure (sweeper, subscriber).
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The server's core in Redis mode. Cheap to clone. Must be created inside a tokio runtime: it
+/// starts the sweeper and the subscriber.
+#[derive(Clone)]
+pub struct RedisEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    limiter: Limiter<DynStore>,
+    store: RedisStore,
+    /// Prefix of the queue's keys: `<prefix>:q:{<prefix>}:`.
+    q: String,
+    /// Compiled tasks by name, with the definition text they were compiled from.
+    tasks: Mutex<HashMap<String, (String, Arc<Task>)>>,
+    /// Woken when a run became ready on any node.
+    ready: Arc<Notify>,
+    /// Woken when this node learnt of an earlier deadline (or is closing).
+    timer: Arc<Notify>,
+    /// The earliest timer or lease expiry this node knows of (µs on Redis's clock; 0: none).
+    next_deadline: AtomicU64,
+    metrics: Mutex<QueueMetrics>,
+    /// How long ended runs are kept (nanoseconds; 0: forever).
+    retention: AtomicU64,
+    /// [`RedisEngine::set_poll_interval`], in nanoseconds.
+    poll_interval: AtomicU64,
+    closed: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.timer.notify_one();
+    }
+}
+
+/// What a queue script reports about its effects, for the node's metrics.
+#[derive(Default)]
+struct Effects {
+    transitions: Vec<(String, Transition)>,
+    decisions: Vec<(String, usize, bool)>,
+    lags: Vec<Nanos>,
+}
+
+impl RedisEngine {
+    /// An engine over `store` (whose prefix names the deployment: nodes sharing a Redis and a
+    /// prefix act as one), reading `clock` for what the store needs a caller's time for.
+    /// Starts the sweeper and the subscriber; does not connect yet (a node may start while
+    /// Redis is down).
+    pub fn new(store: RedisStore, clock: impl Clock + 'static) -> RedisEngine {
+        let q = format!("{0}:q:{{{0}}}:", store.prefix());
+        let dyn_store: DynStore = Arc::new(store.clone());
+        let inner = Arc::new(Inner {
+            limiter: Limiter::with_store(dyn_store, clock),
+            store,
+            q,
+            tasks: Mutex::new(HashMap::new()),
+            ready: Arc::new(Notify::new()),
+            timer: Arc::new(Notify::new()),
+            next_deadline: AtomicU64::new(0),
+            metrics: Mutex::new(QueueMetrics::default()),
+            retention: AtomicU64::new(DEFAULT_RETENTION.as_nanos().as_nanos()),
+            poll_interval: AtomicU64::new(nanos(POLL_INTERVAL)),
+            closed: Arc::new(AtomicBool::new(false)),
+        });
+        spawn_sweeper(Arc::downgrade(&inner));
+        spawn_subscriber(&inner);
+        spawn_pruning(Arc::downgrade(&inner));
+        RedisEngine { inner }
+    }
+
+    /// How long a waiting long-poll, or this node's sweeper, goes without looking at Redis
+    /// unless woken (default 1 s; at least 1 ms). Long-polls are woken by a pub/sub message
+    /// when any node makes a run ready, and the sweeper by this node's own earlier deadlines;
+    /// this interval bounds what a lost message or a timer set by another node can cost.
+    pub fn set_poll_interval(&self, every: Duration) {
+        self.inner.poll_interval.store(
+            nanos(every.max(Duration::from_millis(1))),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn poll_interval(&self) -> Duration {
+        Duration::from_nanos(self.inner.poll_interval.load(Ordering::Relaxed))
+    }
+
+    /// The limiter (direct acquires, leases, barriers) over the same Redis.
+    pub fn limiter(&self) -> &Limiter<DynStore> {
+        &self.inner.limiter
+    }
+
+    /// The Redis store.
+    pub fn store(&self) -> &RedisStore {
+        &self.inner.store
+    }
+
+    // ---- limits and tasks -----------------------------------------------------------------
+
+    /// Declares or redefines static limit `key` (usage kept).
+    ///
+    /// # Errors
+    /// [`Error::Spec`]; [`Error::InvalidKey`]; store failures.
+    pub async fn put_limit(&self, key: &str, spec: LimitSpec) -> Result<Limit, Error> {
+        let limit = spec.to_limit().map_err(Error::Spec)?;
+        check_key(key)?;
+        self.inner.limiter.upsert(key, limit)?;
+        Ok(limit)
+    }
+
+    /// Removes static limit `key`; returns whether it existed.
+    ///
+    /// # Errors
+    /// [`Error::LimitInUse`] while a task names it as a `static_key`; store failures.
+    pub async fn remove_limit(&self, key: &str) -> Result<bool, Error> {
+        check_key(key)?;
+        let users: Vec<String> = self
+            .tasks()?
+            .iter()
+            .filter(|t| t.uses_static_key(key))
+            .map(|t| t.name.clone())
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::LimitInUse {
+                key: key.to_owned(),
+                tasks: users,
+            });
+        }
+        self.inner.limiter.remove(key)
+    }
+
+    /// Defines or redefines task `name` for every node.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`]; [`Error::Spec`] naming the field; store failures.
+    pub async fn put_task(&self, name: &str, spec: TaskSpec) -> Result<Arc<Task>, Error> {
+        check_key(name).map_err(|_| Error::InvalidName {
+            name: name.chars().take(64).collect(),
+        })?;
+        let text = serde_json::to_string(&spec).map_err(|e| {
+            Error::Store(StoreError::permanent(
+                format!("task {name:?} cannot be written: {e}"),
+                None,
+            ))
+        })?;
+        let task = Arc::new(self.compile(name, spec)?);
+        let key = self.q_key("tasks");
+        self.run_redis("put task", |con| {
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg(name)
+                .arg(&text)
+                .query::<i64>(con)
+        })?;
+        self.inner
+            .tasks
+            .lock()
+            .insert(name.to_owned(), (text, Arc::clone(&task)));
+        Ok(task)
+    }
+
+    fn compile(&self, name: &str, spec: TaskSpec) -> Result<Task, Error> {
+        let limiter = &self.inner.limiter;
+        Task::compile(name, spec, &|key| {
+            limiter.get(key).ok().flatten().map(|i| i.limit)
+        })
+        .map_err(Error::Spec)
+    }
+
+    /// A task as stored, compiled once per definition text.
+    fn cached(&self, name: &str, text: String) -> Result<Arc<Task>, Error> {
+        if let Some((t, task)) = self.inner.tasks.lock().get(name)
+            && *t == text
+        {
+            return Ok(Arc::clone(task));
+        }
+        let spec: TaskSpec = serde_json::from_str(&text).map_err(|e| {
+            self.inner.store.corrupt(format_args!(
+                "task {name:?} holds a definition Tollgate cannot read: {e}"
+            ))
+        })?;
+        // Compiled against the limits as they are now. A limit a task names cannot be removed
+        // (`remove_limit` refuses), so this fails only if another node removed one while this
+        // task was being defined: the enqueue is then rejected naming the missing limit.
+        let task = Arc::new(self.compile(name, spec)?);
+        self.inner
+            .tasks
+            .lock()
+            .insert(name.to_owned(), (text, Arc::clone(&task)));
+        Ok(task)
+    }
+
+    /// Task `name`, as Redis holds it now.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub fn task(&self, name: &str) -> Result<Option<Arc<Task>>, Error> {
+        let key = self.q_key("tasks");
+        let text: Option<String> = self.run_redis("read a task", |con| {
+            redis::cmd("HGET").arg(&key).arg(name).query(con)
+        })?;
+        text.map(|t| self.cached(name, t)).transpose()
+    }
+
+    /// Every task, by name.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub fn tasks(&self) -> Result<Vec<Arc<Task>>, Error> {
+        let key = self.q_key("tasks");
+        let all: BTreeMap<String, String> = self.run_redis("read the tasks", |con| {
+            redis::cmd("HGETALL").arg(&key).query(con)
+        })?;
+        all.into_iter().map(|(n, t)| self.cached(&n, t)).collect()
+    }
+
+    // ---- runs -----------------------------------------------------------------------------
+
+    /// Enqueues a run of `task`; answers once Redis holds it.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTask`]; [`Error::Expression`] (never an unlimited run); store failures.
+    pub async fn enqueue(
+        &self,
+        task: &str,
+        input: Json,
+        additional_metadata: Json,
+    ) -> Result<RunView, Error> {
+        let t = self.task(task)?.ok_or_else(|| Error::UnknownTask {
+            name: task.to_owned(),
+        })?;
+        let args = self.run_args(&t, &input, &additional_metadata, None)?;
+        let mut views = self.insert(vec![args])?;
+        views
+            .pop()
+            .ok_or_else(|| self.inner.store.corrupt("enqueue answered no run"))
+    }
+
+    /// Enqueues one run of every task triggered by event `name`: all of them, or none when one
+    /// task's expressions fail for this event.
+    ///
+    /// # Errors
+    /// [`Error::Expression`]; store failures.
+    pub async fn emit(
+        &self,
+        name: &str,
+        data: Json,
+        additional_metadata: Json,
+    ) -> Result<Vec<RunView>, Error> {
+        let event = serde_json::json!({"name": name, "data": data});
+        let mut runs = Vec::new();
+        for t in self.tasks()? {
+            if t.triggers.iter().any(|x| x == name) {
+                runs.push(self.run_args(&t, &data, &additional_metadata, Some(&event))?);
+            }
+        }
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.insert(runs)
+    }
+
+    /// Renders a run of `task` into the 12 values queue_enqueue.lua reads.
+    fn run_args(
+        &self,
+        task: &Task,
+        input: &Json,
+        meta: &Json,
+        event: Option<&Json>,
+    ) -> Result<Vec<String>, Error> {
+        let ctx = RunContext {
+            input,
+            additional_metadata: meta,
+            event,
+        };
+        let (rendered, failure) = task.render_for_enqueue(&ctx)?;
+        let failure = failure.unwrap_or_default();
+        // One entry per distinct key (the stores sum the units of entries naming one key).
+        let mut rate: Vec<(bool, String, u64, String, usize)> = Vec::new();
+        for r in &rendered.rate {
+            let spec = match &r.dynamic {
+                None => String::new(),
+                Some(s) => crate::spec::rate(&s.to_rate_limit().map_err(Error::Spec)?),
+            };
+            let dynamic = r.dynamic.is_some();
+            match rate.iter_mut().find(|e| e.0 == dynamic && e.1 == r.key) {
+                Some(e) => {
+                    e.2 += u64::from(r.units);
+                    if dynamic {
+                        e.3 = spec;
+                    }
+                }
+                None => rate.push((
+                    dynamic,
+                    r.key.clone(),
+                    u64::from(r.units),
+                    spec,
+                    r.spec_index,
+                )),
+            }
+        }
+        let rate = rate
+            .iter()
+            .map(|(dynamic, key, units, spec, index)| {
+                let (ns, guard, state) = if *dynamic {
+                    ("d", Kind::DynamicLeases, Kind::DynamicRate)
+                } else {
+                    ("s", Kind::Def, Kind::StaticRate)
+                };
+                format!(
+                    "{ns}\t{units}\t{spec}\t{}\t{}\t{key}\t{index}",
+                    self.inner.store.key_of(guard, key),
+                    self.inner.store.key_of(state, key)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let conc = rendered
+            .concurrency
+            .iter()
+            .map(|c| format!("{}\t{}", c.limit, c.key))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let (idem_key, idem_ms) = match (&rendered.idempotency_key, task.idempotency_period()) {
+            (Some(k), Some(p)) => (k.clone(), p.as_nanos().as_millis_ceil().to_string()),
+            _ => (String::new(), String::new()),
+        };
+        Ok(vec![
+            task.name.clone(),
+            match task.on_limit {
+                OnLimit::Requeue => "r".into(),
+                OnLimit::Skip => "s".into(),
+            },
+            task.max_attempts.to_string(),
+            task.lease_timeout.as_nanos().as_micros_ceil().to_string(),
+            input.to_string(),
+            meta.to_string(),
+            event.map(Json::to_string).unwrap_or_default(),
+            rate,
+            conc,
+            idem_key,
+            idem_ms,
+            failure,
+        ])
+    }
+
+    fn insert(&self, runs: Vec<Vec<String>>) -> Result<Vec<RunView>, Error> {
+        let mut args = self.script_args();
+        args.push(runs.len().to_string());
+        for r in runs {
+            args.extend(r);
+        }
+        let (status, items) = self.queue_call("enqueue", Script::Enqueue, &args)?;
+        self.expect_ok("enqueue", &status)?;
+        items.iter().map(|v| self.view(v)).collect()
+    }
+
+    /// Leases up to `max` runs of `tasks` for `worker_id`. Returns as soon as it holds at least
+    /// one run; waits up to `wait` only while it has none, woken when any node makes a run
+    /// ready. `stop` cuts the wait short (never a lease being taken).
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn lease_until(
+        &self,
+        worker_id: &str,
+        tasks: &[String],
+        max: usize,
+        wait: Duration,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Vec<LeasedRun>, Error> {
+        let max = max.clamp(1, MAX_LEASE_BATCH);
+        let deadline = Instant::now() + wait;
+        tokio::pin!(stop);
+        loop {
+            let notified = self.inner.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let mut args = self.script_args();
+            args.push(worker_id.to_owned());
+            args.push(max.to_string());
+            args.extend(tasks.iter().cloned());
+            let (status, items) = self.queue_call("lease", Script::Lease, &args)?;
+            self.expect_ok("lease", &status)?;
+            let more = items.first().and_then(int) == Some(1);
+            if let Some(at) = items.get(1).and_then(int) {
+                self.learn_deadline(at);
+            }
+            let leased = items
+                .iter()
+                .skip(2)
+                .map(|v| {
+                    let view = self.view(v)?;
+                    Ok(LeasedRun {
+                        id: view.id,
+                        task: view.task,
+                        input: view.input,
+                        additional_metadata: view.additional_metadata,
+                        attempt: view.attempt,
+                        lease_expires_at_ms: view.lease_expires_at_ms.unwrap_or(0),
+                    })
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            if !leased.is_empty() || Instant::now() >= deadline {
+                return Ok(leased);
+            }
+            if more {
+                continue;
+            }
+            let nap = deadline.min(Instant::now() + self.poll_interval());
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(nap) => {}
+                () = &mut stop => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    /// As [`RedisEngine::lease_until`] without a way to stop early.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn lease(
+        &self,
+        worker_id: &str,
+        tasks: &[String],
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<LeasedRun>, Error> {
+        self.lease_until(worker_id, tasks, max, wait, std::future::pending())
+            .await
+    }
+
+    async fn run_op(
+        &self,
+        op: &'static str,
+        id: &str,
+        attempt: Option<u32>,
+        text: &str,
+        retry: bool,
+    ) -> Result<RunView, Error> {
+        let mut args = self.script_args();
+        args.extend([
+            op.to_owned(),
+            id.to_owned(),
+            attempt.map(|a| a.to_string()).unwrap_or_default(),
+            text.to_owned(),
+            if retry { "1" } else { "0" }.to_owned(),
+        ]);
+        let (status, items) = self.queue_call(op, Script::Run, &args)?;
+        match status.as_str() {
+            "ok" => items.first().map(|v| self.view(v)).unwrap_or_else(|| {
+                Err(self
+                    .inner
+                    .store
+                    .corrupt(format_args!("{op} answered no run")))
+            }),
+            "unknown" => Err(Error::UnknownRun { id: id.to_owned() }),
+            "invalid_state" => {
+                let state = items
+                    .first()
+                    .and_then(text_of)
+                    .and_then(|s| s.parse::<RunState>().ok())
+                    .map_or("unknown", RunState::as_str);
+                Err(Error::InvalidState {
+                    id: id.to_owned(),
+                    state,
+                    action: op,
+                })
+            }
+            other => Err(self
+                .inner
+                .store
+                .corrupt(format_args!("{op} answered {other:?}"))),
+        }
+    }
+
+    /// Extends a running run's lease by its task's lease timeout.
+    ///
+    /// # Errors
+    /// [`Error::UnknownRun`]; [`Error::InvalidState`] when it is not running (or `attempt` is
+    /// not its current one); store failures.
+    pub async fn heartbeat(&self, id: &str, attempt: Option<u32>) -> Result<RunView, Error> {
+        self.run_op("heartbeat", id, attempt, "", false).await
+    }
+
+    /// Marks a running run succeeded.
+    ///
+    /// # Errors
+    /// As [`RedisEngine::heartbeat`].
+    pub async fn complete(
+        &self,
+        id: &str,
+        attempt: Option<u32>,
+        output: Option<Json>,
+    ) -> Result<RunView, Error> {
+        let text = output.map(|o| o.to_string()).unwrap_or_default();
+        self.run_op("complete", id, attempt, &text, false).await
+    }
+
+    /// Records a failure: with `retry`, requeued while attempts remain; otherwise failed.
+    ///
+    /// # Errors
+    /// As [`RedisEngine::heartbeat`].
+    pub async fn fail(
+        &self,
+        id: &str,
+        attempt: Option<u32>,
+        error: String,
+        retry: bool,
+    ) -> Result<RunView, Error> {
+        self.run_op("fail", id, attempt, &error, retry).await
+    }
+
+    /// Hands a running run back without counting an attempt; its rate units are refunded.
+    ///
+    /// # Errors
+    /// As [`RedisEngine::heartbeat`].
+    pub async fn release(&self, id: &str, attempt: Option<u32>) -> Result<RunView, Error> {
+        self.run_op("release", id, attempt, "", false).await
+    }
+
+    /// Cancels a run that has not ended.
+    ///
+    /// # Errors
+    /// [`Error::UnknownRun`]; [`Error::InvalidState`] for an ended run; store failures.
+    pub async fn cancel(&self, id: &str) -> Result<RunView, Error> {
+        self.run_op("cancel", id, None, "", false).await
+    }
+
+    /// Run `id`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownRun`]; store failures.
+    pub fn run(&self, id: &str) -> Result<RunView, Error> {
+        let args = vec![self.inner.q.clone(), "get".to_owned(), id.to_owned()];
+        let (status, items) = self.queue_call("read a run", Script::Read, &args)?;
+        match (status.as_str(), items.first()) {
+            ("ok", Some(v)) => self.view(v),
+            _ => Err(Error::UnknownRun { id: id.to_owned() }),
+        }
+    }
+
+    /// Runs, newest first, optionally of one task and/or in one state; at most `limit`.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub fn runs(
+        &self,
+        task: Option<&str>,
+        state: Option<RunState>,
+        limit: usize,
+    ) -> Result<Vec<RunView>, Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let args = vec![
+            self.inner.q.clone(),
+            "list".to_owned(),
+            task.unwrap_or_default().to_owned(),
+            state.map(RunState::as_str).unwrap_or_default().to_owned(),
+            limit.to_string(),
+        ];
+        let (status, items) = self.queue_call("list runs", Script::Read, &args)?;
+        self.expect_ok("list runs", &status)?;
+        items.iter().map(|v| self.view(v)).collect()
+    }
+
+    /// Runs per task and state (states with none left out).
+    ///
+    /// # Errors
+    /// Store failures.
+    pub fn depth(&self) -> Result<Vec<(String, RunState, u64)>, Error> {
+        let args = vec![self.inner.q.clone(), "depth".to_owned()];
+        let (status, items) = self.queue_call("read the depth", Script::Read, &args)?;
+        self.expect_ok("read the depth", &status)?;
+        items
+            .chunks(3)
+            .map(|c| {
+                let parsed = (|| {
+                    Some((
+                        text_of(c.first()?)?,
+                        text_of(c.get(1)?)?.parse::<RunState>().ok()?,
+                        u64::try_from(int(c.get(2)?)?).ok()?,
+                    ))
+                })();
+                parsed.ok_or_else(|| self.inner.store.corrupt("unreadable depth reply"))
+            })
+            .collect()
+    }
+
+    /// This node's counters: the transitions and decisions its own calls caused, and the
+    /// dispatch lag of the parked runs it leased (Prometheus sums nodes).
+    pub fn metrics(&self) -> QueueMetrics {
+        self.inner.metrics.lock().clone()
+    }
+
+    /// How long ended runs are kept (default 7 days); a zero period keeps them forever.
+    pub fn set_retention(&self, retention: Period) {
+        self.inner
+            .retention
+            .store(retention.as_nanos().as_nanos(), Ordering::Relaxed);
+    }
+
+    /// Forgets runs that ended longer than the retention ago; returns how many.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn prune(&self) -> Result<usize, Error> {
+        let keep = self.inner.retention.load(Ordering::Relaxed);
+        if keep == 0 {
+            return Ok(0);
+        }
+        let now_us = self.redis_now_us()?;
+        let cutoff = now_us.saturating_sub(keep / 1_000);
+        let mut total = 0;
+        loop {
+            let args = vec![
+                self.inner.q.clone(),
+                "prune".to_owned(),
+                cutoff.to_string(),
+                "1000".to_owned(),
+            ];
+            let (status, items) = self.queue_call("prune runs", Script::Read, &args)?;
+            self.expect_ok("prune runs", &status)?;
+            let n = items
+                .first()
+                .and_then(int)
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(0);
+            total += n;
+            if n < 1000 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Stops this node's background jobs. Everything else already lives in Redis.
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Relaxed);
+        self.inner.timer.notify_one();
+    }
+
+    // ---- plumbing -------------------------------------------------------------------------
+
+    fn q_key(&self, what: &str) -> String {
+        format!("{}{what}", self.inner.q)
+    }
+
+    fn run_redis<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, Error> {
+        self.inner.store.run_on_pool(what, f)
+    }
+
+    fn redis_now_us(&self) -> Result<u64, Error> {
+        let (secs, micros): (u64, u64) =
+            self.run_redis("read the time", |con| redis::cmd("TIME").query(con))?;
+        Ok(secs * 1_000_000 + micros)
+    }
+
+    /// prefix, now, slack: the first ARGV of every writing queue script.
+    fn script_args(&self) -> Vec<String> {
+        let now = self.inner.limiter.now();
+        vec![
+            self.inner.q.clone(),
+            self.inner.store.now_arg(now),
+            self.inner.store.slack_ms().to_string(),
+        ]
+    }
+
+    fn queue_call(
+        &self,
+        what: &str,
+        script: Script,
+        args: &[String],
+    ) -> Result<(String, Vec<Value>), Error> {
+        let scripts = self.inner.store.scripts();
+        let script = match script {
+            Script::Enqueue => &scripts.queue_enqueue,
+            Script::Lease => &scripts.queue_lease,
+            Script::Run => &scripts.queue_run,
+            Script::Sweep => &scripts.queue_sweep,
+            Script::Read => &scripts.queue_read,
+        };
+        let reply = self.inner.store.call(what, script, &[], args)?;
+        let Value::Array(mut items) = reply else {
+            return Err(self.inner.store.bad_reply(what, &reply));
+        };
+        if items.len() < 2 {
+            return Err(self.inner.store.bad_reply(what, &Value::Array(items)));
+        }
+        let rest = items.split_off(2);
+        let status = text_of(&items[0]).unwrap_or_default();
+        self.account(&items[1]);
+        Ok((status, rest))
+    }
+
+    fn expect_ok(&self, what: &str, status: &str) -> Result<(), Error> {
+        if status == "ok" {
+            Ok(())
+        } else {
+            Err(self
+                .inner
+                .store
+                .corrupt(format_args!("{what} answered {status:?}")))
+        }
+    }
+
+    /// Adds a script's effects to this node's counters.
+    fn account(&self, effects: &Value) {
+        let e = parse_effects(effects);
+        if e.transitions.is_empty() && e.decisions.is_empty() && e.lags.is_empty() {
+            return;
+        }
+        let mut m = self.inner.metrics.lock();
+        for (task, t) in e.transitions {
+            tracing::debug!(target: "tollgate::queue", task, transition = t.as_str(), "run transition");
+            m.tasks.entry(task).or_default().transitions[t as usize] += 1;
+        }
+        for (task, index, allowed) in e.decisions {
+            let d = &mut m.tasks.entry(task).or_default().decisions;
+            if d.len() <= index {
+                d.resize(index + 1, DecisionCount::default());
+            }
+            if allowed {
+                d[index].allowed += 1;
+            } else {
+                d[index].denied += 1;
+            }
+        }
+        for lag in e.lags {
+            m.dispatch_lag.observe(lag);
+        }
+    }
+
+    fn learn_deadline(&self, at_us: i64) {
+        let Ok(at) = u64::try_from(at_us) else {
+            return;
+        };
+        let known = self.inner.next_deadline.load(Ordering::Relaxed);
+        if known == 0 || at < known {
+            self.inner.next_deadline.store(at, Ordering::Relaxed);
+            self.inner.timer.notify_one();
+        }
+    }
+
+    /// A run view from a queue script's reply (the fields of `VIEW` in queue_lib.lua).
+    fn view(&self, v: &Value) -> Result<RunView, Error> {
+        parse_view(v).ok_or_else(|| self.inner.store.bad_reply("read a run", v))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Script {
+    Enqueue,
+    Lease,
+    Run,
+    Sweep,
+    Read,
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text_of(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn opt_text(v: &Value) -> Option<Option<String>> {
+    match v {
+        Value::Nil => Some(None),
+        other => text_of(other).map(Some),
+    }
+}
+
+fn opt_u64(v: &Value) -> Option<Option<u64>> {
+    match opt_text(v)? {
+        None => Some(None),
+        Some(s) => s.parse().ok().map(Some),
+    }
+}
+
+fn micros_to_ms_floor(us: u64) -> u64 {
+    us / 1_000
+}
+
+fn micros_to_ms_ceil(us: u64) -> u64 {
+    us.div_ceil(1_000)
+}
+
+fn parse_view(v: &Value) -> Option<RunView> {
+    let Value::Array(f) = v else { return None };
+    if f.len() != 16 {
+        return None;
+    }
+    let json = |v: &Value| -> Option<Json> { serde_json::from_str(&text_of(v)?).ok() };
+    let output = match opt_text(&f[11])? {
+        None => None,
+        Some(s) => Some(serde_json::from_str(&s).ok()?),
+    };
+    Some(RunView {
+        id: text_of(&f[0])?,
+        task: text_of(&f[1])?,
+        state: text_of(&f[2])?.parse().ok()?,
+        input: json(&f[3])?,
+        additional_metadata: json(&f[4])?,
+        attempt: u32::try_from(int(&f[5])?).ok()?,
+        max_attempts: u32::try_from(int(&f[6])?).ok()?,
+        waiting_on: opt_text(&f[7])?,
+        // Instants round up for eligible_at (a worker waiting until then is never early).
+        eligible_at_ms: opt_u64(&f[8])?.map(micros_to_ms_ceil),
+        skip_reason: opt_text(&f[9])?,
+        error: opt_text(&f[10])?,
+        output,
+        created_at_ms: micros_to_ms_floor(opt_u64(&f[12])?.unwrap_or(0)),
+        updated_at_ms: micros_to_ms_floor(opt_u64(&f[13])?.unwrap_or(0)),
+        lease_expires_at_ms: opt_u64(&f[14])?.map(micros_to_ms_floor),
+        worker_id: opt_text(&f[15])?,
+    })
+}
+
+fn parse_effects(v: &Value) -> Effects {
+    let mut out = Effects::default();
+    let Value::Array(parts) = v else { return out };
+    let list = |i: usize| -> Vec<String> {
+        match parts.get(i) {
+            Some(Value::Array(items)) => items.iter().filter_map(text_of).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let tr = list(0);
+    for pair in tr.chunks(2) {
+        if let [task, name] = pair
+            && let Some(t) = Transition::ALL.into_iter().find(|t| t.as_str() == name)
+        {
+            out.transitions.push((task.clone(), t));
+        }
+    }
+    for triple in list(1).chunks(3) {
+        if let [task, index, outcome] = triple
+            && let Ok(i) = index.parse()
+        {
+            out.decisions.push((task.clone(), i, outcome == "a"));
+        }
+    }
+    for lag in list(2) {
+        if let Ok(us) = lag.parse::<u64>() {
+            out.lags.push(Nanos::from_micros(us));
+        }
+    }
+    out
+}
+
+/// Fires due timers and lease expiries. Sleeps until the earliest deadline this node knows of,
+/// at most the poll interval (another node may have set an earlier one), or until woken.
+fn spawn_sweeper(engine: Weak<Inner>) {
+    let Some(timer) = engine.upgrade().map(|i| Arc::clone(&i.timer)) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let woken = timer.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let nap = {
+                // No strong reference is held while sleeping: dropping the engine ends this.
+                let Some(inner) = engine.upgrade() else {
+                    return;
+                };
+                if inner.closed.load(Ordering::Relaxed) {
+                    return;
+                }
+                let e = RedisEngine { inner };
+                match sweep(&e) {
+                    Ok(Some((next, now))) => {
+                        backoff = Duration::from_millis(50);
+                        e.inner.next_deadline.store(next, Ordering::Relaxed);
+                        Duration::from_micros(next.saturating_sub(now)).min(e.poll_interval())
+                    }
+                    Ok(None) => {
+                        backoff = Duration::from_millis(50);
+                        e.inner.next_deadline.store(0, Ordering::Relaxed);
+                        e.poll_interval()
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "sweeping the run queue failed; retrying");
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        backoff
+                    }
+                }
+            };
+            tokio::select! {
+                () = &mut woken => {}
+                () = tokio::time::sleep(nap) => {}
+            }
+        }
+    });
+}
+
+/// One sweep: the next deadline and Redis's now (µs), or `None` when nothing is pending.
+fn sweep(e: &RedisEngine) -> Result<Option<(u64, u64)>, Error> {
+    let (status, items) = e.queue_call("sweep", Script::Sweep, &e.script_args())?;
+    e.expect_ok("sweep", &status)?;
+    let next = items.first().and_then(int).unwrap_or(-1);
+    let now = items.get(1).and_then(int).unwrap_or(0);
+    Ok(match (u64::try_from(next), u64::try_from(now)) {
+        (Ok(next), Ok(now)) => Some((next, now)),
+        _ => None,
+    })
+}
+
+/// Listens on the queue's `ready` channel on a thread of its own, waking this node's
+/// long-polls; reconnects with a backoff capped at one second.
+fn spawn_subscriber(inner: &Arc<Inner>) {
+    let ready = Arc::clone(&inner.ready);
+    let closed = Arc::clone(&inner.closed);
+    let store = inner.store.clone();
+    let channel = format!("{}ready", inner.q);
+    let spawned = std::thread::Builder::new()
+        .name("tollgate-redis-sub".into())
+        .spawn(move || {
+            let mut backoff = Duration::from_millis(50);
+            while !closed.load(Ordering::Relaxed) {
+                match store.subscribe(&channel, &closed, &|| ready.notify_waiters()) {
+                    Ok(()) => backoff = Duration::from_millis(50),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the queue's subscription dropped; reconnecting");
+                        // Runs may have become ready while we were away.
+                        ready.notify_waiters();
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // Long-polls still look at Redis every poll interval: slower, not wrong.
+        tracing::warn!(error = %e, "cannot start the queue's subscriber thread");
+    }
+}
+
+fn spawn_pruning(engine: Weak<Inner>) {
+    tokio::spawn(async move {
+        let every = Duration::from_secs(60);
+        let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(inner) = engine.upgrade() else {
+                return;
+            };
+            if inner.closed.load(Ordering::Relaxed) {
+                return;
+            }
+            let e = RedisEngine { inner };
+            match e.prune().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(runs = n, "forgot ended runs past the retention"),
+                Err(err) => tracing::warn!(error = %err, "forgetting old runs failed"),
+            }
+        }
+    });
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,103 @@
+-- queue_enqueue.lua: stores the runs of one enqueue or event, all in one step (an event's runs
+-- are kept all or none). Each becomes failed (units it can never get), skipped (a duplicate,
+-- or over its limits under on_limit skip: those are consumed now) or queued.
+--
+-- KEYS        none: the queue's keys are built from ARGV[1] (see queue_lib.lua)
+-- ARGV[1]     the queue's key prefix
+-- ARGV[2]     now in µs since the Unix epoch, or "" to use Redis TIME
+-- ARGV[3]     expiry slack in ms, added to every PEXPIRE of a rate state
+-- ARGV[4]     n: how many runs
+-- then 12 values per run i, from ARGV[5 + 12(i-1)]:
+--   task, on_limit ("r" requeue | "s" skip), max_attempts, lease timeout (µs), input JSON,
+--   additional_metadata JSON, event JSON ("" none), rate entries, concurrency entries (the
+--   formats of queue_lib.lua), idempotency key, idempotency period in ms ("" no idempotency),
+--   failure ("" none: a reason found while rendering, e.g. insufficient capacity)
+--
+-- Returns { "ok", effects, view of run 1, view of run 2, ... }.
+
+init(ARGV[1], ARGV[2], ARGV[3])
+-- What is due at NOW (timers, lapsed leases) happens first, as in every queue call: a
+-- worker call after its lease lapsed finds the run requeued, whether a sweep ran or not.
+process_due(256)
+local n = tonumber(ARGV[4])
+local views = {}
+for i = 1, n do
+  local b = 5 + 12 * (i - 1)
+  local task, pol, max, lt = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local rate, conc = ARGV[b + 7], ARGV[b + 8]
+  local idem_key, idem_ms, failure = ARGV[b + 9], ARGV[b + 10], ARGV[b + 11]
+  local seq = redis.call('INCR', Q .. 'seq')
+  local id = string.format('r%x', seq)
+  local E = rate_entries(rate)
+  local state, fields = 'queued', {}
+  if failure ~= '' then
+    state = 'failed'
+    fields[#fields + 1] = 'err'
+    fields[#fields + 1] = failure
+  else
+    -- A declared limit is known now: units it can never hold fail the run at once.
+    for _, e in ipairs(E) do
+      if e.ns == 's' and state == 'queued' then
+        local def = redis.call('GET', e.guard)
+        if def and is_rate(algo_of(def)) then
+          local L = parse_limit(def)
+          if L and e.units > capacity(L) then
+            state = 'failed'
+            fields[#fields + 1] = 'err'
+            fields[#fields + 1] = 'insufficient_capacity: rate_limits[' .. e.idx .. '] asks ' ..
+                fmt(e.units) .. ' units of key ' .. string.format('%q', e.key) ..
+                ', which holds at most ' .. fmt(capacity(L))
+          end
+        end
+      end
+    end
+  end
+  if state == 'queued' and idem_ms ~= '' then
+    local k = Q .. 'idem:' .. task .. ':' .. idem_key
+    if redis.call('EXISTS', k) == 1 then
+      state = 'skipped'
+      fields[#fields + 1] = 'sr'
+      fields[#fields + 1] = 'duplicate'
+      fields[#fields + 1] = 'wo'
+      fields[#fields + 1] = idem_key
+    elseif tonumber(idem_ms) > 0 then
+      redis.call('SET', k, '1', 'PX', idem_ms)
+    end
+  end
+  if state == 'queued' and pol == 's' and #E > 0 then
+    -- Skip policy: limits are consumed now; an over-limit run never runs.
+    local outcome, j = acquire_all(task, E)
+    if outcome == 'ok' then
+      fields[#fields + 1] = 'res'
+      fields[#fields + 1] = '1'
+    elseif outcome == 'denied' then
+      state = 'skipped'
+      fields[#fields + 1] = 'sr'
+      fields[#fields + 1] = 'rate_limited'
+      fields[#fields + 1] = 'wo'
+      fields[#fields + 1] = E[j].key
+    else
+      state = 'failed'
+      fields[#fields + 1] = 'err'
+      fields[#fields + 1] = j
+    end
+  end
+  redis.call('HSET', rk(id), 'task', task, 'seq', fmt(seq), 'attempt', '0', 'max', max, 'lt', lt,
+    'pol', pol, 'input', ARGV[b + 4], 'meta', ARGV[b + 5], 'rate', rate, 'conc', conc,
+    'ca', fmt(NOW))
+  if ARGV[b + 6] ~= '' then
+    redis.call('HSET', rk(id), 'event', ARGV[b + 6])
+  end
+  if #fields > 0 then
+    redis.call('HSET', rk(id), unpack(fields))
+  end
+  set_state(id, task, seq, nil, state)
+  note(task, 'enqueued')
+  if state == 'queued' then
+    make_ready(id, task, false)
+  else
+    note(task, state)
+  end
+  views[#views + 1] = view(id)
+end
+return reply('ok', views)

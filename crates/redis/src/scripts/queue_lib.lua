@@ -1,0 +1,401 @@
+-- queue_lib.lua: the run queue's layout in Redis and its state machine, the same rules as the
+-- engine's in-memory queue (crates/engine/src/queue/state.rs). Prepended, after lib.lua, to
+-- every queue script; it reads no KEYS and no ARGV itself: each script calls init(prefix,
+-- now) first.
+--
+-- The queue's Redis keys (Q is the prefix, e.g. "tollgate:q:{tollgate}:"; the hash tag puts
+-- them all in one slot) are built here, not passed as KEYS: which runs a lease touches is
+-- only known inside the script. That is why, in a Redis Cluster, the queue needs every key of
+-- the store in one slot (the store's cluster mode: the prefix is "{name}", the first hash tag
+-- of every key; README, "Redis Cluster").
+--   Q..'seq'                   counter: enqueue order; run ids are "r<seq in hex>"
+--   Q..'run:'..id              HASH: one run (fields below)
+--   Q..'rf:'..task             LIST: ready runs that waited (leased before the others)
+--   Q..'rn:'..task             LIST: ready runs in enqueue order
+--   Q..'wait:'..wk             LIST: runs parked on wait key wk, FIFO; wk is "r<ns>:<key>" for a
+--                              rate key (ns "s" static, "d" dynamic) or "c:<key>" (concurrency)
+--   Q..'timers'                ZSET: rate wait key -> eligible_at (µs) of its head
+--   Q..'leases'                ZSET: run id -> lease expiry (µs)
+--   Q..'hold:'..key            SET: runs holding a slot of concurrency key
+--   Q..'idx:'..task..':'..st   ZSET: run id -> seq, per task and state (listing, depth)
+--   Q..'ended'                 ZSET: run id -> when it ended (µs), for retention
+--   Q..'idem:'..task..':'..k   STRING with PX: an idempotency key seen
+--   Q..'tasks'                 HASH: task name -> definition (JSON)
+--   Q..'ready'                 pub/sub channel: a run became ready (message: its task)
+--
+-- Run fields: task, state, seq, attempt, max (max_attempts), lt (lease timeout µs), pol ("r"
+-- requeue, "s" skip), input, meta, event (JSON texts, opaque here), rate (rate entries, one
+-- per line: "ns\tunits\tspec\tguard\tstate_key\tkey\tspec_index"), conc (concurrency
+-- entries, one per line: "limit\tkey"), wo (waiting_on), wq (its wait key), ea (eligible_at
+-- µs), sr (skip_reason), err, out (JSON), ca / ua (created / updated µs), res ("1": its rate
+-- units are consumed for the coming attempt), held (concurrency keys held, one per line), le
+-- (lease expiry µs), wk (worker id), wa (when a woken run became eligible, for the lag).
+--
+-- Every script returns its effects for the node's metrics: TR (transitions: task, name),
+-- DEC (decisions: task, spec_index, "a" allowed | "d" denied) and LAG (dispatch lags, µs).
+
+local Q, NOW, SLACK
+local TR, DEC, LAG = {}, {}, {}
+local READY = {}
+
+local function init(prefix, now_arg, slack_ms)
+  Q = prefix
+  NOW = clock(now_arg)
+  SLACK = tonumber(slack_ms)
+end
+
+local function rk(id)
+  return Q .. 'run:' .. id
+end
+
+local FINAL = { succeeded = true, failed = true, skipped = true, cancelled = true }
+
+local function note(task, what)
+  TR[#TR + 1] = task
+  TR[#TR + 1] = what
+end
+
+-- Moves run id of task from state old to new in the indexes (old may be nil: a new run).
+local function set_state(id, task, seq, old, new)
+  if old ~= new then
+    if old then
+      redis.call('ZREM', Q .. 'idx:' .. task .. ':' .. old, id)
+    end
+    redis.call('ZADD', Q .. 'idx:' .. task .. ':' .. new, seq, id)
+    if FINAL[new] then
+      redis.call('ZADD', Q .. 'ended', fmt(NOW), id)
+    end
+  end
+  redis.call('HSET', rk(id), 'state', new, 'ua', fmt(NOW))
+end
+
+local function lines(s)
+  local out = {}
+  if s then
+    for line in string.gmatch(s, '[^\n]+') do
+      out[#out + 1] = line
+    end
+  end
+  return out
+end
+
+local function rate_entries(s)
+  local out = {}
+  for _, line in ipairs(lines(s)) do
+    local ns, units, spec, guard, st, key, idx = string.match(line,
+      '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)$')
+    out[#out + 1] = {
+      ns = ns, units = tonumber(units), spec = spec, guard = guard, st = st, key = key,
+      idx = idx, wk = 'r' .. ns .. ':' .. key,
+    }
+  end
+  return out
+end
+
+local function conc_entries(s)
+  local out = {}
+  for _, line in ipairs(lines(s)) do
+    local limit, key = string.match(line, '^([^\t]*)\t(.*)$')
+    out[#out + 1] = { limit = tonumber(limit), key = key, wk = 'c:' .. key }
+  end
+  return out
+end
+
+local function contains(list, x)
+  for _, y in ipairs(list) do
+    if y == x then
+      return true
+    end
+  end
+  return false
+end
+
+-- Decides every rate entry at once and writes only if all are admitted, as acquire.lua does.
+-- Returns 'ok' | 'denied', i (first denied), eta (µs) | 'error', message.
+local function acquire_all(task, E)
+  local limits, nexts, first, eta = {}, {}, nil, nil
+  local denied = {}
+  for i, e in ipairs(E) do
+    local L, prior, err = resolve(i, e.ns, e.guard, e.st, e.spec, NOW)
+    if err then
+      if err[3] == 'unknown' then
+        return 'error', 'limit ' .. string.format('%q', e.key) .. ' is no longer defined'
+      elseif err[3] == 'wrong' then
+        return 'error', 'limit ' .. string.format('%q', e.key) .. ' is no longer a rate limit'
+      end
+      return 'error', 'the state of limit ' .. string.format('%q', e.key) .. ' is corrupt'
+    end
+    if e.units > capacity(L) then
+      return 'error', 'insufficient_capacity: rate_limits[' .. e.idx .. '] asks ' .. fmt(e.units) ..
+          ' units of key ' .. string.format('%q', e.key) .. ', which holds at most ' .. fmt(capacity(L))
+    end
+    local d, s = decide(L, adopt(L, prior, NOW), NOW, e.units)
+    limits[i], nexts[i] = L, s
+    if d[1] == 0 then
+      denied[i] = true
+      if not first then
+        first = i
+        eta = NOW + math.ceil(tonumber(d[4]) / 1000)
+      end
+    end
+  end
+  if first then
+    for i, e in ipairs(E) do
+      if denied[i] then
+        DEC[#DEC + 1] = task
+        DEC[#DEC + 1] = e.idx
+        DEC[#DEC + 1] = 'd'
+      end
+    end
+    return 'denied', first, eta
+  end
+  for i, e in ipairs(E) do
+    store_state(e.st, limits[i], nexts[i], NOW, SLACK)
+    DEC[#DEC + 1] = task
+    DEC[#DEC + 1] = e.idx
+    DEC[#DEC + 1] = 'a'
+  end
+  return 'ok'
+end
+
+-- Gives a run's consumed rate units back (release, cancel before it ran).
+local function refund_run(id)
+  local r = redis.call('HMGET', rk(id), 'res', 'pol', 'rate')
+  if r[1] == '1' and r[2] == 'r' then
+    for i, e in ipairs(rate_entries(r[3])) do
+      local L, prior, err = resolve(i, e.ns, e.guard, e.st, e.spec, NOW)
+      -- A limit that is gone or unreadable keeps nothing to refund: conservative.
+      if not err then
+        store_state(e.st, L, refund(L, adopt(L, prior, NOW), NOW, e.units), NOW, SLACK)
+      end
+    end
+  end
+  redis.call('HDEL', rk(id), 'res')
+end
+
+local function make_ready(id, task, first)
+  local list = first and 'rf:' or 'rn:'
+  redis.call('RPUSH', Q .. list .. task, id)
+  READY[task] = true
+end
+
+local function make_ready_first(id)
+  local r = redis.call('HMGET', rk(id), 'task', 'seq', 'state')
+  set_state(id, r[1], r[2], r[3], 'queued')
+  redis.call('HDEL', rk(id), 'wo', 'wq', 'ea')
+  make_ready(id, r[1], true)
+end
+
+local wake_concurrency
+
+-- Frees the concurrency slots run id holds and hands each to the head of its FIFO.
+local function release_slots(id)
+  local held = redis.call('HGET', rk(id), 'held')
+  if not held then
+    return
+  end
+  redis.call('HDEL', rk(id), 'held')
+  for _, key in ipairs(lines(held)) do
+    redis.call('SREM', Q .. 'hold:' .. key, id)
+    wake_concurrency(key)
+  end
+end
+
+local function add_held(id, key)
+  local held = redis.call('HGET', rk(id), 'held')
+  if held then
+    held = held .. '\n' .. key
+  else
+    held = key
+  end
+  redis.call('HSET', rk(id), 'held', held)
+  redis.call('SADD', Q .. 'hold:' .. key, id)
+end
+
+local function fail_run(id, reason)
+  release_slots(id)
+  local r = redis.call('HMGET', rk(id), 'task', 'seq', 'state')
+  set_state(id, r[1], r[2], r[3], 'failed')
+  redis.call('HSET', rk(id), 'err', reason)
+  redis.call('HDEL', rk(id), 'wo', 'wq', 'ea', 'le', 'res', 'wa')
+  redis.call('ZREM', Q .. 'leases', id)
+  note(r[1], 'failed')
+end
+
+-- Parks run id at the back of wait key wk's FIFO; eta (µs) is known for rate keys.
+local function park(id, wk, key, eta)
+  -- A parked run holds no slot: never one while waiting for another (no hold-and-wait
+  -- deadlock), nor while waiting for a rate limit (it would shut out every other user of
+  -- the key for as long as the limit keeps it).
+  release_slots(id)
+  local r = redis.call('HMGET', rk(id), 'task', 'seq', 'state')
+  set_state(id, r[1], r[2], r[3], 'waiting')
+  redis.call('HSET', rk(id), 'wo', key, 'wq', wk)
+  if eta then
+    redis.call('HSET', rk(id), 'ea', fmt(eta))
+  else
+    redis.call('HDEL', rk(id), 'ea')
+  end
+  redis.call('HDEL', rk(id), 'wa')
+  note(r[1], 'parked')
+  if redis.call('RPUSH', Q .. 'wait:' .. wk, id) == 1 and eta then
+    redis.call('ZADD', Q .. 'timers', fmt(eta), wk)
+  end
+end
+
+-- Whether run id still waits on wk (a cancelled or ended run is skipped lazily).
+local function waits_on(id, wk)
+  local r = redis.call('HMGET', rk(id), 'state', 'wq')
+  return r[1] == 'waiting' and r[2] == wk
+end
+
+-- Hands free slots of concurrency key to the runs at the head of its FIFO.
+wake_concurrency = function(key)
+  local wk = 'c:' .. key
+  local list = Q .. 'wait:' .. wk
+  while true do
+    local id = redis.call('LINDEX', list, 0)
+    if not id then
+      return
+    end
+    if not waits_on(id, wk) then
+      redis.call('LPOP', list)
+    else
+      local limit = 0
+      for _, c in ipairs(conc_entries(redis.call('HGET', rk(id), 'conc'))) do
+        if c.key == key then
+          limit = c.limit
+        end
+      end
+      if redis.call('SCARD', Q .. 'hold:' .. key) >= limit then
+        return
+      end
+      redis.call('LPOP', list)
+      add_held(id, key)
+      -- Eligible from the moment its slot was freed.
+      redis.call('HSET', rk(id), 'wa', fmt(NOW))
+      make_ready_first(id)
+    end
+  end
+end
+
+-- Rate key wk's timer fired: reserve for its head, then the next, until one is denied.
+local function wake_rate(wk)
+  local list = Q .. 'wait:' .. wk
+  while true do
+    local id = redis.call('LINDEX', list, 0)
+    if not id then
+      return
+    end
+    if not waits_on(id, wk) then
+      redis.call('LPOP', list)
+    else
+      local r = redis.call('HMGET', rk(id), 'task', 'res', 'rate', 'ea')
+      local eligible = r[4] or fmt(NOW)
+      if r[2] == '1' then
+        -- Already holds its units (parked on concurrency before, then re-parked).
+        redis.call('LPOP', list)
+        redis.call('HSET', rk(id), 'wa', eligible)
+        make_ready_first(id)
+      else
+        local E = rate_entries(r[3])
+        local outcome, i, eta = acquire_all(r[1], E)
+        if outcome == 'ok' then
+          redis.call('LPOP', list)
+          redis.call('HSET', rk(id), 'res', '1', 'wa', eligible)
+          make_ready_first(id)
+        elseif outcome == 'denied' then
+          if E[i].wk == wk then
+            redis.call('HSET', rk(id), 'ea', fmt(eta))
+            redis.call('ZADD', Q .. 'timers', fmt(eta), wk)
+            return
+          end
+          redis.call('LPOP', list)
+          park(id, E[i].wk, E[i].key, eta)
+        else
+          redis.call('LPOP', list)
+          fail_run(id, i)
+        end
+      end
+    end
+  end
+end
+
+-- A lease lapsed: the run goes back to the front of its queue, or fails on its last attempt.
+local function expire(id)
+  release_slots(id)
+  local r = redis.call('HMGET', rk(id), 'task', 'attempt', 'max')
+  redis.call('HDEL', rk(id), 'res', 'le', 'wk')
+  redis.call('ZREM', Q .. 'leases', id)
+  note(r[1], 'expired')
+  if tonumber(r[2]) >= tonumber(r[3]) then
+    fail_run(id, 'lease expired on attempt ' .. r[2] .. ' of ' .. r[3] ..
+      ': the worker stopped heartbeating')
+  else
+    redis.call('HSET', rk(id), 'err', 'lease expired on attempt ' .. r[2])
+    make_ready_first(id)
+  end
+end
+
+-- Fires due timers and lease expiries, at most `budget` of each.
+local function process_due(budget)
+  for _, wk in ipairs(redis.call('ZRANGEBYSCORE', Q .. 'timers', '-inf', fmt(NOW), 'LIMIT', 0, budget)) do
+    redis.call('ZREM', Q .. 'timers', wk)
+    wake_rate(wk)
+  end
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', Q .. 'leases', '-inf', fmt(NOW), 'LIMIT', 0, budget)) do
+    local r = redis.call('HMGET', rk(id), 'state', 'le')
+    if r[1] == 'running' and r[2] and tonumber(r[2]) <= NOW then
+      expire(id)
+    else
+      redis.call('ZREM', Q .. 'leases', id)
+    end
+  end
+end
+
+-- The earliest timer or lease expiry (µs), or -1.
+local function next_deadline()
+  local t = redis.call('ZRANGE', Q .. 'timers', 0, 0, 'WITHSCORES')
+  local l = redis.call('ZRANGE', Q .. 'leases', 0, 0, 'WITHSCORES')
+  local at = -1
+  if t[2] then
+    at = tonumber(t[2])
+  end
+  if l[2] and (at < 0 or tonumber(l[2]) < at) then
+    at = tonumber(l[2])
+  end
+  return at
+end
+
+-- Announces the tasks that have new ready runs, to every node's long-polls.
+local function publish_ready()
+  for task in pairs(READY) do
+    redis.call('PUBLISH', Q .. 'ready', task)
+  end
+end
+
+-- A run as the API shows it: the fields RunView reads, in this order.
+local VIEW = { 'task', 'state', 'input', 'meta', 'attempt', 'max', 'wo', 'ea', 'sr', 'err', 'out',
+  'ca', 'ua', 'le', 'wk' }
+
+local function view(id)
+  local r = redis.call('HMGET', rk(id), unpack(VIEW))
+  if not r[1] then
+    return nil
+  end
+  local out = { id }
+  for i = 1, #VIEW do
+    out[#out + 1] = r[i] or false
+  end
+  return out
+end
+
+-- The reply of every queue script: { status, effects, payload... }.
+local function reply(status, payload)
+  publish_ready()
+  local out = { status, { TR, DEC, LAG } }
+  for _, p in ipairs(payload or {}) do
+    out[#out + 1] = p
+  end
+  return out
+end
