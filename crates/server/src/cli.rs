@@ -65,17 +65,32 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:7070"
     )]
     pub listen: String,
-    /// Directory for durable data: limits, tasks and runs in SQLite (created if missing).
+    /// Directory for durable data: limits, tasks and runs in SQLite (created if missing;
+    /// default ./tollgate-data).
+    #[arg(long, value_name = "DIR", env = "TOLLGATE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Keep everything in memory; nothing survives a restart.
+    #[arg(long, env = "TOLLGATE_MEMORY", conflicts_with = "redis")]
+    pub memory: bool,
+    /// Keep limits, tasks, runs and leases in Redis (or Valkey) at URL
+    /// (`redis://[user:password@]host[:port][/db]`), shared by every node started with the
+    /// same URL and prefix. Opens no data directory.
+    #[arg(long, value_name = "URL", env = "TOLLGATE_REDIS_URL")]
+    pub redis: Option<String>,
+    /// With `--redis`: the prefix of every Redis key; nodes with different prefixes share
+    /// nothing.
     #[arg(
         long,
-        value_name = "DIR",
-        env = "TOLLGATE_DATA_DIR",
-        default_value = "./tollgate-data"
+        value_name = "PREFIX",
+        env = "TOLLGATE_REDIS_PREFIX",
+        default_value = "tollgate"
     )]
-    pub data_dir: PathBuf,
-    /// Keep everything in memory; nothing survives a restart.
-    #[arg(long, env = "TOLLGATE_MEMORY")]
-    pub memory: bool,
+    pub redis_prefix: String,
+    /// With `--redis`: URL is a node of a Redis Cluster. Every key of the deployment then
+    /// shares the slot of `{PREFIX}` (all operations stay atomic); the node talks to that
+    /// slot's owner and follows it after a failover.
+    #[arg(long, env = "TOLLGATE_REDIS_CLUSTER", requires = "redis")]
+    pub redis_cluster: bool,
     /// Largest request body: bytes, or with a suffix (512KiB, 1MiB, 2MB).
     #[arg(
         long,
@@ -149,12 +164,22 @@ pub fn parse_size(input: &str) -> Result<usize, String> {
     }
 }
 
+/// Where a server keeps its state.
+#[derive(Debug)]
+enum StoreChoice {
+    Memory,
+    Sqlite(PathBuf),
+    Redis(tollgate_redis::RedisStore),
+}
+
+/// The default `--data-dir`.
+pub const DEFAULT_DATA_DIR: &str = "./tollgate-data";
+
 /// Validated `serve` arguments.
 #[derive(Debug)]
 pub struct ServeConfig {
     listen: String,
-    /// `None` with `--memory`.
-    data_dir: Option<PathBuf>,
+    store: StoreChoice,
     retention: tollgate::core::Period,
     settings: Settings,
 }
@@ -174,20 +199,36 @@ impl ServeArgs {
                 bail!("invalid --listen {listen:?}: expected HOST:PORT, e.g. 127.0.0.1:7070");
             }
         }
-        if !self.memory {
-            if self.data_dir.as_os_str().is_empty() {
-                bail!("--data-dir must not be empty");
-            }
-            if self.data_dir.exists() && !self.data_dir.is_dir() {
+        let store = if let Some(url) = self.redis {
+            if let Some(dir) = &self.data_dir {
                 bail!(
-                    "--data-dir {} exists and is not a directory",
-                    self.data_dir.display()
+                    "--data-dir {} cannot be used with --redis: Redis holds everything and no data directory is opened",
+                    dir.display()
                 );
             }
-        }
+            let store = tollgate_redis::RedisStore::builder(url.trim())
+                .prefix(self.redis_prefix.clone())
+                .cluster(self.redis_cluster)
+                .build()
+                .map_err(|e| anyhow::anyhow!("invalid --redis or --redis-prefix: {e}"))?;
+            StoreChoice::Redis(store)
+        } else if self.memory {
+            StoreChoice::Memory
+        } else {
+            let dir = self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+            if dir.as_os_str().is_empty() {
+                bail!("--data-dir must not be empty");
+            }
+            if dir.exists() && !dir.is_dir() {
+                bail!("--data-dir {} exists and is not a directory", dir.display());
+            }
+            StoreChoice::Sqlite(dir)
+        };
         Ok(ServeConfig {
             listen,
-            data_dir: (!self.memory).then_some(self.data_dir),
+            store,
             retention: self.retention,
             settings: Settings {
                 max_body: self.max_body,
@@ -212,16 +253,28 @@ impl ServeConfig {
             .context("reading the listening address")?;
         // On stdout, one line, so scripts (and tests) can find a port chosen with `:0`.
         println!("listening on http://{addr}");
-        let state = match &self.data_dir {
-            Some(dir) => AppState::open(dir, self.settings)?,
-            None => {
+        let state = match self.store {
+            StoreChoice::Sqlite(dir) => AppState::open(&dir, self.settings)?,
+            StoreChoice::Memory => {
                 tracing::info!(
                     "keeping everything in memory (--memory): nothing survives a restart"
                 );
                 AppState::new(SystemClock::new(), self.settings)
             }
+            StoreChoice::Redis(store) => {
+                match store.ping() {
+                    Ok(()) => {
+                        tracing::info!(url = store.url(), prefix = store.prefix(), "using redis")
+                    }
+                    // Starting anyway: calls answer 503 store_unavailable until it is back.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "redis is not reachable yet; starting anyway")
+                    }
+                }
+                AppState::redis(store, self.settings)
+            }
         };
-        state.engine().set_retention(self.retention);
+        state.backend().set_retention(self.retention);
         crate::run(listener, state, shutdown_signal()).await
     }
 }
@@ -317,10 +370,92 @@ mod tests {
             unreachable!()
         };
         assert_eq!(args.listen, "127.0.0.1:7070");
-        assert_eq!(args.data_dir, PathBuf::from("./tollgate-data"));
         assert_eq!(args.max_body, 1 << 20);
         assert_eq!(args.on_store_error, StoreErrorPolicy::Closed);
         assert_eq!(args.retention, tollgate::DEFAULT_RETENTION);
+        assert_eq!(args.redis_prefix, "tollgate");
+        let config = args.validate().unwrap();
+        assert!(
+            matches!(&config.store, StoreChoice::Sqlite(dir) if dir.as_path() == std::path::Path::new(DEFAULT_DATA_DIR)),
+            "{:?}",
+            config.store
+        );
+    }
+
+    #[test]
+    fn redis_mode_opens_no_data_dir_and_says_which_flags_clash() {
+        let serve = |args: &[&str]| -> anyhow::Result<ServeConfig> {
+            let cli = Cli::try_parse_from(args.iter().copied())?;
+            let Command::Serve(args) = cli.command else {
+                unreachable!()
+            };
+            args.validate()
+        };
+        let config = serve(&[
+            "tollgate",
+            "serve",
+            "--redis",
+            "redis://127.0.0.1:1/",
+            "--redis-prefix",
+            "app",
+        ])
+        .unwrap();
+        let StoreChoice::Redis(store) = &config.store else {
+            panic!("{:?}", config.store)
+        };
+        assert_eq!(store.prefix(), "app");
+        let config = serve(&[
+            "tollgate",
+            "serve",
+            "--redis",
+            "redis://h:7000/",
+            "--redis-cluster",
+        ])
+        .unwrap();
+        let StoreChoice::Redis(store) = &config.store else {
+            panic!("{:?}", config.store)
+        };
+        assert_eq!(
+            store.prefix(),
+            "{tollgate}",
+            "the prefix is the hash tag of every key"
+        );
+        let alone = serve(&["tollgate", "serve", "--redis-cluster"]).unwrap_err();
+        assert!(alone.to_string().contains("--redis"), "{alone}");
+        let clash = serve(&[
+            "tollgate",
+            "serve",
+            "--redis",
+            "redis://h/",
+            "--data-dir",
+            "d",
+        ])
+        .unwrap_err();
+        assert!(
+            clash
+                .to_string()
+                .contains("--data-dir d cannot be used with --redis"),
+            "{clash}"
+        );
+        let clash = serve(&["tollgate", "serve", "--redis", "redis://h/", "--memory"]).unwrap_err();
+        assert!(clash.to_string().contains("--memory"), "{clash}");
+        let bad = serve(&["tollgate", "serve", "--redis", "http://u:secret@h/"]).unwrap_err();
+        let shown = format!("{bad:#}");
+        assert!(shown.contains("invalid --redis"), "{shown}");
+        assert!(
+            !shown.contains("secret"),
+            "the password is never shown: {shown}"
+        );
+        let bad = serve(&[
+            "tollgate",
+            "serve",
+            "--redis",
+            "redis://h/",
+            "--redis-prefix",
+            "a{b}",
+        ])
+        .unwrap_err();
+        assert!(format!("{bad:#}").contains("prefix"), "{bad:#}");
     }
 
     #[test]

@@ -39,17 +39,17 @@ async fn page(State(state): State<AppState>) -> Result<impl IntoResponse, ApiErr
         &state,
         Some(DYNAMIC_SHOWN),
     )?))?;
-    let tasks = json(serde_json::to_value(tasks::views(&state)))?;
-    let parked = json(serde_json::to_value(state.engine().runs(
+    let tasks = json(serde_json::to_value(tasks::views(&state)?))?;
+    let parked = json(serde_json::to_value(state.backend().runs(
         None,
         Some(RunState::Waiting),
         50,
-    )))?;
-    let skipped = json(serde_json::to_value(state.engine().runs(
+    )?))?;
+    let skipped = json(serde_json::to_value(state.backend().runs(
         None,
         Some(RunState::Skipped),
         20,
-    )))?;
+    )?))?;
     let now_ms = state.now().as_millis_floor();
     let html = render(&limits, &tasks, &parked, &skipped, now_ms);
     Ok((

@@ -49,6 +49,7 @@
 //! - `metrics`: `GET /metrics`, the server's counters plus the engine's read at scrape time.
 
 mod api;
+pub mod backend;
 pub mod cli;
 pub mod commands;
 mod dashboard;
@@ -113,7 +114,7 @@ pub async fn run(
         .await
         .context("serving HTTP");
     // Everything answered is committed; record the clean stop.
-    state.engine().close().await;
+    state.backend().close().await;
     tracing::info!("stopped");
     served
 }

@@ -30,7 +30,9 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tollgate::{Engine, RunState, Transition};
+use tollgate::{RunState, Transition};
+
+use crate::backend::Backend;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -60,7 +62,7 @@ struct Outcomes {
 }
 
 impl Metrics {
-    pub(crate) fn new(engine: Engine) -> Metrics {
+    pub(crate) fn new(engine: Backend) -> Metrics {
         let shared = std::sync::Arc::new(Shared::default());
         let mut registry = Registry::default();
         // 1 µs to about 0.4 s: in-memory decisions take microseconds, store round trips longer.
@@ -123,7 +125,7 @@ impl Metrics {
 
 /// Reads the engine's counters and depths, and the direct decisions, at scrape time.
 struct EngineCollector {
-    engine: Engine,
+    engine: Backend,
     shared: std::sync::Arc<Shared>,
 }
 
@@ -190,13 +192,20 @@ impl Collector for EngineCollector {
         }
 
         // Every defined task shows its depth, zeros included, so a dashboard sees it drain.
-        let mut depth: HashMap<(String, RunState), u64> = self
-            .engine
-            .tasks()
+        // In Redis mode these read Redis: when it is unreachable the scrape still answers,
+        // without the depth gauges, rather than failing whole.
+        let (tasks_now, depth_now) = match (self.engine.tasks(), self.engine.depth()) {
+            (Ok(t), Ok(d)) => (t, d),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "queue depth left out of this scrape");
+                (Vec::new(), Vec::new())
+            }
+        };
+        let mut depth: HashMap<(String, RunState), u64> = tasks_now
             .iter()
             .flat_map(|t| QUEUE_STATES.map(|s| ((t.name.clone(), s), 0)))
             .collect();
-        for (task, state, n) in self.engine.depth() {
+        for (task, state, n) in depth_now {
             if QUEUE_STATES.contains(&state) {
                 depth.insert((task, state), n);
             }

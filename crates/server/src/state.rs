@@ -10,7 +10,10 @@ use tokio::sync::watch;
 use tollgate::core::Nanos;
 
 use anyhow::Context;
-use tollgate::{Clock, Db, Engine, Limiter, MemoryStore, SystemClock};
+use tollgate::{Clock, Db, DynStore, Engine, Limiter, MemoryStore, SystemClock};
+use tollgate_redis::{RedisEngine, RedisStore};
+
+use crate::backend::Backend;
 
 /// The default `--max-body`: 1 MiB.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
@@ -62,7 +65,7 @@ pub struct AppState {
 }
 
 struct Shared {
-    engine: Engine,
+    backend: Backend,
     metrics: crate::metrics::Metrics,
     clock: Arc<dyn Clock>,
     settings: Settings,
@@ -79,8 +82,27 @@ impl AppState {
     /// runtime (the engine starts its timer task).
     pub fn new(clock: impl Clock + 'static, settings: Settings) -> AppState {
         let clock: Arc<dyn Clock> = Arc::new(clock);
-        let limiter = Limiter::with_store(MemoryStore::new(), Arc::clone(&clock));
+        let limiter = Limiter::with_store(memory_store(), Arc::clone(&clock));
         AppState::with_engine(Engine::in_memory(limiter), clock, settings)
+    }
+
+    /// A state keeping limits, tasks, runs and leases in Redis through `store` (its prefix
+    /// names the deployment): every node on the same Redis and prefix acts as one. Opens
+    /// nothing on disk. Must be called inside a tokio runtime (the engine starts its sweeper).
+    pub fn redis(store: RedisStore, settings: Settings) -> AppState {
+        AppState::redis_with_clock(store, SystemClock::new(), settings)
+    }
+
+    /// As [`AppState::redis`], reading `clock` (which decides only when `store` was built with
+    /// `use_server_time(false)`: tests driving time themselves).
+    pub fn redis_with_clock(
+        store: RedisStore,
+        clock: impl Clock + 'static,
+        settings: Settings,
+    ) -> AppState {
+        let clock: Arc<dyn Clock> = Arc::new(clock);
+        let engine = RedisEngine::new(store, Arc::clone(&clock));
+        AppState::with_backend(Backend::Redis(engine), clock, settings)
     }
 
     /// A state persisting limits, tasks and runs in SQLite under `data_dir` (created if
@@ -99,22 +121,31 @@ impl AppState {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::with_floor(
             loaded.last_time.unwrap_or_default(),
         ));
-        let limiter = Limiter::with_store(MemoryStore::new(), Arc::clone(&clock));
+        let limiter = Limiter::with_store(memory_store(), Arc::clone(&clock));
         let engine = Engine::with_db(limiter, db, loaded)
             .context("restoring the stored limits, tasks and runs")?;
         tracing::info!(data_dir = %data_dir.display(), runs, "restored the durable state");
         Ok(AppState::with_engine(engine, clock, settings))
     }
 
-    /// A state over an existing engine, which must read the same `clock`.
-    pub fn with_engine(engine: Engine, clock: Arc<dyn Clock>, settings: Settings) -> AppState {
+    /// A state over an existing embedded engine, which must read the same `clock`.
+    pub fn with_engine(
+        engine: Engine<DynStore>,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+    ) -> AppState {
+        AppState::with_backend(Backend::Embedded(engine), clock, settings)
+    }
+
+    /// A state over an existing backend, which must read the same `clock`.
+    pub fn with_backend(backend: Backend, clock: Arc<dyn Clock>, settings: Settings) -> AppState {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(clock.now().as_nanos());
         h.write_u32(std::process::id());
         AppState {
             inner: Arc::new(Shared {
-                metrics: crate::metrics::Metrics::new(engine.clone()),
-                engine,
+                metrics: crate::metrics::Metrics::new(backend.clone()),
+                backend,
                 clock,
                 settings,
                 shutdown: watch::Sender::new(false),
@@ -125,8 +156,8 @@ impl AppState {
     }
 
     /// The engine behind the API.
-    pub fn engine(&self) -> &Engine {
-        &self.inner.engine
+    pub fn backend(&self) -> &Backend {
+        &self.inner.backend
     }
 
     /// What `GET /metrics` reports.
@@ -135,8 +166,8 @@ impl AppState {
     }
 
     /// The limiter behind the API (for embedding and tests).
-    pub fn limiter(&self) -> &Limiter {
-        self.inner.engine.limiter()
+    pub fn limiter(&self) -> &Limiter<DynStore> {
+        self.inner.backend.limiter()
     }
 
     /// The current time on the server's clock.
@@ -166,4 +197,9 @@ impl AppState {
         let seq = self.inner.lease_seq.fetch_add(1, Ordering::Relaxed);
         format!("{:016x}-{seq:x}", self.inner.lease_node)
     }
+}
+
+/// The in-memory store, behind the same type as Redis's.
+fn memory_store() -> DynStore {
+    Arc::new(MemoryStore::new())
 }

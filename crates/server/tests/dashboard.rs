@@ -10,6 +10,8 @@
 //! it fails: `.ci/run` installs it.
 
 mod common;
+#[path = "../../redis/tests/common/mod.rs"]
+mod redis_common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -148,6 +150,36 @@ async fn the_dashboard_shows_limits_and_their_usage_moves_in_a_real_browser() {
     };
     let server = Server::start(SystemClock::new()).await;
     let url = server.url("/");
+    exercise(&server, &browser).await;
+
+    // The artifacts: how the page looks on a laptop and on a phone.
+    for (name, size) in [
+        ("dashboard.png", "1280,900"),
+        ("dashboard-phone.png", "390,844"),
+    ] {
+        let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+        let _ = std::fs::remove_file(&shot);
+        chromium(
+            &browser,
+            &[
+                "--virtual-time-budget=3000",
+                &format!("--screenshot={}", shot.display()),
+                &format!("--window-size={size}"),
+            ],
+            &url,
+        )
+        .await;
+        let png = std::fs::read(&shot).expect("the screenshot was written");
+        assert!(png.starts_with(b"\x89PNG"), "a PNG at {}", shot.display());
+        eprintln!("dashboard screenshot: {}", shot.display());
+    }
+    server.stop().await;
+}
+
+/// Fills every table of the page over the API and checks, in the browser, what it shows and
+/// that usage moves after acquisitions.
+async fn exercise(server: &Server, browser: &Path) {
+    let url = server.url("/");
 
     // The page itself: self-contained, nothing loaded from elsewhere.
     let page = server
@@ -198,7 +230,7 @@ async fn the_dashboard_shows_limits_and_their_usage_moves_in_a_real_browser() {
     server.enqueue("notify", json!({"company": "acme"})).await;
     server.enqueue("notify", json!({"company": "acme"})).await;
 
-    let before = dump_dom(&browser, &url).await;
+    let before = dump_dom(browser, &url).await;
     assert_live_without_errors(&before);
     assert_eq!(usage(&before, "test-limit"), (0, 10));
     // A key is text, never markup.
@@ -218,31 +250,33 @@ async fn the_dashboard_shows_limits_and_their_usage_moves_in_a_real_browser() {
             .await;
         assert_eq!(a.body["allowed"], true);
     }
-    let after = dump_dom(&browser, &url).await;
+    let after = dump_dom(browser, &url).await;
     assert_live_without_errors(&after);
     assert_eq!(usage(&after, "test-limit"), (3, 7));
+}
 
-    // The artifacts: how the page looks on a laptop and on a phone.
-    for (name, size) in [
-        ("dashboard.png", "1280,900"),
-        ("dashboard-phone.png", "390,844"),
-    ] {
-        let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-        let _ = std::fs::remove_file(&shot);
-        chromium(
-            &browser,
-            &[
-                "--virtual-time-budget=3000",
-                &format!("--screenshot={}", shot.display()),
-                &format!("--window-size={size}"),
-            ],
-            &url,
-        )
-        .await;
-        let png = std::fs::read(&shot).expect("the screenshot was written");
-        assert!(png.starts_with(b"\x89PNG"), "a PNG at {}", shot.display());
-        eprintln!("dashboard screenshot: {}", shot.display());
-    }
+/// The page reads only the API, so it works the same when the server is a node of a Redis
+/// deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_works_in_redis_mode_in_a_real_browser() {
+    let Some(browser) = chromium_or_skip("the_dashboard_works_in_redis_mode_in_a_real_browser")
+    else {
+        return;
+    };
+    let Some(redis) = redis_common::redis("the_dashboard_works_in_redis_mode_in_a_real_browser")
+    else {
+        return;
+    };
+    let store = tollgate_redis::RedisStore::builder(&redis.url)
+        .prefix(redis_common::fresh_prefix())
+        .build()
+        .expect("a valid URL");
+    let server = Server::with_state(tollgate_server::AppState::redis(
+        store,
+        tollgate_server::Settings::default(),
+    ))
+    .await;
+    exercise(&server, &browser).await;
     server.stop().await;
 }
 

@@ -2,6 +2,8 @@
 //! would.
 
 mod common;
+#[path = "../../redis/tests/common/mod.rs"]
+mod redis_common;
 
 use std::collections::BTreeMap;
 
@@ -111,9 +113,36 @@ async fn scrape(server: &Server) -> (String, Vec<Sample>) {
 async fn metrics_move_with_traffic_and_never_name_a_dynamic_key() {
     let clock = fake_clock();
     let server = Server::start(clock.clone()).await;
+    traffic_moves_metrics(&server, &clock).await;
+    server.stop().await;
+}
 
+/// The same scrape from a node of a Redis deployment: the queue's counters are the node's own,
+/// the depths are read from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_traffic_in_redis_mode() {
+    let Some(redis) = redis_common::redis("metrics_move_with_traffic_in_redis_mode") else {
+        return;
+    };
+    let clock = fake_clock();
+    let store = tollgate_redis::RedisStore::builder(&redis.url)
+        .prefix(redis_common::fresh_prefix())
+        .use_server_time(false)
+        .build()
+        .expect("a valid URL");
+    let state = tollgate_server::AppState::redis_with_clock(
+        store,
+        clock.clone(),
+        tollgate_server::Settings::default(),
+    );
+    let server = Server::with_state(state).await;
+    traffic_moves_metrics(&server, &clock).await;
+    server.stop().await;
+}
+
+async fn traffic_moves_metrics(server: &Server, clock: &tollgate::FakeClock) {
     // Before any traffic: a valid exposition, every name prefixed.
-    let (text, samples) = scrape(&server).await;
+    let (text, samples) = scrape(server).await;
     assert!(text.ends_with("# EOF\n"), "{text}");
     assert!(samples.iter().all(|s| s.name.starts_with("tollgate_")));
 
@@ -147,7 +176,7 @@ async fn metrics_move_with_traffic_and_never_name_a_dynamic_key() {
     let leased = server.lease(&["sync"], 10, 0).await;
     assert_eq!(id(&leased[0]), second);
 
-    let (_, samples) = scrape(&server).await;
+    let (_, samples) = scrape(server).await;
     let decisions = "tollgate_decisions_total";
     assert_eq!(
         value(
@@ -261,7 +290,6 @@ async fn metrics_move_with_traffic_and_never_name_a_dynamic_key() {
             );
         }
     }
-    server.stop().await;
 }
 
 #[tokio::test]

@@ -303,7 +303,7 @@ async fn decide(
             count_decisions(state, entries, &acquired);
             if acquired.allowed {
                 // Journalled so that after a crash these keys are treated as fully used.
-                state.engine().note_direct_use(&engine).await?;
+                state.backend().note_direct_use(&engine).await?;
             }
             Ok(Answer::new(entries, &acquired))
         }

@@ -66,7 +66,7 @@ async fn emit(
     }
     let additional_metadata = metadata(req.additional_metadata);
     let runs = match state
-        .engine()
+        .backend()
         .emit(&name, req.data.clone(), additional_metadata.clone())
         .await
     {
@@ -107,8 +107,9 @@ fn expression_error(
         .with_metadata(additional_metadata)
         .with_event(&event);
     let failing = state
-        .engine()
+        .backend()
         .tasks()
+        .unwrap_or_default()
         .into_iter()
         .filter(|t| t.triggers.iter().any(|t| t == name))
         .find(|t| {

@@ -194,7 +194,7 @@ async fn put(
         .with_field("algorithm"));
     }
     // Durable (SQLite) before it is answered.
-    state.engine().put_limit(&key, spec).await?;
+    state.backend().put_limit(&key, spec).await?;
     match state.limiter().get(&key)? {
         Some(info) => Ok(Json(info.into())),
         // Removed by a concurrent DELETE between the two calls.
@@ -209,7 +209,7 @@ async fn remove(
     Segment(key): Segment,
 ) -> Result<StatusCode, ApiError> {
     validate_key(&key, "key")?;
-    if state.engine().remove_limit(&key).await? {
+    if state.backend().remove_limit(&key).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(unknown(&key))

@@ -81,7 +81,7 @@ async fn enqueue(
 ) -> Result<Response, ApiError> {
     let Segment(name) = name.map_err(|_| unknown_task("(not UTF-8)"))?;
     let run = state
-        .engine()
+        .backend()
         .enqueue(&name, req.input, metadata(req.additional_metadata))
         .await
         .map_err(|e| match e {
@@ -114,7 +114,7 @@ fn run_id(segment: Result<Segment, ApiError>) -> Result<String, ApiError> {
 /// Engine errors of the worker calls, with a clearer word when a stale attempt is the cause.
 fn run_error(state: &AppState, id: &str, attempt: Option<u32>, e: tollgate::Error) -> ApiError {
     if let tollgate::Error::InvalidState { action, .. } = &e
-        && let (Some(asked), Ok(run)) = (attempt, state.engine().run(id))
+        && let (Some(asked), Ok(run)) = (attempt, state.backend().run(id))
         && run.state == RunState::Running
         && run.attempt != asked
     {
@@ -138,11 +138,11 @@ async fn get_one(
     id: Result<Segment, ApiError>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = run_id(id)?;
-    state
-        .engine()
-        .run(&id)
-        .map(Json)
-        .map_err(|_| unknown_run(&id))
+    state.backend().run(&id).map(Json).map_err(|e| match e {
+        tollgate::Error::UnknownRun { .. } => unknown_run(&id),
+        // Redis mode: unreachable is 503, not "no such run".
+        other => other.into(),
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,7 +184,7 @@ async fn heartbeat(
 ) -> Result<Json<RunView>, ApiError> {
     let id = run_id(id)?;
     let run = state
-        .engine()
+        .backend()
         .heartbeat(&id, req.attempt)
         .await
         .map_err(|e| run_error(&state, &id, req.attempt, e))?;
@@ -199,7 +199,7 @@ async fn complete(
 ) -> Result<Json<RunView>, ApiError> {
     let id = run_id(id)?;
     let run = state
-        .engine()
+        .backend()
         .complete(&id, req.attempt, req.output)
         .await
         .map_err(|e| run_error(&state, &id, req.attempt, e))?;
@@ -215,7 +215,7 @@ async fn fail(
 ) -> Result<Json<RunView>, ApiError> {
     let id = run_id(id)?;
     let run = state
-        .engine()
+        .backend()
         .fail(&id, req.attempt, req.error, req.retry)
         .await
         .map_err(|e| run_error(&state, &id, req.attempt, e))?;
@@ -231,7 +231,7 @@ async fn release(
 ) -> Result<Json<RunView>, ApiError> {
     let id = run_id(id)?;
     let run = state
-        .engine()
+        .backend()
         .release(&id, req.attempt)
         .await
         .map_err(|e| run_error(&state, &id, req.attempt, e))?;
@@ -247,7 +247,7 @@ async fn cancel(
 ) -> Result<Json<RunView>, ApiError> {
     let id = run_id(id)?;
     let run = state
-        .engine()
+        .backend()
         .cancel(&id)
         .await
         .map_err(|e| run_error(&state, &id, None, e))?;
@@ -358,7 +358,7 @@ async fn list(
 ) -> Result<Json<Listing>, ApiError> {
     let q = ListQuery::parse(query.as_deref())?;
     if let Some(task) = &q.task
-        && state.engine().task(task).is_none()
+        && state.backend().task(task)?.is_none()
     {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -367,7 +367,7 @@ async fn list(
         )
         .with_field("task"));
     }
-    let runs = state.engine().runs(q.task.as_deref(), q.state, q.limit);
+    let runs = state.backend().runs(q.task.as_deref(), q.state, q.limit)?;
     Ok(Json(Listing { runs }))
 }
 

@@ -65,12 +65,12 @@ impl Depth {
 }
 
 /// Every task's depth, by name.
-fn depths(state: &AppState) -> HashMap<String, Depth> {
+fn depths(state: &AppState) -> Result<HashMap<String, Depth>, ApiError> {
     let mut out: HashMap<String, Depth> = HashMap::new();
-    for (task, run_state, n) in state.engine().depth() {
+    for (task, run_state, n) in state.backend().depth()? {
         out.entry(task).or_default().add(run_state, n);
     }
-    out
+    Ok(out)
 }
 
 /// A definition with its defaults filled in. Field for field a [`TaskSpec`], so that it reads
@@ -138,21 +138,21 @@ fn task_name(segment: Result<Segment, ApiError>) -> Result<String, ApiError> {
 }
 
 /// Every task with its depth, by name.
-pub(crate) fn views(state: &AppState) -> Vec<TaskView> {
-    let depths = depths(state);
-    state
-        .engine()
-        .tasks()
+pub(crate) fn views(state: &AppState) -> Result<Vec<TaskView>, ApiError> {
+    let depths = depths(state)?;
+    Ok(state
+        .backend()
+        .tasks()?
         .iter()
         .map(|t| TaskView::new(t, depths.get(&t.name).copied().unwrap_or_default()))
-        .collect()
+        .collect())
 }
 
 /// `GET /v1/tasks`: every task, by name.
-async fn list(State(state): State<AppState>) -> Json<Listing> {
-    Json(Listing {
-        tasks: views(&state),
-    })
+async fn list(State(state): State<AppState>) -> Result<Json<Listing>, ApiError> {
+    Ok(Json(Listing {
+        tasks: views(&state)?,
+    }))
 }
 
 /// `GET /v1/tasks/{name}`: 404 `unknown_task` if not defined.
@@ -162,10 +162,10 @@ async fn get_one(
 ) -> Result<Json<TaskView>, ApiError> {
     let name = task_name(name)?;
     let task = state
-        .engine()
-        .task(&name)
+        .backend()
+        .task(&name)?
         .ok_or_else(|| unknown_task(&name))?;
-    let depth = depths(&state).remove(&name).unwrap_or_default();
+    let depth = depths(&state)?.remove(&name).unwrap_or_default();
     Ok(Json(TaskView::new(&task, depth)))
 }
 
@@ -179,11 +179,11 @@ async fn put(
     let Segment(name) = name.map_err(|_| {
         ApiError::bad_request("invalid_name", "a task name must be UTF-8 text").with_field("name")
     })?;
-    let task = state.engine().put_task(&name, spec).await.map_err(|e| {
+    let task = state.backend().put_task(&name, spec).await.map_err(|e| {
         let named = matches!(e, tollgate::Error::InvalidName { .. });
         let err = ApiError::from(e);
         if named { err.with_field("name") } else { err }
     })?;
-    let depth = depths(&state).remove(&name).unwrap_or_default();
+    let depth = depths(&state)?.remove(&name).unwrap_or_default();
     Ok(Json(TaskView::new(&task, depth)))
 }

@@ -86,7 +86,7 @@ fn validate(state: &AppState, req: &LeaseRequest) -> Result<(Vec<String>, usize)
         })?;
     let mut tasks: Vec<String> = Vec::with_capacity(req.tasks.len());
     for (i, name) in req.tasks.iter().enumerate() {
-        if state.engine().task(name).is_none() {
+        if state.backend().task(name)?.is_none() {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unknown_task",
@@ -112,7 +112,7 @@ async fn lease(
     // Shutdown ends the wait, never a lease being committed: a dropped call could leave runs
     // leased to nobody until their lease expires.
     let runs = state
-        .engine()
+        .backend()
         .lease_until(&req.worker_id, &tasks, max, wait, state.shutting_down())
         .await?;
     Ok(Json(LeaseAnswer { runs }))

@@ -54,11 +54,15 @@ impl Server {
     }
 
     pub async fn with_settings(clock: impl Clock + 'static, settings: Settings) -> Server {
+        Server::with_state(AppState::new(clock, settings)).await
+    }
+
+    /// A server over an existing state (a Redis node, say).
+    pub async fn with_state(state: AppState) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a free loopback port");
         let addr = listener.local_addr().expect("a bound address");
-        let state = AppState::new(clock, settings);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(tollgate_server::run(listener, state.clone(), async {
             let _ = stopped.await;
