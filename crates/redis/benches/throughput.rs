@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tollgate::{AcquireEntry, Store};
-use tollgate_core::{Gcra, Limit, Nanos, RateLimit, SlidingWindow};
+use tollgate_core::{Align, FixedWindow, Gcra, Limit, Nanos, RateLimit, SlidingWindow};
 use tollgate_redis::RedisStore;
 
 /// The floor: GCRA on every key given, all or nothing, TAT in µs, in the fewest Redis calls
@@ -131,12 +131,16 @@ fn main() {
     let sliding = Limit::Rate(RateLimit::SlidingWindow(
         SlidingWindow::new(1_000_000_000, "1s".parse().unwrap()).unwrap(),
     ));
+    let fixed = Limit::Rate(RateLimit::FixedWindow(
+        FixedWindow::new(1_000_000_000, "1s".parse().unwrap(), Align::Clock).unwrap(),
+    ));
     let now = Nanos::ZERO; // ignored: the store reads Redis TIME
     let keys: Vec<String> = (0..10).map(|i| format!("bench-{i}")).collect();
     for k in &keys {
         store.put_limit(k, gcra, now).unwrap();
     }
     store.put_limit("bench-sw", sliding, now).unwrap();
+    store.put_limit("bench-fw", fixed, now).unwrap();
     let floor = redis::Script::new(FLOOR);
 
     println!(
@@ -163,6 +167,11 @@ fn main() {
         (
             "tollgate sliding_window, 1 key",
             acquire(&store, &["bench-sw".to_owned()]),
+            0,
+        ),
+        (
+            "tollgate fixed_window, 1 key",
+            acquire(&store, &["bench-fw".to_owned()]),
             0,
         ),
     ];

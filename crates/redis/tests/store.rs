@@ -285,6 +285,50 @@ fn data_tollgate_did_not_write_is_a_permanent_error_not_a_panic() {
     assert!(!err.is_transient(), "{err}");
 }
 
+/// A sliding window's state is "<spec>|<MessagePack array>": bytes that do not decode, or
+/// decode to something else, are named as unreadable state, never a script error or a panic.
+#[test]
+fn an_unreadable_sliding_window_state_is_named_as_such() {
+    let Some(redis) = common::redis("an_unreadable_sliding_window_state_is_named_as_such") else {
+        return;
+    };
+    let store = redis.store();
+    let mut con = raw(&redis);
+    let sw = RateLimit::SlidingWindow(SlidingWindow::new(5, Period::SECOND).unwrap());
+    let e = [AcquireEntry::dynamic("k", sw, 1)];
+    assert!(store.acquire(&e, NOW).unwrap().allowed);
+    assert!(
+        store
+            .acquire(&e, NOW + Nanos::from_millis(300))
+            .unwrap()
+            .allowed
+    );
+    let keys = redis_keys(&mut con, store.prefix());
+    let state: Vec<u8> = redis::cmd("GET").arg(&keys[0]).query(&mut con).unwrap();
+    let bar = state.iter().position(|b| *b == b'|').unwrap();
+    assert!(state.starts_with(b"sw "), "{state:?}");
+    // Two buckets: a MessagePack array of four integers.
+    assert_eq!(state[bar + 1], 0x94, "{state:?}");
+    for garbled in [
+        &[0xc1, 0x00][..],         // never used in MessagePack
+        &[0x94, 0x01][..],         // an array cut short
+        &[0xa3, b'a', b'b', b'c'], // a string, not an array
+        &[0x93, 0x01, 0x02, 0x03], // an odd number of values
+        b"12 3 13 1",              // the text form
+    ] {
+        let mut value = state[..=bar].to_vec();
+        value.extend_from_slice(garbled);
+        let () = redis::cmd("SET")
+            .arg(&keys[0])
+            .arg(value)
+            .query(&mut con)
+            .unwrap();
+        let err = store.acquire(&e, NOW).unwrap_err();
+        assert!(!err.is_transient(), "{err}");
+        assert!(err.to_string().contains("state"), "{garbled:?}: {err}");
+    }
+}
+
 /// A TCP port that refuses connections.
 fn closed_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();

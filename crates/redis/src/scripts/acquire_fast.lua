@@ -1,8 +1,9 @@
 -- acquire_fast.lua: the fast path of acquire.lua, run before the library is even made: when
--- every key is a gcra or token_bucket limit whose state (if any) was written under the same
--- spec, it decides inline and returns; otherwise it falls through to acquire.lua, which
--- decides everything in general. Making the library's closures costs more than this whole
--- path, and gcra is what the throughput budget is measured on.
+-- every key is a gcra, token_bucket or fixed_window limit whose state (if any) was written
+-- under the same spec, it decides inline and returns; otherwise it falls through to
+-- acquire.lua, which decides everything in general. Making the library's closures costs more
+-- than this whole path, and gcra is what the throughput budget is measured on. The decisions
+-- are lib.lua's (g_decide, fw_decide), written out for one spec each.
 --
 -- KEYS and ARGV: exactly those of acquire.lua.
 --   KEYS[2i-1]  key i's guard: its definition (static) or its lease set (dynamic)
@@ -56,38 +57,93 @@ do
     elseif redis.call('ZCOUNT', KEYS[2 * i - 1], '(' .. string.format('%.0f', now), '+inf') == 0 then
       spec = ARGV[3 * i + 3]
     end
-    local a, burst, T
+    local a, lim, x, y
     if spec then
-      local b, t
-      a, b, t = string.match(spec, '^(%l+) %d+ %d+ (%d+) (%d+)$')
-      burst, T = tonumber(b), tonumber(t)
+      a, lim, x, y = string.match(spec, '^(%l+) (%d+) %d+ (%S+) (%d+)$')
+      lim, y = tonumber(lim), tonumber(y)
     end
-    if not ((a == 'gcra' or a == 'tb') and burst and burst >= 1 and T and T >= 1 and units <= burst) then
-      ok = false
-      break
-    end
-    local raw = redis.call('GET', KEYS[2 * i])
-    local tu, tn = now, 0
-    if raw then
-      local s, u, m = string.match(raw, '^([^|]*)|(%d+) (%d+)$')
-      if s ~= spec then
+    local d
+    if a == 'gcra' or a == 'tb' then
+      -- x: burst, y: emission interval T (µs)
+      local burst, T = tonumber(x), y
+      if not (burst and burst >= 1 and T and T >= 1 and units <= burst) then
         ok = false
         break
       end
-      u, m = tonumber(u), tonumber(m)
-      if u > now or (u == now and m > 0) then
-        tu, tn = u, m
+      local raw = redis.call('GET', KEYS[2 * i])
+      local tu, tn = now, 0
+      if raw then
+        local s, u, m = string.match(raw, '^([^|]*)|(%d+) (%d+)$')
+        if s ~= spec then
+          ok = false
+          break
+        end
+        u, m = tonumber(u), tonumber(m)
+        if u > now or (u == now and m > 0) then
+          tu, tn = u, m
+        end
       end
-    end
-    local tolerance = T * burst
-    local nu = tu + T * units
-    local d
-    if nu < now + tolerance or (nu == now + tolerance and tn == 0) then
-      d = { 1, burst, remaining(nu, tn, T, burst), '0', dur(nu - now, tn) }
-      writes[i] = { spec, nu, tn }
+      local tolerance = T * burst
+      local nu = tu + T * units
+      if nu < now + tolerance or (nu == now + tolerance and tn == 0) then
+        d = { 1, burst, remaining(nu, tn, T, burst), '0', dur(nu - now, tn) }
+        writes[i] = { spec, nu, tn }
+      else
+        d = { 0, burst, remaining(tu, tn, T, burst), dur(nu - tolerance - now, tn), dur(tu - now, tn) }
+        out[1] = 0
+      end
+    elseif a == 'fw' and (x == 'c' or x == 'f') then
+      -- x: alignment, y: period (µs); state "<window_end> <used>"
+      if not (lim and lim >= 1 and y and y >= 1 and units <= lim) then
+        ok = false
+        break
+      end
+      local raw = redis.call('GET', KEYS[2 * i])
+      local e, used
+      if raw then
+        local s, we, u = string.match(raw, '^([^|]*)|(%d+) (%d+)$')
+        if s ~= spec then
+          ok = false
+          break
+        end
+        we, u = tonumber(we), tonumber(u)
+        if now < we then
+          e, used = we, u
+        end
+      end
+      if not e then
+        used = 0
+        if x == 'c' then
+          -- The end of the clock-aligned window holding now: (⌊now / period⌋ + 1) · period.
+          local q = math.floor(now / y)
+          local r = now - q * y
+          while r < 0 do
+            q, r = q - 1, r + y
+          end
+          while r >= y do
+            q, r = q + 1, r - y
+          end
+          e = (q + 1) * y
+        else
+          e = now + y
+        end
+      end
+      local reset = dur(e - now, 0)
+      if used + units <= lim then
+        d = { 1, lim, lim - used - units, '0', reset }
+        -- fresh once the window ends: the same TTL rule as gcra's with no sub-µs part
+        writes[i] = { spec, e, used + units, 0 }
+      else
+        local left = lim - used
+        if left < 0 then
+          left = 0
+        end
+        d = { 0, lim, left, reset, reset }
+        out[1] = 0
+      end
     else
-      d = { 0, burst, remaining(tu, tn, T, burst), dur(nu - tolerance - now, tn), dur(tu - now, tn) }
-      out[1] = 0
+      ok = false
+      break
     end
     for j = 1, 5 do
       out[#out + 1] = d[j]
@@ -98,7 +154,12 @@ do
       local slack = tonumber(ARGV[2])
       for i = 1, n do
         local w = writes[i]
-        local ms = math.ceil((w[2] + (w[3] > 0 and 1 or 0) - now) / 1000) + slack
+        -- gcra: fresh after tat (rounded up past its sub-µs part); fixed_window: at its end
+        local fresh = w[2]
+        if w[4] == nil and w[3] > 0 then
+          fresh = fresh + 1
+        end
+        local ms = math.ceil((fresh - now) / 1000) + slack
         if ms < 1 then
           ms = 1
         end
