@@ -53,6 +53,33 @@ async fn enqueue_n(e: &Engine, task: &str, n: usize, input: Value) -> Vec<String
     ids
 }
 
+/// `api` (gcra 10/s, burst 5) used by tasks `small` (1 unit) and `big` (5 units), with one
+/// small run already leased: 4 units are left.
+async fn small_and_big_on_one_key() -> Engine {
+    let e = engine();
+    limit(
+        &e,
+        "api",
+        json!({"algorithm": "gcra", "rate": "10/s", "burst": 5}),
+    )
+    .await;
+    task(
+        &e,
+        "small",
+        json!({"rate_limits": [{"static_key": "api", "units": 1}]}),
+    )
+    .await;
+    task(
+        &e,
+        "big",
+        json!({"rate_limits": [{"static_key": "api", "units": 5}]}),
+    )
+    .await;
+    let first = enqueue(&e, "small", json!({})).await;
+    assert_eq!(lease(&e, "small", 1).await, [first]);
+    e
+}
+
 #[tokio::test(start_paused = true)]
 async fn static_limit_of_two_per_second_parks_the_rest_with_an_exact_eligible_at() {
     let e = engine();
@@ -128,27 +155,7 @@ async fn a_busy_users_parked_runs_never_delay_another_users_runs() {
 
 #[tokio::test(start_paused = true)]
 async fn only_the_head_of_a_keys_queue_wakes_and_a_big_run_is_not_starved() {
-    let e = engine();
-    limit(
-        &e,
-        "api",
-        json!({"algorithm": "gcra", "rate": "10/s", "burst": 5}),
-    )
-    .await;
-    task(
-        &e,
-        "small",
-        json!({"rate_limits": [{"static_key": "api", "units": 1}]}),
-    )
-    .await;
-    task(
-        &e,
-        "big",
-        json!({"rate_limits": [{"static_key": "api", "units": 5}]}),
-    )
-    .await;
-    let first = enqueue(&e, "small", json!({})).await;
-    assert_eq!(lease(&e, "small", 1).await, [first]);
+    let e = small_and_big_on_one_key().await;
     // 4 units left: the 5-unit run parks; small runs arriving later queue behind it.
     let big = enqueue(&e, "big", json!({})).await;
     assert!(lease(&e, "big", 1).await.is_empty());
@@ -458,27 +465,7 @@ async fn cancelling_a_parked_head_passes_the_timer_to_the_next() {
 
 #[tokio::test(start_paused = true)]
 async fn cancelling_a_parked_head_lets_the_runs_behind_it_through_at_once() {
-    let e = engine();
-    limit(
-        &e,
-        "api",
-        json!({"algorithm": "gcra", "rate": "10/s", "burst": 5}),
-    )
-    .await;
-    task(
-        &e,
-        "small",
-        json!({"rate_limits": [{"static_key": "api", "units": 1}]}),
-    )
-    .await;
-    task(
-        &e,
-        "big",
-        json!({"rate_limits": [{"static_key": "api", "units": 5}]}),
-    )
-    .await;
-    let first = enqueue(&e, "small", json!({})).await;
-    assert_eq!(lease(&e, "small", 1).await, [first]);
+    let e = small_and_big_on_one_key().await;
     // 4 units left: the 5-unit head parks and two 1-unit runs queue behind it.
     let big = enqueue(&e, "big", json!({})).await;
     assert!(lease(&e, "big", 1).await.is_empty());
