@@ -9,7 +9,8 @@
 //! Every scenario runs `THREADS` client threads, each with its own connection, for the same
 //! wall time, in rounds that alternate floor and Tollgate so both see the same machine load.
 //! Round trips are counted on the server (`INFO commandstats`: `EVALSHA`, `EVAL` and `SCRIPT`
-//! calls, which only clients send) and divided by the acquires made.
+//! calls, which only clients send) and divided by the acquires made. The clients' own CPU time
+//! per acquire is reported beside Redis's: on a small machine they share the cores.
 //!
 //! `cargo bench -p tollgate-redis --bench throughput` (a `redis-server` of its own on a free
 //! port, or `REDIS_URL`). Knobs: `TOLLGATE_BENCH_THREADS` (default 8),
@@ -80,6 +81,23 @@ fn round_trips(url: &str) -> (u64, u64) {
         })
 }
 
+/// This process's CPU time so far (user + system, every thread), in µs: what the clients
+/// spend per call, beside what Redis spends. Linux only (`/proc/self/stat`, USER_HZ = 100).
+fn client_cpu_us() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12th and 13th after ')'.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) * 10_000
+}
+
 /// Runs `op` on `threads` threads for `seconds`; decisions per second.
 fn run<F>(threads: u64, seconds: u64, make: impl Fn() -> F) -> (f64, u64)
 where
@@ -148,9 +166,9 @@ fn main() {
         store.url()
     );
     println!(
-        "| scenario | decisions/s (median of rounds) | ratio to the floor of as many keys | round trips per acquire | Redis µs per acquire |"
+        "| scenario | decisions/s (median of rounds) | ratio to the floor of as many keys | round trips per acquire | Redis µs per acquire | client CPU µs per acquire |"
     );
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     type Make = Box<dyn Fn() -> Box<dyn FnMut() + Send>>;
     // (name, what it does, index of the floor it is compared with)
     let scenarios: Vec<(&str, Make, usize)> = vec![
@@ -175,21 +193,25 @@ fn main() {
             0,
         ),
     ];
-    let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); scenarios.len()];
+    type Round = (f64, f64, f64, f64);
+    let mut results: Vec<Vec<Round>> = vec![Vec::new(); scenarios.len()];
     for _ in 0..rounds {
         for (i, (_, make, _)) in scenarios.iter().enumerate() {
             let (calls0, usec0) = round_trips(&url);
+            let cpu0 = client_cpu_us();
             let (rate, n) = run(threads, seconds, make);
+            let cpu1 = client_cpu_us();
             let (calls1, usec1) = round_trips(&url);
             let n = n.max(1) as f64;
             results[i].push((
                 rate,
                 (calls1 - calls0) as f64 / n,
                 (usec1 - usec0) as f64 / n,
+                (cpu1 - cpu0) as f64 / n,
             ));
         }
     }
-    let median = |i: usize, f: fn(&(f64, f64, f64)) -> f64| {
+    let median = |i: usize, f: fn(&Round) -> f64| {
         let mut v: Vec<f64> = results[i].iter().map(f).collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -197,10 +219,11 @@ fn main() {
     for (i, (name, _, floor)) in scenarios.iter().enumerate() {
         let rate = median(i, |r| r.0);
         println!(
-            "| {name} | {rate:.0} | {:.2} | {:.3} | {:.1} |",
+            "| {name} | {rate:.0} | {:.2} | {:.3} | {:.1} | {:.1} |",
             rate / median(*floor, |r| r.0),
             median(i, |r| r.1),
             median(i, |r| r.2),
+            median(i, |r| r.3),
         );
     }
 }
