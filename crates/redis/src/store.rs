@@ -639,15 +639,24 @@ fn usage(items: &[Value]) -> Option<Usage> {
     })
 }
 
-/// `[allowed, limit, remaining, retry_after_ns, reset_after_ns]`
-fn decision(items: &[Value]) -> Option<Decision> {
-    Some(Decision {
-        allowed: int(items.first()?)? == 1,
-        limit: count(items.get(1)?)?,
-        remaining: count(items.get(2)?)?,
-        retry_after: nanos(items.get(3)?)?,
-        reset_after: nanos(items.get(4)?)?,
-    })
+/// `"allowed limit remaining retry_after_ns reset_after_ns"`, one string per key (decimal
+/// integers: nanoseconds stay exact beyond 2^53).
+fn decision(item: &Value) -> Option<Decision> {
+    let Value::BulkString(b) = item else {
+        return None;
+    };
+    let mut n = std::str::from_utf8(b)
+        .ok()?
+        .split(' ')
+        .map(|v| v.parse::<u64>().ok());
+    let d = Decision {
+        allowed: n.next()?? == 1,
+        limit: n.next()??,
+        remaining: n.next()??,
+        retry_after: Nanos::from_nanos(n.next()??),
+        reset_after: Nanos::from_nanos(n.next()??),
+    };
+    n.next().is_none().then_some(d)
 }
 
 /// Distinct keys in first-appearance order with summed units and the last entry's target
@@ -829,7 +838,7 @@ impl Store for RedisStore {
         let (groups, index) = group(entries);
         let items = self.rate_call("acquire", &self.shared.scripts.acquire, &groups, now)?;
         let per_key: Option<SmallVec<[Decision; 4]>> = (0..groups.len())
-            .map(|i| decision(items.get(1 + 5 * i..1 + 5 * (i + 1))?))
+            .map(|i| decision(items.get(1 + i)?))
             .collect();
         let (Some(per_key), Some(allowed)) = (per_key, items.first().and_then(int)) else {
             return Err(self.bad_reply("acquire", &Value::Array(items)));

@@ -11,7 +11,8 @@
 -- ARGV[3i+2]  key i's units
 -- ARGV[3i+3]  key i's limit spec for a dynamic key ("" for a static one)
 --
--- Returns {allowed, then per key: allowed, limit, remaining, retry_after_ns, reset_after_ns},
+-- Returns {allowed, then per key one string "allowed limit remaining retry_after_ns
+-- reset_after_ns"} (one value per key: the client parses n + 1 values, not 5n + 1),
 -- or {-1, i, code, detail} for the first key in order that cannot be decided:
 -- "unknown" (no static limit), "wrong" (detail: the algorithm found), "capacity" (detail: the
 -- most the limit admits at once), "corrupt".
@@ -34,9 +35,7 @@ for i = 1, n do
     out[1] = 0
   end
   limits[i], nexts[i] = L, s
-  for j = 1, 5 do
-    out[#out + 1] = d[j]
-  end
+  out[#out + 1] = string.format('%d %.0f %.0f %s %s', d[1], d[2], d[3], d[4], d[5])
 end
 if out[1] == 1 then
   for i = 1, n do

@@ -145,9 +145,7 @@ do
       ok = false
       break
     end
-    for j = 1, 5 do
-      out[#out + 1] = d[j]
-    end
+    out[#out + 1] = string.format('%d %.0f %.0f %s %s', d[1], d[2], d[3], d[4], d[5])
   end
   if ok then
     if out[1] == 1 then
