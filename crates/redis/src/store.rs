@@ -932,3 +932,39 @@ impl Store for RedisStore {
         Ok(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_decision_is_read_from_its_one_string_exactly() {
+        let d = decision(&bulk("0 5 2 18446744073709551615 9007199254740993")).unwrap();
+        assert!(!d.allowed);
+        assert_eq!((d.limit, d.remaining), (5, 2));
+        assert_eq!(d.retry_after, Nanos::from_nanos(u64::MAX));
+        assert_eq!(d.reset_after, Nanos::from_nanos(9_007_199_254_740_993));
+        assert!(decision(&bulk("1 5 4 0 0000")).unwrap().allowed);
+    }
+
+    #[test]
+    fn a_decision_of_the_wrong_shape_is_refused() {
+        for bad in [
+            "",
+            "1 5 4 0",
+            "1 5 4 0 0 0",
+            "1 5 -4 0 0",
+            "1 5 x 0 0",
+            "1  5 4 0 0",
+        ] {
+            assert!(decision(&bulk(bad)).is_none(), "{bad:?}");
+        }
+        assert!(decision(&Value::Int(1)).is_none());
+    }
+}
