@@ -5,10 +5,11 @@
 //! admission makes a limiter decision. Each phase gets a fresh engine (and, for SQLite, a
 //! fresh data directory under the target directory):
 //! - `in-process`: `TOLLGATE_BENCH_PRODUCERS` (default 4) producers, each keeping
-//!   `TOLLGATE_BENCH_IN_FLIGHT` (default 16) `Engine::enqueue` calls in flight, and
+//!   `TOLLGATE_BENCH_IN_FLIGHT` (default 16) `enqueue` calls in flight, and
 //!   `TOLLGATE_BENCH_WORKERS` (default 4) workers, each leasing up to 100 runs at a time
-//!   (`Engine::lease` with a 50 ms wait) and completing them concurrently (`Engine::complete`,
-//!   so that one group commit covers a batch). Everything runs on a 2-worker tokio runtime.
+//!   (`lease_until` with a 50 ms wait) and completing them concurrently (`complete`, so that
+//!   one group commit covers a batch), through the server's `Backend` (the engine the server
+//!   runs, behind `dyn Store`). Everything runs on a 2-worker tokio runtime.
 //! - `HTTP`: the same flow through the server (`POST /v1/tasks/bench/runs`,
 //!   `POST /v1/workers/lease` with `max` 100 and `wait_ms` 50, `POST /v1/runs/{id}/complete`
 //!   spread over 8 connections per worker), the server on a 2-worker runtime and the load
@@ -20,9 +21,16 @@
 //! `TOLLGATE_BENCH_SECS` (default 3) seconds, and the HTTP ÷ in-process ratio is taken within
 //! each round (median reported).
 //!
-//! `cargo bench -p tollgate-server --bench queue`
+//! With Redis (a `redis-server` of the bench's own on a free port, or `REDIS_URL`), the same
+//! two phases run on a Redis-backed node (`tollgate serve --redis`), each on a fresh key
+//! prefix: what one node pushes through a shared queue. Without Redis those rows are skipped,
+//! and the bench says so.
+//!
+//! `cargo bench -p tollgate-server --bench queue` (a scenario-name filter may follow `--`).
 
 mod common;
+#[path = "../../redis/tests/common/mod.rs"]
+mod redis_common;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -36,7 +44,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tollgate::{Db, Engine, LimitSpec, Limiter, MemoryStore, SystemClock, TaskSpec};
+use tollgate::{Db, DynStore, Engine, LimitSpec, Limiter, MemoryStore, SystemClock, TaskSpec};
+use tollgate_redis::{RedisEngine, RedisStore};
+use tollgate_server::backend::Backend;
 use tollgate_server::{AppState, Settings};
 
 use common::{Conn, cpu_ticks, post_req, put_req, table, thousands, ticks_to_secs};
@@ -141,35 +151,55 @@ async fn measure_window(counters: &Counters, measure: Duration) -> Phase {
     }
 }
 
-fn limiter() -> Limiter<MemoryStore> {
-    Limiter::with_store(MemoryStore::new(), SystemClock::new())
+/// Where a scenario keeps its runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Memory,
+    Sqlite,
+    Redis,
 }
 
-async fn declare(engine: &Engine) -> anyhow::Result<()> {
-    engine
+/// What a scenario needs to build its engine: a fresh data directory (SQLite) and the
+/// bench's Redis.
+struct Env<'a> {
+    dir: &'a Path,
+    redis: Option<&'a str>,
+}
+
+impl Env<'_> {
+    fn redis_store(&self) -> anyhow::Result<RedisStore> {
+        let url = self.redis.context("no Redis")?;
+        Ok(RedisStore::builder(url)
+            .prefix(redis_common::fresh_prefix())
+            .build()?)
+    }
+}
+
+fn limiter() -> Limiter<DynStore> {
+    Limiter::with_store(Arc::new(MemoryStore::new()), SystemClock::new())
+}
+
+/// A fresh engine of `kind`, with the bench's limit and task declared.
+async fn backend(kind: Kind, env: &Env<'_>) -> anyhow::Result<Backend> {
+    let backend = match kind {
+        Kind::Memory => Backend::Embedded(Engine::in_memory(limiter())),
+        Kind::Sqlite => {
+            let (db, loaded) = Db::open(env.dir)?;
+            Backend::Embedded(Engine::with_db(limiter(), db, loaded)?)
+        }
+        Kind::Redis => Backend::Redis(RedisEngine::new(env.redis_store()?, SystemClock::new())),
+    };
+    backend
         .put_limit("q", serde_json::from_str::<LimitSpec>(LIMIT)?)
         .await?;
-    engine
+    backend
         .put_task("bench", serde_json::from_str::<TaskSpec>(TASK)?)
         .await?;
-    Ok(())
-}
-
-/// A fresh engine: in memory, or over SQLite in `dir`.
-async fn engine(dir: Option<&Path>) -> anyhow::Result<Engine> {
-    let engine = match dir {
-        None => Engine::in_memory(limiter()),
-        Some(dir) => {
-            let (db, loaded) = Db::open(dir)?;
-            Engine::with_db(limiter(), db, loaded)?
-        }
-    };
-    declare(&engine).await?;
-    Ok(engine)
+    Ok(backend)
 }
 
 /// enqueue → lease → complete through the engine API, on the current (multi-thread) runtime.
-async fn in_process(engine: Engine, shape: Shape, measure: Duration) -> anyhow::Result<Phase> {
+async fn in_process(engine: Backend, shape: Shape, measure: Duration) -> anyhow::Result<Phase> {
     let counters = Arc::new(Counters::default());
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..shape.producers * shape.in_flight {
@@ -199,11 +229,12 @@ async fn in_process(engine: Engine, shape: Shape, measure: Duration) -> anyhow::
             let worker = format!("w{w}");
             while !counters.stopped() {
                 let runs = engine
-                    .lease(
+                    .lease_until(
                         &worker,
                         &names,
                         LEASE_MAX,
                         Duration::from_millis(LEASE_WAIT_MS),
+                        std::future::pending(),
                     )
                     .await?;
                 let done = join_all(
@@ -321,14 +352,16 @@ async fn over_http(addr: SocketAddr, shape: Shape, measure: Duration) -> anyhow:
 /// Serves `state` on the server runtime, drives it from a `loadgen` thread, then stops it.
 fn http_phase(
     server_rt: &tokio::runtime::Runtime,
-    dir: Option<&Path>,
+    kind: Kind,
+    env: &Env<'_>,
     shape: Shape,
     measure: Duration,
 ) -> anyhow::Result<Phase> {
     let (addr, stop, done) = server_rt.block_on(async {
-        let state = match dir {
-            None => AppState::new(SystemClock::new(), Settings::default()),
-            Some(dir) => AppState::open(dir, Settings::default())?,
+        let state = match kind {
+            Kind::Memory => AppState::new(SystemClock::new(), Settings::default()),
+            Kind::Sqlite => AppState::open(env.dir, Settings::default())?,
+            Kind::Redis => AppState::redis(env.redis_store()?, Settings::default()),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -391,26 +424,39 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     // `cargo bench` passes `--bench`; anything else is a filter on scenario names.
     let filter = std::env::args().skip(1).find(|a| !a.starts_with("--"));
-    // (name, over HTTP, durable)
-    let scenarios: Vec<(&str, bool, bool)> = [
-        ("in-process, memory", false, false),
-        ("in-process, SQLite", false, true),
-        ("HTTP, memory", true, false),
-        ("HTTP, SQLite", true, true),
+    let redis = redis_common::redis("queue bench");
+    // (name, over HTTP, where runs live)
+    let scenarios: Vec<(&str, bool, Kind)> = [
+        ("in-process, memory", false, Kind::Memory),
+        ("in-process, SQLite", false, Kind::Sqlite),
+        ("in-process, Redis", false, Kind::Redis),
+        ("HTTP, memory", true, Kind::Memory),
+        ("HTTP, SQLite", true, Kind::Sqlite),
+        ("HTTP, Redis", true, Kind::Redis),
     ]
     .into_iter()
     .filter(|(name, ..)| filter.as_deref().is_none_or(|f| name.contains(f)))
+    .filter(|&(name, _, kind)| {
+        let skip = kind == Kind::Redis && redis.is_none();
+        if skip {
+            println!("{name}: skipped, no Redis (see above)");
+        }
+        !skip
+    })
     .collect();
     let mut results: Vec<Vec<Phase>> = vec![Vec::new(); scenarios.len()];
     for round in 0..rounds {
-        for (i, &(name, http, durable)) in scenarios.iter().enumerate() {
+        for (i, &(name, http, kind)) in scenarios.iter().enumerate() {
             let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
-            let dir = durable.then(|| dir.path());
+            let env = Env {
+                dir: dir.path(),
+                redis: redis.as_ref().map(|r| r.url.as_str()),
+            };
             let phase = if http {
-                http_phase(&server_rt, dir, shape, measure)
+                http_phase(&server_rt, kind, &env, shape, measure)
             } else {
                 server_rt.block_on(async {
-                    let engine = engine(dir).await?;
+                    let engine = backend(kind, &env).await?;
                     in_process(engine, shape, measure).await
                 })
             }
@@ -419,7 +465,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let mut rows = Vec::new();
-    for (i, &(name, http, durable)) in scenarios.iter().enumerate() {
+    for (i, &(name, http, kind)) in scenarios.iter().enumerate() {
         let mut m = Phase::default();
         for p in &results[i] {
             m.add(*p);
@@ -427,7 +473,7 @@ fn main() -> anyhow::Result<()> {
         // HTTP against the in-process figure of the same engine, within each round.
         let floor = scenarios
             .iter()
-            .position(|&(_, h, d)| !h && d == durable)
+            .position(|&(_, h, k)| !h && k == kind)
             .map_or("-".to_owned(), |f| {
                 format!(
                     "{:.2}",
@@ -450,7 +496,7 @@ fn main() -> anyhow::Result<()> {
             floor,
             thousands(m.enqueued as f64 / m.secs),
             format!("{:.1}", m.server_cpu * 1e6 / m.completed.max(1) as f64),
-            if durable {
+            if kind == Kind::Sqlite {
                 format!("{:.1}", m.writer_cpu * 1e6 / m.completed.max(1) as f64)
             } else {
                 "-".to_owned()
