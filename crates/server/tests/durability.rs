@@ -6,14 +6,14 @@
 //! Real processes, real time: limits are per hour and leases last ten minutes, so nothing the
 //! test checks can change while it runs.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::time::{Instant, timeout};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -37,29 +37,8 @@ impl Tollgate {
     /// Starts the binary on a free port with `dir` as its data directory and waits until it
     /// answers.
     async fn start(dir: &Path) -> Tollgate {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .env_remove("TOLLGATE_LISTEN")
-            .env_remove("TOLLGATE_DATA_DIR")
-            .env_remove("TOLLGATE_MEMORY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            // Not read: a full pipe would block the server's logging.
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the binary starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let line = timeout(DEADLINE, BufReader::new(stdout).lines().next_line())
-            .await
-            .expect("the server printed its address in time")
-            .expect("stdout is readable")
-            .expect("the server printed a line");
-        let base = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        let (child, base) =
+            common::spawn_serve([std::ffi::OsStr::new("--data-dir"), dir.as_os_str()]).await;
         let server = Tollgate {
             child,
             base,

@@ -12,7 +12,6 @@ mod common;
 mod redis_common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -20,8 +19,7 @@ use std::time::{Duration, Instant};
 use common::Server;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tollgate_redis::RedisStore;
 use tollgate_server::{AppState, Settings, StoreErrorPolicy};
 
@@ -424,35 +422,9 @@ struct Node {
 
 impl Node {
     async fn start(url: &str, prefix: &str, extra: &[&str]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--redis",
-                url,
-                "--redis-prefix",
-                prefix,
-            ])
-            .args(extra)
-            .env_remove("TOLLGATE_LISTEN")
-            .env_remove("TOLLGATE_DATA_DIR")
-            .env_remove("TOLLGATE_MEMORY")
-            .env_remove("TOLLGATE_REDIS_URL")
-            .env_remove("TOLLGATE_REDIS_PREFIX")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let line = tokio::time::timeout(DEADLINE, BufReader::new(stdout).lines().next_line())
-            .await
-            .expect("the node printed its address in time")
-            .unwrap()
-            .expect("a line");
-        let base = line.strip_prefix("listening on ").unwrap().to_owned();
+        let mut args = vec!["--redis", url, "--redis-prefix", prefix];
+        args.extend_from_slice(extra);
+        let (child, base) = common::spawn_serve(args).await;
         Node { child, base }
     }
 

@@ -238,3 +238,43 @@ pub fn id(run: &Value) -> String {
 pub fn ids(runs: &[Value]) -> Vec<String> {
     runs.iter().map(id).collect()
 }
+
+/// The real `tollgate serve` binary on a free port with `args` after `serve --listen
+/// 127.0.0.1:0` and no `TOLLGATE_*` settings inherited from the environment; its stderr
+/// discarded (a full pipe would block its logging). Waits until it prints its address and
+/// returns the process (killed on drop) and its base URL.
+pub async fn spawn_serve<I, S>(args: I) -> (tokio::process::Child, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    use tokio::io::AsyncBufReadExt as _;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TOLLGATE_") {
+            cmd.env_remove(name);
+        }
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let line = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::io::BufReader::new(stdout).lines().next_line(),
+    )
+    .await
+    .expect("the server printed its address in time")
+    .expect("stdout is readable")
+    .expect("the server printed a line");
+    let base = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (child, base)
+}
