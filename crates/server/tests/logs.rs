@@ -1,42 +1,26 @@
 //! The real binary's logs: `RUST_LOG` is honoured; start and stop are logged at info, every
 //! run's state changes at debug only.
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::AsyncReadExt;
+use tokio::process::Child;
 use tokio::time::timeout;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Starts `tollgate serve --memory` on a free port with `RUST_LOG` set to `filter`.
 async fn start(filter: &str) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["serve", "--memory", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", filter)
-        .env("NO_COLOR", "1")
-        .env_remove("TOLLGATE_LISTEN")
-        .env_remove("TOLLGATE_DATA_DIR")
-        .env_remove("TOLLGATE_MEMORY")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let line = timeout(DEADLINE, BufReader::new(stdout).lines().next_line())
-        .await
-        .expect("the server printed its address in time")
-        .expect("stdout is readable")
-        .expect("the server printed a line");
-    let base = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    (child, base)
+    common::spawn_serve_with(["--memory"], |cmd| {
+        cmd.env("RUST_LOG", filter)
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped());
+    })
+    .await
 }
 
 /// One run through enqueue, lease and complete; its id.

@@ -248,6 +248,19 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
+    spawn_serve_with(args, |_| {}).await
+}
+
+/// [`spawn_serve`], with `configure` applied to the command last (environment, a piped
+/// stderr).
+pub async fn spawn_serve_with<I, S>(
+    args: I,
+    configure: impl FnOnce(&mut tokio::process::Command),
+) -> (tokio::process::Child, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     use tokio::io::AsyncBufReadExt as _;
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
     cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
@@ -256,13 +269,12 @@ where
             cmd.env_remove(name);
         }
     }
-    let mut child = cmd
-        .stdin(std::process::Stdio::null())
+    cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
+        .kill_on_drop(true);
+    configure(&mut cmd);
+    let mut child = cmd.spawn().expect("the binary starts");
     let stdout = child.stdout.take().expect("stdout is piped");
     let line = tokio::time::timeout(
         std::time::Duration::from_secs(30),
