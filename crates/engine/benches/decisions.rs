@@ -24,8 +24,6 @@ use std::time::{Duration, Instant};
 use criterion::{Bencher, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use governor::RateLimiter;
 use governor::clock::FakeRelativeClock;
-use governor::middleware::NoOpMiddleware;
-use governor::state::keyed::DashMapStateStore;
 use tollgate::core::{
     Align, FixedWindow, Gcra, GcraState, LimitState, Nanos, Period, Rate, RateLimit, SlidingWindow,
     TokenBucket,
@@ -34,13 +32,9 @@ use tollgate::{AcquireEntry, Clock, FakeClock, Limiter, MemoryStore};
 
 mod common;
 use common::{
-    CHUNK, Dist, SEQ_LEN, STEP_NS, gcra_allow, gcra_deny, governor_allow, governor_deny, keys,
-    nonzero, sequence,
+    CHUNK, Dist, GovernorKeyed, SEQ_LEN, STEP_NS, gcra_allow, gcra_deny, governor_allow,
+    governor_deny, keys, nonzero, sequence,
 };
-
-type GovernorKeyed =
-    RateLimiter<String, DashMapStateStore<String>, FakeRelativeClock, NoOpMiddleware<GovNanos>>;
-type GovNanos = governor::nanos::Nanos;
 
 /// Where tollgate's fake clock starts: an epoch instant of today's order.
 const T0: Nanos = Nanos::from_secs(1_700_000_000);

@@ -18,20 +18,11 @@ use std::hint::black_box;
 
 use governor::RateLimiter;
 use governor::clock::FakeRelativeClock;
-use governor::middleware::NoOpMiddleware;
-use governor::state::keyed::DashMapStateStore;
 use tollgate::core::{Nanos, RateLimit};
 use tollgate::{AcquireEntry, FakeClock, Limiter, MemoryStore};
 
 mod common;
-use common::{Dist, gcra_deny, governor_deny, keys, sequence};
-
-type GovernorKeyed = RateLimiter<
-    String,
-    DashMapStateStore<String>,
-    FakeRelativeClock,
-    NoOpMiddleware<governor::nanos::Nanos>,
->;
+use common::{Dist, GovernorKeyed, gcra_deny, governor_deny, keys, sequence};
 
 const KEYS: usize = 1_000_000;
 /// Decisions counted: `DECISIONS` draws from the uniform key sequence.

@@ -13,24 +13,15 @@ use std::time::Instant;
 
 use governor::RateLimiter;
 use governor::clock::FakeRelativeClock;
-use governor::middleware::NoOpMiddleware;
-use governor::state::keyed::DashMapStateStore;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tollgate::core::{Align, FixedWindow, Nanos, Period, RateLimit, SlidingWindow};
 use tollgate::{AcquireEntry, MemoryStore, Store};
 
 mod common;
-use common::{gcra_deny, governor_deny, keys};
+use common::{GovernorKeyed, gcra_deny, governor_deny, keys};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
-
-type GovernorKeyed = RateLimiter<
-    String,
-    DashMapStateStore<String>,
-    FakeRelativeClock,
-    NoOpMiddleware<governor::nanos::Nanos>,
->;
 
 const KEYS: usize = 1_000_000;
 

@@ -7,8 +7,19 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use governor::Quota;
+use governor::clock::FakeRelativeClock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
 use tollgate::core::{Gcra, Period, Rate, RateLimit};
+
+/// `governor`'s keyed limiter on a fake clock, as every bench builds it.
+pub type GovernorKeyed = RateLimiter<
+    String,
+    DashMapStateStore<String>,
+    FakeRelativeClock,
+    NoOpMiddleware<governor::nanos::Nanos>,
+>;
 
 /// The "mostly allowed" limit: 200 000 per millisecond (one unit every 5 ns), burst 1 000.
 /// The benches advance time by [`STEP_NS`] = 10 ns per decision, half the rate, so every
