@@ -932,8 +932,8 @@ fn spawn_timer<S: Store + 'static>(engine: Weak<Inner<S>>, timer: Arc<Notify>) {
                     return;
                 };
                 let e = Engine { inner };
-                let (next, commit) = e.apply(Vec::new(), true, |st, now, store| {
-                    st.process_due(now, store);
+                // `apply` fires what is due before it runs this.
+                let (next, commit) = e.apply(Vec::new(), true, |st, now, _| {
                     Ok(st.next_deadline().map(|t| t - now))
                 });
                 if let Some(commit) = commit {

@@ -723,7 +723,8 @@ impl QueueState {
         }
     }
 
-    /// Fires due timers and lease expiries.
+    /// Fires due timers and lease expiries. The engine calls it before every change
+    /// (`Engine::apply`), so the operations below find nothing due left.
     pub(crate) fn process_due(&mut self, now: Nanos, store: &dyn Store) {
         while let Some(Reverse((t, _))) = self.timers.peek() {
             if *t > now {
@@ -775,7 +776,8 @@ impl QueueState {
 
     // ---- worker operations ---------------------------------------------------------------
 
-    /// Leases up to `max` runs of `tasks`, taking one per task in turn.
+    /// Leases up to `max` runs of `tasks`, taking one per task in turn (what was due has
+    /// been fired by the caller).
     pub(crate) fn lease(
         &mut self,
         worker_id: &str,
@@ -784,7 +786,6 @@ impl QueueState {
         now: Nanos,
         store: &dyn Store,
     ) -> Vec<String> {
-        self.process_due(now, store);
         let mut out = Vec::new();
         let mut exhausted = vec![false; tasks.len()];
         while out.len() < max && exhausted.iter().any(|e| !e) {
