@@ -348,8 +348,8 @@ impl RedisEngine {
                 };
                 format!(
                     "{ns}\t{units}\t{spec}\t{}\t{}\t{key}\t{index}",
-                    self.inner.store.key_of(guard, key),
-                    self.inner.store.key_of(state, key)
+                    self.inner.store.key(guard, key),
+                    self.inner.store.key(state, key)
                 )
             })
             .collect::<Vec<_>>()

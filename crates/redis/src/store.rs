@@ -255,13 +255,9 @@ impl RedisStore {
             .map(drop)
     }
 
-    fn key(&self, kind: Kind, key: &str) -> String {
-        keys::name(&self.prefix, kind, key)
-    }
-
     /// The Redis key holding `kind` for Tollgate key `key` (the queue stores these in runs).
-    pub(crate) fn key_of(&self, kind: Kind, key: &str) -> String {
-        self.key(kind, key)
+    pub(crate) fn key(&self, kind: Kind, key: &str) -> String {
+        keys::name(&self.prefix, kind, key)
     }
 
     /// The expiry slack in milliseconds.
