@@ -17,7 +17,7 @@ use crate::error::{Error, StoreError};
 use crate::limiter::Limiter;
 use crate::metrics::QueueMetrics;
 use crate::queue::run::{LeasedRun, Run, RunState, RunView};
-use crate::queue::state::QueueState;
+use crate::queue::state::{QueueState, WaitKey};
 use crate::spec::LimitSpec;
 use crate::store::memory::MemoryStore;
 use crate::store::{AcquireEntry, Namespace, Store, Target};
@@ -450,35 +450,45 @@ impl<S: Store + 'static> Engine<S> {
             key: key.to_owned(),
             spec: canonical,
         };
-        self.mutate(vec![write], move |_, _, _| limiter.upsert(key, limit))
-            .await?;
+        self.mutate(vec![write], move |st, now, store| {
+            limiter.upsert(key, limit)?;
+            // Limits are live: what waits on this key is re-planned within this call.
+            st.replan(&WaitKey::declared(key), now, store);
+            Ok(())
+        })
+        .await?;
         Ok(limit)
     }
 
     /// Removes static limit `key`. Returns whether it existed.
     ///
     /// # Errors
-    /// [`Error::LimitInUse`] while a task names it as a `static_key`.
+    /// [`Error::LimitInUse`] while a task names it as a `static_key` or a run not yet ended
+    /// does (docs/design.md §3: no run is left parked on a limit that is gone).
     pub async fn remove_limit(&self, key: &str) -> Result<bool, Error> {
         crate::error::check_key(key)?;
-        let users: Vec<String> = self
-            .tasks()
-            .iter()
-            .filter(|t| t.uses_static_key(key))
-            .map(|t| t.name.clone())
-            .collect();
-        if !users.is_empty() {
-            return Err(Error::LimitInUse {
-                key: key.to_owned(),
-                tasks: users,
-            });
-        }
         let limiter = self.inner.limiter.clone();
         let write = Write::DeleteLimit {
             key: key.to_owned(),
         };
-        self.mutate(vec![write], move |_, _, _| limiter.remove(key))
-            .await
+        // Checked under the queue's lock, so no run naming the key slips in between.
+        let (removed, commit) = self.apply(vec![write], false, |st, _, _| {
+            let tasks = tasks_naming(st.tasks.values(), key);
+            let runs = st.declared_users(key);
+            if !tasks.is_empty() || runs > 0 {
+                return Err(Error::LimitInUse {
+                    key: key.to_owned(),
+                    tasks,
+                    runs,
+                });
+            }
+            limiter.remove(key)
+        });
+        let removed = removed?;
+        if let Some(commit) = commit {
+            commit.await?;
+        }
+        Ok(removed)
     }
 
     /// Defines or redefines task `name`. Runs already enqueued keep the limits rendered for them.
@@ -526,7 +536,7 @@ impl<S: Store + 'static> Engine<S> {
     ) -> Result<RunView, Error> {
         self.mutate(Vec::new(), |st, now, store| {
             let id = st.enqueue(task, input, additional_metadata, None, now, store)?;
-            Ok(RunView::from(&st.runs[&id]))
+            Ok(view(st, &id))
         })
         .await
     }
@@ -568,7 +578,7 @@ impl<S: Store + 'static> Engine<S> {
             let mut out = Vec::with_capacity(prepared.len());
             for p in prepared {
                 let id = st.insert(p, now, store)?;
-                out.push(RunView::from(&st.runs[&id]));
+                out.push(view(st, &id));
             }
             Ok(out)
         })
@@ -648,7 +658,7 @@ impl<S: Store + 'static> Engine<S> {
     pub async fn heartbeat(&self, id: &str, attempt: Option<u32>) -> Result<RunView, Error> {
         self.mutate(Vec::new(), |st, now, _| {
             st.heartbeat(id, attempt, now)?;
-            Ok(RunView::from(&st.runs[id]))
+            Ok(view(st, id))
         })
         .await
     }
@@ -665,7 +675,7 @@ impl<S: Store + 'static> Engine<S> {
     ) -> Result<RunView, Error> {
         self.mutate(Vec::new(), |st, now, _| {
             st.complete(id, attempt, output, now)?;
-            Ok(RunView::from(&st.runs[id]))
+            Ok(view(st, id))
         })
         .await
     }
@@ -683,7 +693,7 @@ impl<S: Store + 'static> Engine<S> {
     ) -> Result<RunView, Error> {
         self.mutate(Vec::new(), |st, now, _| {
             st.fail_run(id, attempt, error, retry, now)?;
-            Ok(RunView::from(&st.runs[id]))
+            Ok(view(st, id))
         })
         .await
     }
@@ -695,7 +705,7 @@ impl<S: Store + 'static> Engine<S> {
     pub async fn release(&self, id: &str, attempt: Option<u32>) -> Result<RunView, Error> {
         self.mutate(Vec::new(), |st, now, store| {
             st.release(id, attempt, now, store)?;
-            Ok(RunView::from(&st.runs[id]))
+            Ok(view(st, id))
         })
         .await
     }
@@ -707,7 +717,7 @@ impl<S: Store + 'static> Engine<S> {
     pub async fn cancel(&self, id: &str) -> Result<RunView, Error> {
         self.mutate(Vec::new(), |st, now, store| {
             st.cancel(id, now, store)?;
-            Ok(RunView::from(&st.runs[id]))
+            Ok(view(st, id))
         })
         .await
     }
@@ -718,9 +728,7 @@ impl<S: Store + 'static> Engine<S> {
     /// [`Error::UnknownRun`].
     pub fn run(&self, id: &str) -> Result<RunView, Error> {
         let st = self.inner.state.lock();
-        st.runs
-            .get(id)
-            .map(RunView::from)
+        st.view(id)
             .ok_or_else(|| Error::UnknownRun { id: id.to_owned() })
     }
 
@@ -733,7 +741,10 @@ impl<S: Store + 'static> Engine<S> {
             .filter(|r| task.is_none_or(|t| r.task == t) && state.is_none_or(|s| r.state == s))
             .collect();
         runs.sort_by_key(|r| std::cmp::Reverse(r.seq));
-        runs.into_iter().take(limit).map(RunView::from).collect()
+        runs.into_iter()
+            .take(limit)
+            .filter_map(|r| st.view(&r.id))
+            .collect()
     }
 
     /// Runs per task and state.
@@ -882,6 +893,25 @@ fn still_counts(store: &dyn Store, e: &AcquireEntry<'_>, at: Nanos, now: Nanos) 
         .ok()
         .and_then(|o| o.state)
         .is_some_and(|s| s.fresh_at() > now)
+}
+
+/// A run's view, right after the call that changed it (the run exists).
+fn view(st: &QueueState, id: &str) -> RunView {
+    st.view(id)
+        .unwrap_or_else(|| unreachable!("the run {id} was just changed"))
+}
+
+/// The tasks (by name, sorted) that name declared limit `key` as a `static_key`.
+pub(crate) fn tasks_naming<'a>(
+    tasks: impl Iterator<Item = &'a Arc<Task>>,
+    key: &str,
+) -> Vec<String> {
+    let mut names: Vec<String> = tasks
+        .filter(|t| t.uses_static_key(key))
+        .map(|t| t.name.clone())
+        .collect();
+    names.sort();
+    names
 }
 
 fn check_name(name: &str) -> Result<(), Error> {

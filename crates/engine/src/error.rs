@@ -90,13 +90,15 @@ pub enum Error {
     /// A limit or task definition that is not valid.
     #[error(transparent)]
     Spec(crate::spec::SpecError),
-    /// A static limit that tasks still name.
-    #[error("limit {key:?} is used by tasks {tasks:?}; change those tasks first")]
+    /// A static limit that tasks or runs not yet ended still name.
+    #[error("{}", limit_in_use_message(key, tasks, *runs))]
     LimitInUse {
         /// The limit.
         key: String,
         /// The tasks naming it.
         tasks: Vec<String>,
+        /// How many runs not yet ended name it.
+        runs: u32,
     },
     /// A task name that is empty, too long or has control characters.
     #[error("invalid name {name:?}: a name must be 1 to 512 bytes without control characters")]
@@ -214,6 +216,23 @@ fn key_error(key: &str) -> Result<(), Error> {
         shown.push('…');
     }
     Err(Error::InvalidKey { key: shown, reason })
+}
+
+fn limit_in_use_message(key: &str, tasks: &[String], runs: u32) -> String {
+    let mut users = Vec::new();
+    if !tasks.is_empty() {
+        users.push(format!("tasks {tasks:?}"));
+    }
+    if runs > 0 {
+        users.push(format!(
+            "{runs} run{} not yet ended",
+            if runs == 1 { "" } else { "s" }
+        ));
+    }
+    format!(
+        "limit {key:?} is used by {}; change those tasks and let those runs end (or cancel them) first",
+        users.join(" and ")
+    )
 }
 
 #[cfg(test)]

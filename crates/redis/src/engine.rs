@@ -143,29 +143,60 @@ impl RedisEngine {
     pub async fn put_limit(&self, key: &str, spec: LimitSpec) -> Result<Limit, Error> {
         let limit = spec.to_limit().map_err(Error::Spec)?;
         check_key(key)?;
-        self.inner.limiter.upsert(key, limit)?;
+        let mut args = self.limit_args("put", key);
+        args.push(crate::spec::limit(&limit));
+        let (status, _) = self.queue_call("put a limit", Script::Define, &args)?;
+        self.expect_ok("put a limit", &status)?;
         Ok(limit)
     }
 
     /// Removes static limit `key`; returns whether it existed.
     ///
     /// # Errors
-    /// [`Error::LimitInUse`] while a task names it as a `static_key`; store failures.
+    /// [`Error::LimitInUse`] while a task names it as a `static_key` or a run not yet ended
+    /// does; store failures.
     pub async fn remove_limit(&self, key: &str) -> Result<bool, Error> {
         check_key(key)?;
-        let users: Vec<String> = self
+        let mut tasks: Vec<String> = self
             .tasks()?
             .iter()
             .filter(|t| t.uses_static_key(key))
             .map(|t| t.name.clone())
             .collect();
-        if !users.is_empty() {
-            return Err(Error::LimitInUse {
-                key: key.to_owned(),
-                tasks: users,
-            });
+        tasks.sort();
+        let in_use = |runs| Error::LimitInUse {
+            key: key.to_owned(),
+            tasks: tasks.clone(),
+            runs,
+        };
+        let mut args = self.limit_args("remove", key);
+        args.push(if tasks.is_empty() { "0" } else { "1" }.to_owned());
+        let (status, items) = self.queue_call("remove a limit", Script::Define, &args)?;
+        let n = items.first().and_then(int);
+        match (status.as_str(), n) {
+            ("ok", Some(n)) => Ok(n == 1),
+            ("in_use", Some(n)) => Err(in_use(u32::try_from(n).unwrap_or(u32::MAX))),
+            _ => Err(self
+                .inner
+                .store
+                .corrupt(format_args!("remove a limit answered {status:?}"))),
         }
-        self.inner.limiter.remove(key)
+    }
+
+    /// The first ARGV of queue_define.lua for a limit: the queue's, the op, the limit's key and its keys.
+    fn limit_args(&self, op: &str, key: &str) -> Vec<String> {
+        let mut args = self.script_args();
+        args.extend([op.to_owned(), key.to_owned()]);
+        args.extend(
+            [
+                Kind::Def,
+                Kind::StaticRate,
+                Kind::StaticLeases,
+                Kind::StaticHolders,
+            ]
+            .map(|k| self.inner.store.key(k, key)),
+        );
+        args
     }
 
     /// Defines or redefines task `name` for every node.
@@ -183,14 +214,10 @@ impl RedisEngine {
             ))
         })?;
         let task = Arc::new(self.compile(name, spec)?);
-        let key = self.q_key("tasks");
-        self.run_redis("put task", |con| {
-            redis::cmd("HSET")
-                .arg(&key)
-                .arg(name)
-                .arg(&text)
-                .query::<i64>(con)
-        })?;
+        let mut args = self.script_args();
+        args.extend(["task".to_owned(), name.to_owned(), text.clone()]);
+        let (status, _) = self.queue_call("put a task", Script::Define, &args)?;
+        self.expect_ok("put a task", &status)?;
         self.inner
             .tasks
             .lock()
@@ -723,6 +750,7 @@ impl RedisEngine {
             Script::Run => &scripts.queue_run,
             Script::Sweep => &scripts.queue_sweep,
             Script::Read => &scripts.queue_read,
+            Script::Define => &scripts.queue_define,
         };
         let reply = self.inner.store.call(what, script, &[], args)?;
         let Value::Array(mut items) = reply else {
@@ -799,6 +827,7 @@ enum Script {
     Run,
     Sweep,
     Read,
+    Define,
 }
 
 fn int(v: &Value) -> Option<i64> {

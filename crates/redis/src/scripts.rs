@@ -19,6 +19,7 @@ pub(crate) struct Scripts {
     pub(crate) queue_run: Script,
     pub(crate) queue_sweep: Script,
     pub(crate) queue_read: Script,
+    pub(crate) queue_define: Script,
 }
 
 const QUEUE_LIB: &str = include_str!("scripts/queue_lib.lua");
@@ -53,6 +54,7 @@ impl Scripts {
             queue_run: with_queue(include_str!("scripts/queue_run.lua")),
             queue_sweep: with_queue(include_str!("scripts/queue_sweep.lua")),
             queue_read: with_queue(include_str!("scripts/queue_read.lua")),
+            queue_define: with_queue(include_str!("scripts/queue_define.lua")),
         }
     }
 }

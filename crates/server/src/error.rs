@@ -279,6 +279,7 @@ mod tests {
                 E::LimitInUse {
                     key: "k".into(),
                     tasks: vec!["t".into()],
+                    runs: 0,
                 },
                 409,
                 "limit_in_use",

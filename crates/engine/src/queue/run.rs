@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tollgate_core::Nanos;
 
-use crate::task::Rendered;
+use crate::task::{DEFAULT_LEASE_TIMEOUT, OnLimit, Rendered};
+use tollgate_core::Period;
 
 /// Where a run is in its life (DESIGN §3): `queued → running → succeeded | failed`, with
 /// `waiting` (parked on a limit) between `queued` and `running`; `skipped` and `cancelled` end it.
@@ -95,6 +96,10 @@ pub struct Run {
     pub max_attempts: u32,
     /// Limits and concurrency keys rendered at enqueue.
     pub rendered: Rendered,
+    /// What the run keeps of its task's definition at enqueue (docs/design.md §3). `None` only
+    /// in runs written by a build before 0.2, until the engine fills it in at load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<RunPolicy>,
     /// The key a waiting (or skipped) run is held by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_on: Option<String>,
@@ -130,6 +135,33 @@ pub struct Run {
     /// Who holds the lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_id: Option<String>,
+}
+
+impl Run {
+    /// The task definition this run was enqueued with.
+    pub fn policy(&self) -> RunPolicy {
+        self.policy.unwrap_or_default()
+    }
+}
+
+/// The parts of its task's definition a run keeps from its enqueue, with `max_attempts` and
+/// its rendered limits (docs/design.md §3): redefining a task changes only runs enqueued after
+/// it, as Hatchet's and Inngest's versioned definitions do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunPolicy {
+    /// What happens when a limit does not admit the run.
+    pub on_limit: OnLimit,
+    /// How long a lease lasts without a heartbeat.
+    pub lease_timeout: Period,
+}
+
+impl Default for RunPolicy {
+    fn default() -> RunPolicy {
+        RunPolicy {
+            on_limit: OnLimit::Requeue,
+            lease_timeout: DEFAULT_LEASE_TIMEOUT,
+        }
+    }
 }
 
 /// A run as the HTTP API shows it: times in epoch milliseconds.

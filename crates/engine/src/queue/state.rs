@@ -23,9 +23,10 @@ use std::sync::Arc;
 use serde_json::Value;
 use tollgate_core::{Nanos, Period};
 
-use super::run::{Run, RunState};
+use super::run::{Run, RunPolicy, RunState, RunView};
 use crate::error::Error;
 use crate::metrics::{Metrics, Transition};
+use crate::spec::LimitSpec;
 use crate::store::{AcquireEntry, Store};
 use crate::task::{OnLimit, Rendered, RunContext, Task};
 
@@ -44,6 +45,26 @@ impl WaitKey {
             WaitKey::Rate { key, .. } | WaitKey::Concurrency(key) => key,
         }
     }
+
+    /// A declared (static) limit's key.
+    pub(crate) fn declared(key: &str) -> WaitKey {
+        WaitKey::Rate {
+            dynamic: false,
+            key: key.to_owned(),
+        }
+    }
+}
+
+/// What the runs not yet ended name, per key (docs/design.md §3): how many of them name it,
+/// and for a dynamic key the newest definition, which applies to every run on the key.
+#[derive(Debug, Default)]
+struct KeyUse {
+    /// Rate entries and concurrency entries of runs not yet ended that name the key.
+    users: u32,
+    /// A dynamic rate key's newest definition.
+    rate: Option<LimitSpec>,
+    /// A concurrency key's newest limit.
+    limit: u32,
 }
 
 /// Result of trying to start (or reserve) a run.
@@ -79,7 +100,13 @@ pub(crate) struct QueueState {
     pub(crate) tasks: HashMap<String, Arc<Task>>,
     ready: HashMap<String, TaskQueue>,
     parked: HashMap<WaitKey, VecDeque<String>>,
+    /// Rate keys' timers by due instant; an entry that no longer matches `timer_at` is stale
+    /// and skipped when it comes up.
     timers: BinaryHeap<Reverse<(Nanos, WaitKey)>>,
+    /// The one timer each parked rate key's head holds.
+    timer_at: HashMap<WaitKey, Nanos>,
+    /// What the runs not yet ended name, per key.
+    key_uses: HashMap<WaitKey, KeyUse>,
     leases: BinaryHeap<Reverse<(Nanos, String)>>,
     /// Concurrency slots held, by key.
     live: HashMap<String, u32>,
@@ -95,15 +122,85 @@ pub(crate) struct QueueState {
     pub(crate) metrics: Metrics,
 }
 
-fn entries(run: &Run) -> Result<Vec<AcquireEntry<'_>>, String> {
+/// The acquire entries of `run`'s rate limits, a dynamic key with its newest definition.
+fn entries<'a>(
+    run: &'a Run,
+    key_uses: &'a HashMap<WaitKey, KeyUse>,
+) -> Result<Vec<AcquireEntry<'a>>, String> {
     run.rendered
         .rate
         .iter()
         .map(|r| {
-            r.entry()
-                .map_err(|e| format!("invalid limit for key {:?}: {e}", r.key))
+            let newest = r.dynamic.as_ref().and_then(|_| {
+                let k = WaitKey::Rate {
+                    dynamic: true,
+                    key: r.key.clone(),
+                };
+                key_uses.get(&k).and_then(|u| u.rate.as_ref())
+            });
+            match newest {
+                Some(spec) => spec
+                    .to_rate_limit()
+                    .map(|l| AcquireEntry::dynamic(&r.key, l, r.units)),
+                None => r.entry(),
+            }
+            .map_err(|e| format!("invalid limit for key {:?}: {e}", r.key))
         })
         .collect()
+}
+
+/// Counts the keys `rendered` names as used, and makes its dynamic definitions the newest.
+/// Returns the keys whose definition this changed while other runs used them, to re-plan.
+fn register(key_uses: &mut HashMap<WaitKey, KeyUse>, rendered: &Rendered) -> Vec<WaitKey> {
+    let mut changed = Vec::new();
+    for (key, spec, limit) in named_keys(rendered) {
+        let is_conc = matches!(key, WaitKey::Concurrency(_));
+        let u = key_uses.entry(key.clone()).or_default();
+        let had = u.users > 0;
+        u.users += 1;
+        let differs = if is_conc {
+            std::mem::replace(&mut u.limit, limit) != limit
+        } else if let Some(spec) = spec {
+            u.rate.replace(spec.clone()).as_ref() != Some(spec)
+        } else {
+            false
+        };
+        if had && differs && !changed.contains(&key) {
+            changed.push(key);
+        }
+    }
+    changed
+}
+
+/// A run that named the keys of `rendered` ended: each loses a user.
+fn unregister(key_uses: &mut HashMap<WaitKey, KeyUse>, rendered: &Rendered) {
+    for (key, _, _) in named_keys(rendered) {
+        if let Some(u) = key_uses.get_mut(&key) {
+            u.users = u.users.saturating_sub(1);
+            if u.users == 0 {
+                key_uses.remove(&key);
+            }
+        }
+    }
+}
+
+/// Every key `rendered` names, as wait keys, with what a dynamic one says.
+fn named_keys(rendered: &Rendered) -> impl Iterator<Item = (WaitKey, Option<&LimitSpec>, u32)> {
+    let rate = rendered.rate.iter().map(|r| {
+        (
+            WaitKey::Rate {
+                dynamic: r.dynamic.is_some(),
+                key: r.key.clone(),
+            },
+            r.dynamic.as_ref(),
+            0,
+        )
+    });
+    let conc = rendered
+        .concurrency
+        .iter()
+        .map(|c| (WaitKey::Concurrency(c.key.clone()), None, c.limit));
+    rate.chain(conc)
 }
 
 impl QueueState {
@@ -148,8 +245,69 @@ impl QueueState {
             .ok_or_else(|| Error::UnknownRun { id: id.to_owned() })
     }
 
-    fn task_of(&self, run: &Run) -> Option<Arc<Task>> {
-        self.tasks.get(&run.task).cloned()
+    // ---- what runs name: live limits and the newest definitions of dynamic keys ------------
+
+    /// Run `id` ended: the keys it named lose a user.
+    fn unregister(&mut self, id: &str) {
+        if let Some(run) = self.runs.get(id) {
+            unregister(&mut self.key_uses, &run.rendered);
+        }
+    }
+
+    /// How many runs not yet ended name declared limit `key`.
+    pub(crate) fn declared_users(&self, key: &str) -> u32 {
+        self.key_uses
+            .get(&WaitKey::declared(key))
+            .map_or(0, |u| u.users)
+    }
+
+    /// The limit of concurrency key `key` in force: its newest.
+    fn concurrency_limit(&self, key: &str, own: u32) -> u32 {
+        self.key_uses
+            .get(&WaitKey::Concurrency(key.to_owned()))
+            .map_or(own, |u| u.limit)
+    }
+
+    /// A limit changed (a declared limit redefined, or a dynamic key's newest definition):
+    /// the runs parked on it are re-planned now. Its head is tried at once and becomes ready
+    /// if it fits (then the next, until one is denied); a denied head gets its new
+    /// `eligible_at` and the key's timer moves to it.
+    pub(crate) fn replan(&mut self, key: &WaitKey, now: Nanos, store: &dyn Store) {
+        match key {
+            WaitKey::Rate { .. } => {
+                if self.parked.contains_key(key) {
+                    self.wake_rate(key, now, store);
+                }
+            }
+            WaitKey::Concurrency(k) => {
+                let k = k.clone();
+                self.wake_concurrency(&k, now);
+            }
+        }
+    }
+
+    fn set_timer(&mut self, key: &WaitKey, at: Nanos) {
+        self.timer_at.insert(key.clone(), at);
+        self.timers.push(Reverse((at, key.clone())));
+    }
+
+    /// Run `id` as the API shows it. A run parked behind a rate key's head shows the head's
+    /// `eligible_at`, the earliest it could start: derived here, so it is never stale.
+    pub(crate) fn view(&self, id: &str) -> Option<RunView> {
+        let run = self.runs.get(id)?;
+        let mut view = RunView::from(run);
+        if run.state == RunState::Waiting
+            && let Some(key @ WaitKey::Rate { .. }) = Self::wait_key_of(run)
+            && let Some(head) = self.parked.get(&key).and_then(|q| q.front())
+            && head != id
+        {
+            view.eligible_at_ms = self
+                .runs
+                .get(head)
+                .and_then(|h| h.eligible_at)
+                .map(Nanos::as_millis_ceil);
+        }
+        Some(view)
     }
 
     // ---- enqueue -------------------------------------------------------------------------
@@ -216,6 +374,10 @@ impl QueueState {
             additional_metadata,
             event,
         } = prepared;
+        let policy = RunPolicy {
+            on_limit: task.on_limit,
+            lease_timeout: task.lease_timeout,
+        };
         // A declared limit is known now too: units it can never hold fail the run at once
         // rather than at its first lease.
         let failure = failure.or_else(|| {
@@ -247,6 +409,7 @@ impl QueueState {
             attempt: 0,
             max_attempts: task.max_attempts,
             rendered,
+            policy: Some(policy),
             waiting_on: None,
             eligible_at: None,
             skip_reason: None,
@@ -277,12 +440,20 @@ impl QueueState {
                 self.seen.insert(k, now + period);
             }
         }
+        // A run that may still start names its keys from now on: the newest definition of a
+        // dynamic key is its own, and a key whose definition this changed is re-planned below.
+        let live = run.state == RunState::Queued;
+        let changed = if live {
+            register(&mut self.key_uses, &run.rendered)
+        } else {
+            Vec::new()
+        };
         if run.state == RunState::Queued
-            && task.on_limit == OnLimit::Skip
+            && policy.on_limit == OnLimit::Skip
             && !run.rendered.rate.is_empty()
         {
             // Skip policy: limits are consumed now; an over-limit run never runs.
-            let result = entries(&run).map(|e| store.acquire(&e, now));
+            let result = entries(&run, &self.key_uses).map(|e| store.acquire(&e, now));
             if let Ok(Ok(a)) = &result {
                 self.metrics.decision(&run.task, &run.rendered.rate, a);
             }
@@ -297,7 +468,10 @@ impl QueueState {
                     run.skip_reason = Some("rate_limited".into());
                     run.waiting_on = run.rendered.rate.get(i).map(|r| r.key.clone());
                 }
-                Ok(Err(e)) if e.is_transient() => return Err(e),
+                Ok(Err(e)) if e.is_transient() => {
+                    unregister(&mut self.key_uses, &run.rendered);
+                    return Err(e);
+                }
                 Ok(Err(e)) => {
                     run.state = RunState::Failed;
                     run.error = Some(e.to_string());
@@ -327,8 +501,14 @@ impl QueueState {
                 .transition(&run.task, &run.id, Transition::Skipped),
             _ => {}
         }
+        if live && run.state != RunState::Queued {
+            unregister(&mut self.key_uses, &run.rendered);
+        }
         self.runs.insert(id.clone(), run);
         self.dirty.push(id.clone());
+        for key in changed {
+            self.replan(&key, now, store);
+        }
         Ok(id)
     }
 
@@ -344,6 +524,19 @@ impl QueueState {
     pub(crate) fn restore(&mut self, mut run: Run) {
         self.next_seq = self.next_seq.max(run.seq);
         let id = run.id.clone();
+        if run.policy.is_none() {
+            // Written by a build that read these from the task at each use: the task's
+            // definition now is what that build would have applied.
+            let task = self.tasks.get(&run.task);
+            run.policy = Some(task.map_or_else(RunPolicy::default, |t| RunPolicy {
+                on_limit: t.on_limit,
+                lease_timeout: t.lease_timeout,
+            }));
+        }
+        if !run.state.is_final() {
+            // Restore goes by seq: the newest definition of a dynamic key ends up in force.
+            register(&mut self.key_uses, &run.rendered);
+        }
         let parked_on = (run.state == RunState::Waiting)
             .then(|| Self::wait_key_of(&run))
             .flatten();
@@ -424,7 +617,7 @@ impl QueueState {
                         .and_then(|h| self.runs.get(h))
                         .and_then(|r| r.eligible_at)
                         .unwrap_or(now);
-                    self.timers.push(Reverse((at, key)));
+                    self.set_timer(&key, at);
                 }
                 WaitKey::Concurrency(k) => {
                     let k = k.clone();
@@ -442,11 +635,9 @@ impl QueueState {
         let Some(run) = self.runs.get(id) else {
             return Admission::Failed("run vanished".into());
         };
-        let Some(task) = self.task_of(run) else {
-            return Admission::Failed(format!("task {:?} is no longer defined", run.task));
-        };
-        let rate_due =
-            !run.reserved && task.on_limit == OnLimit::Requeue && !run.rendered.rate.is_empty();
+        let rate_due = !run.reserved
+            && run.policy().on_limit == OnLimit::Requeue
+            && !run.rendered.rate.is_empty();
         if rate_due {
             // FIFO per key: queue behind runs already parked on any of our keys.
             for r in &run.rendered.rate {
@@ -471,12 +662,13 @@ impl QueueState {
             }
             let k = WaitKey::Concurrency(c.key.clone());
             let queued = self.parked.get(&k).is_some_and(|q| !q.is_empty());
-            if queued || self.live.get(&c.key).copied().unwrap_or(0) >= c.limit {
+            let limit = self.concurrency_limit(&c.key, c.limit);
+            if queued || self.live.get(&c.key).copied().unwrap_or(0) >= limit {
                 return Admission::Parked(k, None);
             }
         }
         if rate_due {
-            let result = match entries(run) {
+            let result = match entries(run, &self.key_uses) {
                 Ok(e) => store.acquire(&e, now),
                 Err(reason) => return Admission::Failed(reason),
             };
@@ -547,7 +739,7 @@ impl QueueState {
         if q.len() == 1
             && let Some(t) = eta
         {
-            self.timers.push(Reverse((t, key)));
+            self.set_timer(&key, t);
         }
         self.touch(id, now);
     }
@@ -570,6 +762,7 @@ impl QueueState {
 
     fn fail(&mut self, id: &str, reason: String, now: Nanos) {
         self.release_slots(id, now);
+        self.unregister(id);
         if let Some(run) = self.runs.get_mut(id) {
             run.state = RunState::Failed;
             run.error = Some(reason);
@@ -617,12 +810,13 @@ impl QueueState {
                 self.pop_parked(&wk);
                 continue;
             }
-            let limit = run
+            let own = run
                 .rendered
                 .concurrency
                 .iter()
                 .find(|c| c.key == key)
                 .map_or(0, |c| c.limit);
+            let limit = self.concurrency_limit(key, own);
             if self.live.get(key).copied().unwrap_or(0) >= limit {
                 return;
             }
@@ -648,6 +842,8 @@ impl QueueState {
 
     /// A rate key's timer fired: reserve for its head, then the next, until one is denied.
     fn wake_rate(&mut self, key: &WaitKey, now: Nanos, store: &dyn Store) {
+        // Whatever timer the key held is spent: a head denied below sets the next one.
+        self.timer_at.remove(key);
         loop {
             let Some(id) = self.parked.get(key).and_then(|q| q.front().cloned()) else {
                 self.parked.remove(key);
@@ -669,7 +865,7 @@ impl QueueState {
                 self.make_ready_first(&id, now);
                 continue;
             }
-            let result = match entries(run) {
+            let result = match entries(run, &self.key_uses) {
                 Ok(e) => store.acquire(&e, now),
                 Err(reason) => {
                     self.pop_parked(key);
@@ -703,7 +899,7 @@ impl QueueState {
                             run.eligible_at = Some(eta);
                         }
                         self.touch(&id, now);
-                        self.timers.push(Reverse((eta, key.clone())));
+                        self.set_timer(key, eta);
                         return;
                     }
                     self.pop_parked(key);
@@ -711,8 +907,7 @@ impl QueueState {
                 }
                 Err(e) if e.is_transient() => {
                     // The store is unreachable: try this head again shortly.
-                    self.timers
-                        .push(Reverse((now + Nanos::from_millis(100), key.clone())));
+                    self.set_timer(key, now + Nanos::from_millis(100));
                     return;
                 }
                 Err(e) => {
@@ -730,10 +925,12 @@ impl QueueState {
             if *t > now {
                 break;
             }
-            let Some(Reverse((_, key))) = self.timers.pop() else {
+            let Some(Reverse((t, key))) = self.timers.pop() else {
                 break;
             };
-            self.wake_rate(&key, now, store);
+            if self.timer_at.get(&key) == Some(&t) {
+                self.wake_rate(&key, now, store);
+            }
         }
         while let Some(Reverse((t, _))) = self.leases.peek() {
             if *t > now {
@@ -825,12 +1022,8 @@ impl QueueState {
     }
 
     fn start(&mut self, id: &str, worker_id: &str, now: Nanos) {
-        let timeout = self
-            .runs
-            .get(id)
-            .and_then(|r| self.task_of(r))
-            .map_or(Nanos::from_secs(30), |t| t.lease_timeout.as_nanos());
         if let Some(run) = self.runs.get_mut(id) {
+            let timeout = run.policy().lease_timeout.as_nanos();
             run.state = RunState::Running;
             run.attempt += 1;
             run.worker_id = Some(worker_id.to_owned());
@@ -864,15 +1057,11 @@ impl QueueState {
         now: Nanos,
     ) -> Result<Nanos, Error> {
         self.running(id, attempt, "heartbeat")?;
-        let timeout = self
-            .runs
-            .get(id)
-            .and_then(|r| self.task_of(r))
-            .map_or(Nanos::from_secs(30), |t| t.lease_timeout.as_nanos());
-        let until = now + timeout;
-        if let Some(run) = self.runs.get_mut(id) {
-            run.lease_expires_at = Some(until);
-        }
+        let Some(run) = self.runs.get_mut(id) else {
+            return Err(Error::UnknownRun { id: id.to_owned() });
+        };
+        let until = now + run.policy().lease_timeout.as_nanos();
+        run.lease_expires_at = Some(until);
         self.leases.push(Reverse((until, id.to_owned())));
         self.touch(id, now);
         Ok(until)
@@ -888,6 +1077,7 @@ impl QueueState {
     ) -> Result<(), Error> {
         self.running(id, attempt, "complete")?;
         self.release_slots(id, now);
+        self.unregister(id);
         if let Some(run) = self.runs.get_mut(id) {
             run.state = RunState::Succeeded;
             run.output = output;
@@ -958,11 +1148,8 @@ impl QueueState {
 
     fn refund(&mut self, id: &str, now: Nanos, store: &dyn Store) {
         let Some(run) = self.runs.get(id) else { return };
-        let requeue = self
-            .task_of(run)
-            .is_some_and(|t| t.on_limit == OnLimit::Requeue);
-        if run.reserved && requeue {
-            if let Ok(e) = entries(run) {
+        if run.reserved && run.policy().on_limit == OnLimit::Requeue {
+            if let Ok(e) = entries(run, &self.key_uses) {
                 // A failed refund only leaves the units counted: conservative.
                 let _ = store.refund(&e, now);
             }
@@ -989,6 +1176,7 @@ impl QueueState {
             self.refund(id, now, store);
         }
         self.release_slots(id, now);
+        self.unregister(id);
         if let Some(run) = self.runs.get_mut(id) {
             run.state = RunState::Cancelled;
             run.lease_expires_at = None;

@@ -723,3 +723,30 @@ local function resolve(i, ns, guard, state_key, spec, now)
   end
   return L, prior, nil
 end
+
+-- Declares or redefines a static limit: def (its definition), st (rate state), ls (lease
+-- set), lh (lease holders). Usage is kept when the kind of limit stays (rate -> rate,
+-- concurrency -> concurrency); any other change starts fresh.
+local function put_limit_def(def, st, ls, lh, new)
+  local function kind(spec)
+    local a = algo_of(spec)
+    if is_rate(a) then
+      return 'rate'
+    end
+    return a
+  end
+  local old = redis.call('GET', def)
+  if not old or kind(old) ~= kind(new) or kind(new) == 'bar' then
+    redis.call('DEL', st, ls, lh)
+  end
+  -- A rate state keeps the limit it was written under: the next decision converts it.
+  redis.call('SET', def, new)
+end
+
+-- Removes a static limit with its state and leases (the keys of put_limit_def); returns 1
+-- when the definition existed, else 0.
+local function remove_limit_def(def, st, ls, lh)
+  local existed = redis.call('EXISTS', def)
+  redis.call('DEL', def, st, ls, lh)
+  return existed
+end

@@ -1,5 +1,5 @@
--- put_limit.lua: declares or redefines a static limit. Usage is kept when the kind of limit
--- stays (rate -> rate, concurrency -> concurrency); any other change starts fresh.
+-- put_limit.lua: declares or redefines a static limit (put_limit_def in lib.lua). The Redis
+-- engine calls queue_define.lua instead, which also re-plans the runs waiting on the limit.
 --
 -- KEYS[1]  the definition (a string, never expires)
 -- KEYS[2]  its rate state
@@ -9,19 +9,5 @@
 --
 -- Returns 1.
 
-local function kind(spec)
-  local a = algo_of(spec)
-  if is_rate(a) then
-    return 'rate'
-  end
-  return a
-end
-
-local old = redis.call('GET', KEYS[1])
-local new = ARGV[1]
-if not old or kind(old) ~= kind(new) or kind(new) == 'bar' then
-  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-end
--- A rate state keeps the limit it was written under: the next decision converts it.
-redis.call('SET', KEYS[1], new)
+put_limit_def(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])
 return 1

@@ -28,7 +28,7 @@ for i = 1, n do
   local idem_key, idem_ms, failure = ARGV[b + 9], ARGV[b + 10], ARGV[b + 11]
   local seq = redis.call('INCR', Q .. 'seq')
   local id = string.format('r%x', seq)
-  local E = rate_entries(rate)
+  local E = own_rate_entries(rate)
   local state, fields = 'queued', {}
   if failure ~= '' then
     state = 'failed'
@@ -64,9 +64,15 @@ for i = 1, n do
       redis.call('SET', k, '1', 'PX', idem_ms)
     end
   end
+  -- A run that may still start names its keys from now on: the newest definition of a
+  -- dynamic key is its own, and a key whose definition this changed is re-planned below.
+  local live, changed = state == 'queued', {}
+  if live then
+    changed = register(E, own_conc_entries(conc))
+  end
   if state == 'queued' and pol == 's' and #E > 0 then
     -- Skip policy: limits are consumed now; an over-limit run never runs.
-    local outcome, j = acquire_all(task, E)
+    local outcome, j = acquire_all(task, rate_entries(rate))
     if outcome == 'ok' then
       fields[#fields + 1] = 'res'
       fields[#fields + 1] = '1'
@@ -97,6 +103,16 @@ for i = 1, n do
     make_ready(id, task, false)
   else
     note(task, state)
+    if live then
+      unregister(E, own_conc_entries(conc))
+    end
+  end
+  for _, wk in ipairs(changed) do
+    if string.sub(wk, 1, 2) == 'c:' then
+      wake_concurrency(string.sub(wk, 3))
+    else
+      wake_rate(wk)
+    end
   end
   views[#views + 1] = view(id)
 end

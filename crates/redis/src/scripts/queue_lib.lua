@@ -20,6 +20,11 @@
 --   Q..'idx:'..task..':'..st   ZSET: run id -> seq, per task and state (listing, depth)
 --   Q..'ended'                 ZSET: run id -> when it ended (µs), for retention
 --   Q..'idem:'..task..':'..k   STRING with PX: an idempotency key seen
+--   Q..'uses'                  HASH: wait key -> how many entries of runs not yet ended name it
+--                              (a declared limit named there cannot be removed)
+--   Q..'newest'                HASH: dynamic wait key -> its newest definition, which applies to
+--                              every run on the key (a rate spec, or a concurrency limit);
+--                              kept while the key has users (docs/design.md §3)
 --   Q..'tasks'                 HASH: task name -> definition (JSON)
 --   Q..'ready'                 pub/sub channel: a run became ready (message: its task)
 --
@@ -55,6 +60,8 @@ local function note(task, what)
   TR[#TR + 1] = what
 end
 
+local unregister_run
+
 -- Moves run id of task from state old to new in the indexes (old may be nil: a new run).
 local function set_state(id, task, seq, old, new)
   if old ~= new then
@@ -64,6 +71,9 @@ local function set_state(id, task, seq, old, new)
     redis.call('ZADD', Q .. 'idx:' .. task .. ':' .. new, seq, id)
     if FINAL[new] then
       redis.call('ZADD', Q .. 'ended', fmt(NOW), id)
+      if old and not FINAL[old] then
+        unregister_run(id)
+      end
     end
   end
   redis.call('HSET', rk(id), 'state', new, 'ua', fmt(NOW))
@@ -79,7 +89,8 @@ local function lines(s)
   return out
 end
 
-local function rate_entries(s)
+-- A run's rate entries as it was rendered (its own definitions of dynamic keys).
+local function own_rate_entries(s)
   local out = {}
   for _, line in ipairs(lines(s)) do
     local ns, units, spec, guard, st, key, idx = string.match(line,
@@ -92,13 +103,83 @@ local function rate_entries(s)
   return out
 end
 
-local function conc_entries(s)
+-- A run's concurrency entries as it was rendered.
+local function own_conc_entries(s)
   local out = {}
   for _, line in ipairs(lines(s)) do
     local limit, key = string.match(line, '^([^\t]*)\t(.*)$')
     out[#out + 1] = { limit = tonumber(limit), key = key, wk = 'c:' .. key }
   end
   return out
+end
+
+-- A run's rate entries as they apply now: a dynamic key with its newest definition.
+local function rate_entries(s)
+  local out = own_rate_entries(s)
+  for _, e in ipairs(out) do
+    if e.ns == 'd' then
+      e.spec = redis.call('HGET', Q .. 'newest', e.wk) or e.spec
+    end
+  end
+  return out
+end
+
+-- A run's concurrency entries as they apply now: each key with its newest limit.
+local function conc_entries(s)
+  local out = own_conc_entries(s)
+  for _, c in ipairs(out) do
+    local newest = redis.call('HGET', Q .. 'newest', c.wk)
+    if newest then
+      c.limit = tonumber(newest)
+    end
+  end
+  return out
+end
+
+-- A run that may still start names its keys from now on; its definitions of dynamic keys
+-- become the newest. Returns the wait keys whose definition this changed while other runs
+-- used them, to re-plan (the rules of QueueState::register in the engine).
+local function register(E, C)
+  local changed, seen = {}, {}
+  local function use(wk, def)
+    local had = redis.call('HINCRBY', Q .. 'uses', wk, 1) > 1
+    if def then
+      local old = redis.call('HGET', Q .. 'newest', wk)
+      redis.call('HSET', Q .. 'newest', wk, def)
+      if had and old ~= def and not seen[wk] then
+        seen[wk] = true
+        changed[#changed + 1] = wk
+      end
+    end
+  end
+  for _, e in ipairs(E) do
+    use(e.wk, e.ns == 'd' and e.spec or nil)
+  end
+  for _, c in ipairs(C) do
+    use(c.wk, fmt(c.limit))
+  end
+  return changed
+end
+
+-- A run that named the keys of E and C ended: each loses a user.
+local function unregister(E, C)
+  local function drop(wk)
+    if redis.call('HINCRBY', Q .. 'uses', wk, -1) <= 0 then
+      redis.call('HDEL', Q .. 'uses', wk)
+      redis.call('HDEL', Q .. 'newest', wk)
+    end
+  end
+  for _, e in ipairs(E) do
+    drop(e.wk)
+  end
+  for _, c in ipairs(C) do
+    drop(c.wk)
+  end
+end
+
+unregister_run = function(id)
+  local r = redis.call('HMGET', rk(id), 'rate', 'conc')
+  unregister(own_rate_entries(r[1]), own_conc_entries(r[2]))
 end
 
 local function contains(list, x)
@@ -282,6 +363,8 @@ end
 -- Rate key wk's timer fired: reserve for its head, then the next, until one is denied.
 local function wake_rate(wk)
   local list = Q .. 'wait:' .. wk
+  -- Whatever timer the key held is spent: a head denied below sets the next one.
+  redis.call('ZREM', Q .. 'timers', wk)
   while true do
     local id = redis.call('LINDEX', list, 0)
     if not id then
@@ -340,7 +423,6 @@ end
 -- Fires due timers and lease expiries, at most `budget` of each.
 local function process_due(budget)
   for _, wk in ipairs(redis.call('ZRANGEBYSCORE', Q .. 'timers', '-inf', fmt(NOW), 'LIMIT', 0, budget)) do
-    redis.call('ZREM', Q .. 'timers', wk)
     wake_rate(wk)
   end
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', Q .. 'leases', '-inf', fmt(NOW), 'LIMIT', 0, budget)) do
@@ -378,13 +460,26 @@ end
 local VIEW = { 'task', 'state', 'input', 'meta', 'attempt', 'max', 'wo', 'ea', 'sr', 'err', 'out',
   'ca', 'ua', 'le', 'wk' }
 
+local VIEW_WQ = #VIEW + 1
+VIEW[VIEW_WQ] = 'wq'
+local VIEW_EA = 8
+
+-- A run parked behind a rate key's head shows the head's eligible_at, the earliest it could
+-- start: derived here, so it is never stale.
 local function view(id)
   local r = redis.call('HMGET', rk(id), unpack(VIEW))
   if not r[1] then
     return nil
   end
+  local wq = r[VIEW_WQ]
+  if r[2] == 'waiting' and wq and string.sub(wq, 1, 1) == 'r' then
+    local head = redis.call('LINDEX', Q .. 'wait:' .. wq, 0)
+    if head and head ~= id then
+      r[VIEW_EA] = redis.call('HGET', rk(head), 'ea')
+    end
+  end
   local out = { id }
-  for i = 1, #VIEW do
+  for i = 1, VIEW_WQ - 1 do
     out[#out + 1] = r[i] or false
   end
   return out

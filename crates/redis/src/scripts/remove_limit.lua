@@ -1,4 +1,5 @@
--- remove_limit.lua: removes a static limit with its state and leases.
+-- remove_limit.lua: removes a static limit with its state and leases (remove_limit_def in
+-- lib.lua). The Redis engine calls queue_define.lua instead, which refuses while runs name it.
 --
 -- KEYS[1]  the definition
 -- KEYS[2]  its rate state
@@ -8,6 +9,4 @@
 --
 -- Returns 1 when the definition existed, else 0.
 
-local existed = redis.call('EXISTS', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-return existed
+return remove_limit_def(KEYS[1], KEYS[2], KEYS[3], KEYS[4])

@@ -1,0 +1,43 @@
+-- queue_define.lua: defines a task, or declares, redefines or removes a static limit and, in the
+-- same step, acts on the runs that name it (docs/design.md §3, "Limits are live"): a put
+-- re-plans the runs parked on the key (the head is tried now; it becomes ready if it fits, else
+-- gets its new eligible_at), a remove is refused while a run not yet ended names the key. Like
+-- every queue call, it settles what is due first.
+--
+-- KEYS        none: the queue's keys are built from ARGV[1] (see queue_lib.lua), the limit's
+--             from ARGV[6..9]
+-- ARGV[1]     the queue's key prefix
+-- ARGV[2]     now in µs since the Unix epoch, or "" to use Redis TIME
+-- ARGV[3]     expiry slack in ms, added to every PEXPIRE of a rate state
+-- ARGV[4]     op: "put" | "remove" (a limit) | "task"
+-- ARGV[5]     the limit's key, or the task's name
+-- ARGV[6]     task: its definition (JSON)
+-- ARGV[6..9]  put, remove: the limit's definition, rate state, lease set and lease holders
+--             (Redis keys)
+-- ARGV[10]    put: the new definition's spec; remove: "1" when a task names the limit (then
+--             nothing is removed: the call only counts the runs naming it)
+--
+-- Returns { "ok", effects, 1 } for a put or a task; { "ok", effects, existed (0 | 1) } or
+-- { "in_use", effects, runs naming it } for a remove.
+
+init(ARGV[1], ARGV[2], ARGV[3])
+process_due(256)
+local op, key = ARGV[4], ARGV[5]
+local wk = 'rs:' .. key
+if op == 'put' then
+  put_limit_def(ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
+  if redis.call('EXISTS', Q .. 'wait:' .. wk) == 1 then
+    wake_rate(wk)
+  end
+  return reply('ok', { 1 })
+elseif op == 'task' then
+  redis.call('HSET', Q .. 'tasks', key, ARGV[6])
+  return reply('ok', { 1 })
+elseif op == 'remove' then
+  local users = tonumber(redis.call('HGET', Q .. 'uses', wk) or '0')
+  if users > 0 or ARGV[10] == '1' then
+    return reply('in_use', { users })
+  end
+  return reply('ok', { remove_limit_def(ARGV[6], ARGV[7], ARGV[8], ARGV[9]) })
+end
+return redis.error_reply('unknown definition op ' .. op)
