@@ -26,6 +26,7 @@
 --                              every run on the key (a rate spec, or a concurrency limit);
 --                              kept while the key has users (docs/design.md §3)
 --   Q..'tasks'                 HASH: task name -> definition (JSON)
+--   Q..'schema'                STRING: the version of this layout the data has (migrate)
 --   Q..'ready'                 pub/sub channel: a run became ready (message: its task)
 --
 -- Run fields: task, state, seq, attempt, max (max_attempts), lt (lease timeout µs), pol ("r"
@@ -420,8 +421,39 @@ local function expire(id)
   end
 end
 
+-- The version of the queue's layout that the scripts read and write.
+local SCHEMA = '2'
+
+-- Brings a deployment written by an earlier version up to date, once (Q..'schema' says which
+-- version its data has): version 1 kept no 'uses' and 'newest', so they are rebuilt from the
+-- runs not yet ended, oldest first, so that the newest definition of each dynamic key wins.
+local function migrate()
+  if redis.call('GET', Q .. 'schema') == SCHEMA then
+    return
+  end
+  redis.call('DEL', Q .. 'uses', Q .. 'newest')
+  local live = {}
+  for _, task in ipairs(redis.call('HKEYS', Q .. 'tasks')) do
+    for _, st in ipairs({ 'queued', 'waiting', 'running' }) do
+      local z = redis.call('ZRANGE', Q .. 'idx:' .. task .. ':' .. st, 0, -1, 'WITHSCORES')
+      for i = 1, #z, 2 do
+        live[#live + 1] = { z[i], tonumber(z[i + 1]) }
+      end
+    end
+  end
+  table.sort(live, function(a, b) return a[2] < b[2] end)
+  for _, run in ipairs(live) do
+    local r = redis.call('HMGET', rk(run[1]), 'rate', 'conc')
+    register(own_rate_entries(r[1]), own_conc_entries(r[2]))
+  end
+  redis.call('SET', Q .. 'schema', SCHEMA)
+end
+
 -- Fires due timers and lease expiries, at most `budget` of each.
+-- Every writing script calls it first, so it also brings data written by an earlier version up
+-- to date before anything reads it (migrate: one GET when there is nothing to do).
 local function process_due(budget)
+  migrate()
   for _, wk in ipairs(redis.call('ZRANGEBYSCORE', Q .. 'timers', '-inf', fmt(NOW), 'LIMIT', 0, budget)) do
     wake_rate(wk)
   end
