@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use tollgate::task::{
     DEFAULT_LEASE_TIMEOUT, NumberOrExpr, OnLimit, RenderError, Rendered, RunContext, Task, TaskSpec,
 };
-use tollgate::{AcquireEntry, LimitSpec, Limiter, SpecError, Target};
+use tollgate::{AcquireEntry, LimitSpec, LimitSpecExt, Limiter, SpecError, Target};
 use tollgate_core::{Limit, Period, RateLimit};
 
 /// The task of DESIGN §3, verbatim.
