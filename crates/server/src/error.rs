@@ -4,8 +4,8 @@ use std::fmt;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use tollgate::SpecError;
+use tollgate_api::{ErrorBody, ErrorCode, ErrorEnvelope};
 
 /// An error answer: an HTTP status, a stable snake_case `code` that clients may match on, a
 /// message for people, and the request field it is about, as a path (`limits[1].units`).
@@ -28,24 +28,17 @@ pub struct ApiError {
     body: ErrorBody,
 }
 
-/// The `error` object of an answer; also embedded in batch results.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct ErrorBody {
-    code: &'static str,
-    message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    transient: bool,
-}
-
 impl ApiError {
     /// An error with `status`, `code` and `message`.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<ErrorCode>,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             body: ErrorBody {
-                code,
+                code: code.into(),
                 message: message.into(),
                 field: None,
                 transient: status == StatusCode::SERVICE_UNAVAILABLE,
@@ -54,7 +47,7 @@ impl ApiError {
     }
 
     /// 400 with `code`.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn bad_request(code: impl Into<ErrorCode>, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
@@ -82,8 +75,8 @@ impl ApiError {
     }
 
     /// The stable code.
-    pub fn code(&self) -> &'static str {
-        self.body.code
+    pub fn code(&self) -> &ErrorCode {
+        &self.body.code
     }
 
     /// The message for people.
@@ -120,13 +113,9 @@ impl fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        #[derive(Serialize)]
-        struct Envelope<'a> {
-            error: &'a ErrorBody,
-        }
-        let mut response =
-            (self.status, axum::Json(Envelope { error: &self.body })).into_response();
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+        let status = self.status;
+        let mut response = (status, axum::Json(ErrorEnvelope { error: self.body })).into_response();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The body was not read: the connection cannot be reused for another request.
             response
                 .headers_mut()
@@ -314,7 +303,7 @@ mod tests {
             let shown = e.to_string();
             let api = ApiError::from(e);
             assert_eq!(
-                (api.status().as_u16(), api.code()),
+                (api.status().as_u16(), api.code().as_str()),
                 (status, code),
                 "{shown}"
             );
@@ -345,7 +334,7 @@ mod tests {
             ("wrong_algorithm", 422),
         ] {
             let api = ApiError::from(spec(code));
-            assert_eq!((api.status().as_u16(), api.code()), (status, code));
+            assert_eq!((api.status().as_u16(), api.code().as_str()), (status, code));
             assert_eq!(api.field(), Some("rate_limits[0].static_key"));
         }
     }

@@ -170,6 +170,7 @@ impl FromRequestParts<AppState> for Segment {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_api::ErrorCode;
 
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -187,11 +188,11 @@ mod tests {
         units: Option<u32>,
     }
 
-    fn err(json: &str) -> (String, &'static str, Option<String>) {
+    fn err(json: &str) -> (String, ErrorCode, Option<String>) {
         let e = parse::<Outer>(json.as_bytes()).unwrap_err();
         (
             e.status().to_string(),
-            e.code(),
+            e.code().clone(),
             e.field().map(str::to_owned),
         )
     }

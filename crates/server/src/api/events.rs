@@ -17,9 +17,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tollgate::{MAX_KEY_LEN, RunContext, RunState};
+use tollgate::{MAX_KEY_LEN, RunContext};
+use tollgate_api::{EventAnswer, EventRequest, EventRun};
 
 use crate::api::runs::metadata;
 use crate::error::ApiError;
@@ -28,27 +28,6 @@ use crate::state::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new().route("/v1/events", post(emit))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventRequest {
-    name: String,
-    data: Value,
-    #[serde(default)]
-    additional_metadata: Option<Value>,
-}
-
-#[derive(Debug, Serialize)]
-struct EventRun {
-    id: String,
-    task: String,
-    state: RunState,
-}
-
-#[derive(Debug, Serialize)]
-struct EventAnswer {
-    runs: Vec<EventRun>,
 }
 
 /// `POST /v1/events`.
@@ -122,7 +101,7 @@ fn expression_error(
     let Some(task) = failing else { return api };
     let named = ApiError::new(
         api.status(),
-        api.code(),
+        api.code().clone(),
         format!("task {:?}: {}", task.name, api.message()),
     );
     match api.field() {

@@ -25,9 +25,9 @@ use axum::routing::{delete, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::{Deserialize, Serialize};
 use tollgate::core::{Concurrency, Nanos};
 use tollgate::{DEFAULT_LEASE_TTL, MAX_KEY_LEN, Store, Target};
+use tollgate_api::{Lease as LeaseAnswer, LeaseRenewal as RenewAnswer, LeaseRequest, RenewRequest};
 
 use crate::api::{duration_ms, instant_ms, period_ms, validate_key};
 use crate::error::ApiError;
@@ -41,45 +41,6 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/leases/{id}", delete(release))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LeaseRequest {
-    key: String,
-    #[serde(default)]
-    limit: Option<u32>,
-    #[serde(default)]
-    ttl_ms: Option<u64>,
-    #[serde(default)]
-    holder: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RenewRequest {
-    #[serde(default)]
-    ttl_ms: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-struct LeaseAnswer {
-    acquired: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lease_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expires_at_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    retry_after_ms: Option<u64>,
-    limit: u64,
-    remaining: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct RenewAnswer {
-    lease_id: String,
-    expires_at_ms: u64,
-}
-
-/// What a lease id says about its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct LeaseRef {
     key: String,

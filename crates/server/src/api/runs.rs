@@ -30,9 +30,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tollgate::{RunState, RunView};
+use tollgate_api::{
+    AttemptRequest, CancelRequest, CompleteRequest, EnqueueRequest, FailRequest,
+    RunListing as Listing,
+};
 
 use crate::api::tasks::unknown_task;
 use crate::error::ApiError;
@@ -40,9 +43,9 @@ use crate::extract::{JsonBody, Segment};
 use crate::state::AppState;
 
 /// Runs `GET /v1/runs` answers when `limit` is not given.
-pub(crate) const DEFAULT_LIST_LIMIT: usize = 100;
+pub(crate) const DEFAULT_LIST_LIMIT: usize = tollgate_api::DEFAULT_RUN_LIST_LIMIT;
 /// The most runs `GET /v1/runs` answers.
-pub(crate) const MAX_LIST_LIMIT: usize = 1_000;
+pub(crate) const MAX_LIST_LIMIT: usize = tollgate_api::MAX_RUN_LIST_LIMIT;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -62,14 +65,6 @@ pub(crate) fn metadata(given: Option<Value>) -> Value {
         None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
         Some(v) => v,
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EnqueueRequest {
-    input: Value,
-    #[serde(default)]
-    additional_metadata: Option<Value>,
 }
 
 /// `POST /v1/tasks/{name}/runs`: 201 with the run (and `Location: /v1/runs/{id}`), once it is
@@ -144,36 +139,6 @@ async fn get_one(
         other => other.into(),
     })
 }
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AttemptRequest {
-    #[serde(default)]
-    attempt: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompleteRequest {
-    #[serde(default)]
-    output: Option<Value>,
-    #[serde(default)]
-    attempt: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FailRequest {
-    error: String,
-    #[serde(default)]
-    retry: bool,
-    #[serde(default)]
-    attempt: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CancelRequest {}
 
 /// `POST /v1/runs/{id}/heartbeat` `{"attempt"?}`: extends the lease by the task's
 /// `lease_timeout` from now; answers the run with its new `lease_expires_at_ms`.
@@ -252,11 +217,6 @@ async fn cancel(
         .await
         .map_err(|e| run_error(&state, &id, None, e))?;
     Ok(Json(run))
-}
-
-#[derive(Serialize)]
-struct Listing {
-    runs: Vec<RunView>,
 }
 
 /// The query of `GET /v1/runs`.
@@ -399,17 +359,20 @@ mod tests {
         );
         let err = |s: &str| {
             let e = q(s).unwrap_err();
-            (e.code(), e.field().map(str::to_owned))
+            (e.code().as_str().to_owned(), e.field().map(str::to_owned))
         };
         let f = |s: &str| Some(s.to_owned());
-        assert_eq!(err("state=done"), ("invalid_field", f("state")));
-        assert_eq!(err("limit=0"), ("invalid_field", f("limit")));
-        assert_eq!(err("limit=1001"), ("invalid_field", f("limit")));
-        assert_eq!(err("limit=-1"), ("invalid_field", f("limit")));
-        assert_eq!(err("limit=lots"), ("invalid_field", f("limit")));
-        assert_eq!(err("status=queued"), ("unknown_field", f("status")));
-        assert_eq!(err("task=%FF"), ("invalid_field", f("task")));
-        assert_eq!(err("task=%4"), ("invalid_field", f("task")));
+        assert_eq!(err("state=done"), ("invalid_field".to_owned(), f("state")));
+        assert_eq!(err("limit=0"), ("invalid_field".to_owned(), f("limit")));
+        assert_eq!(err("limit=1001"), ("invalid_field".to_owned(), f("limit")));
+        assert_eq!(err("limit=-1"), ("invalid_field".to_owned(), f("limit")));
+        assert_eq!(err("limit=lots"), ("invalid_field".to_owned(), f("limit")));
+        assert_eq!(
+            err("status=queued"),
+            ("unknown_field".to_owned(), f("status"))
+        );
+        assert_eq!(err("task=%FF"), ("invalid_field".to_owned(), f("task")));
+        assert_eq!(err("task=%4"), ("invalid_field".to_owned(), f("task")));
     }
 
     #[test]
