@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use tollgate::TaskSpec;
-use tollgate::task::{ConcurrencyUse, IdempotencyUse, NumberOrExpr, OnLimit, RateLimitUse};
+use tollgate_api::{
+    ConcurrencyUse, ErrorCode, IdempotencyUse, NumberOrExpr, OnLimit, RateLimitUse, TaskSpec,
+};
 
 use crate::client::Client;
 use crate::error::Error;
@@ -46,7 +47,7 @@ pub struct TaskBuilder {
 }
 
 /// The server's default lease timeout (DESIGN §3), used when a task does not set one.
-pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_LEASE_TIMEOUT: Duration = tollgate_api::DEFAULT_LEASE_TIMEOUT;
 
 impl Task {
     /// A definition of task `name`, with no limits (see [`TaskBuilder`]).
@@ -250,7 +251,7 @@ impl TaskBuilder {
         if let Some(problem) = self.problems.first() {
             return Err(Error::Api {
                 status: 400,
-                code: "invalid_field".to_owned(),
+                code: ErrorCode::InvalidField,
                 message: format!("task {:?}: {problem}", self.name),
                 field: None,
                 transient: false,
