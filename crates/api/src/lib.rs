@@ -28,7 +28,8 @@
 //!
 //! # Layout
 //! - `error.rs`: [`ErrorEnvelope`], [`ErrorBody`], [`ErrorCode`].
-//! - `limits.rs`: limit definitions ([`LimitSpec`]) and views ([`Limit`], [`LimitListing`]),
+//! - `limits.rs`: limit definitions ([`LimitSpec`], whose rate parameters, [`LimitParams`],
+//!   a task's dynamic keys share) and views ([`Limit`], [`LimitListing`]),
 //!   [`Health`], acquire and batch acquire ([`AcquireRequest`], [`AcquireEntry`],
 //!   [`Acquisition`], [`KeyDecision`], [`BatchRequest`], [`BatchAnswer`]).
 //! - `leases.rs`: concurrency leases ([`LeaseRequest`], [`Lease`], [`LeaseRenewal`]) and
@@ -53,7 +54,7 @@ pub use leases::{
 };
 pub use limits::{
     AcquireEntry, AcquireRequest, Acquisition, BatchAnswer, BatchItem, BatchOutcome, BatchRequest,
-    Health, KeyDecision, Limit, LimitListing, LimitSpec, Namespace,
+    Health, KeyDecision, Limit, LimitListing, LimitParams, LimitSpec, Namespace,
 };
 pub use runs::{
     AttemptRequest, CancelRequest, CompleteRequest, EnqueueRequest, EventAnswer, EventRequest,

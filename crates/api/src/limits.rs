@@ -1,14 +1,189 @@
 //! Limits and decisions: `GET /healthz`, `PUT/GET/DELETE /v1/limits/{key}`, `GET /v1/limits`,
 //! `POST /v1/acquire`, `POST /v1/acquire/batch`.
 
+use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::ErrorBody;
 
+/// The parameters of a rate algorithm, written once for the three bodies that carry them: a
+/// declared limit ([`LimitSpec`]), an inline definition in an acquire ([`AcquireEntry`], whose
+/// definition is a `LimitSpec`), and a task's dynamic key ([`RateLimitUse`](crate::RateLimitUse)).
+/// On the wire they are fields of those bodies, not an object of their own.
+///
+/// `limit` is not here: it is a number in a limit and a number or a CEL expression in a task.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitParams {
+    /// `sliding_window` (default), `fixed_window`, `gcra`, `token_bucket`, `concurrency` or
+    /// `barrier` (the last two only in a [`LimitSpec`]).
+    pub algorithm: Option<String>,
+    /// `limit` + `period` in one string (`"100/m"`).
+    pub rate: Option<String>,
+    /// The window, as a period string (`"1s"`, `"1h30m"`, `"MINUTE"`).
+    pub period: Option<String>,
+    /// `gcra`: how many units may be taken at once (default 1).
+    pub burst: Option<u64>,
+    /// `sliding_window`: sub-windows per window (default 60).
+    pub precision: Option<u32>,
+    /// `fixed_window`: `first_use` (default) or `clock`.
+    pub align: Option<String>,
+    /// `token_bucket`: the bucket's size.
+    pub capacity: Option<u64>,
+    /// `token_bucket`: the refill rate (`"10/s"`).
+    pub refill: Option<String>,
+}
+
+impl LimitParams {
+    /// The fields' names, in the order they are written.
+    pub const FIELDS: [&'static str; 8] = [
+        "algorithm",
+        "rate",
+        "period",
+        "burst",
+        "precision",
+        "align",
+        "capacity",
+        "refill",
+    ];
+
+    /// The names of the fields that are set, in [`LimitParams::FIELDS`] order.
+    pub fn set_fields(&self) -> impl Iterator<Item = &'static str> + use<> {
+        let set = [
+            self.algorithm.is_some(),
+            self.rate.is_some(),
+            self.period.is_some(),
+            self.burst.is_some(),
+            self.precision.is_some(),
+            self.align.is_some(),
+            self.capacity.is_some(),
+            self.refill.is_some(),
+        ];
+        Self::FIELDS
+            .into_iter()
+            .zip(set)
+            .filter_map(|(name, set)| set.then_some(name))
+    }
+
+    /// Whether no field is set.
+    pub fn is_empty(&self) -> bool {
+        self.set_fields().next().is_none()
+    }
+
+    /// Reads the value of field `key` into its slot; `Ok(false)` when `key` is not one of
+    /// these fields.
+    pub(crate) fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+        seen: &mut Seen,
+    ) -> Result<bool, A::Error> {
+        match key {
+            "algorithm" => read(&mut self.algorithm, "algorithm", map, seen)?,
+            "rate" => read(&mut self.rate, "rate", map, seen)?,
+            "period" => read(&mut self.period, "period", map, seen)?,
+            "burst" => read(&mut self.burst, "burst", map, seen)?,
+            "precision" => read(&mut self.precision, "precision", map, seen)?,
+            "align" => read(&mut self.align, "align", map, seen)?,
+            "capacity" => read(&mut self.capacity, "capacity", map, seen)?,
+            "refill" => read(&mut self.refill, "refill", map, seen)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Writes `algorithm` and `rate` (the fields a body writes before its `limit`).
+    pub(crate) fn write_head<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+        write(map, "algorithm", &self.algorithm)?;
+        write(map, "rate", &self.rate)
+    }
+
+    /// Writes the other fields, from `period` on.
+    pub(crate) fn write_tail<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+        write(map, "period", &self.period)?;
+        write(map, "burst", &self.burst)?;
+        write(map, "precision", &self.precision)?;
+        write(map, "align", &self.align)?;
+        write(map, "capacity", &self.capacity)?;
+        write(map, "refill", &self.refill)
+    }
+}
+
+/// The fields a hand-written struct reader has read, to refuse a field given twice as the
+/// derived readers do.
+#[derive(Default)]
+pub(crate) struct Seen(Vec<&'static str>);
+
+/// Reads an optional field's value into `slot` (`null` reads as absent, as with the derive).
+pub(crate) fn read<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
+    slot: &mut Option<T>,
+    name: &'static str,
+    map: &mut A,
+    seen: &mut Seen,
+) -> Result<(), A::Error> {
+    if seen.0.contains(&name) {
+        return Err(de::Error::duplicate_field(name));
+    }
+    seen.0.push(name);
+    *slot = map.next_value()?;
+    Ok(())
+}
+
+/// Writes an optional field, leaving it out when absent.
+pub(crate) fn write<M: SerializeMap, T: Serialize>(
+    map: &mut M,
+    name: &'static str,
+    value: &Option<T>,
+) -> Result<(), M::Error> {
+    match value {
+        Some(v) => map.serialize_entry(name, v),
+        None => Ok(()),
+    }
+}
+
+/// A map's next key, one of `fields`. An unknown one is refused while the key is read, as
+/// the derived readers do with `deny_unknown_fields`: an error path (serde_path_to_error)
+/// then ends with the unknown name, which the server answers as the error's `field`.
+pub(crate) fn next_key<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    fields: &'static [&'static str],
+) -> Result<Option<&'static str>, A::Error> {
+    map.next_key_seed(FieldName(fields))
+}
+
+/// Reads a field name, one of those it holds.
+struct FieldName(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for FieldName {
+    type Value = &'static str;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<&'static str, D::Error> {
+        d.deserialize_identifier(self)
+    }
+}
+
+impl Visitor<'_> for FieldName {
+    type Value = &'static str;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("field identifier")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<&'static str, E> {
+        self.0
+            .iter()
+            .find(|f| **f == v)
+            .copied()
+            .ok_or_else(|| E::unknown_field(v, self.0))
+    }
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<&'static str, E> {
+        self.visit_str(&String::from_utf8_lossy(v))
+    }
+}
+
 /// A limit definition in its JSON form (`PUT /v1/limits/{key}`, inline acquire entries, the
-/// `GET` answers). Which fields apply depends on `algorithm`:
+/// `GET` answers): a `limit`, the rate [`LimitParams`], and the fields of concurrency limits
+/// and barriers. Which fields apply depends on `algorithm`:
 ///
 /// | algorithm | fields |
 /// | --- | --- |
@@ -20,54 +195,143 @@ use crate::error::ErrorBody;
 /// | `barrier` | `parties` + `ttl` |
 ///
 /// The engine checks a definition (`tollgate::LimitSpecExt::to_limit`); here it is data.
+/// Unknown fields are refused, naming them.
 ///
 /// ```
-/// use tollgate_api::LimitSpec;
+/// use tollgate_api::{LimitParams, LimitSpec};
 /// let spec: LimitSpec = serde_json::from_str(r#"{"algorithm": "gcra", "rate": "10/s", "burst": 5}"#)?;
-/// assert_eq!(spec.burst, Some(5));
+/// assert_eq!(spec.params.burst, Some(5));
+/// assert_eq!(spec, LimitSpec::rate("10/s").with(|p| {
+///     p.algorithm = Some("gcra".into());
+///     p.burst = Some(5);
+/// }));
 /// assert!(serde_json::from_str::<LimitSpec>(r#"{"rate": "1/s", "brust": 2}"#).is_err());
+/// # let _ = LimitParams::default();
 /// # Ok::<(), serde_json::Error>(())
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LimitSpec {
-    /// `sliding_window` (default), `fixed_window`, `gcra`, `token_bucket`, `concurrency` or
-    /// `barrier`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub algorithm: Option<String>,
-    /// `limit` + `period` in one string (`"100/m"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<String>,
     /// Units per `period` (rate algorithms), or leases at once (`concurrency`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
-    /// The window, as a period string (`"1s"`, `"1h30m"`, `"MINUTE"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub period: Option<String>,
-    /// `gcra`: how many units may be taken at once (default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u64>,
-    /// `sliding_window`: sub-windows per window (default 60).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub precision: Option<u32>,
-    /// `fixed_window`: `first_use` (default) or `clock`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub align: Option<String>,
-    /// `token_bucket`: the bucket's size.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capacity: Option<u64>,
-    /// `token_bucket`: the refill rate (`"10/s"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refill: Option<String>,
+    /// The rate algorithm's parameters (`algorithm`, `rate`, `period`, `burst`, …).
+    pub params: LimitParams,
     /// `concurrency`: how long a lease lasts without renewal (default `30s`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_ttl: Option<String>,
     /// `barrier`: how many parties it waits for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parties: Option<u32>,
     /// `barrier`: how long it lives.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
+}
+
+impl LimitSpec {
+    /// The fields' names, in the order they are written.
+    pub const FIELDS: [&'static str; 12] = [
+        "algorithm",
+        "rate",
+        "limit",
+        "period",
+        "burst",
+        "precision",
+        "align",
+        "capacity",
+        "refill",
+        "lease_ttl",
+        "parties",
+        "ttl",
+    ];
+
+    /// A `sliding_window` definition from a rate string (`"100/m"`).
+    pub fn rate(rate: impl Into<String>) -> LimitSpec {
+        LimitSpec {
+            params: LimitParams {
+                rate: Some(rate.into()),
+                ..LimitParams::default()
+            },
+            ..LimitSpec::default()
+        }
+    }
+
+    /// A `sliding_window` definition of `limit` units per `period` (`"1s"`, `"MINUTE"`).
+    pub fn limit_per(limit: u64, period: impl Into<String>) -> LimitSpec {
+        LimitSpec {
+            limit: Some(limit),
+            params: LimitParams {
+                period: Some(period.into()),
+                ..LimitParams::default()
+            },
+            ..LimitSpec::default()
+        }
+    }
+
+    /// The same definition with its [`LimitParams`] changed by `f`.
+    #[must_use]
+    pub fn with(mut self, f: impl FnOnce(&mut LimitParams)) -> LimitSpec {
+        f(&mut self.params);
+        self
+    }
+
+    /// Whether no field is set.
+    pub fn is_empty(&self) -> bool {
+        *self == LimitSpec::default()
+    }
+
+    /// Reads the value of field `key`; `Ok(false)` when `key` is not one of its fields.
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+        seen: &mut Seen,
+    ) -> Result<bool, A::Error> {
+        match key {
+            "limit" => read(&mut self.limit, "limit", map, seen)?,
+            "lease_ttl" => read(&mut self.lease_ttl, "lease_ttl", map, seen)?,
+            "parties" => read(&mut self.parties, "parties", map, seen)?,
+            "ttl" => read(&mut self.ttl, "ttl", map, seen)?,
+            _ => return self.params.read(key, map, seen),
+        }
+        Ok(true)
+    }
+
+    /// Writes its fields, in [`LimitSpec::FIELDS`] order, into `map`.
+    fn write<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+        self.params.write_head(map)?;
+        write(map, "limit", &self.limit)?;
+        self.params.write_tail(map)?;
+        write(map, "lease_ttl", &self.lease_ttl)?;
+        write(map, "parties", &self.parties)?;
+        write(map, "ttl", &self.ttl)
+    }
+}
+
+impl Serialize for LimitSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        self.write(&mut map)?;
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for LimitSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<LimitSpec, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LimitSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("struct LimitSpec")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LimitSpec, A::Error> {
+                let mut spec = LimitSpec::default();
+                let mut seen = Seen::default();
+                while let Some(key) = next_key(&mut map, &LimitSpec::FIELDS)? {
+                    if !spec.read(key, &mut map, &mut seen)? {
+                        return Err(de::Error::unknown_field(key, &LimitSpec::FIELDS));
+                    }
+                }
+                Ok(spec)
+            }
+        }
+        d.deserialize_struct("LimitSpec", &LimitSpec::FIELDS, V)
+    }
 }
 
 /// `GET /healthz`'s answer.
@@ -135,18 +399,15 @@ pub struct LimitListing {
 /// );
 /// # Ok::<(), serde_json::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "EntryWire")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcquireEntry {
     /// The key.
     pub key: String,
     /// What this acquisition costs (server default 1).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub units: Option<u32>,
     /// A definition sent with the entry: the key is then a dynamic key (no prior `PUT`
     /// needed; the latest definition applies, usage kept). Without one the key must be
-    /// declared (404 `unknown_limit`).
-    #[serde(flatten)]
+    /// declared (404 `unknown_limit`). On the wire its fields are the entry's.
     pub definition: Option<LimitSpec>,
 }
 
@@ -177,68 +438,81 @@ impl AcquireEntry {
     /// Carries an inline `sliding_window` definition from a rate string (`"10/m"`).
     #[must_use]
     pub fn rate(self, rate: impl Into<String>) -> AcquireEntry {
-        self.define(LimitSpec {
-            rate: Some(rate.into()),
-            ..LimitSpec::default()
-        })
+        self.define(LimitSpec::rate(rate))
     }
 }
 
-/// An entry as read: the fields of [`LimitSpec`] spelled out, because `deny_unknown_fields`
-/// does not work through `flatten` (an unknown field must be refused, naming it).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EntryWire {
-    key: String,
-    #[serde(default)]
-    units: Option<u32>,
-    #[serde(default)]
-    algorithm: Option<String>,
-    #[serde(default)]
-    rate: Option<String>,
-    #[serde(default)]
-    limit: Option<u64>,
-    #[serde(default)]
-    period: Option<String>,
-    #[serde(default)]
-    burst: Option<u64>,
-    #[serde(default)]
-    precision: Option<u32>,
-    #[serde(default)]
-    align: Option<String>,
-    #[serde(default)]
-    capacity: Option<u64>,
-    #[serde(default)]
-    refill: Option<String>,
-    #[serde(default)]
-    lease_ttl: Option<String>,
-    #[serde(default)]
-    parties: Option<u32>,
-    #[serde(default)]
-    ttl: Option<String>,
+impl AcquireEntry {
+    /// The fields' names, in the order they are written.
+    const FIELDS: [&'static str; 14] = [
+        "key",
+        "units",
+        "algorithm",
+        "rate",
+        "limit",
+        "period",
+        "burst",
+        "precision",
+        "align",
+        "capacity",
+        "refill",
+        "lease_ttl",
+        "parties",
+        "ttl",
+    ];
 }
 
-impl From<EntryWire> for AcquireEntry {
-    fn from(w: EntryWire) -> AcquireEntry {
-        let spec = LimitSpec {
-            algorithm: w.algorithm,
-            rate: w.rate,
-            limit: w.limit,
-            period: w.period,
-            burst: w.burst,
-            precision: w.precision,
-            align: w.align,
-            capacity: w.capacity,
-            refill: w.refill,
-            lease_ttl: w.lease_ttl,
-            parties: w.parties,
-            ttl: w.ttl,
-        };
-        AcquireEntry {
-            key: w.key,
-            units: w.units,
-            definition: (spec != LimitSpec::default()).then_some(spec),
+impl Serialize for AcquireEntry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("key", &self.key)?;
+        write(&mut map, "units", &self.units)?;
+        if let Some(definition) = &self.definition {
+            definition.write(&mut map)?;
         }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for AcquireEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<AcquireEntry, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AcquireEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                // The name the server's error messages have always shown.
+                f.write_str("struct EntryBody")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AcquireEntry, A::Error> {
+                let mut key = None;
+                let mut units = None;
+                let mut spec = LimitSpec::default();
+                let mut seen = Seen::default();
+                while let Some(name) = next_key(&mut map, &AcquireEntry::FIELDS)? {
+                    match name {
+                        "key" => {
+                            if seen.0.contains(&"key") {
+                                return Err(de::Error::duplicate_field("key"));
+                            }
+                            seen.0.push("key");
+                            key = Some(map.next_value::<String>()?);
+                        }
+                        "units" => read(&mut units, "units", &mut map, &mut seen)?,
+                        _ => {
+                            if !spec.read(name, &mut map, &mut seen)? {
+                                return Err(de::Error::unknown_field(name, &AcquireEntry::FIELDS));
+                            }
+                        }
+                    }
+                }
+                Ok(AcquireEntry {
+                    key: key.ok_or_else(|| de::Error::missing_field("key"))?,
+                    units,
+                    definition: (!spec.is_empty()).then_some(spec),
+                })
+            }
+        }
+        d.deserialize_struct("EntryBody", &AcquireEntry::FIELDS, V)
     }
 }
 

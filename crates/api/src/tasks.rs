@@ -3,9 +3,11 @@
 
 use std::fmt;
 
-use serde::de::{self, Visitor};
+use serde::de::{self, MapAccess, Visitor};
+use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::limits::{LimitParams, Seen, next_key, read, write};
 use crate::runs::RunState;
 
 /// A task definition as users write it (`PUT /v1/tasks/{name}`). Every field is optional; `{}` is a task
@@ -60,58 +62,92 @@ pub enum OnLimit {
 }
 
 /// One rate limit a task uses: a declared limit (`static_key`), or a key rendered per run
-/// (`dynamic_key`, CEL) with its definition here: the fields of a
-/// [`LimitSpec`](crate::LimitSpec) for a rate algorithm, `limit` possibly CEL.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)] // the LimitSpec fields are documented there
+/// (`dynamic_key`, CEL) with its definition here: a `limit` (a number or CEL) and the rate
+/// [`LimitParams`] of a [`LimitSpec`](crate::LimitSpec), written as fields of this object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RateLimitUse {
     /// The key of a declared limit, literally.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub static_key: Option<String>,
     /// A CEL expression giving the key, in the dynamic namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic_key: Option<String>,
     /// Units one run costs (default 1): a number or a CEL expression.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub units: Option<NumberOrExpr>,
     /// The limit of a dynamic key: a number or a CEL expression.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<NumberOrExpr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub algorithm: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub period: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub precision: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub align: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capacity: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refill: Option<String>,
+    /// The rest of a dynamic key's definition (`algorithm`, `rate`, `period`, `burst`, …).
+    pub params: LimitParams,
 }
 
 impl RateLimitUse {
+    /// The fields' names, in the order they are written.
+    pub const FIELDS: [&'static str; 12] = [
+        "static_key",
+        "dynamic_key",
+        "units",
+        "limit",
+        "algorithm",
+        "rate",
+        "period",
+        "burst",
+        "precision",
+        "align",
+        "capacity",
+        "refill",
+    ];
+
     /// The definition fields that are set, by name (they apply to dynamic keys only).
-    pub fn definition_fields(&self) -> impl Iterator<Item = &'static str> {
-        [
-            ("limit", self.limit.is_some()),
-            ("algorithm", self.algorithm.is_some()),
-            ("rate", self.rate.is_some()),
-            ("period", self.period.is_some()),
-            ("burst", self.burst.is_some()),
-            ("precision", self.precision.is_some()),
-            ("align", self.align.is_some()),
-            ("capacity", self.capacity.is_some()),
-            ("refill", self.refill.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(name, set)| set.then_some(name))
+    pub fn definition_fields(&self) -> impl Iterator<Item = &'static str> + use<> {
+        self.limit
+            .is_some()
+            .then_some("limit")
+            .into_iter()
+            .chain(self.params.set_fields())
+    }
+}
+
+impl Serialize for RateLimitUse {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        write(&mut map, "static_key", &self.static_key)?;
+        write(&mut map, "dynamic_key", &self.dynamic_key)?;
+        write(&mut map, "units", &self.units)?;
+        write(&mut map, "limit", &self.limit)?;
+        self.params.write_head(&mut map)?;
+        self.params.write_tail(&mut map)?;
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for RateLimitUse {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RateLimitUse, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RateLimitUse;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("struct RateLimitUse")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RateLimitUse, A::Error> {
+                let mut r = RateLimitUse::default();
+                let mut seen = Seen::default();
+                while let Some(key) = next_key(&mut map, &RateLimitUse::FIELDS)? {
+                    match key {
+                        "static_key" => read(&mut r.static_key, "static_key", &mut map, &mut seen)?,
+                        "dynamic_key" => {
+                            read(&mut r.dynamic_key, "dynamic_key", &mut map, &mut seen)?;
+                        }
+                        "units" => read(&mut r.units, "units", &mut map, &mut seen)?,
+                        "limit" => read(&mut r.limit, "limit", &mut map, &mut seen)?,
+                        _ => {
+                            if !r.params.read(key, &mut map, &mut seen)? {
+                                return Err(de::Error::unknown_field(key, &RateLimitUse::FIELDS));
+                            }
+                        }
+                    }
+                }
+                Ok(r)
+            }
+        }
+        d.deserialize_struct("RateLimitUse", &RateLimitUse::FIELDS, V)
     }
 }
 

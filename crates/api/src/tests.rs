@@ -21,7 +21,10 @@ fn request_bodies_round_trip() {
     );
     assert_eq!(acquire.limits[0].definition, None);
     assert_eq!(
-        acquire.limits[1].definition.as_ref().and_then(|d| d.burst),
+        acquire.limits[1]
+            .definition
+            .as_ref()
+            .and_then(|d| d.params.burst),
         Some(3)
     );
     round_trip::<BatchRequest>(r#"{"requests":[{"limits":[{"key":"a"}]},{"limits":[]}]}"#);
@@ -50,7 +53,7 @@ fn answers_round_trip() {
     let listing: LimitListing = round_trip(
         r#"{"limits":[{"key":"g","namespace":"static","algorithm":"gcra","limit":10,"period":"1s","burst":4,"used":1,"remaining":3,"reset_after_ms":100},{"key":"c","namespace":"dynamic","algorithm":"concurrency","limit":2,"lease_ttl":"30s","used":0,"remaining":2,"reset_after_ms":null}],"dynamic_total":1}"#,
     );
-    assert_eq!(listing.limits[0].definition.burst, Some(4));
+    assert_eq!(listing.limits[0].definition.params.burst, Some(4));
     assert_eq!(listing.limits[1].namespace, Namespace::Dynamic);
     let batch: BatchAnswer = round_trip(
         r#"{"results":[{"allowed":false,"retry_after_ms":1200,"decisions":[{"key":"a","allowed":false,"limit":10,"remaining":0,"retry_after_ms":1200,"reset_after_ms":1200}]},{"error":{"code":"unknown_limit","message":"no limit is declared under key \"b\"","field":"requests[1].limits[0].key"}}]}"#,
@@ -134,4 +137,66 @@ fn run_states_read_their_names() {
         );
     }
     assert!("paused".parse::<RunState>().is_err());
+}
+
+// The bodies that carry a limit's parameters read them by hand (serde's deny_unknown_fields
+// does not work through flatten): their errors must be those the derived readers gave.
+#[test]
+fn limit_parameters_are_read_as_the_derived_readers_did() {
+    let err = |r: Result<(), serde_json::Error>| r.unwrap_err().to_string();
+    let spec = |v: Value| serde_json::from_value::<LimitSpec>(v).map(drop);
+    let task = |v: Value| serde_json::from_value::<RateLimitUse>(v).map(drop);
+    let entry = |v: Value| serde_json::from_value::<AcquireEntry>(v).map(drop);
+    assert_eq!(
+        err(spec(json!({"limit": 1, "brust": 2}))),
+        "unknown field `brust`, expected one of `algorithm`, `rate`, `limit`, `period`, \
+         `burst`, `precision`, `align`, `capacity`, `refill`, `lease_ttl`, `parties`, `ttl`"
+    );
+    assert_eq!(
+        err(task(json!({"dynamic_key": "input.a", "ttl": "1s"}))),
+        "unknown field `ttl`, expected one of `static_key`, `dynamic_key`, `units`, `limit`, \
+         `algorithm`, `rate`, `period`, `burst`, `precision`, `align`, `capacity`, `refill`"
+    );
+    assert_eq!(err(entry(json!({"units": 1}))), "missing field `key`");
+    assert_eq!(
+        err(entry(json!("api"))),
+        "invalid type: string \"api\", expected struct EntryBody"
+    );
+    assert_eq!(
+        err(spec(json!({"burst": "many"}))),
+        "invalid type: string \"many\", expected u64"
+    );
+    assert_eq!(
+        err(task(json!({"limit": 1.5}))),
+        "invalid value: floating point `1.5`, expected a whole number or a CEL expression string"
+    );
+    let twice = serde_json::from_str::<LimitSpec>(r#"{"rate": "1/s", "rate": "2/s"}"#);
+    assert_eq!(
+        err(twice.map(drop)),
+        "duplicate field `rate` at line 1 column 22"
+    );
+    // null is absent, as for an Option field of a derived reader.
+    assert_eq!(
+        serde_json::from_value::<LimitSpec>(json!({"rate": "1/s", "burst": null})).unwrap(),
+        LimitSpec::rate("1/s")
+    );
+    // An entry whose definition fields are all absent names a declared limit.
+    let bare: AcquireEntry = serde_json::from_value(json!({"key": "a", "rate": null})).unwrap();
+    assert_eq!(bare.definition, None);
+}
+
+#[test]
+fn a_dynamic_keys_limit_is_written_before_its_parameters() {
+    let r: RateLimitUse = round_trip(
+        r#"{"dynamic_key":"input.user_id","units":2,"limit":"input.cap","algorithm":"gcra","rate":"10/m","burst":3}"#,
+    );
+    assert_eq!(r.limit, Some(NumberOrExpr::Expr("input.cap".into())));
+    assert_eq!(
+        r.definition_fields().collect::<Vec<_>>(),
+        ["limit", "algorithm", "rate", "burst"]
+    );
+    round_trip::<LimitSpec>(
+        r#"{"algorithm":"fixed_window","limit":3,"period":"1m","align":"clock"}"#,
+    );
+    round_trip::<LimitSpec>(r#"{"algorithm":"barrier","parties":3,"ttl":"1m"}"#);
 }

@@ -13,7 +13,7 @@
 //! use tollgate_client::{AcquireEntry, Client, Error, ErrorCode, LimitSpec};
 //!
 //! let client = Client::new("http://127.0.0.1:7070")?;
-//! let spec = LimitSpec { rate: Some("10/s".into()), ..LimitSpec::default() };
+//! let spec = LimitSpec::rate("10/s");
 //! client.put_limit("stripe-api", &spec).await?;
 //!
 //! // Both keys or neither; wait up to a second for room.
@@ -98,7 +98,8 @@ pub use tollgate_api as api;
 pub use tollgate_api::{
     AcquireEntry, Acquisition, Barrier, ConcurrencyUse, Depth, ErrorBody, ErrorCode, EventRun,
     Health, IdempotencyUse, KeyDecision, Lease, LeaseRenewal, LeaseRequest, LeasedRun, Limit,
-    LimitSpec, Namespace, NumberOrExpr, OnLimit, RateLimitUse, RunState, RunView, TaskSpec,
+    LimitParams, LimitSpec, Namespace, NumberOrExpr, OnLimit, RateLimitUse, RunState, RunView,
+    TaskSpec,
 };
 pub use worker::{
     DEFAULT_GRACE, DEFAULT_POLL_WAIT, DEFAULT_SLOTS, HandlerError, HandlerResult, RunContext,

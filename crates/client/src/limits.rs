@@ -201,7 +201,7 @@ mod tests {
             "burst": 4, "used": 1, "remaining": 3, "reset_after_ms": 100
         }))
         .unwrap();
-        assert_eq!(limit.definition.burst, Some(4));
+        assert_eq!(limit.definition.params.burst, Some(4));
         assert_eq!(limit.namespace, Namespace::Static);
         let future: Limit = serde_json::from_value(json!({
             "key": "c", "namespace": "somewhere", "algorithm": "concurrency", "limit": 2,

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use tollgate_api::{
-    ConcurrencyUse, ErrorCode, IdempotencyUse, NumberOrExpr, OnLimit, RateLimitUse, TaskSpec,
+    ConcurrencyUse, ErrorCode, IdempotencyUse, LimitParams, NumberOrExpr, OnLimit, RateLimitUse,
+    TaskSpec,
 };
 
 use crate::client::Client;
@@ -108,7 +109,10 @@ impl TaskBuilder {
             dynamic_key: Some(key_cel.into()),
             units: Some(NumberOrExpr::Number(units)),
             limit: Some(NumberOrExpr::Number(limit)),
-            period: Some(period.into()),
+            params: LimitParams {
+                period: Some(period.into()),
+                ..LimitParams::default()
+            },
             ..RateLimitUse::default()
         });
         self
@@ -150,13 +154,13 @@ impl TaskBuilder {
     #[must_use]
     pub fn algorithm(self, algorithm: impl Into<String>) -> TaskBuilder {
         let algorithm = algorithm.into();
-        self.last("algorithm", |l| l.algorithm = Some(algorithm))
+        self.last("algorithm", |l| l.params.algorithm = Some(algorithm))
     }
 
     /// The last (dynamic) rate limit's `burst` (`gcra`).
     #[must_use]
     pub fn burst(self, burst: u64) -> TaskBuilder {
-        self.last("burst", |l| l.burst = Some(burst))
+        self.last("burst", |l| l.params.burst = Some(burst))
     }
 
     /// The last (dynamic) rate limit's window alignment (`fixed_window`): `first_use` or
@@ -164,7 +168,7 @@ impl TaskBuilder {
     #[must_use]
     pub fn align(self, align: impl Into<String>) -> TaskBuilder {
         let align = align.into();
-        self.last("align", |l| l.align = Some(align))
+        self.last("align", |l| l.params.align = Some(align))
     }
 
     /// What happens to a run its limits do not admit now: parked until they do

@@ -63,11 +63,11 @@ async fn leases_are_granted_renewed_released_and_denied_as_values() {
     c.put_limit(
         "db",
         &LimitSpec {
-            algorithm: Some("concurrency".into()),
             limit: Some(2),
             lease_ttl: Some("45s".into()),
             ..LimitSpec::default()
-        },
+        }
+        .with(|p| p.algorithm = Some("concurrency".into())),
     )
     .await
     .unwrap();

@@ -33,11 +33,7 @@ fn api_error<T: std::fmt::Debug>(r: Result<T, Error>) -> (u16, ErrorCode, Option
 }
 
 async fn one_per_hour(c: &Client) {
-    let spec = LimitSpec {
-        limit: Some(1),
-        period: Some("1h".into()),
-        ..LimitSpec::default()
-    };
+    let spec = LimitSpec::limit_per(1, "1h");
     c.put_limit("one-per-hour", &spec).await.unwrap();
 }
 

@@ -8,7 +8,7 @@
 //! let limit = spec.to_limit()?;
 //! assert_eq!(limit.algorithm().as_str(), "sliding_window");
 //! let gcra: LimitSpec = serde_json::from_str(r#"{"algorithm": "gcra", "limit": 10, "period": "1s", "burst": 5}"#)?;
-//! assert_eq!(LimitSpec::from_limit(&gcra.to_limit()?).burst, Some(5));
+//! assert_eq!(LimitSpec::from_limit(&gcra.to_limit()?).params.burst, Some(5));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -103,7 +103,7 @@ pub trait LimitSpecExt: Sized {
 
 impl LimitSpecExt for LimitSpec {
     fn algorithm(&self) -> Result<Algorithm, SpecError> {
-        match &self.algorithm {
+        match &self.params.algorithm {
             None => Ok(Algorithm::SlidingWindow),
             Some(a) => a.parse().map_err(|e| core_error("algorithm", e)),
         }
@@ -116,8 +116,11 @@ impl LimitSpecExt for LimitSpec {
         Ok(match algorithm {
             Algorithm::SlidingWindow => {
                 let r = limit_and_period(self)?;
-                let precision = self.precision.unwrap_or(tollgate_core::DEFAULT_PRECISION);
-                let field = if self.precision.is_some() {
+                let precision = self
+                    .params
+                    .precision
+                    .unwrap_or(tollgate_core::DEFAULT_PRECISION);
+                let field = if self.params.precision.is_some() {
                     "precision"
                 } else {
                     "limit"
@@ -129,7 +132,7 @@ impl LimitSpecExt for LimitSpec {
             }
             Algorithm::FixedWindow => {
                 let r = limit_and_period(self)?;
-                let align: Align = match &self.align {
+                let align: Align = match &self.params.align {
                     None => Align::FirstUse,
                     Some(a) => a.parse().map_err(|e| lim(e, "align"))?,
                 };
@@ -140,14 +143,14 @@ impl LimitSpecExt for LimitSpec {
             Algorithm::Gcra => {
                 let r = limit_and_period(self)?;
                 Limit::Rate(RateLimit::Gcra(
-                    Gcra::new(r, self.burst.unwrap_or(1)).map_err(|e| lim(e, "burst"))?,
+                    Gcra::new(r, self.params.burst.unwrap_or(1)).map_err(|e| lim(e, "burst"))?,
                 ))
             }
             Algorithm::TokenBucket => {
-                let capacity = self.capacity.ok_or_else(|| {
+                let capacity = self.params.capacity.ok_or_else(|| {
                     SpecError::new("missing_field", "capacity", "token_bucket needs a capacity")
                 })?;
-                let refill = self.refill.as_deref().ok_or_else(|| {
+                let refill = self.params.refill.as_deref().ok_or_else(|| {
                     SpecError::new(
                         "missing_field",
                         "refill",
@@ -209,7 +212,7 @@ impl LimitSpecExt for LimitSpec {
 
 /// `rate`, or `limit` + `period`.
 fn limit_and_period(spec: &LimitSpec) -> Result<Rate, SpecError> {
-    match (&spec.rate, spec.limit, &spec.period) {
+    match (&spec.params.rate, spec.limit, &spec.params.period) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(SpecError::new(
             "invalid_field",
             "rate",
@@ -243,14 +246,14 @@ fn reject_foreign(spec: &LimitSpec, algorithm: Algorithm) -> Result<(), SpecErro
         Algorithm::Barrier => &["parties", "ttl"],
     };
     let present = [
-        ("rate", spec.rate.is_some()),
+        ("rate", spec.params.rate.is_some()),
         ("limit", spec.limit.is_some()),
-        ("period", spec.period.is_some()),
-        ("burst", spec.burst.is_some()),
-        ("precision", spec.precision.is_some()),
-        ("align", spec.align.is_some()),
-        ("capacity", spec.capacity.is_some()),
-        ("refill", spec.refill.is_some()),
+        ("period", spec.params.period.is_some()),
+        ("burst", spec.params.burst.is_some()),
+        ("precision", spec.params.precision.is_some()),
+        ("align", spec.params.align.is_some()),
+        ("capacity", spec.params.capacity.is_some()),
+        ("refill", spec.params.refill.is_some()),
         ("lease_ttl", spec.lease_ttl.is_some()),
         ("parties", spec.parties.is_some()),
         ("ttl", spec.ttl.is_some()),
@@ -272,20 +275,18 @@ fn reject_foreign(spec: &LimitSpec, algorithm: Algorithm) -> Result<(), SpecErro
 
 /// The canonical definition of `limit` (what `GET /v1/limits/{key}` shows).
 fn canonical(limit: &Limit) -> LimitSpec {
-    let mut s = LimitSpec {
-        algorithm: Some(limit.algorithm().as_str().to_owned()),
-        ..LimitSpec::default()
-    };
+    let mut s = LimitSpec::default();
+    s.params.algorithm = Some(limit.algorithm().as_str().to_owned());
     match limit {
         Limit::Rate(RateLimit::SlidingWindow(l)) => {
             s.limit = Some(l.limit());
-            s.period = Some(l.period().to_string());
-            s.precision = Some(l.precision());
+            s.params.period = Some(l.period().to_string());
+            s.params.precision = Some(l.precision());
         }
         Limit::Rate(RateLimit::FixedWindow(l)) => {
             s.limit = Some(l.limit());
-            s.period = Some(l.period().to_string());
-            s.align = Some(
+            s.params.period = Some(l.period().to_string());
+            s.params.align = Some(
                 match l.align() {
                     Align::FirstUse => "first_use",
                     Align::Clock => "clock",
@@ -295,12 +296,12 @@ fn canonical(limit: &Limit) -> LimitSpec {
         }
         Limit::Rate(RateLimit::Gcra(l)) => {
             s.limit = Some(l.rate().limit());
-            s.period = Some(l.rate().period().to_string());
-            s.burst = Some(l.burst());
+            s.params.period = Some(l.rate().period().to_string());
+            s.params.burst = Some(l.burst());
         }
         Limit::Rate(RateLimit::TokenBucket(l)) => {
-            s.capacity = Some(l.capacity());
-            s.refill = Some(l.refill().to_string());
+            s.params.capacity = Some(l.capacity());
+            s.params.refill = Some(l.refill().to_string());
         }
         Limit::Concurrency(c) => {
             s.limit = Some(u64::from(c.limit()));

@@ -526,15 +526,8 @@ fn compile_rate(
                 },
             };
             let template = LimitSpec {
-                algorithm: r.algorithm.clone(),
-                rate: r.rate.clone(),
                 limit: limit_const,
-                period: r.period.clone(),
-                burst: r.burst,
-                precision: r.precision,
-                align: r.align.clone(),
-                capacity: r.capacity,
-                refill: r.refill.clone(),
+                params: r.params.clone(),
                 ..LimitSpec::default()
             };
             let limit = match limit_expr {
