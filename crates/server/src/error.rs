@@ -30,15 +30,11 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with `status`, `code` and `message`.
-    pub fn new(
-        status: StatusCode,
-        code: impl Into<ErrorCode>,
-        message: impl Into<String>,
-    ) -> ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             body: ErrorBody {
-                code: code.into(),
+                code,
                 message: message.into(),
                 field: None,
                 transient: status == StatusCode::SERVICE_UNAVAILABLE,
@@ -47,7 +43,7 @@ impl ApiError {
     }
 
     /// 400 with `code`.
-    pub fn bad_request(code: impl Into<ErrorCode>, message: impl Into<String>) -> ApiError {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
@@ -57,7 +53,7 @@ impl ApiError {
         tracing::error!(%error, "{context}");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
+            ErrorCode::InternalError,
             "internal error; the server log has the details",
         )
     }
@@ -129,14 +125,16 @@ impl From<SpecError> for ApiError {
     fn from(e: SpecError) -> ApiError {
         // Malformed definitions are 400; a well-formed one naming what cannot be (a limit not
         // declared, units no limit of that size can hold, the wrong kind of limit) is 422.
-        let status = match e.code {
-            "wrong_algorithm" | "unknown_limit" | "insufficient_capacity" => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+        // The engine's codes are the API's (its SpecError is written for this answer).
+        let code = ErrorCode::from(e.code);
+        let status = match code {
+            ErrorCode::WrongAlgorithm
+            | ErrorCode::UnknownLimit
+            | ErrorCode::InsufficientCapacity => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::BAD_REQUEST,
         };
         let field = e.field.clone();
-        let mut err = ApiError::new(status, e.code, e.message);
+        let mut err = ApiError::new(status, code, e.message);
         if !field.is_empty() {
             err = err.with_field(field);
         }
@@ -149,18 +147,23 @@ impl From<tollgate::Error> for ApiError {
         use tollgate::Error as E;
         use tollgate::core::Error as C;
         let (status, code) = match &e {
-            E::UnknownLimit { .. } => (StatusCode::NOT_FOUND, "unknown_limit"),
-            E::WrongAlgorithm { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "wrong_algorithm"),
-            E::InsufficientCapacity { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_capacity")
+            E::UnknownLimit { .. } => (StatusCode::NOT_FOUND, ErrorCode::UnknownLimit),
+            E::WrongAlgorithm { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::WrongAlgorithm)
             }
-            E::InvalidKey { .. } => (StatusCode::BAD_REQUEST, "invalid_key"),
-            E::ZeroUnits { .. } | E::EmptyRequest => (StatusCode::BAD_REQUEST, "invalid_field"),
-            E::UnknownTask { .. } => (StatusCode::NOT_FOUND, "unknown_task"),
-            E::UnknownRun { .. } => (StatusCode::NOT_FOUND, "unknown_run"),
-            E::InvalidState { .. } => (StatusCode::CONFLICT, "invalid_state"),
-            E::LimitInUse { .. } => (StatusCode::CONFLICT, "limit_in_use"),
-            E::InvalidName { .. } => (StatusCode::BAD_REQUEST, "invalid_name"),
+            E::InsufficientCapacity { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InsufficientCapacity,
+            ),
+            E::InvalidKey { .. } => (StatusCode::BAD_REQUEST, ErrorCode::InvalidKey),
+            E::ZeroUnits { .. } | E::EmptyRequest => {
+                (StatusCode::BAD_REQUEST, ErrorCode::InvalidField)
+            }
+            E::UnknownTask { .. } => (StatusCode::NOT_FOUND, ErrorCode::UnknownTask),
+            E::UnknownRun { .. } => (StatusCode::NOT_FOUND, ErrorCode::UnknownRun),
+            E::InvalidState { .. } => (StatusCode::CONFLICT, ErrorCode::InvalidState),
+            E::LimitInUse { .. } => (StatusCode::CONFLICT, ErrorCode::LimitInUse),
+            E::InvalidName { .. } => (StatusCode::BAD_REQUEST, ErrorCode::InvalidName),
             E::Spec(spec) => return ApiError::from(spec.clone()),
             E::Expression { field, .. } => {
                 // Valid JSON and a valid task; this run's input made an expression fail. The
@@ -168,30 +171,31 @@ impl From<tollgate::Error> for ApiError {
                 let field = field.clone();
                 return ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_expression",
+                    ErrorCode::InvalidExpression,
                     e.to_string(),
                 )
                 .with_field(field);
             }
             E::Core(core) => match core {
-                C::InvalidPeriod { .. } => (StatusCode::BAD_REQUEST, "invalid_period"),
-                C::InvalidRate { .. } => (StatusCode::BAD_REQUEST, "invalid_rate"),
+                C::InvalidPeriod { .. } => (StatusCode::BAD_REQUEST, ErrorCode::InvalidPeriod),
+                C::InvalidRate { .. } => (StatusCode::BAD_REQUEST, ErrorCode::InvalidRate),
                 C::InvalidParameter { .. } | C::UnknownAlgorithm { .. } => {
-                    (StatusCode::BAD_REQUEST, "invalid_field")
+                    (StatusCode::BAD_REQUEST, ErrorCode::InvalidField)
                 }
-                C::InsufficientCapacity(_) => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_capacity")
-                }
-                C::LeaseNotHeld { .. } => (StatusCode::CONFLICT, "lease_expired"),
-                C::BarrierMissing => (StatusCode::NOT_FOUND, "unknown_barrier"),
-                C::BarrierExpired { .. } => (StatusCode::CONFLICT, "barrier_expired"),
+                C::InsufficientCapacity(_) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    ErrorCode::InsufficientCapacity,
+                ),
+                C::LeaseNotHeld { .. } => (StatusCode::CONFLICT, ErrorCode::LeaseExpired),
+                C::BarrierMissing => (StatusCode::NOT_FOUND, ErrorCode::UnknownBarrier),
+                C::BarrierExpired { .. } => (StatusCode::CONFLICT, ErrorCode::BarrierExpired),
                 _ => return ApiError::internal("unexpected engine error", &e),
             },
             E::Store(s) if s.is_transient() => {
                 tracing::warn!(error = %s, "store unavailable");
                 return ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
+                    ErrorCode::StoreUnavailable,
                     "the limit store is unavailable; retry later",
                 );
             }

@@ -38,7 +38,7 @@ use tollgate::core::{Nanos, RateLimit};
 use tollgate::{AcquireEntry, Acquired, LimitSpecExt};
 use tollgate_api::{
     AcquireEntry as EntryBody, AcquireRequest, Acquisition as Answer, BatchAnswer,
-    BatchOutcome as BatchResult, BatchRequest, KeyDecision as DecisionView,
+    BatchOutcome as BatchResult, BatchRequest, ErrorCode, KeyDecision as DecisionView,
     MAX_ACQUIRE_BATCH as MAX_BATCH, MAX_ACQUIRE_LIMITS as MAX_ENTRIES,
 };
 
@@ -73,14 +73,14 @@ impl Entry {
 fn prepare(limits: Vec<EntryBody>, prefix: &str) -> Result<Vec<Entry>, ApiError> {
     if limits.is_empty() {
         return Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             "a request must name at least one limit",
         )
         .with_field(format!("{prefix}limits")));
     }
     if limits.len() > MAX_ENTRIES {
         return Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!(
                 "a request may name at most {MAX_ENTRIES} limits, this one names {}",
                 limits.len()
@@ -99,10 +99,11 @@ fn prepare(limits: Vec<EntryBody>, prefix: &str) -> Result<Vec<Entry>, ApiError>
             }
             let units = body.units.unwrap_or(1);
             if units == 0 {
-                return Err(
-                    ApiError::bad_request("invalid_field", "units must be at least 1")
-                        .with_field(format!("{}.units", at())),
-                );
+                return Err(ApiError::bad_request(
+                    ErrorCode::InvalidField,
+                    "units must be at least 1",
+                )
+                .with_field(format!("{}.units", at())));
             }
             let key = std::mem::take(&mut body.key);
             let inline = match body.definition.take() {
@@ -302,7 +303,7 @@ async fn batch(
 ) -> Result<Json<BatchAnswer>, ApiError> {
     if req.requests.len() > MAX_BATCH {
         return Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!(
                 "a batch may hold at most {MAX_BATCH} requests, this one holds {}",
                 req.requests.len()

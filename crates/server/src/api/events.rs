@@ -19,7 +19,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use tollgate::{MAX_KEY_LEN, RunContext};
-use tollgate_api::{EventAnswer, EventRequest, EventRun};
+use tollgate_api::{ErrorCode, EventAnswer, EventRequest, EventRun};
 
 use crate::api::runs::metadata;
 use crate::error::ApiError;
@@ -38,7 +38,7 @@ async fn emit(
     let name = req.name;
     if name.is_empty() || name.len() > MAX_KEY_LEN || name.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
-            "invalid_name",
+            ErrorCode::InvalidName,
             format!("an event name must be 1 to {MAX_KEY_LEN} bytes without control characters"),
         )
         .with_field("name"));

@@ -27,7 +27,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tollgate::core::{Concurrency, Nanos};
 use tollgate::{DEFAULT_LEASE_TTL, MAX_KEY_LEN, Store, Target};
-use tollgate_api::{Lease as LeaseAnswer, LeaseRenewal as RenewAnswer, LeaseRequest, RenewRequest};
+use tollgate_api::{
+    ErrorCode, Lease as LeaseAnswer, LeaseRenewal as RenewAnswer, LeaseRequest, RenewRequest,
+};
 
 use crate::api::{duration_ms, instant_ms, period_ms, validate_key};
 use crate::error::ApiError;
@@ -125,7 +127,7 @@ impl LeaseRef {
 fn unknown_lease() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "unknown_lease",
+        ErrorCode::UnknownLease,
         "no lease is held under this id (released, expired, or never granted)",
     )
 }
@@ -149,7 +151,7 @@ async fn acquire(
     let holder = req.holder.unwrap_or_default();
     if holder.len() > MAX_KEY_LEN {
         return Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("holder must be at most {MAX_KEY_LEN} bytes"),
         )
         .with_field("holder"));
@@ -176,7 +178,8 @@ async fn acquire(
         unique: state.next_lease_suffix(),
     };
     let target = lease.target().ok_or_else(|| {
-        ApiError::bad_request("invalid_field", "invalid lease parameters").with_field("limit")
+        ApiError::bad_request(ErrorCode::InvalidField, "invalid lease parameters")
+            .with_field("limit")
     })?;
     let decision = state
         .limiter()

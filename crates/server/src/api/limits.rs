@@ -18,7 +18,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tollgate::core::Limit;
 use tollgate::{LimitInfo, LimitSpec, LimitSpecExt, Namespace, StateView};
-use tollgate_api::{Limit as LimitView, LimitListing as Listing, Namespace as ShownNamespace};
+use tollgate_api::{
+    ErrorCode, Limit as LimitView, LimitListing as Listing, Namespace as ShownNamespace,
+};
 
 use crate::api::{duration_ms, validate_key};
 use crate::error::ApiError;
@@ -110,7 +112,7 @@ async fn list(
             Some(("dynamic", n)) => {
                 dynamic = Some(n.parse::<usize>().map_err(|_| {
                     ApiError::bad_request(
-                        "invalid_field",
+                        ErrorCode::InvalidField,
                         format!("dynamic must be a number of keys, not {n:?}"),
                     )
                     .with_field("dynamic")
@@ -118,7 +120,7 @@ async fn list(
             }
             _ => {
                 return Err(ApiError::bad_request(
-                    "invalid_field",
+                    ErrorCode::InvalidField,
                     "GET /v1/limits takes only the parameter dynamic=N",
                 )
                 .with_field(pair.split('=').next().unwrap_or(pair).to_owned()));
@@ -131,7 +133,7 @@ async fn list(
 fn unknown(key: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "unknown_limit",
+        ErrorCode::UnknownLimit,
         format!("no limit is declared under key {key:?}"),
     )
     .with_field("key")
@@ -162,7 +164,7 @@ async fn put(
         // its own routes, and a declared one could never be acquired or listed.
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "wrong_algorithm",
+            ErrorCode::WrongAlgorithm,
             "barriers are created with POST /v1/barriers/{key}, not declared as limits",
         )
         .with_field("algorithm"));

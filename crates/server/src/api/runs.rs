@@ -33,7 +33,7 @@ use axum::{Json, Router};
 use serde_json::Value;
 use tollgate::{RunState, RunView};
 use tollgate_api::{
-    AttemptRequest, CancelRequest, CompleteRequest, EnqueueRequest, FailRequest,
+    AttemptRequest, CancelRequest, CompleteRequest, EnqueueRequest, ErrorCode, FailRequest,
     RunListing as Listing,
 };
 
@@ -94,7 +94,7 @@ async fn enqueue(
 fn unknown_run(id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "unknown_run",
+        ErrorCode::UnknownRun,
         format!("no run has id {id:?}"),
     )
 }
@@ -115,7 +115,7 @@ fn run_error(state: &AppState, id: &str, attempt: Option<u32>, e: tollgate::Erro
     {
         return ApiError::new(
             StatusCode::CONFLICT,
-            "invalid_state",
+            ErrorCode::InvalidState,
             format!(
                 "run {id:?} is on attempt {}, not {asked}: attempt {asked} is over (its lease \
                  expired or it was handed back), so this worker cannot {action} it",
@@ -239,7 +239,7 @@ impl ListQuery {
             let name = percent_decode(name).unwrap_or_default();
             let value = percent_decode(value).ok_or_else(|| {
                 ApiError::bad_request(
-                    "invalid_field",
+                    ErrorCode::InvalidField,
                     format!("the {name} parameter is not valid percent-encoded UTF-8"),
                 )
                 .with_field(name.clone())
@@ -251,7 +251,7 @@ impl ListQuery {
                 "task" => out.task = Some(value),
                 "state" => {
                     out.state = Some(value.parse().map_err(|message: String| {
-                        ApiError::bad_request("invalid_field", message).with_field("state")
+                        ApiError::bad_request(ErrorCode::InvalidField, message).with_field("state")
                     })?);
                 }
                 "limit" => {
@@ -261,7 +261,7 @@ impl ListQuery {
                         .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
                         .ok_or_else(|| {
                             ApiError::bad_request(
-                                "invalid_field",
+                                ErrorCode::InvalidField,
                                 format!(
                                     "invalid limit {value:?}: must be a whole number between 1 and {MAX_LIST_LIMIT}"
                                 ),
@@ -271,7 +271,7 @@ impl ListQuery {
                 }
                 _ => {
                     return Err(ApiError::bad_request(
-                        "unknown_field",
+                        ErrorCode::UnknownField,
                         format!("unknown parameter {name:?}: expected task, state or limit"),
                     )
                     .with_field(name));
@@ -322,7 +322,7 @@ async fn list(
     {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_task",
+            ErrorCode::UnknownTask,
             format!("no task is defined under name {task:?}"),
         )
         .with_field("task"));

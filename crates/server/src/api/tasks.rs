@@ -24,7 +24,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use tollgate::{Task, TaskSpec};
-use tollgate_api::{Depth, Task as TaskView, TaskListing as Listing};
+use tollgate_api::{Depth, ErrorCode, Task as TaskView, TaskListing as Listing};
 
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Segment};
@@ -70,7 +70,7 @@ fn view(task: &Task, depth: Depth) -> TaskView {
 pub(crate) fn unknown_task(name: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "unknown_task",
+        ErrorCode::UnknownTask,
         format!("no task is defined under name {name:?}"),
     )
     .with_field("name")
@@ -123,7 +123,8 @@ async fn put(
     JsonBody(spec): JsonBody<TaskSpec>,
 ) -> Result<Json<TaskView>, ApiError> {
     let Segment(name) = name.map_err(|_| {
-        ApiError::bad_request("invalid_name", "a task name must be UTF-8 text").with_field("name")
+        ApiError::bad_request(ErrorCode::InvalidName, "a task name must be UTF-8 text")
+            .with_field("name")
     })?;
     let task = state.backend().put_task(&name, spec).await.map_err(|e| {
         let named = matches!(e, tollgate::Error::InvalidName { .. });

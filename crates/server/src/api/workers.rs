@@ -25,7 +25,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use tollgate::{MAX_KEY_LEN, MAX_LEASE_BATCH};
-use tollgate_api::{LeasedRuns as LeaseAnswer, WorkerLeaseRequest as LeaseRequest};
+use tollgate_api::{ErrorCode, LeasedRuns as LeaseAnswer, WorkerLeaseRequest as LeaseRequest};
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
@@ -36,7 +36,7 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_field", message).with_field(field)
+    ApiError::bad_request(ErrorCode::InvalidField, message).with_field(field)
 }
 
 /// The request's tasks, deduplicated in order, once they are all known to be defined.
@@ -73,7 +73,7 @@ fn validate(state: &AppState, req: &LeaseRequest) -> Result<(Vec<String>, usize)
         if state.backend().task(name)?.is_none() {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_task",
+                ErrorCode::UnknownTask,
                 format!("no task is defined under name {name:?}"),
             )
             .with_field(format!("tasks[{i}]")));
