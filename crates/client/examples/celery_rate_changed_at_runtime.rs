@@ -25,11 +25,7 @@ fn main() -> ExitCode {
 }
 
 fn gcra(rate: &str) -> LimitSpec {
-    LimitSpec {
-        algorithm: Some("gcra".into()),
-        rate: Some(rate.into()),
-        ..LimitSpec::default()
-    }
+    LimitSpec::rate(rate).with(|p| p.algorithm = Some("gcra".into()))
 }
 
 /// Enqueues `n` runs, waits until they succeed, and answers the gaps between their starts.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio::time::Instant;
-use tollgate_client::{HandlerError, Task, Worker};
+use tollgate_client::{ErrorCode, HandlerError, Task, Worker};
 
 use support::{check, connect, unique};
 
@@ -92,7 +92,7 @@ pub async fn demo(server: String) -> support::Result {
         .barrier_wait(&unique("no-such-barrier"), Duration::from_millis(100))
         .await
     {
-        Err(e) if e.code() == Some("unknown_barrier") => {
+        Err(e) if e.code() == Some(&ErrorCode::UnknownBarrier) => {
             println!("waiting on a barrier nobody created: {e}");
         }
         other => return Err(format!("a missing barrier should be an error, got {other:?}").into()),

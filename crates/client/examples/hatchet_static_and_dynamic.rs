@@ -39,14 +39,7 @@ pub async fn demo(server: String) -> support::Result {
     let llm = unique("llm-api");
     let task = unique("summarize");
     client
-        .put_limit(
-            &llm,
-            &LimitSpec {
-                limit: Some(4),
-                period: Some("1s".into()),
-                ..LimitSpec::default()
-            },
-        )
+        .put_limit(&llm, &LimitSpec::limit_per(4, "1s"))
         .await?;
     println!("static limit {llm}: 4 per second, shared by every run");
     println!("dynamic limit per user: 2 per second on the pro tier, 1 on free");

@@ -7,7 +7,9 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Envelope, Error, root_cause};
+use tollgate_api::ErrorEnvelope;
+
+use crate::error::{Error, api_error, root_cause};
 
 /// The default timeout of a call, on top of any wait it asks the server for.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -259,8 +261,8 @@ impl Client {
         if status.is_success() {
             return Ok((status, bytes, method_name, url_text));
         }
-        match serde_json::from_slice::<Envelope>(&bytes) {
-            Ok(envelope) => Err(envelope.error.into_error(status.as_u16())),
+        match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
+            Ok(envelope) => Err(api_error(envelope.error, status.as_u16())),
             Err(_) => Err(Error::Decode {
                 method: method_name,
                 url: url_text,

@@ -3,21 +3,21 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use tollgate_api::{ErrorBody, ErrorCode};
 
 /// A failed call.
 ///
-/// Match on [`Error::Api`]'s `code` (or [`Error::code`]) to tell the server's answers apart;
-/// the codes are the server's stable snake_case words (`unknown_limit`, `invalid_period`,
-/// `unknown_run`, `store_unavailable`, …). [`Error::is_transient`] says whether trying again
+/// Match on [`Error::Api`]'s `code` (or [`Error::code`]), an [`ErrorCode`], to tell the
+/// server's answers apart (`ErrorCode::UnknownLimit`, `ErrorCode::InvalidPeriod`, …); a code
+/// this version does not know, from a newer server, is [`ErrorCode::Other`]. [`Error::is_transient`] says whether trying again
 /// later may succeed.
 ///
 /// ```
 /// # async fn f(client: &tollgate_client::Client) -> Result<(), tollgate_client::Error> {
-/// use tollgate_client::Error;
+/// use tollgate_client::{Error, ErrorCode};
 /// match client.get_limit("stripe-api").await {
 ///     Ok(limit) => println!("{} remaining", limit.remaining),
-///     Err(Error::Api { code, .. }) if code == "unknown_limit" => println!("not declared"),
+///     Err(Error::Api { code: ErrorCode::UnknownLimit, .. }) => println!("not declared"),
 ///     Err(e) => return Err(e),
 /// }
 /// # Ok(())
@@ -33,8 +33,8 @@ pub enum Error {
     Api {
         /// The HTTP status (400, 404, 409, 413, 422, 503, …).
         status: u16,
-        /// The stable code (`unknown_limit`, `invalid_period`, …).
-        code: String,
+        /// The stable code ([`ErrorCode::UnknownLimit`], [`ErrorCode::InvalidPeriod`], …).
+        code: ErrorCode,
         /// What went wrong, for people.
         message: String,
         /// The request field the error is about, as a path (`limits[1].units`), if any.
@@ -129,7 +129,7 @@ impl Error {
     }
 
     /// The server's error code, for [`Error::Api`].
-    pub fn code(&self) -> Option<&str> {
+    pub fn code(&self) -> Option<&ErrorCode> {
         match self {
             Error::Api { code, .. } => Some(code),
             _ => None,
@@ -153,51 +153,16 @@ impl Error {
     }
 }
 
-/// The `error` object of an error answer, and of a failed request in
-/// [`Client::acquire_batch`](crate::Client::acquire_batch)'s results.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[non_exhaustive]
-pub struct ErrorBody {
-    /// The stable code (`unknown_limit`, `insufficient_capacity`, …).
-    pub code: String,
-    /// What went wrong, for people.
-    pub message: String,
-    /// The request field the error is about, as a path, if any.
-    #[serde(default)]
-    pub field: Option<String>,
-    /// Whether retrying later may succeed.
-    #[serde(default)]
-    pub transient: bool,
-}
-
-impl ErrorBody {
-    /// The [`Error::Api`] of an answer with `status` and this body.
-    pub(crate) fn into_error(self, status: u16) -> Error {
-        Error::Api {
-            status,
-            code: self.code,
-            message: self.message,
-            field: self.field,
-            // A 503 is transient whatever the body says (DESIGN §5: it always carries the flag).
-            transient: self.transient || status == 503,
-        }
+/// The [`Error::Api`] of an answer with `status` and `body`.
+pub(crate) fn api_error(body: ErrorBody, status: u16) -> Error {
+    Error::Api {
+        status,
+        code: body.code,
+        message: body.message,
+        field: body.field,
+        // A 503 is transient whatever the body says (DESIGN §5: it always carries the flag).
+        transient: body.transient || status == 503,
     }
-}
-
-impl std::fmt::Display for ErrorBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)?;
-        if let Some(field) = &self.field {
-            write!(f, " (field {field})")?;
-        }
-        Ok(())
-    }
-}
-
-/// `{"error": {...}}`.
-#[derive(Deserialize)]
-pub(crate) struct Envelope {
-    pub(crate) error: ErrorBody,
 }
 
 /// The innermost cause of `e`, in one line: reqwest's own message names the URL and says

@@ -5,140 +5,13 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use serde::{Deserialize, Serialize};
+use tollgate_api::{
+    Barrier, BarrierCreate, BarrierReleased, BarrierWait, Lease, LeaseRenewal, LeaseRequest,
+    RenewRequest,
+};
 
 use crate::client::{Client, millis_ceil};
 use crate::error::Error;
-
-/// A request for one concurrency slot.
-///
-/// ```
-/// use std::time::Duration;
-/// use tollgate_client::LeaseRequest;
-/// // A declared concurrency limit:
-/// let declared = LeaseRequest::new("db:primary");
-/// // A dynamic key with 2 slots, leases of 10 s, held by a named worker:
-/// let dynamic = LeaseRequest::new("account:7").limit(2).ttl(Duration::from_secs(10)).holder("w1");
-/// # let _ = (declared, dynamic);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LeaseRequest {
-    /// The key.
-    pub key: String,
-    /// The number of slots, making the key a dynamic concurrency key; without it, the key
-    /// must be a declared `concurrency` limit.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limit: Option<u32>,
-    /// How long the lease lasts without a renewal, in milliseconds (server default: the
-    /// limit's `lease_ttl`, or 30 s for a dynamic key).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ttl_ms: Option<u64>,
-    /// Who holds it (for people reading the state).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub holder: Option<String>,
-}
-
-impl LeaseRequest {
-    /// A lease on `key`, with the server's defaults.
-    pub fn new(key: impl Into<String>) -> LeaseRequest {
-        LeaseRequest {
-            key: key.into(),
-            limit: None,
-            ttl_ms: None,
-            holder: None,
-        }
-    }
-
-    /// `limit` slots: a dynamic concurrency key.
-    #[must_use]
-    pub fn limit(mut self, limit: u32) -> LeaseRequest {
-        self.limit = Some(limit);
-        self
-    }
-
-    /// Leases that last `ttl` without a renewal (rounded up to whole milliseconds).
-    #[must_use]
-    pub fn ttl(mut self, ttl: Duration) -> LeaseRequest {
-        self.ttl_ms = Some(millis_ceil(ttl));
-        self
-    }
-
-    /// Held by `holder`.
-    #[must_use]
-    pub fn holder(mut self, holder: impl Into<String>) -> LeaseRequest {
-        self.holder = Some(holder.into());
-        self
-    }
-}
-
-/// The answer to a lease request: a slot, or a denial with `retry_after_ms`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[non_exhaustive]
-pub struct Lease {
-    /// Whether a slot was granted.
-    pub acquired: bool,
-    /// The lease's id, for renewing and releasing it (when acquired).
-    #[serde(default)]
-    pub lease_id: Option<String>,
-    /// When the lease lapses unless renewed, Unix-epoch milliseconds (when acquired).
-    #[serde(default)]
-    pub expires_at_ms: Option<u64>,
-    /// How long until a slot may be free, in milliseconds (when denied).
-    #[serde(default)]
-    pub retry_after_ms: Option<u64>,
-    /// The key's number of slots.
-    pub limit: u64,
-    /// Slots left.
-    pub remaining: u64,
-}
-
-/// A renewed lease.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[non_exhaustive]
-pub struct LeaseRenewal {
-    /// The lease's id (unchanged).
-    pub lease_id: String,
-    /// The new expiry, Unix-epoch milliseconds.
-    pub expires_at_ms: u64,
-}
-
-#[derive(Serialize)]
-struct RenewRequest {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ttl_ms: Option<u64>,
-}
-
-/// A barrier and who has arrived.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[non_exhaustive]
-pub struct Barrier {
-    /// The key.
-    pub key: String,
-    /// Whether every party has arrived.
-    pub released: bool,
-    /// Parties arrived so far.
-    pub arrived: u32,
-    /// Parties it waits for.
-    pub parties: u32,
-    /// When it expires, Unix-epoch milliseconds.
-    pub expires_at_ms: u64,
-}
-
-#[derive(Serialize)]
-struct BarrierCreate {
-    parties: u32,
-    ttl_ms: u64,
-}
-
-#[derive(Serialize)]
-struct BarrierWait {
-    timeout_ms: u64,
-}
-
-#[derive(Deserialize)]
-struct Released {
-    released: bool,
-}
 
 impl Client {
     /// `POST /v1/leases`: one concurrency slot. A full key is an answer (`acquired: false`
@@ -241,9 +114,9 @@ impl Client {
     /// an expired one: never a silent pass.
     pub async fn barrier_wait(&self, key: &str, timeout: Duration) -> Result<bool, Error> {
         let body = BarrierWait {
-            timeout_ms: millis_ceil(timeout),
+            timeout_ms: Some(millis_ceil(timeout)),
         };
-        let answer: Released = self
+        let answer: BarrierReleased = self
             .call(
                 Method::POST,
                 self.url(&["v1", "barriers", key, "wait"]),

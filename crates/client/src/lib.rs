@@ -4,17 +4,16 @@
 //! A denial is an answer, not an error: [`Client::acquire`] answers
 //! [`Acquisition`] with `allowed: false` and a `retry_after_ms`, [`Client::lease_acquire`] a
 //! [`Lease`] with `acquired: false`. Errors are what the server refused ([`Error::Api`], with
-//! its `code` and `field`), or a server that could not be reached ([`Error::Connect`]) or
+//! its [`ErrorCode`] and `field`), or a server that could not be reached ([`Error::Connect`]) or
 //! answered too late ([`Error::Timeout`]); [`Error::is_transient`] says whether to try again.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), tollgate_client::Error> {
 //! use std::time::Duration;
-//! use tollgate::LimitSpec;
-//! use tollgate_client::{AcquireEntry, Client, Error};
+//! use tollgate_client::{AcquireEntry, Client, Error, ErrorCode, LimitSpec};
 //!
 //! let client = Client::new("http://127.0.0.1:7070")?;
-//! let spec = LimitSpec { rate: Some("10/s".into()), ..LimitSpec::default() };
+//! let spec = LimitSpec::rate("10/s");
 //! client.put_limit("stripe-api", &spec).await?;
 //!
 //! // Both keys or neither; wait up to a second for room.
@@ -25,7 +24,7 @@
 //! }
 //!
 //! match client.get_limit("nope").await {
-//!     Err(Error::Api { code, .. }) if code == "unknown_limit" => {}
+//!     Err(Error::Api { code: ErrorCode::UnknownLimit, .. }) => {}
 //!     other => panic!("{other:?}"),
 //! }
 //! # Ok(())
@@ -63,20 +62,22 @@
 //! - [`Client`], [`ClientBuilder`] (`client.rs`): the base URL, timeouts (a call that asks
 //!   the server to wait gets that wait added to its timeout), and the one request path every
 //!   route goes through.
-//! - [`Error`], [`ErrorBody`] (`error.rs`): the server's `{"error": {...}}` as
-//!   [`Error::Api`]; transport failures as their own variants.
-//! - `limits.rs`: health, limits CRUD, acquire and batch acquire ([`Limit`],
-//!   [`AcquireEntry`], [`Acquisition`], [`KeyDecision`]).
-//! - `leases.rs`: concurrency leases and barriers ([`LeaseRequest`], [`Lease`], [`Barrier`]).
+//! - [`Error`] (`error.rs`): the server's `{"error": {...}}` ([`ErrorBody`]) as
+//!   [`Error::Api`] with its [`ErrorCode`]; transport failures as their own variants.
+//! - `limits.rs`: health, limits CRUD, acquire and batch acquire.
+//! - `leases.rs`: concurrency leases and barriers.
 //! - `runs.rs`: tasks, enqueue, events, worker leases, run outcomes and queries ([`Task`],
-//!   [`EventRun`], [`RunFilter`]).
+//!   [`RunFilter`]).
 //! - `task_builder.rs`: [`Task::builder`] → [`TaskBuilder`], a [`TaskSpec`] written in Rust.
 //! - `worker.rs`: the worker runtime ([`Worker`], [`WorkerBuilder`], [`RunContext`],
 //!   [`HandlerError`]): N slots, long-poll leases, heartbeats, complete/fail with retry,
 //!   graceful shutdown that releases what did not finish.
 //!
-//! Types the engine already defines in their wire form are re-used, not copied:
-//! [`LimitSpec`], [`TaskSpec`], [`RunView`], [`LeasedRun`], [`RunState`].
+//! The request and answer types are those of `tollgate-api` (re-exported here, and whole as
+//! [`api`]), the same the server uses: [`LimitSpec`], [`Limit`], [`AcquireEntry`],
+//! [`Acquisition`], [`LeaseRequest`], [`Lease`], [`Barrier`], [`TaskSpec`], [`RunView`],
+//! [`LeasedRun`], [`RunState`], … This crate does not depend on the engine: a worker built
+//! with it compiles no SQLite, no CEL and no scheduler.
 
 mod client;
 mod error;
@@ -87,13 +88,19 @@ mod task_builder;
 mod worker;
 
 pub use client::{Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT};
-pub use error::{Error, ErrorBody};
-pub use leases::{Barrier, Lease, LeaseRenewal, LeaseRequest};
-pub use limits::{AcquireEntry, Acquisition, BatchResult, Health, KeyDecision, Limit, Namespace};
-pub use runs::{Depth, EventRun, RunFilter, Task};
+pub use error::Error;
+pub use limits::BatchResult;
+pub use runs::{RunFilter, Task};
 pub use task_builder::{DEFAULT_LEASE_TIMEOUT, TaskBuilder};
-pub use tollgate::task::{ConcurrencyUse, IdempotencyUse, NumberOrExpr, OnLimit, RateLimitUse};
-pub use tollgate::{LeasedRun, LimitSpec, RunState, RunView, TaskSpec};
+/// The wire types' crate, for the bodies and constants not re-exported one by one.
+pub use tollgate_api as api;
+/// The wire types, re-exported: what the calls take and answer.
+pub use tollgate_api::{
+    AcquireEntry, Acquisition, Barrier, ConcurrencyUse, Depth, ErrorBody, ErrorCode, EventRun,
+    Health, IdempotencyUse, KeyDecision, Lease, LeaseRenewal, LeaseRequest, LeasedRun, Limit,
+    LimitParams, LimitSpec, Namespace, NumberOrExpr, OnLimit, RateLimitUse, RunState, RunView,
+    TaskSpec,
+};
 pub use worker::{
     DEFAULT_GRACE, DEFAULT_POLL_WAIT, DEFAULT_SLOTS, HandlerError, HandlerResult, RunContext,
     Worker, WorkerBuilder, WorkerError, WorkerSummary,

@@ -4,188 +4,17 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use serde::{Deserialize, Serialize};
-use tollgate::LimitSpec;
+use tollgate_api::{
+    AcquireEntry, AcquireRequest, Acquisition, BatchAnswer, BatchItem, BatchOutcome, BatchRequest,
+    ErrorBody, Health, Limit, LimitListing, LimitSpec,
+};
 
 use crate::client::{Client, millis_ceil};
-use crate::error::{Error, ErrorBody};
-
-/// `GET /healthz`'s answer.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[non_exhaustive]
-pub struct Health {
-    /// `"ok"` while the server accepts requests.
-    pub status: String,
-}
-
-/// Which namespace a limit's state lives in (DESIGN §3, "Two key namespaces").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Namespace {
-    /// Declared with `PUT /v1/limits/{key}`, persisted.
-    Static,
-    /// Rendered from a task's CEL expression, or defined inline in an acquire: listed while it
-    /// has state.
-    Dynamic,
-    /// A barrier.
-    Barrier,
-    /// A namespace this client does not know (a newer server).
-    #[serde(other)]
-    Other,
-}
-
-/// A limit with its canonical definition and live state, as `PUT/GET /v1/limits/{key}` and
-/// `GET /v1/limits` answer it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[non_exhaustive]
-pub struct Limit {
-    /// The key.
-    pub key: String,
-    /// Where its state lives.
-    pub namespace: Namespace,
-    /// Its definition, canonical: defaults filled in, `rate` spelled as `limit` + `period`.
-    #[serde(flatten)]
-    pub definition: LimitSpec,
-    /// Units used in the current window (leases held, for `concurrency`).
-    pub used: u64,
-    /// Units left.
-    pub remaining: u64,
-    /// When the usage resets, in milliseconds from now; `None` for `concurrency`.
-    pub reset_after_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct Limits {
-    limits: Vec<Limit>,
-}
-
-/// One entry of an acquire: a key, its units, and optionally its definition inline.
-///
-/// ```
-/// use tollgate_client::AcquireEntry;
-/// let declared = AcquireEntry::new("stripe-api");
-/// let per_user = AcquireEntry::new("user:42").units(2).rate("10/m");
-/// # let _ = (declared, per_user);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AcquireEntry {
-    /// The key.
-    pub key: String,
-    /// What this acquisition costs (server default 1).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub units: Option<u32>,
-    /// A definition sent with the entry: the key is then a dynamic key (no prior `PUT`
-    /// needed; the latest definition applies, usage kept). Without one the key must be
-    /// declared (404 `unknown_limit`).
-    #[serde(flatten)]
-    pub definition: Option<LimitSpec>,
-}
-
-impl AcquireEntry {
-    /// An entry for `key`, one unit, no inline definition.
-    pub fn new(key: impl Into<String>) -> AcquireEntry {
-        AcquireEntry {
-            key: key.into(),
-            units: None,
-            definition: None,
-        }
-    }
-
-    /// Costs `units` (at least 1; 0 is refused by the server with `invalid_field`).
-    #[must_use]
-    pub fn units(mut self, units: u32) -> AcquireEntry {
-        self.units = Some(units);
-        self
-    }
-
-    /// Carries `definition` inline (a dynamic key).
-    #[must_use]
-    pub fn define(mut self, definition: LimitSpec) -> AcquireEntry {
-        self.definition = Some(definition);
-        self
-    }
-
-    /// Carries an inline `sliding_window` definition from a rate string (`"10/m"`).
-    #[must_use]
-    pub fn rate(self, rate: impl Into<String>) -> AcquireEntry {
-        self.define(LimitSpec {
-            rate: Some(rate.into()),
-            ..LimitSpec::default()
-        })
-    }
-}
-
-#[derive(Serialize)]
-struct AcquireRequest<'a> {
-    limits: &'a [AcquireEntry],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    wait_ms: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct BatchRequest<'a> {
-    requests: Vec<BatchItem<'a>>,
-}
-
-#[derive(Serialize)]
-struct BatchItem<'a> {
-    limits: &'a [AcquireEntry],
-}
-
-/// The decision on one acquire: all of its entries consumed, or none.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[non_exhaustive]
-pub struct Acquisition {
-    /// Whether every entry was admitted (and consumed).
-    pub allowed: bool,
-    /// When denied, how long until the request could be admitted, in milliseconds (rounded
-    /// up: waiting that long is never early). 0 when allowed.
-    pub retry_after_ms: u64,
-    /// One decision per entry, in request order.
-    pub decisions: Vec<KeyDecision>,
-}
-
-impl Acquisition {
-    /// [`Acquisition::retry_after_ms`] as a duration.
-    pub fn retry_after(&self) -> Duration {
-        Duration::from_millis(self.retry_after_ms)
-    }
-}
-
-/// The decision for one key of an acquire.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[non_exhaustive]
-pub struct KeyDecision {
-    /// The key.
-    pub key: String,
-    /// Whether this key would admit the request.
-    pub allowed: bool,
-    /// The key's limit (0 when the server answered `--on-store-error open` without counting).
-    pub limit: u64,
-    /// Units left after this decision.
-    pub remaining: u64,
-    /// How long until this key would admit the request, in milliseconds (rounded up).
-    pub retry_after_ms: u64,
-    /// How long until this key's usage resets, in milliseconds (rounded up).
-    pub reset_after_ms: u64,
-}
+use crate::error::Error;
 
 /// One result of [`Client::acquire_batch`]: a decision, or the error that deciding that
 /// request met (an unknown limit, units beyond capacity); the other requests still count.
 pub type BatchResult = Result<Acquisition, ErrorBody>;
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum WireBatchResult {
-    Failed { error: ErrorBody },
-    Decided(Acquisition),
-}
-
-#[derive(Deserialize)]
-struct BatchAnswer {
-    results: Vec<WireBatchResult>,
-}
 
 impl Client {
     /// `GET /healthz`: whether the server is up.
@@ -237,7 +66,7 @@ impl Client {
     /// # Errors
     /// Transport and server errors only.
     pub async fn list_limits(&self) -> Result<Vec<Limit>, Error> {
-        let limits: Limits = self
+        let limits: LimitListing = self
             .call(
                 Method::GET,
                 self.url(&["v1", "limits"]),
@@ -293,7 +122,7 @@ impl Client {
         wait: Option<Duration>,
     ) -> Result<Acquisition, Error> {
         let body = AcquireRequest {
-            limits,
+            limits: limits.to_vec(),
             wait_ms: wait.map(millis_ceil),
         };
         self.call(
@@ -316,7 +145,12 @@ impl Client {
         requests: &[Vec<AcquireEntry>],
     ) -> Result<Vec<BatchResult>, Error> {
         let body = BatchRequest {
-            requests: requests.iter().map(|limits| BatchItem { limits }).collect(),
+            requests: requests
+                .iter()
+                .map(|limits| BatchItem {
+                    limits: limits.clone(),
+                })
+                .collect(),
         };
         let answer: BatchAnswer = self
             .call(
@@ -330,8 +164,8 @@ impl Client {
             .results
             .into_iter()
             .map(|r| match r {
-                WireBatchResult::Decided(a) => Ok(a),
-                WireBatchResult::Failed { error } => Err(error),
+                BatchOutcome::Decided(a) => Ok(a),
+                BatchOutcome::Failed { error } => Err(error),
             })
             .collect())
     }
@@ -341,6 +175,7 @@ impl Client {
 mod tests {
     use super::*;
     use serde_json::json;
+    use tollgate_api::Namespace;
 
     #[test]
     fn entries_serialize_as_the_server_reads_them() {
@@ -349,7 +184,7 @@ mod tests {
             AcquireEntry::new("user:42").units(2).rate("10/m"),
         ];
         let body = AcquireRequest {
-            limits: &entries,
+            limits: entries.to_vec(),
             wait_ms: Some(500),
         };
         assert_eq!(
@@ -366,7 +201,7 @@ mod tests {
             "burst": 4, "used": 1, "remaining": 3, "reset_after_ms": 100
         }))
         .unwrap();
-        assert_eq!(limit.definition.burst, Some(4));
+        assert_eq!(limit.definition.params.burst, Some(4));
         assert_eq!(limit.namespace, Namespace::Static);
         let future: Limit = serde_json::from_value(json!({
             "key": "c", "namespace": "somewhere", "algorithm": "concurrency", "limit": 2,

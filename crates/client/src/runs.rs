@@ -8,13 +8,21 @@ use std::time::Duration;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tollgate::{LeasedRun, RunState, RunView, TaskSpec};
+use tollgate_api::{
+    AttemptRequest, CancelRequest, CompleteRequest, Depth, EnqueueRequest, EventAnswer,
+    EventRequest, EventRun, FailRequest, LeasedRun, LeasedRuns, RunListing, RunState, RunView,
+    TaskListing, TaskSpec, WorkerLeaseRequest,
+};
 
 use crate::client::{Client, millis_ceil};
 use crate::error::Error;
 
 /// A task as the server shows it: its definition, and how many runs it has in each state.
+///
+/// Read through its wire type, [`tollgate_api::Task`]; a type of this crate so that it can
+/// carry [`Task::builder`].
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "tollgate_api::Task")]
 #[non_exhaustive]
 pub struct Task {
     /// The task's name.
@@ -22,119 +30,17 @@ pub struct Task {
     /// Its definition; it can be sent back to [`Client::put_task`] as it is.
     pub spec: TaskSpec,
     /// Its runs per state.
-    #[serde(default)]
     pub depth: Depth,
 }
 
-/// How many runs a task has in each state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-#[non_exhaustive]
-#[allow(missing_docs)] // one count per `RunState`, named as it
-pub struct Depth {
-    pub queued: u64,
-    pub waiting: u64,
-    pub running: u64,
-    pub succeeded: u64,
-    pub failed: u64,
-    pub skipped: u64,
-    pub cancelled: u64,
-}
-
-impl Depth {
-    /// The count for `state`.
-    pub fn get(&self, state: RunState) -> u64 {
-        match state {
-            RunState::Queued => self.queued,
-            RunState::Waiting => self.waiting,
-            RunState::Running => self.running,
-            RunState::Succeeded => self.succeeded,
-            RunState::Failed => self.failed,
-            RunState::Skipped => self.skipped,
-            RunState::Cancelled => self.cancelled,
+impl From<tollgate_api::Task> for Task {
+    fn from(t: tollgate_api::Task) -> Task {
+        Task {
+            name: t.name,
+            spec: t.spec,
+            depth: t.depth,
         }
     }
-}
-
-#[derive(Deserialize)]
-struct Tasks {
-    tasks: Vec<Task>,
-}
-
-#[derive(Serialize)]
-struct EnqueueRequest<'a> {
-    input: &'a Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    additional_metadata: Option<&'a Value>,
-}
-
-#[derive(Serialize)]
-struct EventRequest<'a> {
-    name: &'a str,
-    data: &'a Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    additional_metadata: Option<&'a Value>,
-}
-
-/// A run an event started.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[non_exhaustive]
-pub struct EventRun {
-    /// The run's id.
-    pub id: String,
-    /// The task it is a run of.
-    pub task: String,
-    /// Its state.
-    pub state: RunState,
-}
-
-#[derive(Deserialize)]
-struct EventAnswer {
-    runs: Vec<EventRun>,
-}
-
-#[derive(Serialize)]
-struct WorkerLeaseRequest<'a> {
-    worker_id: &'a str,
-    tasks: &'a [String],
-    max: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    wait_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct Leased {
-    runs: Vec<LeasedRun>,
-}
-
-#[derive(Serialize)]
-struct Empty {}
-
-#[derive(Serialize)]
-struct AttemptRequest {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    attempt: Option<u32>,
-}
-
-#[derive(Serialize)]
-struct CompleteRequest<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    output: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    attempt: Option<u32>,
-}
-
-#[derive(Serialize)]
-struct FailRequest<'a> {
-    error: &'a str,
-    retry: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    attempt: Option<u32>,
-}
-
-#[derive(Deserialize)]
-struct Runs {
-    runs: Vec<RunView>,
 }
 
 /// Which runs [`Client::list_runs`] answers.
@@ -214,7 +120,7 @@ impl Client {
     /// # Errors
     /// Transport and server errors only.
     pub async fn list_tasks(&self) -> Result<Vec<Task>, Error> {
-        let tasks: Tasks = self
+        let tasks: TaskListing = self
             .call(
                 Method::GET,
                 self.url(&["v1", "tasks"]),
@@ -222,7 +128,7 @@ impl Client {
                 Duration::ZERO,
             )
             .await?;
-        Ok(tasks.tasks)
+        Ok(tasks.tasks.into_iter().map(Task::from).collect())
     }
 
     /// `POST /v1/tasks/{name}/runs`: enqueues a run; answered, once it is durable, with the
@@ -240,8 +146,8 @@ impl Client {
         additional_metadata: Option<&Value>,
     ) -> Result<RunView, Error> {
         let body = EnqueueRequest {
-            input,
-            additional_metadata,
+            input: input.clone(),
+            additional_metadata: additional_metadata.cloned(),
         };
         self.call(
             Method::POST,
@@ -265,9 +171,9 @@ impl Client {
         additional_metadata: Option<&Value>,
     ) -> Result<Vec<EventRun>, Error> {
         let body = EventRequest {
-            name,
-            data,
-            additional_metadata,
+            name: name.to_owned(),
+            data: data.clone(),
+            additional_metadata: additional_metadata.cloned(),
         };
         let answer: EventAnswer = self
             .call(
@@ -306,12 +212,12 @@ impl Client {
         wait: Option<Duration>,
     ) -> Result<Vec<LeasedRun>, Error> {
         let body = WorkerLeaseRequest {
-            worker_id,
-            tasks,
-            max,
+            worker_id: worker_id.to_owned(),
+            tasks: tasks.to_vec(),
+            max: u64::from(max),
             wait_ms: wait.map(millis_ceil),
         };
-        let leased: Leased = self
+        let leased: LeasedRuns = self
             .call(
                 Method::POST,
                 self.url(&["v1", "workers", "lease"]),
@@ -348,8 +254,15 @@ impl Client {
         attempt: Option<u32>,
         output: Option<&Value>,
     ) -> Result<RunView, Error> {
-        self.run_action(run_id, "complete", &CompleteRequest { output, attempt })
-            .await
+        self.run_action(
+            run_id,
+            "complete",
+            &CompleteRequest {
+                output: output.cloned(),
+                attempt,
+            },
+        )
+        .await
     }
 
     /// `POST /v1/runs/{id}/fail`: records a failure. With `retry`, the run is queued again
@@ -365,7 +278,7 @@ impl Client {
         retry: bool,
     ) -> Result<RunView, Error> {
         let body = FailRequest {
-            error,
+            error: error.to_owned(),
             retry,
             attempt,
         };
@@ -388,7 +301,7 @@ impl Client {
     /// # Errors
     /// [`Error::Api`] 404 `unknown_run`; 409 `invalid_state` for a run that has ended.
     pub async fn cancel(&self, run_id: &str) -> Result<RunView, Error> {
-        self.run_action(run_id, "cancel", &Empty {}).await
+        self.run_action(run_id, "cancel", &CancelRequest {}).await
     }
 
     async fn run_action(
@@ -443,7 +356,7 @@ impl Client {
         if url.query() == Some("") {
             url.set_query(None);
         }
-        let runs: Runs = self
+        let runs: RunListing = self
             .call(Method::GET, url, None::<&()>, Duration::ZERO)
             .await?;
         Ok(runs.runs)

@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-use tollgate::TaskSpec;
-use tollgate::task::{ConcurrencyUse, IdempotencyUse, NumberOrExpr, OnLimit, RateLimitUse};
+use tollgate_api::{
+    ConcurrencyUse, ErrorCode, IdempotencyUse, LimitParams, NumberOrExpr, OnLimit, RateLimitUse,
+    TaskSpec,
+};
 
 use crate::client::Client;
 use crate::error::Error;
@@ -46,7 +48,7 @@ pub struct TaskBuilder {
 }
 
 /// The server's default lease timeout (DESIGN §3), used when a task does not set one.
-pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_LEASE_TIMEOUT: Duration = tollgate_api::DEFAULT_LEASE_TIMEOUT;
 
 impl Task {
     /// A definition of task `name`, with no limits (see [`TaskBuilder`]).
@@ -107,7 +109,10 @@ impl TaskBuilder {
             dynamic_key: Some(key_cel.into()),
             units: Some(NumberOrExpr::Number(units)),
             limit: Some(NumberOrExpr::Number(limit)),
-            period: Some(period.into()),
+            params: LimitParams {
+                period: Some(period.into()),
+                ..LimitParams::default()
+            },
             ..RateLimitUse::default()
         });
         self
@@ -149,13 +154,13 @@ impl TaskBuilder {
     #[must_use]
     pub fn algorithm(self, algorithm: impl Into<String>) -> TaskBuilder {
         let algorithm = algorithm.into();
-        self.last("algorithm", |l| l.algorithm = Some(algorithm))
+        self.last("algorithm", |l| l.params.algorithm = Some(algorithm))
     }
 
     /// The last (dynamic) rate limit's `burst` (`gcra`).
     #[must_use]
     pub fn burst(self, burst: u64) -> TaskBuilder {
-        self.last("burst", |l| l.burst = Some(burst))
+        self.last("burst", |l| l.params.burst = Some(burst))
     }
 
     /// The last (dynamic) rate limit's window alignment (`fixed_window`): `first_use` or
@@ -163,7 +168,7 @@ impl TaskBuilder {
     #[must_use]
     pub fn align(self, align: impl Into<String>) -> TaskBuilder {
         let align = align.into();
-        self.last("align", |l| l.align = Some(align))
+        self.last("align", |l| l.params.align = Some(align))
     }
 
     /// What happens to a run its limits do not admit now: parked until they do
@@ -250,7 +255,7 @@ impl TaskBuilder {
         if let Some(problem) = self.problems.first() {
             return Err(Error::Api {
                 status: 400,
-                code: "invalid_field".to_owned(),
+                code: ErrorCode::InvalidField,
                 message: format!("task {:?}: {problem}", self.name),
                 field: None,
                 transient: false,

@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
-use tollgate::LeasedRun;
+use tollgate_api::{ErrorCode, LeasedRun};
 
 use crate::client::Client;
 use crate::error::Error;
@@ -189,7 +189,7 @@ impl WorkerBuilder {
     /// How many runs it executes at once (default [`DEFAULT_SLOTS`], at least 1).
     #[must_use]
     pub fn slots(mut self, slots: usize) -> WorkerBuilder {
-        self.slots = slots.clamp(1, tollgate::MAX_LEASE_BATCH);
+        self.slots = slots.clamp(1, tollgate_api::MAX_LEASE_BATCH);
         self
     }
 
@@ -449,7 +449,7 @@ impl Worker {
                     }
                 }
                 Err(e) => {
-                    if e.code() == Some("unknown_task") {
+                    if e.code() == Some(&ErrorCode::UnknownTask) {
                         // The server forgot the definitions (an in-memory server restarted, say).
                         tracing::warn!(worker = %self.id, error = %e, "tasks unknown to the server; defining them again");
                         match self.register_all(shutdown.as_mut()).await {

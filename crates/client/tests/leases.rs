@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Server, fake_clock};
-use tollgate_client::{Error, LeaseRequest, LimitSpec};
+use tollgate_client::{Error, ErrorCode, LeaseRequest, LimitSpec};
 
 #[tokio::test]
 async fn leases_are_granted_renewed_released_and_denied_as_values() {
@@ -52,22 +52,22 @@ async fn leases_are_granted_renewed_released_and_denied_as_values() {
     let again = c.lease_release(&id).await.unwrap_err();
     assert_eq!(
         (again.status(), again.code()),
-        (Some(404), Some("unknown_lease"))
+        (Some(404), Some(&ErrorCode::UnknownLease))
     );
     let renew_gone = c.lease_renew(&id, None).await.unwrap_err();
-    assert_eq!(renew_gone.code(), Some("lease_expired"));
+    assert_eq!(renew_gone.code(), Some(&ErrorCode::LeaseExpired));
     let bogus = c.lease_renew("not-a-lease", None).await.unwrap_err();
-    assert_eq!(bogus.code(), Some("unknown_lease"));
+    assert_eq!(bogus.code(), Some(&ErrorCode::UnknownLease));
 
     // A declared concurrency limit, leased without `limit`.
     c.put_limit(
         "db",
         &LimitSpec {
-            algorithm: Some("concurrency".into()),
             limit: Some(2),
             lease_ttl: Some("45s".into()),
             ..LimitSpec::default()
-        },
+        }
+        .with(|p| p.algorithm = Some("concurrency".into())),
     )
     .await
     .unwrap();
@@ -136,7 +136,7 @@ async fn barriers_release_every_party_and_never_pass_silently() {
         .unwrap_err();
     assert_eq!(
         (missing.status(), missing.code()),
-        (Some(404), Some("unknown_barrier"))
+        (Some(404), Some(&ErrorCode::UnknownBarrier))
     );
     let zero = c
         .barrier_create("zero", 0, Duration::from_secs(1))

@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use common::{Server, fake_clock};
 use tollgate::SystemClock;
-use tollgate_client::{AcquireEntry, Error, LimitSpec, Namespace};
+use tollgate_client::{AcquireEntry, Error, ErrorCode, LimitSpec, Namespace};
 
 fn spec(json: serde_json::Value) -> LimitSpec {
     serde_json::from_value(json).unwrap()
 }
 
 /// The `(status, code, field)` of a server error; panics on anything else.
-fn api_error<T: std::fmt::Debug>(r: Result<T, Error>) -> (u16, String, Option<String>) {
+fn api_error<T: std::fmt::Debug>(r: Result<T, Error>) -> (u16, ErrorCode, Option<String>) {
     match r {
         Err(Error::Api {
             status,
@@ -106,7 +106,11 @@ async fn bad_definitions_carry_the_servers_code_and_field() {
     for (body, code, field) in cases {
         let err = c.put_limit("k", &spec(body.clone())).await.unwrap_err();
         assert_eq!(err.status(), Some(400), "{body}: {err}");
-        assert_eq!(err.code(), Some(code), "{body}: {err}");
+        assert_eq!(
+            err.code().map(ErrorCode::as_str),
+            Some(code),
+            "{body}: {err}"
+        );
         assert_eq!(err.field(), Some(field), "{body}: {err}");
         assert!(!err.is_transient(), "{body}");
         // The message is the server's, for people, in one line.
@@ -288,7 +292,7 @@ async fn batch_results_are_decisions_or_per_request_errors() {
         .acquire_batch(&[vec![AcquireEntry::new("one")], vec![]])
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some("invalid_field"));
+    assert_eq!(err.code(), Some(&ErrorCode::InvalidField));
     assert_eq!(err.field(), Some("requests[1].limits"));
     assert!(c.acquire_batch(&[]).await.unwrap().is_empty());
     server.stop().await;

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use common::{Server, fake_clock};
 use serde_json::json;
-use tollgate_client::{Client, Error, LimitSpec, OnLimit, RunFilter, RunState, TaskSpec};
+use tollgate_client::{
+    Client, Error, ErrorCode, LimitSpec, OnLimit, RunFilter, RunState, TaskSpec,
+};
 
 fn task(json: serde_json::Value) -> TaskSpec {
     serde_json::from_value(json).unwrap()
@@ -18,7 +20,7 @@ fn tasks(names: &[&str]) -> Vec<String> {
 }
 
 /// The `(status, code, field)` of a server error; panics on anything else.
-fn api_error<T: std::fmt::Debug>(r: Result<T, Error>) -> (u16, String, Option<String>) {
+fn api_error<T: std::fmt::Debug>(r: Result<T, Error>) -> (u16, ErrorCode, Option<String>) {
     match r {
         Err(Error::Api {
             status,
@@ -31,11 +33,7 @@ fn api_error<T: std::fmt::Debug>(r: Result<T, Error>) -> (u16, String, Option<St
 }
 
 async fn one_per_hour(c: &Client) {
-    let spec = LimitSpec {
-        limit: Some(1),
-        period: Some("1h".into()),
-        ..LimitSpec::default()
-    };
+    let spec = LimitSpec::limit_per(1, "1h");
     c.put_limit("one-per-hour", &spec).await.unwrap();
 }
 
@@ -99,7 +97,7 @@ async fn tasks_are_defined_read_back_and_listed() {
     );
     let bad_period = task(json!({"lease_timeout": "soonish"}));
     let err = c.put_task("t", &bad_period).await.unwrap_err();
-    assert_eq!(err.code(), Some("invalid_period"), "{err}");
+    assert_eq!(err.code(), Some(&ErrorCode::InvalidPeriod), "{err}");
     server.stop().await;
 }
 

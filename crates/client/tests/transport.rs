@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tollgate_client::{AcquireEntry, Client, Error};
+use tollgate_client::{AcquireEntry, Client, Error, ErrorCode};
 
 /// A loopback address nothing listens on: bound, then closed.
 async fn closed_port() -> String {
@@ -128,7 +128,7 @@ async fn answers_that_are_not_tollgate_json_are_decode_errors() {
         .health()
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some("store_unavailable"));
+    assert_eq!(err.code(), Some(&ErrorCode::StoreUnavailable));
     assert!(err.is_transient());
 }
 

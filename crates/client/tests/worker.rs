@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tollgate::SystemClock;
 use tollgate_client::{
-    Client, HandlerError, RunState, RunView, Task, Worker, WorkerError, WorkerSummary,
+    Client, ErrorCode, HandlerError, RunState, RunView, Task, Worker, WorkerError, WorkerSummary,
 };
 
 const LEASE: Duration = Duration::from_millis(500);
@@ -285,7 +285,7 @@ async fn a_bad_task_definition_stops_the_worker_with_the_servers_error() {
     match w.run(std::future::pending()).await {
         Err(WorkerError::Register { task, source, .. }) => {
             assert_eq!(task, "bad");
-            assert_eq!(source.code(), Some("invalid_expression"));
+            assert_eq!(source.code(), Some(&ErrorCode::InvalidExpression));
         }
         other => panic!("expected a registration error, got {other:?}"),
     }

@@ -33,7 +33,7 @@ use tollgate_core::{LimitState, RateState};
 
 use crate::error::StoreError;
 use crate::queue::run::Run;
-use crate::spec::LimitSpec;
+use crate::spec::{LimitSpec, LimitSpecExt};
 use crate::store::Namespace;
 use crate::task::TaskSpec;
 

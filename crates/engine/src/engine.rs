@@ -18,13 +18,13 @@ use crate::limiter::Limiter;
 use crate::metrics::QueueMetrics;
 use crate::queue::run::{LeasedRun, Run, RunState, RunView};
 use crate::queue::state::{QueueState, WaitKey};
-use crate::spec::LimitSpec;
+use crate::spec::{LimitSpec, LimitSpecExt};
 use crate::store::memory::MemoryStore;
 use crate::store::{AcquireEntry, Namespace, Store, Target};
 use crate::task::{Task, TaskSpec};
 
-/// Most runs one lease call returns.
-pub const MAX_LEASE_BATCH: usize = 1_000;
+/// Most runs one lease call returns (the API's limit on `max`).
+pub use tollgate_api::MAX_LEASE_BATCH;
 
 /// The embedded server's core. Cheap to clone. Must be created inside a tokio runtime: it
 /// spawns the task that fires parked runs' timers and lease expiries.

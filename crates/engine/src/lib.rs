@@ -41,7 +41,10 @@
 //!   [`TokioClock`].
 //! - [`Store`] and its plain-data requests; [`MemoryStore`], sharded, sweeping idle keys.
 //! - [`Limiter`] and [`LeaseGuard`]: the embeddable API.
-//! - [`LimitSpec`]: limit definitions in their JSON form.
+//! - [`LimitSpec`]: limit definitions in their JSON form (a `tollgate-api` wire type), and
+//!   [`LimitSpecExt`], which checks one and converts it to and from the core's limits.
+//! - The HTTP wire types the engine takes and answers ([`TaskSpec`], [`RunView`],
+//!   [`LeasedRun`], [`RunState`]) are defined in `tollgate-api` and re-exported here.
 //! - `task`: task definitions with CEL expressions; `queue`: runs and the admission queue;
 //!   [`Engine`]: limiter + queue + durability ([`Db`], SQLite), what the server runs;
 //!   `metrics`: the queue's counters ([`QueueMetrics`]) for the server's `GET /metrics`.
@@ -67,7 +70,7 @@ pub use error::{Error, MAX_KEY_LEN, StoreError, check_key, key_problem};
 pub use limiter::{LeaseGuard, Limiter};
 pub use metrics::{QueueMetrics, Transition};
 pub use queue::run::{LeasedRun, Run, RunPolicy, RunState, RunView};
-pub use spec::{DEFAULT_LEASE_TTL, LimitSpec, SpecError};
+pub use spec::{DEFAULT_LEASE_TTL, LimitSpec, LimitSpecExt, SpecError};
 pub use store::memory::MemoryStore;
 pub use store::{
     AcquireEntry, Acquired, DynStore, ExportedState, LimitInfo, Namespace, StateView, Store,

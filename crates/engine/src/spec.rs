@@ -1,17 +1,18 @@
-//! [`LimitSpec`]: a limit definition as users write it in JSON (`PUT /v1/limits/{key}`, inline
-//! acquire entries, persisted definitions), converted to and from the core's [`Limit`].
+//! [`LimitSpec`] (defined in `tollgate-api`): a limit definition as users write it in JSON
+//! (`PUT /v1/limits/{key}`, inline acquire entries, persisted definitions), converted to and
+//! from the core's [`Limit`] by [`LimitSpecExt`].
 //!
 //! ```
-//! use tollgate::LimitSpec;
+//! use tollgate::{LimitSpec, LimitSpecExt};
 //! let spec: LimitSpec = serde_json::from_str(r#"{"rate": "100/m"}"#)?;
 //! let limit = spec.to_limit()?;
 //! assert_eq!(limit.algorithm().as_str(), "sliding_window");
 //! let gcra: LimitSpec = serde_json::from_str(r#"{"algorithm": "gcra", "limit": 10, "period": "1s", "burst": 5}"#)?;
-//! assert_eq!(LimitSpec::from_limit(&gcra.to_limit()?).burst, Some(5));
+//! assert_eq!(LimitSpec::from_limit(&gcra.to_limit()?).params.burst, Some(5));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use serde::{Deserialize, Serialize};
+pub use tollgate_api::LimitSpec;
 use tollgate_core::{
     Algorithm, Align, Barrier, Concurrency, FixedWindow, Gcra, Limit, Period, Rate, RateLimit,
     SlidingWindow, TokenBucket,
@@ -22,46 +23,6 @@ pub const DEFAULT_LEASE_TTL: Period = match Period::from_secs_const(30) {
     Some(p) => p,
     None => Period::SECOND,
 };
-
-/// A limit definition in its JSON form. Which fields apply depends on `algorithm`:
-///
-/// | algorithm | fields |
-/// | --- | --- |
-/// | `sliding_window` (default) | `limit` + `period`, or `rate`; `precision` (default 60) |
-/// | `fixed_window` | `limit` + `period`, or `rate`; `align`: `first_use` (default) or `clock` |
-/// | `gcra` | `limit` + `period`, or `rate`; `burst` (default 1) |
-/// | `token_bucket` | `capacity` + `refill` (a rate such as `"10/s"`) |
-/// | `concurrency` | `limit`; `lease_ttl` (default `30s`) |
-/// | `barrier` | `parties` + `ttl` |
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct LimitSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub algorithm: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub period: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub precision: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub align: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capacity: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refill: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease_ttl: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parties: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<String>,
-}
 
 /// A definition that does not make a limit: which field, what is wrong, and a stable code
 /// (`invalid_field`, `invalid_period`, `invalid_rate`, `missing_field`).
@@ -113,31 +74,53 @@ fn rate_of(field: &str, s: &str) -> Result<Rate, SpecError> {
     Rate::parse(s).map_err(|e| core_error(field, e))
 }
 
-impl LimitSpec {
+/// What the engine makes of a [`LimitSpec`]: the core limit it describes, and back.
+///
+/// The definition is plain data in `tollgate-api` (which knows nothing of the core); its
+/// checks live here, beside the core types they build.
+pub trait LimitSpecExt: Sized {
     /// The algorithm named (default `sliding_window`).
     ///
     /// # Errors
     /// [`SpecError`] for an unknown name.
-    pub fn algorithm(&self) -> Result<Algorithm, SpecError> {
-        match &self.algorithm {
-            None => Ok(Algorithm::SlidingWindow),
-            Some(a) => a.parse().map_err(|e| core_error("algorithm", e)),
-        }
-    }
+    fn algorithm(&self) -> Result<Algorithm, SpecError>;
 
     /// The core limit this definition describes.
     ///
     /// # Errors
     /// [`SpecError`] naming the first field that is missing, misplaced or invalid.
-    pub fn to_limit(&self) -> Result<Limit, SpecError> {
+    fn to_limit(&self) -> Result<Limit, SpecError>;
+
+    /// A rate limit, or an error naming `algorithm` when the definition is of another kind.
+    ///
+    /// # Errors
+    /// As [`LimitSpecExt::to_limit`], or `wrong_algorithm` for concurrency and barriers.
+    fn to_rate_limit(&self) -> Result<RateLimit, SpecError>;
+
+    /// The canonical definition of `limit` (what `GET /v1/limits/{key}` shows).
+    fn from_limit(limit: &Limit) -> Self;
+}
+
+impl LimitSpecExt for LimitSpec {
+    fn algorithm(&self) -> Result<Algorithm, SpecError> {
+        match &self.params.algorithm {
+            None => Ok(Algorithm::SlidingWindow),
+            Some(a) => a.parse().map_err(|e| core_error("algorithm", e)),
+        }
+    }
+
+    fn to_limit(&self) -> Result<Limit, SpecError> {
         let algorithm = self.algorithm()?;
-        self.reject_foreign(algorithm)?;
+        reject_foreign(self, algorithm)?;
         let lim = |e: tollgate_core::Error, field: &str| core_error(field, e);
         Ok(match algorithm {
             Algorithm::SlidingWindow => {
-                let r = self.limit_and_period()?;
-                let precision = self.precision.unwrap_or(tollgate_core::DEFAULT_PRECISION);
-                let field = if self.precision.is_some() {
+                let r = limit_and_period(self)?;
+                let precision = self
+                    .params
+                    .precision
+                    .unwrap_or(tollgate_core::DEFAULT_PRECISION);
+                let field = if self.params.precision.is_some() {
                     "precision"
                 } else {
                     "limit"
@@ -148,8 +131,8 @@ impl LimitSpec {
                 ))
             }
             Algorithm::FixedWindow => {
-                let r = self.limit_and_period()?;
-                let align: Align = match &self.align {
+                let r = limit_and_period(self)?;
+                let align: Align = match &self.params.align {
                     None => Align::FirstUse,
                     Some(a) => a.parse().map_err(|e| lim(e, "align"))?,
                 };
@@ -158,16 +141,16 @@ impl LimitSpec {
                 ))
             }
             Algorithm::Gcra => {
-                let r = self.limit_and_period()?;
+                let r = limit_and_period(self)?;
                 Limit::Rate(RateLimit::Gcra(
-                    Gcra::new(r, self.burst.unwrap_or(1)).map_err(|e| lim(e, "burst"))?,
+                    Gcra::new(r, self.params.burst.unwrap_or(1)).map_err(|e| lim(e, "burst"))?,
                 ))
             }
             Algorithm::TokenBucket => {
-                let capacity = self.capacity.ok_or_else(|| {
+                let capacity = self.params.capacity.ok_or_else(|| {
                     SpecError::new("missing_field", "capacity", "token_bucket needs a capacity")
                 })?;
-                let refill = self.refill.as_deref().ok_or_else(|| {
+                let refill = self.params.refill.as_deref().ok_or_else(|| {
                     SpecError::new(
                         "missing_field",
                         "refill",
@@ -210,11 +193,7 @@ impl LimitSpec {
         })
     }
 
-    /// A rate limit, or an error naming `algorithm` when the definition is of another kind.
-    ///
-    /// # Errors
-    /// As [`LimitSpec::to_limit`], or `wrong_algorithm` for concurrency and barriers.
-    pub fn to_rate_limit(&self) -> Result<RateLimit, SpecError> {
+    fn to_rate_limit(&self) -> Result<RateLimit, SpecError> {
         match self.to_limit()? {
             Limit::Rate(r) => Ok(r),
             other => Err(SpecError::new(
@@ -225,111 +204,115 @@ impl LimitSpec {
         }
     }
 
-    /// `rate`, or `limit` + `period`.
-    fn limit_and_period(&self) -> Result<Rate, SpecError> {
-        match (&self.rate, self.limit, &self.period) {
-            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(SpecError::new(
-                "invalid_field",
-                "rate",
-                "give either rate or limit and period, not both",
-            )),
-            (Some(r), None, None) => rate_of("rate", r),
-            (None, Some(l), Some(p)) => {
-                Rate::new(l, period("period", p)?).map_err(|e| core_error("limit", e))
-            }
-            (None, None, _) => Err(SpecError::new(
-                "missing_field",
-                "limit",
-                "a limit needs limit and period (e.g. {\"limit\": 100, \"period\": \"1m\"}) or a rate (e.g. {\"rate\": \"100/m\"})",
-            )),
-            (None, Some(_), None) => Err(SpecError::new(
-                "missing_field",
-                "period",
-                "a limit needs a period such as \"1s\", \"1m\" or \"MINUTE\"",
-            )),
-        }
-    }
-
-    fn reject_foreign(&self, algorithm: Algorithm) -> Result<(), SpecError> {
-        let allowed: &[&str] = match algorithm {
-            Algorithm::SlidingWindow => &["rate", "limit", "period", "precision"],
-            Algorithm::FixedWindow => &["rate", "limit", "period", "align"],
-            Algorithm::Gcra => &["rate", "limit", "period", "burst"],
-            Algorithm::TokenBucket => &["capacity", "refill"],
-            Algorithm::Concurrency => &["limit", "lease_ttl"],
-            Algorithm::Barrier => &["parties", "ttl"],
-        };
-        let present = [
-            ("rate", self.rate.is_some()),
-            ("limit", self.limit.is_some()),
-            ("period", self.period.is_some()),
-            ("burst", self.burst.is_some()),
-            ("precision", self.precision.is_some()),
-            ("align", self.align.is_some()),
-            ("capacity", self.capacity.is_some()),
-            ("refill", self.refill.is_some()),
-            ("lease_ttl", self.lease_ttl.is_some()),
-            ("parties", self.parties.is_some()),
-            ("ttl", self.ttl.is_some()),
-        ];
-        for (name, is_set) in present {
-            if is_set && !allowed.contains(&name) {
-                return Err(SpecError::new(
-                    "invalid_field",
-                    name,
-                    format!(
-                        "{name} does not apply to {algorithm} (it takes {})",
-                        allowed.join(", ")
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// The canonical definition of `limit` (what `GET /v1/limits/{key}` shows).
-    pub fn from_limit(limit: &Limit) -> LimitSpec {
-        let mut s = LimitSpec {
-            algorithm: Some(limit.algorithm().as_str().to_owned()),
-            ..LimitSpec::default()
-        };
-        match limit {
-            Limit::Rate(RateLimit::SlidingWindow(l)) => {
-                s.limit = Some(l.limit());
-                s.period = Some(l.period().to_string());
-                s.precision = Some(l.precision());
-            }
-            Limit::Rate(RateLimit::FixedWindow(l)) => {
-                s.limit = Some(l.limit());
-                s.period = Some(l.period().to_string());
-                s.align = Some(
-                    match l.align() {
-                        Align::FirstUse => "first_use",
-                        Align::Clock => "clock",
-                    }
-                    .to_owned(),
-                );
-            }
-            Limit::Rate(RateLimit::Gcra(l)) => {
-                s.limit = Some(l.rate().limit());
-                s.period = Some(l.rate().period().to_string());
-                s.burst = Some(l.burst());
-            }
-            Limit::Rate(RateLimit::TokenBucket(l)) => {
-                s.capacity = Some(l.capacity());
-                s.refill = Some(l.refill().to_string());
-            }
-            Limit::Concurrency(c) => {
-                s.limit = Some(u64::from(c.limit()));
-                s.lease_ttl = Some(c.lease_ttl().to_string());
-            }
-            Limit::Barrier(b) => {
-                s.parties = Some(b.parties());
-                s.ttl = Some(b.ttl().to_string());
-            }
-        }
-        s
+    fn from_limit(limit: &Limit) -> LimitSpec {
+        canonical(limit)
     }
+}
+
+/// `rate`, or `limit` + `period`.
+fn limit_and_period(spec: &LimitSpec) -> Result<Rate, SpecError> {
+    match (&spec.params.rate, spec.limit, &spec.params.period) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(SpecError::new(
+            "invalid_field",
+            "rate",
+            "give either rate or limit and period, not both",
+        )),
+        (Some(r), None, None) => rate_of("rate", r),
+        (None, Some(l), Some(p)) => {
+            Rate::new(l, period("period", p)?).map_err(|e| core_error("limit", e))
+        }
+        (None, None, _) => Err(SpecError::new(
+            "missing_field",
+            "limit",
+            "a limit needs limit and period (e.g. {\"limit\": 100, \"period\": \"1m\"}) or a rate (e.g. {\"rate\": \"100/m\"})",
+        )),
+        (None, Some(_), None) => Err(SpecError::new(
+            "missing_field",
+            "period",
+            "a limit needs a period such as \"1s\", \"1m\" or \"MINUTE\"",
+        )),
+    }
+}
+
+/// Refuses the fields `algorithm` does not take.
+fn reject_foreign(spec: &LimitSpec, algorithm: Algorithm) -> Result<(), SpecError> {
+    let allowed: &[&str] = match algorithm {
+        Algorithm::SlidingWindow => &["rate", "limit", "period", "precision"],
+        Algorithm::FixedWindow => &["rate", "limit", "period", "align"],
+        Algorithm::Gcra => &["rate", "limit", "period", "burst"],
+        Algorithm::TokenBucket => &["capacity", "refill"],
+        Algorithm::Concurrency => &["limit", "lease_ttl"],
+        Algorithm::Barrier => &["parties", "ttl"],
+    };
+    let present = [
+        ("rate", spec.params.rate.is_some()),
+        ("limit", spec.limit.is_some()),
+        ("period", spec.params.period.is_some()),
+        ("burst", spec.params.burst.is_some()),
+        ("precision", spec.params.precision.is_some()),
+        ("align", spec.params.align.is_some()),
+        ("capacity", spec.params.capacity.is_some()),
+        ("refill", spec.params.refill.is_some()),
+        ("lease_ttl", spec.lease_ttl.is_some()),
+        ("parties", spec.parties.is_some()),
+        ("ttl", spec.ttl.is_some()),
+    ];
+    for (name, is_set) in present {
+        if is_set && !allowed.contains(&name) {
+            return Err(SpecError::new(
+                "invalid_field",
+                name,
+                format!(
+                    "{name} does not apply to {algorithm} (it takes {})",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The canonical definition of `limit` (what `GET /v1/limits/{key}` shows).
+fn canonical(limit: &Limit) -> LimitSpec {
+    let mut s = LimitSpec::default();
+    s.params.algorithm = Some(limit.algorithm().as_str().to_owned());
+    match limit {
+        Limit::Rate(RateLimit::SlidingWindow(l)) => {
+            s.limit = Some(l.limit());
+            s.params.period = Some(l.period().to_string());
+            s.params.precision = Some(l.precision());
+        }
+        Limit::Rate(RateLimit::FixedWindow(l)) => {
+            s.limit = Some(l.limit());
+            s.params.period = Some(l.period().to_string());
+            s.params.align = Some(
+                match l.align() {
+                    Align::FirstUse => "first_use",
+                    Align::Clock => "clock",
+                }
+                .to_owned(),
+            );
+        }
+        Limit::Rate(RateLimit::Gcra(l)) => {
+            s.limit = Some(l.rate().limit());
+            s.params.period = Some(l.rate().period().to_string());
+            s.params.burst = Some(l.burst());
+        }
+        Limit::Rate(RateLimit::TokenBucket(l)) => {
+            s.params.capacity = Some(l.capacity());
+            s.params.refill = Some(l.refill().to_string());
+        }
+        Limit::Concurrency(c) => {
+            s.limit = Some(u64::from(c.limit()));
+            s.lease_ttl = Some(c.lease_ttl().to_string());
+        }
+        Limit::Barrier(b) => {
+            s.parties = Some(b.parties());
+            s.ttl = Some(b.ttl().to_string());
+        }
+    }
+    s
 }
 
 #[cfg(test)]

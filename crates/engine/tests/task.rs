@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use tollgate::task::{
     DEFAULT_LEASE_TIMEOUT, NumberOrExpr, OnLimit, RenderError, Rendered, RunContext, Task, TaskSpec,
 };
-use tollgate::{AcquireEntry, LimitSpec, Limiter, SpecError, Target};
+use tollgate::{AcquireEntry, LimitSpec, LimitSpecExt, Limiter, SpecError, Target};
 use tollgate_core::{Limit, Period, RateLimit};
 
 /// The task of DESIGN §3, verbatim.
@@ -131,10 +131,10 @@ fn design_example_renders_keys_units_and_limits_for_pro_and_free() {
     let gcra = run.rate[2].dynamic.clone().unwrap();
     assert_eq!(
         (
-            gcra.algorithm.as_deref(),
+            gcra.params.algorithm.as_deref(),
             gcra.limit,
-            gcra.period.as_deref(),
-            gcra.burst
+            gcra.params.period.as_deref(),
+            gcra.params.burst
         ),
         (Some("gcra"), Some(100), Some("1h"), Some(5))
     );

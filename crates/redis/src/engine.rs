@@ -31,6 +31,7 @@ use tollgate_core::{Limit, Nanos, Period};
 use crate::keys::Kind;
 use crate::store::RedisStore;
 
+use tollgate::LimitSpecExt;
 use tollgate::MAX_LEASE_BATCH;
 
 /// The default of [`RedisEngine::set_poll_interval`].

@@ -400,10 +400,7 @@ impl PutLimit {
                 .parse::<u64>()
                 .map_err(|_| format!("{algorithm} takes a number (e.g. 5), not {:?}", self.rate))
         };
-        let mut spec = LimitSpec {
-            algorithm: Some(algorithm.clone()),
-            ..LimitSpec::default()
-        };
+        let mut spec = LimitSpec::default().with(|p| p.algorithm = Some(algorithm.clone()));
         match algorithm.as_str() {
             "concurrency" => {
                 spec.limit = Some(count()?);
@@ -415,14 +412,14 @@ impl PutLimit {
                 spec.ttl = Some(self.ttl.clone().unwrap_or_else(|| "1m".to_owned()));
             }
             "token_bucket" => {
-                spec.refill = Some(self.rate.clone());
-                spec.capacity = self.capacity.or(self.burst);
+                spec.params.refill = Some(self.rate.clone());
+                spec.params.capacity = self.capacity.or(self.burst);
             }
             _ => {
-                spec.rate = Some(self.rate.clone());
-                spec.burst = self.burst;
-                spec.precision = self.precision;
-                spec.align = self.align.clone();
+                spec.params.rate = Some(self.rate.clone());
+                spec.params.burst = self.burst;
+                spec.params.precision = self.precision;
+                spec.params.align = self.align.clone();
                 if self.ttl.is_some() {
                     return Err(format!("--ttl does not apply to {algorithm}"));
                 }
@@ -517,11 +514,11 @@ fn render_limits(limits: &[tollgate_client::Limit], json_out: bool) -> String {
     ];
     for l in limits {
         let d = &l.definition;
-        let definition = match d.algorithm.as_deref() {
+        let definition = match d.params.algorithm.as_deref() {
             Some("token_bucket") => format!(
                 "{} refill {}",
-                d.capacity.unwrap_or(0),
-                d.refill.clone().unwrap_or_default()
+                d.params.capacity.unwrap_or(0),
+                d.params.refill.clone().unwrap_or_default()
             ),
             Some("concurrency") => format!(
                 "{} slots, lease {}",
@@ -532,12 +529,12 @@ fn render_limits(limits: &[tollgate_client::Limit], json_out: bool) -> String {
                 let mut s = format!(
                     "{}/{}",
                     d.limit.unwrap_or(0),
-                    d.period.clone().unwrap_or_default()
+                    d.params.period.clone().unwrap_or_default()
                 );
-                if let Some(b) = d.burst {
+                if let Some(b) = d.params.burst {
                     let _ = write!(s, " burst {b}");
                 }
-                if let Some(a) = &d.align {
+                if let Some(a) = &d.params.align {
                     let _ = write!(s, " {a}");
                 }
                 s
@@ -546,7 +543,7 @@ fn render_limits(limits: &[tollgate_client::Limit], json_out: bool) -> String {
         rows.push(vec![
             l.key.clone(),
             format!("{:?}", l.namespace).to_lowercase(),
-            d.algorithm.clone().unwrap_or_default(),
+            d.params.algorithm.clone().unwrap_or_default(),
             definition,
             l.used.to_string(),
             l.remaining.to_string(),

@@ -4,8 +4,8 @@ use std::fmt;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use tollgate::SpecError;
+use tollgate_api::{ErrorBody, ErrorCode, ErrorEnvelope};
 
 /// An error answer: an HTTP status, a stable snake_case `code` that clients may match on, a
 /// message for people, and the request field it is about, as a path (`limits[1].units`).
@@ -28,20 +28,9 @@ pub struct ApiError {
     body: ErrorBody,
 }
 
-/// The `error` object of an answer; also embedded in batch results.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct ErrorBody {
-    code: &'static str,
-    message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    transient: bool,
-}
-
 impl ApiError {
     /// An error with `status`, `code` and `message`.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             body: ErrorBody {
@@ -54,7 +43,7 @@ impl ApiError {
     }
 
     /// 400 with `code`.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
@@ -64,7 +53,7 @@ impl ApiError {
         tracing::error!(%error, "{context}");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
+            ErrorCode::InternalError,
             "internal error; the server log has the details",
         )
     }
@@ -82,8 +71,8 @@ impl ApiError {
     }
 
     /// The stable code.
-    pub fn code(&self) -> &'static str {
-        self.body.code
+    pub fn code(&self) -> &ErrorCode {
+        &self.body.code
     }
 
     /// The message for people.
@@ -120,13 +109,9 @@ impl fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        #[derive(Serialize)]
-        struct Envelope<'a> {
-            error: &'a ErrorBody,
-        }
-        let mut response =
-            (self.status, axum::Json(Envelope { error: &self.body })).into_response();
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+        let status = self.status;
+        let mut response = (status, axum::Json(ErrorEnvelope { error: self.body })).into_response();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The body was not read: the connection cannot be reused for another request.
             response
                 .headers_mut()
@@ -140,14 +125,16 @@ impl From<SpecError> for ApiError {
     fn from(e: SpecError) -> ApiError {
         // Malformed definitions are 400; a well-formed one naming what cannot be (a limit not
         // declared, units no limit of that size can hold, the wrong kind of limit) is 422.
-        let status = match e.code {
-            "wrong_algorithm" | "unknown_limit" | "insufficient_capacity" => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+        // The engine's codes are the API's (its SpecError is written for this answer).
+        let code = ErrorCode::from(e.code);
+        let status = match code {
+            ErrorCode::WrongAlgorithm
+            | ErrorCode::UnknownLimit
+            | ErrorCode::InsufficientCapacity => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::BAD_REQUEST,
         };
         let field = e.field.clone();
-        let mut err = ApiError::new(status, e.code, e.message);
+        let mut err = ApiError::new(status, code, e.message);
         if !field.is_empty() {
             err = err.with_field(field);
         }
@@ -160,18 +147,23 @@ impl From<tollgate::Error> for ApiError {
         use tollgate::Error as E;
         use tollgate::core::Error as C;
         let (status, code) = match &e {
-            E::UnknownLimit { .. } => (StatusCode::NOT_FOUND, "unknown_limit"),
-            E::WrongAlgorithm { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "wrong_algorithm"),
-            E::InsufficientCapacity { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_capacity")
+            E::UnknownLimit { .. } => (StatusCode::NOT_FOUND, ErrorCode::UnknownLimit),
+            E::WrongAlgorithm { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::WrongAlgorithm)
             }
-            E::InvalidKey { .. } => (StatusCode::BAD_REQUEST, "invalid_key"),
-            E::ZeroUnits { .. } | E::EmptyRequest => (StatusCode::BAD_REQUEST, "invalid_field"),
-            E::UnknownTask { .. } => (StatusCode::NOT_FOUND, "unknown_task"),
-            E::UnknownRun { .. } => (StatusCode::NOT_FOUND, "unknown_run"),
-            E::InvalidState { .. } => (StatusCode::CONFLICT, "invalid_state"),
-            E::LimitInUse { .. } => (StatusCode::CONFLICT, "limit_in_use"),
-            E::InvalidName { .. } => (StatusCode::BAD_REQUEST, "invalid_name"),
+            E::InsufficientCapacity { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InsufficientCapacity,
+            ),
+            E::InvalidKey { .. } => (StatusCode::BAD_REQUEST, ErrorCode::InvalidKey),
+            E::ZeroUnits { .. } | E::EmptyRequest => {
+                (StatusCode::BAD_REQUEST, ErrorCode::InvalidField)
+            }
+            E::UnknownTask { .. } => (StatusCode::NOT_FOUND, ErrorCode::UnknownTask),
+            E::UnknownRun { .. } => (StatusCode::NOT_FOUND, ErrorCode::UnknownRun),
+            E::InvalidState { .. } => (StatusCode::CONFLICT, ErrorCode::InvalidState),
+            E::LimitInUse { .. } => (StatusCode::CONFLICT, ErrorCode::LimitInUse),
+            E::InvalidName { .. } => (StatusCode::BAD_REQUEST, ErrorCode::InvalidName),
             E::Spec(spec) => return ApiError::from(spec.clone()),
             E::Expression { field, .. } => {
                 // Valid JSON and a valid task; this run's input made an expression fail. The
@@ -179,30 +171,31 @@ impl From<tollgate::Error> for ApiError {
                 let field = field.clone();
                 return ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_expression",
+                    ErrorCode::InvalidExpression,
                     e.to_string(),
                 )
                 .with_field(field);
             }
             E::Core(core) => match core {
-                C::InvalidPeriod { .. } => (StatusCode::BAD_REQUEST, "invalid_period"),
-                C::InvalidRate { .. } => (StatusCode::BAD_REQUEST, "invalid_rate"),
+                C::InvalidPeriod { .. } => (StatusCode::BAD_REQUEST, ErrorCode::InvalidPeriod),
+                C::InvalidRate { .. } => (StatusCode::BAD_REQUEST, ErrorCode::InvalidRate),
                 C::InvalidParameter { .. } | C::UnknownAlgorithm { .. } => {
-                    (StatusCode::BAD_REQUEST, "invalid_field")
+                    (StatusCode::BAD_REQUEST, ErrorCode::InvalidField)
                 }
-                C::InsufficientCapacity(_) => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_capacity")
-                }
-                C::LeaseNotHeld { .. } => (StatusCode::CONFLICT, "lease_expired"),
-                C::BarrierMissing => (StatusCode::NOT_FOUND, "unknown_barrier"),
-                C::BarrierExpired { .. } => (StatusCode::CONFLICT, "barrier_expired"),
+                C::InsufficientCapacity(_) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    ErrorCode::InsufficientCapacity,
+                ),
+                C::LeaseNotHeld { .. } => (StatusCode::CONFLICT, ErrorCode::LeaseExpired),
+                C::BarrierMissing => (StatusCode::NOT_FOUND, ErrorCode::UnknownBarrier),
+                C::BarrierExpired { .. } => (StatusCode::CONFLICT, ErrorCode::BarrierExpired),
                 _ => return ApiError::internal("unexpected engine error", &e),
             },
             E::Store(s) if s.is_transient() => {
                 tracing::warn!(error = %s, "store unavailable");
                 return ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
+                    ErrorCode::StoreUnavailable,
                     "the limit store is unavailable; retry later",
                 );
             }
@@ -315,7 +308,7 @@ mod tests {
             let shown = e.to_string();
             let api = ApiError::from(e);
             assert_eq!(
-                (api.status().as_u16(), api.code()),
+                (api.status().as_u16(), api.code().as_str()),
                 (status, code),
                 "{shown}"
             );
@@ -346,7 +339,7 @@ mod tests {
             ("wrong_algorithm", 422),
         ] {
             let api = ApiError::from(spec(code));
-            assert_eq!((api.status().as_u16(), api.code()), (status, code));
+            assert_eq!((api.status().as_u16(), api.code().as_str()), (status, code));
             assert_eq!(api.field(), Some("rate_limits[0].static_key"));
         }
     }

@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
+use tollgate_api::ErrorCode;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -53,7 +54,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 fn too_large(max: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
+        ErrorCode::PayloadTooLarge,
         format!("the request body is larger than the server's limit of {max} bytes"),
     )
 }
@@ -62,7 +63,7 @@ async fn read_limited(mut body: Body, max: usize) -> Result<Vec<u8>, ApiError> {
     let mut buf = Vec::new();
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|_| {
-            ApiError::bad_request("invalid_body", "the request body could not be read")
+            ApiError::bad_request(ErrorCode::InvalidBody, "the request body could not be read")
         })?;
         if let Ok(data) = frame.into_data() {
             if buf.len().saturating_add(data.len()) > max {
@@ -93,7 +94,7 @@ pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             serde_json::Value::Object(_) => "an object",
         };
         return Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("the body must be a JSON object, not {kind}"),
         ));
     }
@@ -109,7 +110,10 @@ pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 fn invalid_json(e: serde_json::Error) -> ApiError {
-    ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+    ApiError::bad_request(
+        ErrorCode::InvalidJson,
+        format!("the body is not valid JSON: {e}"),
+    )
 }
 
 fn from_serde(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
@@ -138,13 +142,13 @@ fn from_serde(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let (code, field) = if let Some(name) = quoted("unknown field `") {
         // The path already ends with the unknown name, except at the top level.
         let field = if path == "." { name } else { path };
-        ("unknown_field", Some(field))
+        (ErrorCode::UnknownField, Some(field))
     } else if let Some(name) = quoted("missing field `") {
-        ("missing_field", Some(join(&name)))
+        (ErrorCode::MissingField, Some(join(&name)))
     } else if path == "." {
-        ("invalid_field", None)
+        (ErrorCode::InvalidField, None)
     } else {
-        ("invalid_field", Some(path))
+        (ErrorCode::InvalidField, Some(path))
     };
     let err = ApiError::bad_request(code, message);
     match field {
@@ -163,13 +167,16 @@ impl FromRequestParts<AppState> for Segment {
         Path::<String>::from_request_parts(parts, state)
             .await
             .map(|Path(s)| Segment(s))
-            .map_err(|e| ApiError::bad_request("invalid_key", e.body_text()).with_field("key"))
+            .map_err(|e| {
+                ApiError::bad_request(ErrorCode::InvalidKey, e.body_text()).with_field("key")
+            })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_api::ErrorCode;
 
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -187,11 +194,11 @@ mod tests {
         units: Option<u32>,
     }
 
-    fn err(json: &str) -> (String, &'static str, Option<String>) {
+    fn err(json: &str) -> (String, ErrorCode, Option<String>) {
         let e = parse::<Outer>(json.as_bytes()).unwrap_err();
         (
             e.status().to_string(),
-            e.code(),
+            e.code().clone(),
             e.field().map(str::to_owned),
         )
     }

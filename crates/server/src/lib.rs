@@ -42,9 +42,11 @@
 //! # Layout
 //! - [`cli`]: `tollgate serve`, parsed, then validated, then resolved (binding, runtime).
 //! - [`AppState`] and [`Settings`]: what every handler shares (limiter, clock, limits).
-//! - [`ApiError`]: engine and input errors mapped to a status and a stable code.
+//! - [`ApiError`]: engine and input errors mapped to a status and a stable code
+//!   (`tollgate_api::ErrorCode`).
 //! - `extract`: the JSON body extractor (size limit before reading, field paths in errors).
-//! - `api`: one module per area, each with its own `routes()`; [`app`] merges them.
+//! - `api`: one module per area, each with its own `routes()`; [`app`] merges them. The
+//!   bodies they read and write are the wire types of `tollgate-api`, shared with the client.
 //! - `dashboard`: `GET /`, the page and its first render.
 //! - `metrics`: `GET /metrics`, the server's counters plus the engine's read at scrape time.
 

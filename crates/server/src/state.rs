@@ -21,7 +21,7 @@ pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 /// The longest an acquire (`wait_ms`) or barrier wait (`timeout_ms`) may hold a request:
 /// longer asks are cut to this. A client that wants to wait longer asks again; a proxy or load
 /// balancer between it and us would likely time out a longer request anyway.
-pub const MAX_WAIT: Duration = Duration::from_secs(60);
+pub const MAX_WAIT: Duration = tollgate_api::MAX_WAIT;
 
 /// What to answer when the store is unreachable (`--on-store-error`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

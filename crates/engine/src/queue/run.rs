@@ -7,70 +7,7 @@ use tollgate_core::Nanos;
 use crate::task::{DEFAULT_LEASE_TIMEOUT, OnLimit, Rendered};
 use tollgate_core::Period;
 
-/// Where a run is in its life (DESIGN §3): `queued → running → succeeded | failed`, with
-/// `waiting` (parked on a limit) between `queued` and `running`; `skipped` and `cancelled` end it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunState {
-    /// Ready to be leased.
-    Queued,
-    /// Parked until a limit allows it (`waiting_on`, `eligible_at`).
-    Waiting,
-    /// Leased by a worker.
-    Running,
-    /// Completed.
-    Succeeded,
-    /// Failed for good (attempts exhausted, a non-retried failure, or an impossible limit).
-    Failed,
-    /// Never ran: over its limits under `on_limit: skip`, or a duplicate.
-    Skipped,
-    /// Cancelled before it finished.
-    Cancelled,
-}
-
-impl RunState {
-    /// The snake_case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunState::Queued => "queued",
-            RunState::Waiting => "waiting",
-            RunState::Running => "running",
-            RunState::Succeeded => "succeeded",
-            RunState::Failed => "failed",
-            RunState::Skipped => "skipped",
-            RunState::Cancelled => "cancelled",
-        }
-    }
-
-    /// Whether the run has ended.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            RunState::Succeeded | RunState::Failed | RunState::Skipped | RunState::Cancelled
-        )
-    }
-
-    /// Every state, in lifecycle order.
-    pub const ALL: [RunState; 7] = [
-        RunState::Queued,
-        RunState::Waiting,
-        RunState::Running,
-        RunState::Succeeded,
-        RunState::Failed,
-        RunState::Skipped,
-        RunState::Cancelled,
-    ];
-}
-
-impl std::str::FromStr for RunState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<RunState, String> {
-        RunState::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown run state {s:?}: expected one of queued, waiting, running, succeeded, failed, skipped, cancelled"))
-    }
-}
+pub use tollgate_api::{LeasedRun, RunState, RunView};
 
 /// One run, as the queue keeps and persists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,43 +101,6 @@ impl Default for RunPolicy {
     }
 }
 
-/// A run as the HTTP API shows it: times in epoch milliseconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunView {
-    /// Opaque id.
-    pub id: String,
-    /// The task's name.
-    pub task: String,
-    /// Lifecycle state.
-    pub state: RunState,
-    /// The run's input.
-    pub input: Value,
-    /// Caller-supplied metadata.
-    pub additional_metadata: Value,
-    /// Current attempt (0 before the first lease).
-    pub attempt: u32,
-    /// Attempts allowed.
-    pub max_attempts: u32,
-    /// The key a waiting run is held by.
-    pub waiting_on: Option<String>,
-    /// When a waiting run becomes eligible.
-    pub eligible_at_ms: Option<u64>,
-    /// Why it was skipped.
-    pub skip_reason: Option<String>,
-    /// The last failure.
-    pub error: Option<String>,
-    /// The result of a successful run.
-    pub output: Option<Value>,
-    /// Enqueue time.
-    pub created_at_ms: u64,
-    /// Last state change.
-    pub updated_at_ms: u64,
-    /// When a running run's lease lapses.
-    pub lease_expires_at_ms: Option<u64>,
-    /// The worker holding it.
-    pub worker_id: Option<String>,
-}
-
 impl From<&Run> for RunView {
     fn from(r: &Run) -> RunView {
         RunView {
@@ -223,23 +123,6 @@ impl From<&Run> for RunView {
             worker_id: r.worker_id.clone(),
         }
     }
-}
-
-/// A run handed to a worker by a lease call.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LeasedRun {
-    /// Opaque id.
-    pub id: String,
-    /// The task's name.
-    pub task: String,
-    /// The run's input.
-    pub input: Value,
-    /// Caller-supplied metadata.
-    pub additional_metadata: Value,
-    /// This attempt, 1-based.
-    pub attempt: u32,
-    /// When the lease lapses unless the worker heartbeats.
-    pub lease_expires_at_ms: u64,
 }
 
 impl From<&Run> for LeasedRun {

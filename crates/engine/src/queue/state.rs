@@ -26,7 +26,7 @@ use tollgate_core::{Nanos, Period};
 use super::run::{Run, RunPolicy, RunState, RunView};
 use crate::error::Error;
 use crate::metrics::{Metrics, Transition};
-use crate::spec::LimitSpec;
+use crate::spec::{LimitSpec, LimitSpecExt};
 use crate::store::{AcquireEntry, Store};
 use crate::task::{OnLimit, Rendered, RunContext, Task};
 

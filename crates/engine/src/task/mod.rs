@@ -3,7 +3,7 @@
 //!
 //! ```
 //! use serde_json::json;
-//! use tollgate::LimitSpec;
+//! use tollgate::{LimitSpec, LimitSpecExt};
 //! use tollgate::task::{RunContext, Task, TaskSpec};
 //!
 //! let spec: TaskSpec = serde_json::from_value(json!({
@@ -44,18 +44,19 @@ pub use spec::{ConcurrencyUse, IdempotencyUse, NumberOrExpr, OnLimit, RateLimitU
 use tollgate_core::{Limit, MAX_CONCURRENCY, MAX_LIMIT, Period, RateLimit};
 
 use crate::error::{Error, check_key};
-use crate::spec::{LimitSpec, SpecError};
+use crate::spec::{LimitSpec, LimitSpecExt, SpecError};
 use expr::{Scope, Uses};
 
 /// Attempts of a run when the task does not say.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub const DEFAULT_MAX_ATTEMPTS: u32 = tollgate_api::DEFAULT_MAX_ATTEMPTS;
 /// The most attempts a task may allow.
 pub const MAX_ATTEMPTS: u32 = 100;
 /// How long a lease lasts without a heartbeat when the task does not say.
-pub const DEFAULT_LEASE_TIMEOUT: Period = match Period::from_secs_const(30) {
-    Some(p) => p,
-    None => Period::SECOND,
-};
+pub const DEFAULT_LEASE_TIMEOUT: Period =
+    match Period::from_secs_const(tollgate_api::DEFAULT_LEASE_TIMEOUT.as_secs()) {
+        Some(p) => p,
+        None => Period::SECOND,
+    };
 
 fn spec_error(
     code: &'static str,
@@ -525,15 +526,8 @@ fn compile_rate(
                 },
             };
             let template = LimitSpec {
-                algorithm: r.algorithm.clone(),
-                rate: r.rate.clone(),
                 limit: limit_const,
-                period: r.period.clone(),
-                burst: r.burst,
-                precision: r.precision,
-                align: r.align.clone(),
-                capacity: r.capacity,
-                refill: r.refill.clone(),
+                params: r.params.clone(),
                 ..LimitSpec::default()
             };
             let limit = match limit_expr {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{LimitSpec, SpecError};
+use crate::spec::{LimitSpec, LimitSpecExt, SpecError};
 use crate::store::AcquireEntry;
 
 /// The values a run's expressions see: the CEL variables `input`, `additional_metadata` and

@@ -34,101 +34,23 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 use tollgate::core::{Nanos, RateLimit};
-use tollgate::{AcquireEntry, Acquired, LimitSpec};
+use tollgate::{AcquireEntry, Acquired, LimitSpecExt};
+use tollgate_api::{
+    AcquireEntry as EntryBody, AcquireRequest, Acquisition as Answer, BatchAnswer,
+    BatchOutcome as BatchResult, BatchRequest, ErrorCode, KeyDecision as DecisionView,
+    MAX_ACQUIRE_BATCH as MAX_BATCH, MAX_ACQUIRE_LIMITS as MAX_ENTRIES,
+};
 
 use crate::api::{duration_ms, validate_key};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::state::{AppState, StoreErrorPolicy};
-
-/// The most entries one request may name: the store groups entries by key in quadratic time,
-/// and no real request needs more.
-pub(crate) const MAX_ENTRIES: usize = 64;
-/// The most requests one batch may hold.
-pub(crate) const MAX_BATCH: usize = 1_000;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/acquire", post(acquire))
         .route("/v1/acquire/batch", post(batch))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AcquireRequest {
-    limits: Vec<EntryBody>,
-    #[serde(default)]
-    wait_ms: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchRequest {
-    requests: Vec<BatchItem>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchItem {
-    limits: Vec<EntryBody>,
-}
-
-/// One entry: a key, its units, and optionally its definition inline (the fields of
-/// [`LimitSpec`], spelled out here because `deny_unknown_fields` does not work through
-/// `flatten`).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EntryBody {
-    key: String,
-    #[serde(default)]
-    units: Option<u32>,
-    #[serde(default)]
-    algorithm: Option<String>,
-    #[serde(default)]
-    rate: Option<String>,
-    #[serde(default)]
-    limit: Option<u64>,
-    #[serde(default)]
-    period: Option<String>,
-    #[serde(default)]
-    burst: Option<u64>,
-    #[serde(default)]
-    precision: Option<u32>,
-    #[serde(default)]
-    align: Option<String>,
-    #[serde(default)]
-    capacity: Option<u64>,
-    #[serde(default)]
-    refill: Option<String>,
-    #[serde(default)]
-    lease_ttl: Option<String>,
-    #[serde(default)]
-    parties: Option<u32>,
-    #[serde(default)]
-    ttl: Option<String>,
-}
-
-impl EntryBody {
-    /// The inline definition, if the entry carries one.
-    fn spec(self) -> Option<LimitSpec> {
-        let spec = LimitSpec {
-            algorithm: self.algorithm,
-            rate: self.rate,
-            limit: self.limit,
-            period: self.period,
-            burst: self.burst,
-            precision: self.precision,
-            align: self.align,
-            capacity: self.capacity,
-            refill: self.refill,
-            lease_ttl: self.lease_ttl,
-            parties: self.parties,
-            ttl: self.ttl,
-        };
-        (spec != LimitSpec::default()).then_some(spec)
-    }
 }
 
 /// A validated entry, owning its key.
@@ -151,14 +73,14 @@ impl Entry {
 fn prepare(limits: Vec<EntryBody>, prefix: &str) -> Result<Vec<Entry>, ApiError> {
     if limits.is_empty() {
         return Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             "a request must name at least one limit",
         )
         .with_field(format!("{prefix}limits")));
     }
     if limits.len() > MAX_ENTRIES {
         return Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!(
                 "a request may name at most {MAX_ENTRIES} limits, this one names {}",
                 limits.len()
@@ -177,13 +99,14 @@ fn prepare(limits: Vec<EntryBody>, prefix: &str) -> Result<Vec<Entry>, ApiError>
             }
             let units = body.units.unwrap_or(1);
             if units == 0 {
-                return Err(
-                    ApiError::bad_request("invalid_field", "units must be at least 1")
-                        .with_field(format!("{}.units", at())),
-                );
+                return Err(ApiError::bad_request(
+                    ErrorCode::InvalidField,
+                    "units must be at least 1",
+                )
+                .with_field(format!("{}.units", at())));
             }
             let key = std::mem::take(&mut body.key);
-            let inline = match body.spec() {
+            let inline = match body.definition.take() {
                 None => None,
                 Some(spec) => Some(spec.to_rate_limit().map_err(|e| e.within(&at()))?),
             };
@@ -192,60 +115,42 @@ fn prepare(limits: Vec<EntryBody>, prefix: &str) -> Result<Vec<Entry>, ApiError>
         .collect()
 }
 
-#[derive(Debug, Serialize)]
-struct Answer {
-    allowed: bool,
-    retry_after_ms: u64,
-    decisions: Vec<DecisionView>,
-}
-
-#[derive(Debug, Serialize)]
-struct DecisionView {
-    key: String,
-    allowed: bool,
-    limit: u64,
-    remaining: u64,
-    retry_after_ms: u64,
-    reset_after_ms: u64,
-}
-
-impl Answer {
-    fn new(entries: &[Entry], acquired: &Acquired) -> Answer {
-        Answer {
-            allowed: acquired.allowed,
-            retry_after_ms: duration_ms(acquired.retry_after()),
-            decisions: entries
-                .iter()
-                .zip(&acquired.decisions)
-                .map(|(e, d)| DecisionView {
-                    key: e.key.clone(),
-                    allowed: d.allowed,
-                    limit: d.limit,
-                    remaining: d.remaining,
-                    retry_after_ms: duration_ms(d.retry_after),
-                    reset_after_ms: duration_ms(d.reset_after),
-                })
-                .collect(),
-        }
+/// The answer to `entries`, decided.
+fn answer(entries: &[Entry], acquired: &Acquired) -> Answer {
+    Answer {
+        allowed: acquired.allowed,
+        retry_after_ms: duration_ms(acquired.retry_after()),
+        decisions: entries
+            .iter()
+            .zip(&acquired.decisions)
+            .map(|(e, d)| DecisionView {
+                key: e.key.clone(),
+                allowed: d.allowed,
+                limit: d.limit,
+                remaining: d.remaining,
+                retry_after_ms: duration_ms(d.retry_after),
+                reset_after_ms: duration_ms(d.reset_after),
+            })
+            .collect(),
     }
+}
 
-    /// `--on-store-error open`: admitted, without counting.
-    fn fail_open(entries: &[Entry]) -> Answer {
-        Answer {
-            allowed: true,
-            retry_after_ms: 0,
-            decisions: entries
-                .iter()
-                .map(|e| DecisionView {
-                    key: e.key.clone(),
-                    allowed: true,
-                    limit: 0,
-                    remaining: 0,
-                    retry_after_ms: 0,
-                    reset_after_ms: 0,
-                })
-                .collect(),
-        }
+/// `--on-store-error open`: admitted, without counting.
+fn fail_open(entries: &[Entry]) -> Answer {
+    Answer {
+        allowed: true,
+        retry_after_ms: 0,
+        decisions: entries
+            .iter()
+            .map(|e| DecisionView {
+                key: e.key.clone(),
+                allowed: true,
+                limit: 0,
+                remaining: 0,
+                retry_after_ms: 0,
+                reset_after_ms: 0,
+            })
+            .collect(),
     }
 }
 
@@ -305,12 +210,12 @@ async fn decide(
                 // Journalled so that after a crash these keys are treated as fully used.
                 state.backend().note_direct_use(&engine).await?;
             }
-            Ok(Answer::new(entries, &acquired))
+            Ok(answer(entries, &acquired))
         }
         Err(e) => {
             let err = locate(e, entries, prefix);
             if err.is_transient() && state.settings().on_store_error == StoreErrorPolicy::Open {
-                Ok(Answer::fail_open(entries))
+                Ok(fail_open(entries))
             } else {
                 Err(err)
             }
@@ -388,18 +293,6 @@ async fn acquire(
     Ok(response)
 }
 
-#[derive(Serialize)]
-#[serde(untagged)]
-enum BatchResult {
-    Answer(Answer),
-    Error { error: ErrorBody },
-}
-
-#[derive(Serialize)]
-struct BatchAnswer {
-    results: Vec<BatchResult>,
-}
-
 /// `POST /v1/acquire/batch`: each request decided on its own, atomically, in order, without
 /// waiting. A malformed batch is rejected whole before anything is decided; an error that
 /// only deciding reveals (an unknown limit, units beyond capacity) is that request's result,
@@ -410,7 +303,7 @@ async fn batch(
 ) -> Result<Json<BatchAnswer>, ApiError> {
     if req.requests.len() > MAX_BATCH {
         return Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!(
                 "a batch may hold at most {MAX_BATCH} requests, this one holds {}",
                 req.requests.len()
@@ -429,8 +322,8 @@ async fn batch(
         let prefix = format!("requests[{i}].");
         results.push(
             match decide(&state, entries, Duration::ZERO, &prefix).await {
-                Ok(answer) => BatchResult::Answer(answer),
-                Err(e) => BatchResult::Error {
+                Ok(answer) => BatchResult::Decided(answer),
+                Err(e) => BatchResult::Failed {
                     error: e.body().clone(),
                 },
             },

@@ -12,9 +12,12 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 use tollgate::Store;
 use tollgate::core::{Barrier, BarrierStatus};
+use tollgate_api::{
+    Barrier as BarrierView, BarrierCreate as CreateRequest, BarrierReleased as WaitAnswer,
+    BarrierWait as WaitRequest,
+};
 
 use crate::api::{instant_ms, period_ms, validate_key};
 use crate::error::ApiError;
@@ -27,44 +30,15 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/barriers/{key}/wait", post(wait))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateRequest {
-    parties: u32,
-    ttl_ms: u64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WaitRequest {
-    #[serde(default)]
-    timeout_ms: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-struct BarrierView {
-    key: String,
-    released: bool,
-    arrived: u32,
-    parties: u32,
-    expires_at_ms: u64,
-}
-
-impl BarrierView {
-    fn new(key: String, s: BarrierStatus) -> BarrierView {
-        BarrierView {
-            key,
-            released: s.released,
-            arrived: s.arrived,
-            parties: s.parties,
-            expires_at_ms: instant_ms(s.expires_at),
-        }
+/// A barrier as the API shows it.
+fn view(key: String, s: BarrierStatus) -> BarrierView {
+    BarrierView {
+        key,
+        released: s.released,
+        arrived: s.arrived,
+        parties: s.parties,
+        expires_at_ms: instant_ms(s.expires_at),
     }
-}
-
-#[derive(Debug, Serialize)]
-struct WaitAnswer {
-    released: bool,
 }
 
 /// `POST /v1/barriers/{key}`.
@@ -78,7 +52,7 @@ async fn create(
     let barrier = Barrier::new(req.parties, ttl)
         .map_err(|e| ApiError::from(tollgate::Error::from(e)).with_field("parties"))?;
     let status = state.limiter().create_barrier(&key, barrier)?;
-    Ok(Json(BarrierView::new(key, status)))
+    Ok(Json(view(key, status)))
 }
 
 /// `GET /v1/barriers/{key}`.
@@ -88,7 +62,7 @@ async fn status(
 ) -> Result<Json<BarrierView>, ApiError> {
     validate_key(&key, "key")?;
     let status = state.limiter().store().barrier_status(&key, state.now())?;
-    Ok(Json(BarrierView::new(key, status)))
+    Ok(Json(view(key, status)))
 }
 
 /// `POST /v1/barriers/{key}/wait`.

@@ -17,9 +17,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tollgate::{MAX_KEY_LEN, RunContext, RunState};
+use tollgate::{MAX_KEY_LEN, RunContext};
+use tollgate_api::{ErrorCode, EventAnswer, EventRequest, EventRun};
 
 use crate::api::runs::metadata;
 use crate::error::ApiError;
@@ -30,27 +30,6 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new().route("/v1/events", post(emit))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventRequest {
-    name: String,
-    data: Value,
-    #[serde(default)]
-    additional_metadata: Option<Value>,
-}
-
-#[derive(Debug, Serialize)]
-struct EventRun {
-    id: String,
-    task: String,
-    state: RunState,
-}
-
-#[derive(Debug, Serialize)]
-struct EventAnswer {
-    runs: Vec<EventRun>,
-}
-
 /// `POST /v1/events`.
 async fn emit(
     State(state): State<AppState>,
@@ -59,7 +38,7 @@ async fn emit(
     let name = req.name;
     if name.is_empty() || name.len() > MAX_KEY_LEN || name.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
-            "invalid_name",
+            ErrorCode::InvalidName,
             format!("an event name must be 1 to {MAX_KEY_LEN} bytes without control characters"),
         )
         .with_field("name"));
@@ -122,7 +101,7 @@ fn expression_error(
     let Some(task) = failing else { return api };
     let named = ApiError::new(
         api.status(),
-        api.code(),
+        api.code().clone(),
         format!("task {:?}: {}", task.name, api.message()),
     );
     match api.field() {

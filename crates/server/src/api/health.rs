@@ -2,7 +2,7 @@
 
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use tollgate_api::Health;
 
 use crate::state::AppState;
 
@@ -11,6 +11,8 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 /// `200 {"status": "ok"}` while the server accepts requests.
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".to_owned(),
+    })
 }

@@ -25,9 +25,11 @@ use axum::routing::{delete, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::{Deserialize, Serialize};
 use tollgate::core::{Concurrency, Nanos};
 use tollgate::{DEFAULT_LEASE_TTL, MAX_KEY_LEN, Store, Target};
+use tollgate_api::{
+    ErrorCode, Lease as LeaseAnswer, LeaseRenewal as RenewAnswer, LeaseRequest, RenewRequest,
+};
 
 use crate::api::{duration_ms, instant_ms, period_ms, validate_key};
 use crate::error::ApiError;
@@ -41,45 +43,6 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/leases/{id}", delete(release))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LeaseRequest {
-    key: String,
-    #[serde(default)]
-    limit: Option<u32>,
-    #[serde(default)]
-    ttl_ms: Option<u64>,
-    #[serde(default)]
-    holder: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RenewRequest {
-    #[serde(default)]
-    ttl_ms: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-struct LeaseAnswer {
-    acquired: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lease_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expires_at_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    retry_after_ms: Option<u64>,
-    limit: u64,
-    remaining: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct RenewAnswer {
-    lease_id: String,
-    expires_at_ms: u64,
-}
-
-/// What a lease id says about its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct LeaseRef {
     key: String,
@@ -164,7 +127,7 @@ impl LeaseRef {
 fn unknown_lease() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "unknown_lease",
+        ErrorCode::UnknownLease,
         "no lease is held under this id (released, expired, or never granted)",
     )
 }
@@ -188,7 +151,7 @@ async fn acquire(
     let holder = req.holder.unwrap_or_default();
     if holder.len() > MAX_KEY_LEN {
         return Err(ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("holder must be at most {MAX_KEY_LEN} bytes"),
         )
         .with_field("holder"));
@@ -215,7 +178,8 @@ async fn acquire(
         unique: state.next_lease_suffix(),
     };
     let target = lease.target().ok_or_else(|| {
-        ApiError::bad_request("invalid_field", "invalid lease parameters").with_field("limit")
+        ApiError::bad_request(ErrorCode::InvalidField, "invalid lease parameters")
+            .with_field("limit")
     })?;
     let decision = state
         .limiter()

@@ -16,9 +16,11 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Serialize;
 use tollgate::core::Limit;
-use tollgate::{LimitInfo, LimitSpec, Namespace, StateView};
+use tollgate::{LimitInfo, LimitSpec, LimitSpecExt, Namespace, StateView};
+use tollgate_api::{
+    ErrorCode, Limit as LimitView, LimitListing as Listing, Namespace as ShownNamespace,
+};
 
 use crate::api::{duration_ms, validate_key};
 use crate::error::ApiError;
@@ -32,81 +34,55 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 /// One limit with its live state.
-#[derive(Debug, Serialize)]
-pub(crate) struct LimitView {
-    key: String,
-    namespace: &'static str,
-    #[serde(flatten)]
-    definition: LimitSpec,
-    used: u64,
-    remaining: u64,
-    reset_after_ms: Option<u64>,
-}
-
-impl From<LimitInfo> for LimitView {
-    fn from(info: LimitInfo) -> LimitView {
-        let (used, remaining, reset_after_ms) = match info.state {
-            StateView::Rate(u) => (u.used, u.remaining, Some(duration_ms(u.reset_after))),
-            StateView::Concurrency { live, limit } => (live, limit.saturating_sub(live), None),
-            StateView::Barrier(b) => (
-                u64::from(b.arrived),
-                u64::from(b.parties.saturating_sub(b.arrived)),
-                None,
-            ),
-        };
-        LimitView {
-            key: info.key,
-            namespace: namespace_name(info.namespace),
-            definition: LimitSpec::from_limit(&info.limit),
-            used,
-            remaining,
-            reset_after_ms,
-        }
+fn view(info: LimitInfo) -> LimitView {
+    let (used, remaining, reset_after_ms) = match info.state {
+        StateView::Rate(u) => (u.used, u.remaining, Some(duration_ms(u.reset_after))),
+        StateView::Concurrency { live, limit } => (live, limit.saturating_sub(live), None),
+        StateView::Barrier(b) => (
+            u64::from(b.arrived),
+            u64::from(b.parties.saturating_sub(b.arrived)),
+            None,
+        ),
+    };
+    LimitView {
+        key: info.key,
+        namespace: namespace_name(info.namespace),
+        definition: LimitSpec::from_limit(&info.limit),
+        used,
+        remaining,
+        reset_after_ms,
     }
 }
 
-fn namespace_name(ns: Namespace) -> &'static str {
+fn namespace_name(ns: Namespace) -> ShownNamespace {
     match ns {
-        Namespace::Static => "static",
-        Namespace::Dynamic => "dynamic",
-        Namespace::Barrier => "barrier",
+        Namespace::Static => ShownNamespace::Static,
+        Namespace::Dynamic => ShownNamespace::Dynamic,
+        Namespace::Barrier => ShownNamespace::Barrier,
     }
 }
 
-#[derive(Serialize)]
-pub(crate) struct Listing {
-    limits: Vec<LimitView>,
-    /// Dynamic keys with state, including those left out by `?dynamic=N`.
-    dynamic_total: usize,
-}
-
-impl LimitView {
-    /// The share of its capacity in use, for ordering (0 when it holds nothing).
-    fn load(&self) -> f64 {
-        let capacity = self.used.saturating_add(self.remaining);
-        if capacity == 0 {
-            0.0
-        } else {
-            self.used as f64 / capacity as f64
-        }
+/// The share of a limit's capacity in use, for ordering (0 when it holds nothing).
+fn load(l: &LimitView) -> f64 {
+    let capacity = l.used.saturating_add(l.remaining);
+    if capacity == 0 {
+        0.0
+    } else {
+        l.used as f64 / capacity as f64
     }
 }
 
 /// Every declared limit, then the dynamic keys: all of them, or the `dynamic` busiest.
 pub(crate) fn listing(state: &AppState, dynamic: Option<usize>) -> Result<Listing, ApiError> {
-    let limits: Vec<LimitView> = state
-        .limiter()
-        .list()?
+    let limits: Vec<LimitView> = state.limiter().list()?.into_iter().map(view).collect();
+    let (mut dynamic_keys, mut limits): (Vec<LimitView>, Vec<LimitView>) = limits
         .into_iter()
-        .map(LimitView::from)
-        .collect();
-    let (mut dynamic_keys, mut limits): (Vec<LimitView>, Vec<LimitView>) =
-        limits.into_iter().partition(|l| l.namespace == "dynamic");
+        .partition(|l| l.namespace == ShownNamespace::Dynamic);
     let dynamic_total = dynamic_keys.len();
     if let Some(n) = dynamic {
         dynamic_keys.sort_by(|a, b| {
-            b.load()
-                .total_cmp(&a.load())
+            load(b)
+                .total_cmp(&load(a))
                 .then(b.used.cmp(&a.used))
                 .then_with(|| a.key.cmp(&b.key))
         });
@@ -136,7 +112,7 @@ async fn list(
             Some(("dynamic", n)) => {
                 dynamic = Some(n.parse::<usize>().map_err(|_| {
                     ApiError::bad_request(
-                        "invalid_field",
+                        ErrorCode::InvalidField,
                         format!("dynamic must be a number of keys, not {n:?}"),
                     )
                     .with_field("dynamic")
@@ -144,7 +120,7 @@ async fn list(
             }
             _ => {
                 return Err(ApiError::bad_request(
-                    "invalid_field",
+                    ErrorCode::InvalidField,
                     "GET /v1/limits takes only the parameter dynamic=N",
                 )
                 .with_field(pair.split('=').next().unwrap_or(pair).to_owned()));
@@ -157,7 +133,7 @@ async fn list(
 fn unknown(key: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "unknown_limit",
+        ErrorCode::UnknownLimit,
         format!("no limit is declared under key {key:?}"),
     )
     .with_field("key")
@@ -170,7 +146,7 @@ async fn get_one(
 ) -> Result<Json<LimitView>, ApiError> {
     validate_key(&key, "key")?;
     match state.limiter().get(&key)? {
-        Some(info) => Ok(Json(info.into())),
+        Some(info) => Ok(Json(view(info))),
         None => Err(unknown(&key)),
     }
 }
@@ -188,7 +164,7 @@ async fn put(
         // its own routes, and a declared one could never be acquired or listed.
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "wrong_algorithm",
+            ErrorCode::WrongAlgorithm,
             "barriers are created with POST /v1/barriers/{key}, not declared as limits",
         )
         .with_field("algorithm"));
@@ -196,7 +172,7 @@ async fn put(
     // Durable (SQLite) before it is answered.
     state.backend().put_limit(&key, spec).await?;
     match state.limiter().get(&key)? {
-        Some(info) => Ok(Json(info.into())),
+        Some(info) => Ok(Json(view(info))),
         // Removed by a concurrent DELETE between the two calls.
         None => Err(unknown(&key)),
     }

@@ -20,6 +20,8 @@ use axum::http::{StatusCode, Uri};
 use tollgate::MAX_KEY_LEN;
 use tollgate::core::Nanos;
 
+use tollgate_api::ErrorCode;
+
 use crate::error::ApiError;
 
 /// A duration in whole milliseconds, rounded up.
@@ -37,11 +39,11 @@ pub(crate) fn validate_key(key: &str, field: &str) -> Result<(), ApiError> {
     match tollgate::key_problem(key) {
         None => Ok(()),
         Some(reason) if key.len() > MAX_KEY_LEN => Err(ApiError::bad_request(
-            "invalid_key",
+            ErrorCode::InvalidKey,
             format!("{reason}, this one has {}", key.len()),
         )
         .with_field(field)),
-        Some(reason) => Err(ApiError::bad_request("invalid_key", reason).with_field(field)),
+        Some(reason) => Err(ApiError::bad_request(ErrorCode::InvalidKey, reason).with_field(field)),
     }
 }
 
@@ -49,7 +51,7 @@ pub(crate) fn validate_key(key: &str, field: &str) -> Result<(), ApiError> {
 pub(crate) fn period_ms(ms: u64, field: &str) -> Result<tollgate::core::Period, ApiError> {
     tollgate::core::Period::from_millis(ms).map_err(|_| {
         ApiError::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!(
                 "{field} must be between 1 and {} milliseconds, not {ms}",
                 tollgate::core::Period::MAX.as_nanos().as_millis_floor()
@@ -62,7 +64,7 @@ pub(crate) fn period_ms(ms: u64, field: &str) -> Result<tollgate::core::Period, 
 pub(crate) async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorCode::NotFound,
         format!("no route for {}", uri.path()),
     )
 }
@@ -70,7 +72,7 @@ pub(crate) async fn not_found(uri: Uri) -> ApiError {
 pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this route does not take that method",
     )
 }

@@ -30,9 +30,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tollgate::{RunState, RunView};
+use tollgate_api::{
+    AttemptRequest, CancelRequest, CompleteRequest, EnqueueRequest, ErrorCode, FailRequest,
+    RunListing as Listing,
+};
 
 use crate::api::tasks::unknown_task;
 use crate::error::ApiError;
@@ -40,9 +43,9 @@ use crate::extract::{JsonBody, Segment};
 use crate::state::AppState;
 
 /// Runs `GET /v1/runs` answers when `limit` is not given.
-pub(crate) const DEFAULT_LIST_LIMIT: usize = 100;
+pub(crate) const DEFAULT_LIST_LIMIT: usize = tollgate_api::DEFAULT_RUN_LIST_LIMIT;
 /// The most runs `GET /v1/runs` answers.
-pub(crate) const MAX_LIST_LIMIT: usize = 1_000;
+pub(crate) const MAX_LIST_LIMIT: usize = tollgate_api::MAX_RUN_LIST_LIMIT;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -62,14 +65,6 @@ pub(crate) fn metadata(given: Option<Value>) -> Value {
         None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
         Some(v) => v,
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EnqueueRequest {
-    input: Value,
-    #[serde(default)]
-    additional_metadata: Option<Value>,
 }
 
 /// `POST /v1/tasks/{name}/runs`: 201 with the run (and `Location: /v1/runs/{id}`), once it is
@@ -99,7 +94,7 @@ async fn enqueue(
 fn unknown_run(id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "unknown_run",
+        ErrorCode::UnknownRun,
         format!("no run has id {id:?}"),
     )
 }
@@ -120,7 +115,7 @@ fn run_error(state: &AppState, id: &str, attempt: Option<u32>, e: tollgate::Erro
     {
         return ApiError::new(
             StatusCode::CONFLICT,
-            "invalid_state",
+            ErrorCode::InvalidState,
             format!(
                 "run {id:?} is on attempt {}, not {asked}: attempt {asked} is over (its lease \
                  expired or it was handed back), so this worker cannot {action} it",
@@ -144,36 +139,6 @@ async fn get_one(
         other => other.into(),
     })
 }
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AttemptRequest {
-    #[serde(default)]
-    attempt: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompleteRequest {
-    #[serde(default)]
-    output: Option<Value>,
-    #[serde(default)]
-    attempt: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FailRequest {
-    error: String,
-    #[serde(default)]
-    retry: bool,
-    #[serde(default)]
-    attempt: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CancelRequest {}
 
 /// `POST /v1/runs/{id}/heartbeat` `{"attempt"?}`: extends the lease by the task's
 /// `lease_timeout` from now; answers the run with its new `lease_expires_at_ms`.
@@ -254,11 +219,6 @@ async fn cancel(
     Ok(Json(run))
 }
 
-#[derive(Serialize)]
-struct Listing {
-    runs: Vec<RunView>,
-}
-
 /// The query of `GET /v1/runs`.
 #[derive(Debug, Default, PartialEq)]
 struct ListQuery {
@@ -279,7 +239,7 @@ impl ListQuery {
             let name = percent_decode(name).unwrap_or_default();
             let value = percent_decode(value).ok_or_else(|| {
                 ApiError::bad_request(
-                    "invalid_field",
+                    ErrorCode::InvalidField,
                     format!("the {name} parameter is not valid percent-encoded UTF-8"),
                 )
                 .with_field(name.clone())
@@ -291,7 +251,7 @@ impl ListQuery {
                 "task" => out.task = Some(value),
                 "state" => {
                     out.state = Some(value.parse().map_err(|message: String| {
-                        ApiError::bad_request("invalid_field", message).with_field("state")
+                        ApiError::bad_request(ErrorCode::InvalidField, message).with_field("state")
                     })?);
                 }
                 "limit" => {
@@ -301,7 +261,7 @@ impl ListQuery {
                         .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
                         .ok_or_else(|| {
                             ApiError::bad_request(
-                                "invalid_field",
+                                ErrorCode::InvalidField,
                                 format!(
                                     "invalid limit {value:?}: must be a whole number between 1 and {MAX_LIST_LIMIT}"
                                 ),
@@ -311,7 +271,7 @@ impl ListQuery {
                 }
                 _ => {
                     return Err(ApiError::bad_request(
-                        "unknown_field",
+                        ErrorCode::UnknownField,
                         format!("unknown parameter {name:?}: expected task, state or limit"),
                     )
                     .with_field(name));
@@ -362,7 +322,7 @@ async fn list(
     {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_task",
+            ErrorCode::UnknownTask,
             format!("no task is defined under name {task:?}"),
         )
         .with_field("task"));
@@ -399,17 +359,20 @@ mod tests {
         );
         let err = |s: &str| {
             let e = q(s).unwrap_err();
-            (e.code(), e.field().map(str::to_owned))
+            (e.code().as_str().to_owned(), e.field().map(str::to_owned))
         };
         let f = |s: &str| Some(s.to_owned());
-        assert_eq!(err("state=done"), ("invalid_field", f("state")));
-        assert_eq!(err("limit=0"), ("invalid_field", f("limit")));
-        assert_eq!(err("limit=1001"), ("invalid_field", f("limit")));
-        assert_eq!(err("limit=-1"), ("invalid_field", f("limit")));
-        assert_eq!(err("limit=lots"), ("invalid_field", f("limit")));
-        assert_eq!(err("status=queued"), ("unknown_field", f("status")));
-        assert_eq!(err("task=%FF"), ("invalid_field", f("task")));
-        assert_eq!(err("task=%4"), ("invalid_field", f("task")));
+        assert_eq!(err("state=done"), ("invalid_field".to_owned(), f("state")));
+        assert_eq!(err("limit=0"), ("invalid_field".to_owned(), f("limit")));
+        assert_eq!(err("limit=1001"), ("invalid_field".to_owned(), f("limit")));
+        assert_eq!(err("limit=-1"), ("invalid_field".to_owned(), f("limit")));
+        assert_eq!(err("limit=lots"), ("invalid_field".to_owned(), f("limit")));
+        assert_eq!(
+            err("status=queued"),
+            ("unknown_field".to_owned(), f("status"))
+        );
+        assert_eq!(err("task=%FF"), ("invalid_field".to_owned(), f("task")));
+        assert_eq!(err("task=%4"), ("invalid_field".to_owned(), f("task")));
     }
 
     #[test]

@@ -23,9 +23,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Serialize;
-use tollgate::task::{ConcurrencyUse, IdempotencyUse, OnLimit, RateLimitUse};
-use tollgate::{RunState, Task, TaskSpec};
+use tollgate::{Task, TaskSpec};
+use tollgate_api::{Depth, ErrorCode, Task as TaskView, TaskListing as Listing};
 
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Segment};
@@ -38,33 +37,6 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 /// Runs of one task in each state.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-pub(crate) struct Depth {
-    queued: u64,
-    waiting: u64,
-    running: u64,
-    succeeded: u64,
-    failed: u64,
-    skipped: u64,
-    cancelled: u64,
-}
-
-impl Depth {
-    fn add(&mut self, state: RunState, n: u64) {
-        let slot = match state {
-            RunState::Queued => &mut self.queued,
-            RunState::Waiting => &mut self.waiting,
-            RunState::Running => &mut self.running,
-            RunState::Succeeded => &mut self.succeeded,
-            RunState::Failed => &mut self.failed,
-            RunState::Skipped => &mut self.skipped,
-            RunState::Cancelled => &mut self.cancelled,
-        };
-        *slot += n;
-    }
-}
-
-/// Every task's depth, by name.
 fn depths(state: &AppState) -> Result<HashMap<String, Depth>, ApiError> {
     let mut out: HashMap<String, Depth> = HashMap::new();
     for (task, run_state, n) in state.backend().depth()? {
@@ -75,56 +47,30 @@ fn depths(state: &AppState) -> Result<HashMap<String, Depth>, ApiError> {
 
 /// A definition with its defaults filled in. Field for field a [`TaskSpec`], so that it reads
 /// back as the same task.
-#[derive(Debug, Serialize)]
-struct ShownSpec {
-    rate_limits: Vec<RateLimitUse>,
-    concurrency: Vec<ConcurrencyUse>,
-    on_limit: OnLimit,
-    idempotency: Option<IdempotencyUse>,
-    triggers: Vec<String>,
-    max_attempts: u32,
-    lease_timeout: String,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct TaskView {
-    name: String,
-    spec: ShownSpec,
-    depth: Depth,
-}
-
-impl TaskView {
-    fn new(task: &Task, depth: Depth) -> TaskView {
-        let spec: &TaskSpec = &task.spec;
-        TaskView {
-            name: task.name.clone(),
-            spec: ShownSpec {
-                rate_limits: spec.rate_limits.clone(),
-                concurrency: spec.concurrency.clone(),
-                on_limit: task.on_limit,
-                idempotency: spec.idempotency.clone(),
-                triggers: spec.triggers.clone(),
-                max_attempts: task.max_attempts,
-                // As given when given (the spec is kept as written), else the default.
-                lease_timeout: spec
-                    .lease_timeout
+/// A task as the API shows it: its definition as given, with the defaults it runs under.
+fn view(task: &Task, depth: Depth) -> TaskView {
+    let spec = &task.spec;
+    TaskView {
+        name: task.name.clone(),
+        spec: TaskSpec {
+            on_limit: Some(task.on_limit),
+            max_attempts: Some(task.max_attempts),
+            // As given when given (the spec is kept as written), else the default.
+            lease_timeout: Some(
+                spec.lease_timeout
                     .clone()
                     .unwrap_or_else(|| task.lease_timeout.to_string()),
-            },
-            depth,
-        }
+            ),
+            ..spec.clone()
+        },
+        depth,
     }
-}
-
-#[derive(Serialize)]
-struct Listing {
-    tasks: Vec<TaskView>,
 }
 
 pub(crate) fn unknown_task(name: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "unknown_task",
+        ErrorCode::UnknownTask,
         format!("no task is defined under name {name:?}"),
     )
     .with_field("name")
@@ -144,7 +90,7 @@ pub(crate) fn views(state: &AppState) -> Result<Vec<TaskView>, ApiError> {
         .backend()
         .tasks()?
         .iter()
-        .map(|t| TaskView::new(t, depths.get(&t.name).copied().unwrap_or_default()))
+        .map(|t| view(t, depths.get(&t.name).copied().unwrap_or_default()))
         .collect())
 }
 
@@ -166,7 +112,7 @@ async fn get_one(
         .task(&name)?
         .ok_or_else(|| unknown_task(&name))?;
     let depth = depths(&state)?.remove(&name).unwrap_or_default();
-    Ok(Json(TaskView::new(&task, depth)))
+    Ok(Json(view(&task, depth)))
 }
 
 /// `PUT /v1/tasks/{name}`: defines or redefines (runs already enqueued keep the limits they
@@ -177,7 +123,8 @@ async fn put(
     JsonBody(spec): JsonBody<TaskSpec>,
 ) -> Result<Json<TaskView>, ApiError> {
     let Segment(name) = name.map_err(|_| {
-        ApiError::bad_request("invalid_name", "a task name must be UTF-8 text").with_field("name")
+        ApiError::bad_request(ErrorCode::InvalidName, "a task name must be UTF-8 text")
+            .with_field("name")
     })?;
     let task = state.backend().put_task(&name, spec).await.map_err(|e| {
         let named = matches!(e, tollgate::Error::InvalidName { .. });
@@ -185,5 +132,5 @@ async fn put(
         if named { err.with_field("name") } else { err }
     })?;
     let depth = depths(&state)?.remove(&name).unwrap_or_default();
-    Ok(Json(TaskView::new(&task, depth)))
+    Ok(Json(view(&task, depth)))
 }

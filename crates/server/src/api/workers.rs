@@ -24,8 +24,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
-use tollgate::{LeasedRun, MAX_KEY_LEN, MAX_LEASE_BATCH};
+use tollgate::{MAX_KEY_LEN, MAX_LEASE_BATCH};
+use tollgate_api::{ErrorCode, LeasedRuns as LeaseAnswer, WorkerLeaseRequest as LeaseRequest};
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
@@ -35,24 +35,8 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new().route("/v1/workers/lease", post(lease))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LeaseRequest {
-    worker_id: String,
-    tasks: Vec<String>,
-    // Wider than needed so that 0 and 1001 get our message, not serde's.
-    max: u64,
-    #[serde(default)]
-    wait_ms: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-struct LeaseAnswer {
-    runs: Vec<LeasedRun>,
-}
-
 fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_field", message).with_field(field)
+    ApiError::bad_request(ErrorCode::InvalidField, message).with_field(field)
 }
 
 /// The request's tasks, deduplicated in order, once they are all known to be defined.
@@ -89,7 +73,7 @@ fn validate(state: &AppState, req: &LeaseRequest) -> Result<(Vec<String>, usize)
         if state.backend().task(name)?.is_none() {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_task",
+                ErrorCode::UnknownTask,
                 format!("no task is defined under name {name:?}"),
             )
             .with_field(format!("tasks[{i}]")));

@@ -1,0 +1,239 @@
+//! Runs, events and workers: `POST /v1/tasks/{name}/runs` (enqueue), `POST /v1/events`,
+//! `POST /v1/workers/lease`, `POST /v1/runs/{id}/{heartbeat,complete,fail,release,cancel}`,
+//! `GET /v1/runs/{id}`, `GET /v1/runs`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Where a run is in its life: `queued → running → succeeded | failed`, with
+/// `waiting` (parked on a limit) between `queued` and `running`; `skipped` and `cancelled` end it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Ready to be leased.
+    Queued,
+    /// Parked until a limit allows it (`waiting_on`, `eligible_at`).
+    Waiting,
+    /// Leased by a worker.
+    Running,
+    /// Completed.
+    Succeeded,
+    /// Failed for good (attempts exhausted, a non-retried failure, or an impossible limit).
+    Failed,
+    /// Never ran: over its limits under `on_limit: skip`, or a duplicate.
+    Skipped,
+    /// Cancelled before it finished.
+    Cancelled,
+}
+
+impl RunState {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Waiting => "waiting",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Skipped => "skipped",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the run has ended.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Skipped | RunState::Cancelled
+        )
+    }
+
+    /// Every state, in lifecycle order.
+    pub const ALL: [RunState; 7] = [
+        RunState::Queued,
+        RunState::Waiting,
+        RunState::Running,
+        RunState::Succeeded,
+        RunState::Failed,
+        RunState::Skipped,
+        RunState::Cancelled,
+    ];
+}
+
+impl std::str::FromStr for RunState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RunState, String> {
+        RunState::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown run state {s:?}: expected one of queued, waiting, running, succeeded, failed, skipped, cancelled"))
+    }
+}
+
+/// A run as the HTTP API shows it: times in epoch milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunView {
+    /// Opaque id.
+    pub id: String,
+    /// The task's name.
+    pub task: String,
+    /// Lifecycle state.
+    pub state: RunState,
+    /// The run's input.
+    pub input: Value,
+    /// Caller-supplied metadata.
+    pub additional_metadata: Value,
+    /// Current attempt (0 before the first lease).
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// The key a waiting run is held by.
+    pub waiting_on: Option<String>,
+    /// When a waiting run becomes eligible.
+    pub eligible_at_ms: Option<u64>,
+    /// Why it was skipped.
+    pub skip_reason: Option<String>,
+    /// The last failure.
+    pub error: Option<String>,
+    /// The result of a successful run.
+    pub output: Option<Value>,
+    /// Enqueue time.
+    pub created_at_ms: u64,
+    /// Last state change.
+    pub updated_at_ms: u64,
+    /// When a running run's lease lapses.
+    pub lease_expires_at_ms: Option<u64>,
+    /// The worker holding it.
+    pub worker_id: Option<String>,
+}
+
+/// A run handed to a worker by a lease call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeasedRun {
+    /// Opaque id.
+    pub id: String,
+    /// The task's name.
+    pub task: String,
+    /// The run's input.
+    pub input: Value,
+    /// Caller-supplied metadata.
+    pub additional_metadata: Value,
+    /// This attempt, 1-based.
+    pub attempt: u32,
+    /// When the lease lapses unless the worker heartbeats.
+    pub lease_expires_at_ms: u64,
+}
+
+/// `POST /v1/tasks/{name}/runs`'s body. The answer is the run (`201`, a [`RunView`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueRequest {
+    /// The run's input (what the task's CEL sees as `input`).
+    pub input: Value,
+    /// Caller-supplied metadata, kept with the run (default `{}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_metadata: Option<Value>,
+}
+
+/// `POST /v1/events`'s body: one run of every task whose `triggers` name the event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRequest {
+    /// The event's name.
+    pub name: String,
+    /// Its data: each run's input.
+    pub data: Value,
+    /// Caller-supplied metadata, kept with each run (default `{}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_metadata: Option<Value>,
+}
+
+/// A run an event started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRun {
+    /// The run's id.
+    pub id: String,
+    /// Its task.
+    pub task: String,
+    /// Its state (`queued`, or `skipped` over its limits under `on_limit: skip`).
+    pub state: RunState,
+}
+
+/// `POST /v1/events`'s answer (`202`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventAnswer {
+    /// The runs started, none when no task listens.
+    pub runs: Vec<EventRun>,
+}
+
+/// `POST /v1/workers/lease`'s body: a worker's long-poll for runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerLeaseRequest {
+    /// Who asks (1 to 512 bytes, no control characters).
+    pub worker_id: String,
+    /// The tasks it serves.
+    pub tasks: Vec<String>,
+    /// How many runs it can take now, 1 to [`MAX_LEASE_BATCH`](crate::MAX_LEASE_BATCH).
+    // Wider than needed so that 0 and 1001 get the server's message, not serde's.
+    pub max: u64,
+    /// How long to wait while no run is ready, in milliseconds (capped at
+    /// [`MAX_WAIT`](crate::MAX_WAIT)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+/// `POST /v1/workers/lease`'s answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeasedRuns {
+    /// The runs leased, possibly none.
+    pub runs: Vec<LeasedRun>,
+}
+
+/// The body of `/heartbeat` and `/release`: with `attempt`, the call applies only to that
+/// attempt (409 `invalid_state` once it is over).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptRequest {
+    /// The attempt the worker was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+}
+
+/// `/complete`'s body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    /// What the run returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    /// The attempt the worker was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+}
+
+/// `/fail`'s body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailRequest {
+    /// What went wrong.
+    pub error: String,
+    /// Requeue while attempts remain (default: fail for good).
+    #[serde(default)]
+    pub retry: bool,
+    /// The attempt the worker was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+}
+
+/// `/cancel`'s body: empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {}
+
+/// `GET /v1/runs`'s answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunListing {
+    /// The runs, newest first.
+    pub runs: Vec<RunView>,
+}

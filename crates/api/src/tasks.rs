@@ -1,0 +1,367 @@
+//! Tasks: `PUT/GET /v1/tasks/{name}`, `GET /v1/tasks`. [`TaskSpec`] is a task definition in
+//! its JSON form, kept as given so that `GET /v1/tasks/{name}` shows it back.
+
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::limits::{LimitParams, Seen, next_key, read, write};
+use crate::runs::RunState;
+
+/// A task definition as users write it (`PUT /v1/tasks/{name}`). Every field is optional; `{}` is a task
+/// with no limits, `on_limit` requeue, 3 attempts and a 30 s lease timeout. Unknown fields are
+/// rejected everywhere.
+///
+/// ```
+/// use tollgate_api::TaskSpec;
+/// let spec: TaskSpec = serde_json::from_str(r#"{
+///     "rate_limits": [{"dynamic_key": "input.user_id", "limit": 10, "period": "MINUTE"}],
+///     "concurrency": [{"key": "input.account_id", "limit": 2}]
+/// }"#)?;
+/// assert_eq!(spec.rate_limits[0].dynamic_key.as_deref(), Some("input.user_id"));
+/// assert!(serde_json::from_str::<TaskSpec>(r#"{"rate_limit": []}"#).is_err());
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Rate limits every run acquires (all of them atomically).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitUse>,
+    /// Concurrency limits held while a run is leased.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub concurrency: Vec<ConcurrencyUse>,
+    /// What happens to a run that cannot start (default `requeue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_limit: Option<OnLimit>,
+    /// Runs with the same rendered key within `period` are skipped as duplicates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<IdempotencyUse>,
+    /// Event names that start a run of this task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<String>,
+    /// Attempts before a run fails for good (default 3, at most 100); lease expiries count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// How long a lease lasts without a heartbeat, as a period string (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_timeout: Option<String>,
+}
+
+/// What a task does with a run that a limit does not admit now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimit {
+    /// Limits are taken when a worker leases the run; until then it is parked (the default).
+    #[default]
+    Requeue,
+    /// Limits are taken at enqueue; a run over the limit is stored as `skipped`.
+    Skip,
+}
+
+/// One rate limit a task uses: a declared limit (`static_key`), or a key rendered per run
+/// (`dynamic_key`, CEL) with its definition here: a `limit` (a number or CEL) and the rate
+/// [`LimitParams`] of a [`LimitSpec`](crate::LimitSpec), written as fields of this object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RateLimitUse {
+    /// The key of a declared limit, literally.
+    pub static_key: Option<String>,
+    /// A CEL expression giving the key, in the dynamic namespace.
+    pub dynamic_key: Option<String>,
+    /// Units one run costs (default 1): a number or a CEL expression.
+    pub units: Option<NumberOrExpr>,
+    /// The limit of a dynamic key: a number or a CEL expression.
+    pub limit: Option<NumberOrExpr>,
+    /// The rest of a dynamic key's definition (`algorithm`, `rate`, `period`, `burst`, …).
+    pub params: LimitParams,
+}
+
+impl RateLimitUse {
+    /// The fields' names, in the order they are written.
+    pub const FIELDS: [&'static str; 12] = [
+        "static_key",
+        "dynamic_key",
+        "units",
+        "limit",
+        "algorithm",
+        "rate",
+        "period",
+        "burst",
+        "precision",
+        "align",
+        "capacity",
+        "refill",
+    ];
+
+    /// The definition fields that are set, by name (they apply to dynamic keys only).
+    pub fn definition_fields(&self) -> impl Iterator<Item = &'static str> + use<> {
+        self.limit
+            .is_some()
+            .then_some("limit")
+            .into_iter()
+            .chain(self.params.set_fields())
+    }
+}
+
+impl Serialize for RateLimitUse {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        write(&mut map, "static_key", &self.static_key)?;
+        write(&mut map, "dynamic_key", &self.dynamic_key)?;
+        write(&mut map, "units", &self.units)?;
+        write(&mut map, "limit", &self.limit)?;
+        self.params.write_head(&mut map)?;
+        self.params.write_tail(&mut map)?;
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for RateLimitUse {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RateLimitUse, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RateLimitUse;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("struct RateLimitUse")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RateLimitUse, A::Error> {
+                let mut r = RateLimitUse::default();
+                let mut seen = Seen::default();
+                while let Some(key) = next_key(&mut map, &RateLimitUse::FIELDS)? {
+                    match key {
+                        "static_key" => read(&mut r.static_key, "static_key", &mut map, &mut seen)?,
+                        "dynamic_key" => {
+                            read(&mut r.dynamic_key, "dynamic_key", &mut map, &mut seen)?;
+                        }
+                        "units" => read(&mut r.units, "units", &mut map, &mut seen)?,
+                        "limit" => read(&mut r.limit, "limit", &mut map, &mut seen)?,
+                        _ => {
+                            if !r.params.read(key, &mut map, &mut seen)? {
+                                return Err(de::Error::unknown_field(key, &RateLimitUse::FIELDS));
+                            }
+                        }
+                    }
+                }
+                Ok(r)
+            }
+        }
+        d.deserialize_struct("RateLimitUse", &RateLimitUse::FIELDS, V)
+    }
+}
+
+/// A concurrency limit a task uses: at most `limit` leased runs per rendered `key`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyUse {
+    /// A CEL expression giving the key (`"'global'"` for one shared key).
+    pub key: String,
+    /// Leased runs per key: a number or a CEL expression.
+    pub limit: NumberOrExpr,
+}
+
+/// Deduplication of runs by a rendered key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyUse {
+    /// A CEL expression giving the key (`"event.data.id"`).
+    pub key: String,
+    /// How long a key is remembered, as a period string (`"24h"`).
+    pub period: String,
+}
+
+/// A constant (a JSON number) or a CEL expression (a JSON string).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum NumberOrExpr {
+    /// A constant.
+    Number(u64),
+    /// CEL source, evaluated per run.
+    Expr(String),
+}
+
+impl From<u64> for NumberOrExpr {
+    fn from(n: u64) -> NumberOrExpr {
+        NumberOrExpr::Number(n)
+    }
+}
+
+impl From<&str> for NumberOrExpr {
+    fn from(s: &str) -> NumberOrExpr {
+        NumberOrExpr::Expr(s.to_owned())
+    }
+}
+
+impl Serialize for NumberOrExpr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            NumberOrExpr::Number(n) => s.serialize_u64(*n),
+            NumberOrExpr::Expr(e) => s.serialize_str(e),
+        }
+    }
+}
+
+// By hand rather than `#[serde(untagged)]`, whose error ("did not match any variant") says
+// nothing about what was expected.
+impl<'de> Deserialize<'de> for NumberOrExpr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<NumberOrExpr, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = NumberOrExpr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number or a CEL expression string")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<NumberOrExpr, E> {
+                Ok(NumberOrExpr::Number(n))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<NumberOrExpr, E> {
+                u64::try_from(n)
+                    .map(NumberOrExpr::Number)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(n), &self))
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<NumberOrExpr, E> {
+                Err(E::invalid_value(de::Unexpected::Float(n), &self))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<NumberOrExpr, E> {
+                Ok(NumberOrExpr::Expr(s.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Runs of a task per state (`"depth"` in a task's answer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)] // one count per `RunState`, named as it
+pub struct Depth {
+    pub queued: u64,
+    pub waiting: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub cancelled: u64,
+}
+
+impl Depth {
+    /// The count for `state`.
+    pub fn get(&self, state: RunState) -> u64 {
+        match state {
+            RunState::Queued => self.queued,
+            RunState::Waiting => self.waiting,
+            RunState::Running => self.running,
+            RunState::Succeeded => self.succeeded,
+            RunState::Failed => self.failed,
+            RunState::Skipped => self.skipped,
+            RunState::Cancelled => self.cancelled,
+        }
+    }
+
+    /// Adds `n` runs in `state`.
+    pub fn add(&mut self, state: RunState, n: u64) {
+        let slot = match state {
+            RunState::Queued => &mut self.queued,
+            RunState::Waiting => &mut self.waiting,
+            RunState::Running => &mut self.running,
+            RunState::Succeeded => &mut self.succeeded,
+            RunState::Failed => &mut self.failed,
+            RunState::Skipped => &mut self.skipped,
+            RunState::Cancelled => &mut self.cancelled,
+        };
+        *slot += n;
+    }
+}
+
+/// A task as `PUT/GET /v1/tasks/{name}` and `GET /v1/tasks` answer it: its definition as
+/// given, with the defaults it runs under filled in, and how many runs it has in each state.
+///
+/// The definition is written with every field, defaults filled in (`"on_limit": "requeue"`,
+/// `"max_attempts": 3`, `"lease_timeout": "30s"`, empty lists, `"idempotency": null`), so
+/// that a reader need not know the defaults; read back, it is a [`TaskSpec`] that defines
+/// the same task again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// The task's name.
+    pub name: String,
+    /// Its definition, defaults filled in.
+    #[serde(serialize_with = "shown_spec")]
+    pub spec: TaskSpec,
+    /// Its runs per state.
+    #[serde(default)]
+    pub depth: Depth,
+}
+
+/// A [`TaskSpec`] with every field written out.
+fn shown_spec<S: Serializer>(spec: &TaskSpec, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Shown<'a> {
+        rate_limits: &'a [RateLimitUse],
+        concurrency: &'a [ConcurrencyUse],
+        on_limit: OnLimit,
+        idempotency: &'a Option<IdempotencyUse>,
+        triggers: &'a [String],
+        max_attempts: u32,
+        lease_timeout: std::borrow::Cow<'a, str>,
+    }
+    Shown {
+        rate_limits: &spec.rate_limits,
+        concurrency: &spec.concurrency,
+        on_limit: spec.on_limit.unwrap_or_default(),
+        idempotency: &spec.idempotency,
+        triggers: &spec.triggers,
+        max_attempts: spec.max_attempts.unwrap_or(crate::DEFAULT_MAX_ATTEMPTS),
+        lease_timeout: match &spec.lease_timeout {
+            Some(t) => std::borrow::Cow::Borrowed(t.as_str()),
+            None => std::borrow::Cow::Owned(format!("{}s", crate::DEFAULT_LEASE_TIMEOUT.as_secs())),
+        },
+    }
+    .serialize(s)
+}
+
+/// `GET /v1/tasks`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskListing {
+    /// Every task, by name.
+    pub tasks: Vec<Task>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn number_or_expr_reads_numbers_and_strings_and_explains_the_rest() {
+        let read = |v: serde_json::Value| serde_json::from_value::<NumberOrExpr>(v);
+        assert_eq!(read(json!(3)).unwrap(), NumberOrExpr::Number(3));
+        assert_eq!(read(json!("input.w")).unwrap(), "input.w".into());
+        for bad in [json!(-1), json!(1.5), json!(true), json!(null), json!([1])] {
+            let e = read(bad.clone()).unwrap_err().to_string();
+            assert!(
+                e.contains("a whole number or a CEL expression string"),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(
+            serde_json::to_value(NumberOrExpr::Number(3)).unwrap(),
+            json!(3)
+        );
+        assert_eq!(
+            serde_json::to_value(NumberOrExpr::from("input.w")).unwrap(),
+            json!("input.w")
+        );
+    }
+
+    #[test]
+    fn empty_spec_serializes_as_an_empty_object() {
+        assert_eq!(
+            serde_json::to_value(TaskSpec::default()).unwrap(),
+            json!({})
+        );
+        assert_eq!(
+            serde_json::from_value::<TaskSpec>(json!({})).unwrap(),
+            TaskSpec::default()
+        );
+    }
+}
