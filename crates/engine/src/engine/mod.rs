@@ -1,27 +1,40 @@
 //! [`Engine`]: what the server runs — a [`Limiter`], the task-run admission queue, and
 //! (optionally) SQLite durability. The server is a thin HTTP shell over it.
+//!
+//! One file per job, so each can be read (and changed) without the others: construction and
+//! the queue API here; `journal` (every change journaled in order), `recovery` (restoring and
+//! replaying after a restart), `direct_use` (journalling direct acquires), `retention`
+//! (forgetting ended runs), `background` (the tasks an engine spawns).
+
+mod background;
+mod direct_use;
+mod journal;
+mod recovery;
+mod retention;
 
 use std::collections::{BTreeMap, HashMap};
-use std::num::NonZeroU32;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tollgate_core::{Limit, LimitState, Nanos, Period, RateLimit};
+use tollgate_core::Limit;
 
-use crate::db::{Db, DirectUse, Loaded, StoredState, Write};
-use crate::error::{Error, StoreError};
+use crate::db::{Db, StoredState, Write};
+use crate::error::Error;
 use crate::limiter::Limiter;
 use crate::metrics::QueueMetrics;
 use crate::queue::run::{LeasedRun, Run, RunState, RunView};
 use crate::queue::state::{QueueState, WaitKey};
 use crate::spec::LimitSpec;
 use crate::store::memory::MemoryStore;
-use crate::store::{AcquireEntry, Namespace, Store, Target};
+use crate::store::{Namespace, Store};
 use crate::task::{Task, TaskSpec};
+use background::{spawn_pruning, spawn_snapshots, spawn_timer};
+use direct_use::DirectEntry;
+pub use retention::DEFAULT_RETENTION;
 
 /// Most runs one lease call returns.
 pub const MAX_LEASE_BATCH: usize = 1_000;
@@ -67,15 +80,6 @@ struct Inner<S: Store> {
     leasing: std::sync::atomic::AtomicUsize,
 }
 
-/// What the journal knows of one key's direct use.
-struct DirectEntry {
-    /// Dynamic keys: the parameters of the last use.
-    limit: Option<RateLimit>,
-    last_used: Nanos,
-    /// Used since the last snapshot.
-    dirty: bool,
-}
-
 impl<S: Store> Drop for Inner<S> {
     fn drop(&mut self) {
         // Lets the timer task notice the engine is gone.
@@ -90,8 +94,6 @@ impl<S: Store + 'static> Clone for Engine<S> {
         }
     }
 }
-
-type Commit = std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
 
 impl<S: Store + 'static> Engine<S> {
     /// An engine that keeps everything in memory.
@@ -126,225 +128,6 @@ impl<S: Store + 'static> Engine<S> {
         engine
     }
 
-    /// An engine persisting to `db`, restored from what it held: limits, tasks, and runs —
-    /// queued and parked runs re-queue in their original order, leased runs keep their lease,
-    /// and the units that runs consumed are replayed into the limiter at the times they were
-    /// consumed, so limiter state after a restart is exactly what those runs left.
-    ///
-    /// # Errors
-    /// A stored limit or task that no longer compiles.
-    pub fn with_db(limiter: Limiter<S>, db: Db, loaded: Loaded) -> Result<Engine<S>, Error> {
-        for (key, spec) in &loaded.limits {
-            let limit = spec
-                .to_limit()
-                .map_err(|e| Error::Spec(e.within(&format!("limits[{key}]"))))?;
-            limiter.upsert(key, limit)?;
-        }
-        let engine = Engine::build(limiter, Some(db));
-        {
-            let mut st = engine.inner.state.lock();
-            for (name, spec) in loaded.tasks {
-                let task = engine.compile(&name, spec)?;
-                st.tasks.insert(name, Arc::new(task));
-            }
-            let now = engine.inner.limiter.now();
-            let store = engine.inner.limiter.store();
-            if loaded.clean_shutdown {
-                // A clean stop left the exact limiter state (runs' consumption included).
-                for saved in &loaded.states {
-                    if let Some(state) = saved.to_limit_state() {
-                        // A static limit removed since has nothing to restore into.
-                        let _ = store.import_rate_state(saved.namespace, &saved.key, state, now);
-                    }
-                }
-            } else {
-                let mut consumed: Vec<&Run> = loaded
-                    .runs
-                    .iter()
-                    .filter(|r| r.consumed_at.is_some())
-                    .collect();
-                consumed.sort_by_key(|r| (r.consumed_at, r.seq));
-                for run in consumed {
-                    replay(store, run, now);
-                }
-                // Direct use since the last snapshot is unknown: every key with direct use is
-                // treated as fully used from the latest instant the crash can have happened.
-                let crash_by = loaded
-                    .last_time
-                    .map_or(now, |t| (t + SNAPSHOT_EVERY.saturating_mul(2)).min(now));
-                for d in &loaded.direct_use {
-                    if let Some(limit) =
-                        direct_limit(store, d.namespace, &d.key, d.spec.as_ref(), now)
-                        && let Some(full) = exhausted(&limit, crash_by)
-                        && full.fresh_at() > now
-                    {
-                        let _ = store.import_rate_state(d.namespace, &d.key, full, now);
-                    }
-                }
-            }
-            let mut direct = engine.inner.direct.lock();
-            for d in loaded.direct_use {
-                let limit = d.spec.as_ref().and_then(|s| s.to_rate_limit().ok());
-                direct.entry(d.namespace).or_default().insert(
-                    d.key,
-                    DirectEntry {
-                        limit,
-                        last_used: d.last_used,
-                        dirty: false,
-                    },
-                );
-            }
-            drop(direct);
-            for run in loaded.runs {
-                st.restore(run);
-            }
-            st.finish_restore(now);
-        }
-        engine.inner.timer.notify_one();
-        Ok(engine)
-    }
-
-    /// Keeps ended runs (succeeded, failed, skipped, cancelled) for `retention` after their last
-    /// change, then forgets them (memory and database). A run whose consumed units still count
-    /// against a limit is kept until they no longer do, so forgetting never loosens a limit
-    /// after a restart. The default is [`DEFAULT_RETENTION`].
-    pub fn set_retention(&self, retention: Period) {
-        self.inner.retention.store(
-            retention.as_nanos().as_nanos(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-
-    /// Forgets ended runs older than the retention now; returns how many.
-    ///
-    /// # Errors
-    /// Store failures (the database).
-    pub async fn prune(&self) -> Result<usize, Error> {
-        let retention = Nanos::from_nanos(
-            self.inner
-                .retention
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
-        let store = self.inner.limiter.store();
-        let removed = self
-            .mutate(Vec::new(), |st, now, _| {
-                let cutoff = now - retention;
-                let old: Vec<String> = st
-                    .runs
-                    .values()
-                    .filter(|r| r.state.is_final() && r.updated_at <= cutoff)
-                    .filter(|r| !consumption_counts(store, r, now))
-                    .map(|r| r.id.clone())
-                    .collect();
-                for id in &old {
-                    st.runs.remove(id);
-                }
-                Ok(old)
-            })
-            .await?;
-        if let (Some(db), false) = (&self.inner.db, removed.is_empty()) {
-            let n = removed.len();
-            let writes = removed
-                .into_iter()
-                .map(|id| Write::DeleteRun { id })
-                .collect();
-            db.submit(writes, self.inner.limiter.now()).await?;
-            return Ok(n);
-        }
-        Ok(removed.len())
-    }
-
-    /// Records that `entries` were just consumed by direct use (`/v1/acquire`), so that after a
-    /// crash those keys are treated as fully used for one period (DESIGN §4). A key's first use
-    /// is committed before this returns; later uses are snapshotted about every second.
-    /// Without a database this does nothing.
-    ///
-    /// # Errors
-    /// Store failures.
-    pub async fn note_direct_use(&self, entries: &[AcquireEntry<'_>]) -> Result<(), Error> {
-        let Some(db) = &self.inner.db else {
-            return Ok(());
-        };
-        let now = self.inner.limiter.now();
-        let mut writes = Vec::new();
-        {
-            let mut direct = self.inner.direct.lock();
-            for e in entries {
-                let (ns, key) = (e.target.namespace(), e.target.key());
-                let limit = match e.target {
-                    Target::Dynamic(_, l) => Some(l),
-                    Target::Static(_) => None,
-                };
-                let keys = direct.entry(ns).or_default();
-                if let Some(d) = keys.get_mut(key) {
-                    d.last_used = now;
-                    d.limit = limit;
-                    d.dirty = true;
-                    continue;
-                }
-                keys.insert(
-                    key.to_owned(),
-                    DirectEntry {
-                        limit,
-                        last_used: now,
-                        dirty: false,
-                    },
-                );
-                writes.push(Write::DirectUse(DirectUse {
-                    namespace: ns,
-                    key: key.to_owned(),
-                    spec: limit.map(|l| LimitSpec::from_limit(&Limit::Rate(l))),
-                    last_used: now,
-                }));
-            }
-        }
-        if !writes.is_empty() {
-            db.submit(writes, now).await?;
-        }
-        Ok(())
-    }
-
-    /// Journals direct use since the last snapshot and forgets keys whose use has expired.
-    async fn snapshot_direct_use(&self) -> Result<(), Error> {
-        let Some(db) = &self.inner.db else {
-            return Ok(());
-        };
-        let now = self.inner.limiter.now();
-        let store = self.inner.limiter.store();
-        let mut writes = Vec::new();
-        {
-            let mut direct = self.inner.direct.lock();
-            for (ns, keys) in direct.iter_mut() {
-                keys.retain(|key, d| {
-                    let limit = d.limit.or_else(|| direct_limit(store, *ns, key, None, now));
-                    let alive = limit
-                        .as_ref()
-                        .and_then(|l| exhausted(l, d.last_used))
-                        .is_some_and(|full| full.fresh_at() > now);
-                    if !alive {
-                        writes.push(Write::ForgetDirectUse {
-                            namespace: *ns,
-                            key: key.clone(),
-                        });
-                    } else if d.dirty {
-                        d.dirty = false;
-                        writes.push(Write::DirectUse(DirectUse {
-                            namespace: *ns,
-                            key: key.clone(),
-                            spec: d.limit.map(|l| LimitSpec::from_limit(&Limit::Rate(l))),
-                            last_used: d.last_used,
-                        }));
-                    }
-                    alive
-                });
-            }
-        } // the lock is released before the commit is awaited
-        if !writes.is_empty() {
-            db.submit(writes, now).await?;
-        }
-        Ok(())
-    }
-
     /// The limiter.
     pub fn limiter(&self) -> &Limiter<S> {
         &self.inner.limiter
@@ -356,85 +139,6 @@ impl<S: Store + 'static> Engine<S> {
             limiter.get(key).ok().flatten().map(|i| i.limit)
         })
         .map_err(Error::Spec)
-    }
-
-    /// Runs `f` on the queue under its lock, journals what changed (in order), wakes lease
-    /// waiters and the timer, then waits for the commit.
-    async fn mutate<T>(
-        &self,
-        writes: Vec<Write>,
-        f: impl FnOnce(&mut QueueState, Nanos, &dyn Store) -> Result<T, Error>,
-    ) -> Result<T, Error> {
-        let (out, commit) = self.apply(writes, false, f);
-        if let Some(commit) = commit {
-            commit.await?;
-        }
-        out
-    }
-
-    /// [`Engine::mutate`] without waiting: returns `f`'s result and the commit of what changed
-    /// (none without a database or without changes), already submitted.
-    ///
-    /// With `carry`, when `f` made runs ready while a lease call is in progress, the runs it
-    /// changed are not journaled now but by the next change, whoever makes it (changed runs
-    /// are kept until then): the woken lease call then commits the timer's reservation and its
-    /// own lease together, and answers after one commit instead of two in a row. Only for
-    /// changes acknowledged to nobody (the timer's).
-    fn apply<T>(
-        &self,
-        writes: Vec<Write>,
-        carry: bool,
-        f: impl FnOnce(&mut QueueState, Nanos, &dyn Store) -> Result<T, Error>,
-    ) -> (Result<T, Error>, Option<Commit>) {
-        let (out, commit, ready, earlier) = {
-            let mut st = self.inner.state.lock();
-            let now = self.inner.limiter.now();
-            let before = st.next_deadline();
-            // What is due at `now` (timers, lapsed leases) happens before the change, whether
-            // or not the timer task has got there yet: a worker call after its lease lapsed
-            // finds the run requeued, and every change sees the same queue at the same instant.
-            st.process_due(now, self.inner.limiter.store());
-            let out = f(&mut st, now, self.inner.limiter.store());
-            let after = st.next_deadline();
-            // Only a deadline that moved earlier needs the timer task to re-plan its sleep.
-            let earlier = matches!((before, after), (None, Some(_)))
-                || matches!((before, after), (Some(b), Some(a)) if a < b);
-            let ready = std::mem::take(&mut st.became_ready);
-            let carried = carry
-                && ready
-                && self
-                    .inner
-                    .leasing
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    > 0;
-            let mut all = writes;
-            if !carried {
-                all.extend(
-                    st.drain_dirty()
-                        .into_iter()
-                        .map(|r| Write::PutRun(Box::new(r))),
-                );
-            }
-            (out, self.journal(all, now), ready, earlier)
-        };
-        // Waiters are woken before this change's commit completes: whatever they do next is
-        // committed after it (one writer, in submission order), and they answer only once their
-        // own commit is done, so nothing is answered before it is durable — and a parked run's
-        // dispatch waits for one commit, not two.
-        if ready {
-            self.inner.ready.notify_waiters();
-        }
-        if earlier {
-            self.inner.timer.notify_one();
-        }
-        (out, commit)
-    }
-
-    fn journal(&self, writes: Vec<Write>, now: Nanos) -> Option<Commit> {
-        match (&self.inner.db, writes.is_empty()) {
-            (Some(db), false) => Some(Box::pin(db.submit(writes, now))),
-            _ => None,
-        }
     }
 
     /// Declares or redefines static limit `key` (usage kept), durably.
@@ -812,89 +516,6 @@ impl Drop for Leasing<'_> {
     }
 }
 
-/// How often direct use is journalled.
-const SNAPSHOT_EVERY: Nanos = Nanos::SECOND;
-
-/// The rate limit a directly used key has now: a static key's definition, or a dynamic key's
-/// last parameters.
-fn direct_limit(
-    store: &dyn Store,
-    ns: Namespace,
-    key: &str,
-    spec: Option<&LimitSpec>,
-    now: Nanos,
-) -> Option<RateLimit> {
-    match ns {
-        Namespace::Static => match store.get_limit(key, now).ok()??.limit {
-            Limit::Rate(r) => Some(r),
-            _ => None,
-        },
-        _ => spec.and_then(|s| s.to_rate_limit().ok()),
-    }
-}
-
-/// The state of `limit` fully used at `at`.
-fn exhausted(limit: &RateLimit, at: Nanos) -> Option<LimitState> {
-    let units = NonZeroU32::new(u32::try_from(limit.capacity()).ok()?)?;
-    limit.decide(None, at, units).ok()?.state
-}
-
-/// Ended runs are kept this long by default.
-pub const DEFAULT_RETENTION: Period = match Period::from_secs_const(7 * 86_400) {
-    Some(p) => p,
-    None => Period::DAY,
-};
-
-/// Whether units `run` consumed still count against any of its limits at `now`.
-fn consumption_counts(store: &dyn Store, run: &Run, now: Nanos) -> bool {
-    let Some(at) = run.consumed_at else {
-        return false;
-    };
-    run.rendered
-        .rate
-        .iter()
-        .filter_map(|r| r.entry().ok())
-        .any(|e| still_counts(store, &e, at, now))
-}
-
-/// Re-applies the units `run` consumed, at the time it consumed them, where they still count.
-fn replay(store: &dyn Store, run: &Run, now: Nanos) {
-    let Some(at) = run.consumed_at else { return };
-    let entries: Vec<AcquireEntry<'_>> = run
-        .rendered
-        .rate
-        .iter()
-        .filter_map(|r| r.entry().ok())
-        .filter(|e| still_counts(store, e, at, now))
-        .collect();
-    if !entries.is_empty() {
-        // A denial here means the limit was lowered since: usage is then already at or over the
-        // new limit through earlier replays, which is what counts.
-        let _ = store.acquire(&entries, at);
-    }
-}
-
-/// Whether `units` consumed at `at` would still be counted at `now` by the entry's limit.
-fn still_counts(store: &dyn Store, e: &AcquireEntry<'_>, at: Nanos, now: Nanos) -> bool {
-    let limit = match e.target {
-        crate::store::Target::Dynamic(_, l) => Some(l),
-        crate::store::Target::Static(k) => match store.get_limit(k, at) {
-            Ok(Some(info)) => match info.limit {
-                Limit::Rate(r) => Some(r),
-                _ => None,
-            },
-            _ => None,
-        },
-    };
-    let Some(limit) = limit else { return false };
-    let units = NonZeroU32::new(e.units).unwrap_or(NonZeroU32::MIN);
-    limit
-        .decide(None, at, units)
-        .ok()
-        .and_then(|o| o.state)
-        .is_some_and(|s| s.fresh_at() > now)
-}
-
 /// A run's view, right after the call that changed it (the run exists).
 fn view(st: &QueueState, id: &str) -> RunView {
     st.view(id)
@@ -918,77 +539,4 @@ fn check_name(name: &str) -> Result<(), Error> {
     crate::error::check_key(name).map_err(|_| Error::InvalidName {
         name: name.chars().take(64).collect(),
     })
-}
-
-fn spawn_pruning<S: Store + 'static>(engine: Weak<Inner<S>>) {
-    tokio::spawn(async move {
-        // The first pass a minute after start, not at once: nothing has ended yet, and an
-        // immediate pass would race with callers running `prune` themselves.
-        let every = Duration::from_secs(60);
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(inner) = engine.upgrade() else {
-                return;
-            };
-            let _ = Engine { inner }.prune().await;
-        }
-    });
-}
-
-fn spawn_snapshots<S: Store + 'static>(engine: Weak<Inner<S>>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(SNAPSHOT_EVERY.as_duration());
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(inner) = engine.upgrade() else {
-                return;
-            };
-            let _ = Engine { inner }.snapshot_direct_use().await;
-        }
-    });
-}
-
-fn spawn_timer<S: Store + 'static>(engine: Weak<Inner<S>>, timer: Arc<Notify>) {
-    tokio::spawn(async move {
-        loop {
-            let notified = timer.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let sleep_for = {
-                let Some(inner) = engine.upgrade() else {
-                    return;
-                };
-                let e = Engine { inner };
-                // `apply` fires what is due before it runs this.
-                let (next, commit) = e.apply(Vec::new(), true, |st, now, _| {
-                    Ok(st.next_deadline().map(|t| t - now))
-                });
-                if let Some(commit) = commit {
-                    // Not awaited here: what the timer changed (reservations, expiries) is
-                    // acknowledged to nobody, and every later change — the lease that hands a
-                    // woken run to a worker included — commits after it (one writer, in
-                    // submission order) and answers only then. Awaiting it would start the next
-                    // sleep late by however long this commit took.
-                    tokio::spawn(async move {
-                        if let Err(e) = commit.await {
-                            tracing::warn!(error = %e, "cannot journal the queue's timers");
-                        }
-                    });
-                }
-                next.unwrap_or(None)
-            };
-            match sleep_for {
-                Some(d) => {
-                    tokio::select! {
-                        () = &mut notified => {}
-                        () = tokio::time::sleep(d.as_duration()) => {}
-                    }
-                }
-                None => notified.await,
-            }
-        }
-    });
 }
