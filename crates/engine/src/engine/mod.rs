@@ -1,0 +1,542 @@
+//! [`Engine`]: what the server runs — a [`Limiter`], the task-run admission queue, and
+//! (optionally) SQLite durability. The server is a thin HTTP shell over it.
+//!
+//! One file per job, so each can be read (and changed) without the others: construction and
+//! the queue API here; `journal` (every change journaled in order), `recovery` (restoring and
+//! replaying after a restart), `direct_use` (journalling direct acquires), `retention`
+//! (forgetting ended runs), `background` (the tasks an engine spawns).
+
+mod background;
+mod direct_use;
+mod journal;
+mod recovery;
+mod retention;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tollgate_core::Limit;
+
+use crate::db::{Db, StoredState, Write};
+use crate::error::Error;
+use crate::limiter::Limiter;
+use crate::metrics::QueueMetrics;
+use crate::queue::run::{LeasedRun, Run, RunState, RunView};
+use crate::queue::state::{QueueState, WaitKey};
+use crate::spec::{LimitSpec, LimitSpecExt};
+use crate::store::memory::MemoryStore;
+use crate::store::{Namespace, Store};
+use crate::task::{Task, TaskSpec};
+use background::{spawn_pruning, spawn_snapshots, spawn_timer};
+use direct_use::DirectEntry;
+pub use retention::DEFAULT_RETENTION;
+
+/// Most runs one lease call returns (the API's limit on `max`).
+pub use tollgate_api::MAX_LEASE_BATCH;
+
+/// The embedded server's core. Cheap to clone. Must be created inside a tokio runtime: it
+/// spawns the task that fires parked runs' timers and lease expiries.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tollgate::Error> {
+/// use std::time::Duration;
+/// use tollgate::{Engine, Limiter, LimitSpec, TaskSpec};
+/// let engine = Engine::in_memory(Limiter::new());
+/// engine.put_limit("test-limit", serde_json::from_str::<LimitSpec>(r#"{"rate": "2/s"}"#).unwrap()).await?;
+/// let spec: TaskSpec = serde_json::from_str(r#"{"rate_limits": [{"static_key": "test-limit", "units": 1}]}"#).unwrap();
+/// engine.put_task("send-email", spec).await?;
+/// let run = engine.enqueue("send-email", serde_json::json!({"to": "a@example.com"}), serde_json::json!({})).await?;
+/// let leased = engine.lease("worker-1", &["send-email".to_owned()], 10, Duration::from_secs(1)).await?;
+/// assert_eq!(leased[0].id, run.id);
+/// assert_eq!(leased[0].attempt, 1);
+/// engine.complete(&run.id, None, None).await?;
+/// # Ok(()) }
+/// ```
+pub struct Engine<S: Store + 'static = MemoryStore> {
+    inner: Arc<Inner<S>>,
+}
+
+struct Inner<S: Store> {
+    limiter: Limiter<S>,
+    state: Mutex<QueueState>,
+    /// Woken when runs become ready (lease long-polls wait on it).
+    ready: Notify,
+    /// Woken when a timer may have moved earlier.
+    timer: Arc<Notify>,
+    db: Option<Db>,
+    /// Keys with direct (`/v1/acquire`) use, for crash recovery (only with a `db`).
+    /// By namespace, then key, so the acquire path looks a key up without allocating.
+    direct: Mutex<HashMap<Namespace, HashMap<String, DirectEntry>>>,
+    /// How long ended runs are kept (nanoseconds; 0: forever).
+    retention: std::sync::atomic::AtomicU64,
+    /// Lease calls in progress: a timer that wakes one leaves its own changes to that call's
+    /// commit ([`Engine::apply`]).
+    leasing: std::sync::atomic::AtomicUsize,
+}
+
+impl<S: Store> Drop for Inner<S> {
+    fn drop(&mut self) {
+        // Lets the timer task notice the engine is gone.
+        self.timer.notify_one();
+    }
+}
+
+impl<S: Store + 'static> Clone for Engine<S> {
+    fn clone(&self) -> Self {
+        Engine {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S: Store + 'static> Engine<S> {
+    /// An engine that keeps everything in memory.
+    pub fn in_memory(limiter: Limiter<S>) -> Engine<S> {
+        Engine::build(limiter, None)
+    }
+
+    fn build(limiter: Limiter<S>, db: Option<Db>) -> Engine<S> {
+        let prefix = format!("{:x}-", limiter.now().as_nanos() / 1_000);
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                limiter,
+                state: Mutex::new(QueueState::new(prefix)),
+                ready: Notify::new(),
+                timer: Arc::new(Notify::new()),
+                db,
+                direct: Mutex::new(HashMap::new()),
+                retention: std::sync::atomic::AtomicU64::new(
+                    DEFAULT_RETENTION.as_nanos().as_nanos(),
+                ),
+                leasing: std::sync::atomic::AtomicUsize::new(0),
+            }),
+        };
+        spawn_timer(
+            Arc::downgrade(&engine.inner),
+            Arc::clone(&engine.inner.timer),
+        );
+        if engine.inner.db.is_some() {
+            spawn_snapshots(Arc::downgrade(&engine.inner));
+        }
+        spawn_pruning(Arc::downgrade(&engine.inner));
+        engine
+    }
+
+    /// The limiter.
+    pub fn limiter(&self) -> &Limiter<S> {
+        &self.inner.limiter
+    }
+
+    fn compile(&self, name: &str, spec: TaskSpec) -> Result<Task, Error> {
+        let limiter = &self.inner.limiter;
+        Task::compile(name, spec, &|key| {
+            limiter.get(key).ok().flatten().map(|i| i.limit)
+        })
+        .map_err(Error::Spec)
+    }
+
+    /// Declares or redefines static limit `key` (usage kept), durably.
+    ///
+    /// # Errors
+    /// [`Error::Spec`] for a bad definition; [`Error::InvalidKey`]; store failures.
+    pub async fn put_limit(&self, key: &str, spec: LimitSpec) -> Result<Limit, Error> {
+        let limit = spec.to_limit().map_err(Error::Spec)?;
+        crate::error::check_key(key)?;
+        let canonical = LimitSpec::from_limit(&limit);
+        let limiter = self.inner.limiter.clone();
+        let write = Write::PutLimit {
+            key: key.to_owned(),
+            spec: canonical,
+        };
+        self.mutate(vec![write], move |st, now, store| {
+            limiter.upsert(key, limit)?;
+            // Limits are live: what waits on this key is re-planned within this call.
+            st.replan(&WaitKey::declared(key), now, store);
+            Ok(())
+        })
+        .await?;
+        Ok(limit)
+    }
+
+    /// Removes static limit `key`. Returns whether it existed.
+    ///
+    /// # Errors
+    /// [`Error::LimitInUse`] while a task names it as a `static_key` or a run not yet ended
+    /// does (docs/design.md §3: no run is left parked on a limit that is gone).
+    pub async fn remove_limit(&self, key: &str) -> Result<bool, Error> {
+        crate::error::check_key(key)?;
+        let limiter = self.inner.limiter.clone();
+        let write = Write::DeleteLimit {
+            key: key.to_owned(),
+        };
+        // Checked under the queue's lock, so no run naming the key slips in between.
+        let (removed, commit) = self.apply(vec![write], false, |st, _, _| {
+            let tasks = tasks_naming(st.tasks.values(), key);
+            let runs = st.declared_users(key);
+            if !tasks.is_empty() || runs > 0 {
+                return Err(Error::LimitInUse {
+                    key: key.to_owned(),
+                    tasks,
+                    runs,
+                });
+            }
+            limiter.remove(key)
+        });
+        let removed = removed?;
+        if let Some(commit) = commit {
+            commit.await?;
+        }
+        Ok(removed)
+    }
+
+    /// Defines or redefines task `name`. Runs already enqueued keep the limits rendered for them.
+    ///
+    /// # Errors
+    /// [`Error::Spec`] naming the field: a bad CEL expression, an unknown static key, ….
+    pub async fn put_task(&self, name: &str, spec: TaskSpec) -> Result<Arc<Task>, Error> {
+        check_name(name)?;
+        let task = Arc::new(self.compile(name, spec.clone())?);
+        let write = Write::PutTask {
+            name: name.to_owned(),
+            spec,
+        };
+        let t = Arc::clone(&task);
+        self.mutate(vec![write], move |st, _, _| {
+            st.tasks.insert(t.name.clone(), t);
+            Ok(())
+        })
+        .await?;
+        Ok(task)
+    }
+
+    /// Task `name`.
+    pub fn task(&self, name: &str) -> Option<Arc<Task>> {
+        self.inner.state.lock().tasks.get(name).cloned()
+    }
+
+    /// Every task, by name.
+    pub fn tasks(&self) -> Vec<Arc<Task>> {
+        let st = self.inner.state.lock();
+        let sorted: BTreeMap<&String, &Arc<Task>> = st.tasks.iter().collect();
+        sorted.into_values().cloned().collect()
+    }
+
+    /// Enqueues a run of `task`; answers once it is durable.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTask`]; [`Error::Expression`] when a CEL expression cannot be
+    /// evaluated for this input (never an unlimited run); store failures.
+    pub async fn enqueue(
+        &self,
+        task: &str,
+        input: Value,
+        additional_metadata: Value,
+    ) -> Result<RunView, Error> {
+        self.mutate(Vec::new(), |st, now, store| {
+            let id = st.enqueue(task, input, additional_metadata, None, now, store)?;
+            Ok(view(st, &id))
+        })
+        .await
+    }
+
+    /// Enqueues one run of every task triggered by event `name`, with `data` as input.
+    ///
+    /// # Errors
+    /// [`Error::Expression`] for a run whose expressions fail (no run of the event is kept
+    /// then); store failures.
+    pub async fn emit(
+        &self,
+        name: &str,
+        data: Value,
+        additional_metadata: Value,
+    ) -> Result<Vec<RunView>, Error> {
+        self.mutate(Vec::new(), |st, now, store| {
+            let mut names: Vec<String> = st
+                .tasks
+                .values()
+                .filter(|t| t.triggers.iter().any(|t| t == name))
+                .map(|t| t.name.clone())
+                .collect();
+            names.sort();
+            let event = serde_json::json!({"name": name, "data": data});
+            // Every run is rendered before any is stored: one task's failing expression must
+            // not leave the other tasks' runs behind (stored, journaled, and leased) while the
+            // caller is told the event was rejected.
+            let prepared = names
+                .iter()
+                .map(|task| {
+                    st.prepare(
+                        task,
+                        data.clone(),
+                        additional_metadata.clone(),
+                        Some(event.clone()),
+                    )
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            let mut out = Vec::with_capacity(prepared.len());
+            for p in prepared {
+                let id = st.insert(p, now, store)?;
+                out.push(view(st, &id));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Leases up to `max` runs of `tasks` for `worker_id`. Returns as soon as it holds at least
+    /// one run; waits up to `wait` only while it has none, woken when a run becomes ready.
+    ///
+    /// # Errors
+    /// Store failures.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe while it commits: dropped then, the runs it has just leased stay leased
+    /// to nobody until their lease expires (costing an attempt). To end a wait early, use
+    /// [`Engine::lease_until`].
+    pub async fn lease(
+        &self,
+        worker_id: &str,
+        tasks: &[String],
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<LeasedRun>, Error> {
+        self.lease_until(worker_id, tasks, max, wait, std::future::pending())
+            .await
+    }
+
+    /// As [`Engine::lease`], but the wait also ends as soon as `stop` completes (a server
+    /// shutting down answers its long-polls at once): the call then returns what it holds,
+    /// which is nothing. `stop` only cuts the wait, never a lease being committed, so unlike
+    /// dropping the future it never leaves runs leased to nobody.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn lease_until(
+        &self,
+        worker_id: &str,
+        tasks: &[String],
+        max: usize,
+        wait: Duration,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Vec<LeasedRun>, Error> {
+        let max = max.clamp(1, MAX_LEASE_BATCH);
+        let deadline = Instant::now() + wait;
+        let _leasing = Leasing::enter(&self.inner.leasing);
+        tokio::pin!(stop);
+        loop {
+            let notified = self.inner.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let leased = self
+                .mutate(Vec::new(), |st, now, store| {
+                    let ids = st.lease(worker_id, tasks, max, now, store);
+                    Ok(ids
+                        .iter()
+                        .map(|id| LeasedRun::from(&st.runs[id]))
+                        .collect::<Vec<_>>())
+                })
+                .await?;
+            if !leased.is_empty() || Instant::now() >= deadline {
+                return Ok(leased);
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                // Nothing is held while waiting, so nothing is lost by stopping here.
+                () = &mut stop => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    /// Extends a running run's lease; returns the new expiry. `attempt`, when given, must be
+    /// the run's current attempt (a worker whose lease lapsed cannot touch the next attempt).
+    ///
+    /// # Errors
+    /// [`Error::UnknownRun`]; [`Error::InvalidState`] when the run is not running.
+    pub async fn heartbeat(&self, id: &str, attempt: Option<u32>) -> Result<RunView, Error> {
+        self.mutate(Vec::new(), |st, now, _| {
+            st.heartbeat(id, attempt, now)?;
+            Ok(view(st, id))
+        })
+        .await
+    }
+
+    /// Marks a running run succeeded.
+    ///
+    /// # Errors
+    /// As [`Engine::heartbeat`].
+    pub async fn complete(
+        &self,
+        id: &str,
+        attempt: Option<u32>,
+        output: Option<Value>,
+    ) -> Result<RunView, Error> {
+        self.mutate(Vec::new(), |st, now, _| {
+            st.complete(id, attempt, output, now)?;
+            Ok(view(st, id))
+        })
+        .await
+    }
+
+    /// Records a failure: with `retry`, requeued while attempts remain; otherwise failed.
+    ///
+    /// # Errors
+    /// As [`Engine::heartbeat`].
+    pub async fn fail(
+        &self,
+        id: &str,
+        attempt: Option<u32>,
+        error: String,
+        retry: bool,
+    ) -> Result<RunView, Error> {
+        self.mutate(Vec::new(), |st, now, _| {
+            st.fail_run(id, attempt, error, retry, now)?;
+            Ok(view(st, id))
+        })
+        .await
+    }
+
+    /// Hands a running run back without counting an attempt (graceful worker shutdown).
+    ///
+    /// # Errors
+    /// As [`Engine::heartbeat`].
+    pub async fn release(&self, id: &str, attempt: Option<u32>) -> Result<RunView, Error> {
+        self.mutate(Vec::new(), |st, now, store| {
+            st.release(id, attempt, now, store)?;
+            Ok(view(st, id))
+        })
+        .await
+    }
+
+    /// Cancels a run that has not ended.
+    ///
+    /// # Errors
+    /// [`Error::UnknownRun`]; [`Error::InvalidState`] for an ended run.
+    pub async fn cancel(&self, id: &str) -> Result<RunView, Error> {
+        self.mutate(Vec::new(), |st, now, store| {
+            st.cancel(id, now, store)?;
+            Ok(view(st, id))
+        })
+        .await
+    }
+
+    /// Run `id`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownRun`].
+    pub fn run(&self, id: &str) -> Result<RunView, Error> {
+        let st = self.inner.state.lock();
+        st.view(id)
+            .ok_or_else(|| Error::UnknownRun { id: id.to_owned() })
+    }
+
+    /// Runs, newest first, optionally of one task and/or in one state; at most `limit`.
+    pub fn runs(&self, task: Option<&str>, state: Option<RunState>, limit: usize) -> Vec<RunView> {
+        let st = self.inner.state.lock();
+        let mut runs: Vec<&Run> = st
+            .runs
+            .values()
+            .filter(|r| task.is_none_or(|t| r.task == t) && state.is_none_or(|s| r.state == s))
+            .collect();
+        runs.sort_by_key(|r| std::cmp::Reverse(r.seq));
+        runs.into_iter()
+            .take(limit)
+            .filter_map(|r| st.view(&r.id))
+            .collect()
+    }
+
+    /// Runs per task and state.
+    pub fn depth(&self) -> Vec<(String, RunState, u64)> {
+        let mut out: Vec<_> = self
+            .inner
+            .state
+            .lock()
+            .depth()
+            .into_iter()
+            .map(|((t, s), n)| (t, s, n))
+            .collect();
+        out.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+        out
+    }
+
+    /// The queue's counters: run transitions and decisions per task (labelled by the index in
+    /// the task's `rate_limits`, never by a rendered key) and the dispatch lag of parked runs.
+    /// A copy, taken under the queue's lock.
+    pub fn metrics(&self) -> QueueMetrics {
+        self.inner.state.lock().metrics.counts.clone()
+    }
+
+    /// Flushes everything and records a clean shutdown (SQLite); call before exiting.
+    pub async fn close(&self) {
+        if let Some(db) = &self.inner.db {
+            // Runs the timer changed and left for a lease call to journal.
+            let _ = self.mutate(Vec::new(), |_, _, _| Ok(())).await;
+            let _ = self.snapshot_direct_use().await;
+            let now = self.inner.limiter.now();
+            match self.inner.limiter.store().export_rate_states(now) {
+                Ok(states) => {
+                    let saved = states
+                        .iter()
+                        .map(|e| StoredState::new(e.namespace, e.key.clone(), &e.state))
+                        .collect();
+                    if let Err(e) = db.submit(vec![Write::ReplaceStates(saved)], now).await {
+                        tracing::error!(error = %e, "cannot save the limiter state at shutdown");
+                        return; // not marked clean: the next start treats it as a crash
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot export the limiter state at shutdown");
+                    return;
+                }
+            }
+            db.close(now).await;
+        }
+    }
+}
+
+/// Counts a lease call in progress for as long as it lives (dropped futures included).
+struct Leasing<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Leasing<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Leasing<'a> {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Leasing(count)
+    }
+}
+
+impl Drop for Leasing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A run's view, right after the call that changed it (the run exists).
+fn view(st: &QueueState, id: &str) -> RunView {
+    st.view(id)
+        .unwrap_or_else(|| unreachable!("the run {id} was just changed"))
+}
+
+/// The tasks (by name, sorted) that name declared limit `key` as a `static_key`.
+pub(crate) fn tasks_naming<'a>(
+    tasks: impl Iterator<Item = &'a Arc<Task>>,
+    key: &str,
+) -> Vec<String> {
+    let mut names: Vec<String> = tasks
+        .filter(|t| t.uses_static_key(key))
+        .map(|t| t.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+fn check_name(name: &str) -> Result<(), Error> {
+    crate::error::check_key(name).map_err(|_| Error::InvalidName {
+        name: name.chars().take(64).collect(),
+    })
+}
