@@ -160,7 +160,7 @@ pub(crate) fn api_error(body: ErrorBody, status: u16) -> Error {
         code: body.code,
         message: body.message,
         field: body.field,
-        // A 503 is transient whatever the body says (DESIGN §5: it always carries the flag).
+        // A 503 is transient whatever the body says (docs/http-api.md: it always carries the flag).
         transient: body.transient || status == 503,
     }
 }

@@ -1,4 +1,4 @@
-//! A typed async client for Tollgate's HTTP API: every route of the server (DESIGN §5), with
+//! A typed async client for Tollgate's HTTP API: every route of the server (docs/http-api.md), with
 //! request and answer types, and the server's error codes as a typed [`Error`].
 //!
 //! A denial is an answer, not an error: [`Client::acquire`] answers

@@ -1,4 +1,4 @@
-//! [`TaskBuilder`]: a task definition ([`TaskSpec`], DESIGN §3) written in Rust, for
+//! [`TaskBuilder`]: a task definition ([`TaskSpec`], docs/design.md §3) written in Rust, for
 //! [`Client::put_task`] or a [`Worker`](crate::Worker).
 
 use std::time::Duration;
@@ -47,7 +47,7 @@ pub struct TaskBuilder {
     problems: Vec<String>,
 }
 
-/// The server's default lease timeout (DESIGN §3), used when a task does not set one.
+/// The server's default lease timeout (docs/design.md §3), used when a task does not set one.
 pub const DEFAULT_LEASE_TIMEOUT: Duration = tollgate_api::DEFAULT_LEASE_TIMEOUT;
 
 impl Task {

@@ -1,4 +1,4 @@
-//! `barrier` (DESIGN §2): released exactly once `parties` have arrived; a missing or expired
+//! `barrier` (docs/design.md §2): released exactly once `parties` have arrived; a missing or expired
 //! barrier is an error, never a silent pass.
 
 use proptest::prelude::*;

@@ -1,4 +1,4 @@
-//! `concurrency` (DESIGN §2): at most `limit` live leases; each lease has its own holder and
+//! `concurrency` (docs/design.md §2): at most `limit` live leases; each lease has its own holder and
 //! expiry, and an expired lease frees only its own slot.
 
 use proptest::prelude::*;

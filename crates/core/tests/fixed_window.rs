@@ -1,4 +1,4 @@
-//! `fixed_window` (DESIGN §2): never more than `limit` units per window, windows opening at the
+//! `fixed_window` (docs/design.md §2): never more than `limit` units per window, windows opening at the
 //! first use after the previous one ended (`first_use`) or on clock multiples of `period`
 //! (`clock`); a denial's `retry_after` is exactly when the next window opens.
 

@@ -1,4 +1,4 @@
-//! `gcra` and its `token_bucket` spelling (DESIGN §2): emission interval `T = ⌈period/limit⌉`,
+//! `gcra` and its `token_bucket` spelling (docs/design.md §2): emission interval `T = ⌈period/limit⌉`,
 //! exactly `burst` units at once from a fresh state, then one per `T`; `retry_after` exact to
 //! the nanosecond; `token_bucket(capacity, refill)` is `gcra(refill, burst = capacity)`.
 

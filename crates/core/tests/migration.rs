@@ -1,4 +1,4 @@
-//! Changing a limit (DESIGN §2): new parameters keep the usage, a lowered limit applies at once
+//! Changing a limit (docs/design.md §2): new parameters keep the usage, a lowered limit applies at once
 //! and so does a raised one; a change of algorithm starts conservatively, never with more room
 //! than the old state had left.
 

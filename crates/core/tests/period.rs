@@ -1,4 +1,4 @@
-//! Periods and rates (DESIGN §2): the canonical `Display` parses back to the same value, and any
+//! Periods and rates (docs/design.md §2): the canonical `Display` parses back to the same value, and any
 //! string either parses or fails with an error that quotes it — never a panic.
 
 use proptest::prelude::*;

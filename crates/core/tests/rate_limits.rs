@@ -1,4 +1,4 @@
-//! Rules every rate algorithm keeps (DESIGN §2): units beyond capacity are an error, not a
+//! Rules every rate algorithm keeps (docs/design.md §2): units beyond capacity are an error, not a
 //! denial; a clock that steps back never panics and never admits extra; durations in answers
 //! are never early, also once rounded up to milliseconds.
 

@@ -1,4 +1,4 @@
-//! `sliding_window` (DESIGN §2): never more than `limit` units in any interval of length
+//! `sliding_window` (docs/design.md §2): never more than `limit` units in any interval of length
 //! `period`, and a denial's `retry_after` is never early and at most one sub-bucket
 //! (`⌈period/precision⌉`) late compared with an exact sliding log of the admitted history.
 

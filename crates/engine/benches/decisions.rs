@@ -1,5 +1,5 @@
 //! In-process decision cost: tollgate against `governor` under the same fake time, every
-//! algorithm against `gcra`, and atomic multi-key acquires (DESIGN §6, BENCHMARKS.md).
+//! algorithm against `gcra`, and atomic multi-key acquires (docs/design.md §6, BENCHMARKS.md).
 //!
 //! Both libraries read a fake clock (an atomic load) at every decision, and both clocks are
 //! advanced by `CHUNK · STEP_NS` every `CHUNK` decisions: 10 ns of simulated time per decision.

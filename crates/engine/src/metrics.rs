@@ -65,7 +65,7 @@ impl Transition {
     }
 }
 
-/// Upper bounds of the dispatch lag buckets, in nanoseconds (1 ms to 1 min; DESIGN §6 budgets
+/// Upper bounds of the dispatch lag buckets, in nanoseconds (1 ms to 1 min; docs/design.md §6 budgets
 /// 5 ms).
 pub const LAG_BUCKETS: [Nanos; 14] = [
     Nanos::from_micros(500),

@@ -1,4 +1,4 @@
-//! Tasks (DESIGN §3): compiling a task definition with its CEL expressions, and rendering a
+//! Tasks (docs/design.md §3): compiling a task definition with its CEL expressions, and rendering a
 //! run's keys, units and limits — every error named by its field, no run ever unlimited.
 
 use serde_json::{Value, json};
@@ -8,7 +8,7 @@ use tollgate::task::{
 use tollgate::{AcquireEntry, LimitSpec, LimitSpecExt, Limiter, SpecError, Target};
 use tollgate_core::{Limit, Period, RateLimit};
 
-/// The task of DESIGN §3, verbatim.
+/// The task of docs/design.md §3, verbatim.
 fn design_example() -> Value {
     json!({
       "rate_limits": [
@@ -85,7 +85,7 @@ fn expression_error(e: RenderError, field: &str, source: &str, says: &str) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The DESIGN §3 example
+// The docs/design.md §3 example
 
 #[test]
 fn design_example_compiles_with_its_settings() {
@@ -781,7 +781,7 @@ fn render_error_messages_name_field_and_expression() {
 
 #[test]
 fn one_compiled_task_renders_many_runs_from_many_threads() {
-    // Not a timing test (DESIGN §6: budgets are benchmarks): it pins that a compiled task is
+    // Not a timing test (docs/design.md §6: budgets are benchmarks): it pins that a compiled task is
     // shared across threads and renders each run from its own input. The lib's unit tests show
     // that no rendering compiles CEL again.
     let t = task(design_example());

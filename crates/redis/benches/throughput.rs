@@ -1,5 +1,5 @@
 //! Redis decisions per second and round trips per acquire, against a floor measured in the
-//! same run (DESIGN §6: "throughput ≥ 80 % of a minimal GCRA EVALSHA floor").
+//! same run (docs/design.md §6: "throughput ≥ 80 % of a minimal GCRA EVALSHA floor").
 //!
 //! The floor is the least a Redis-backed GCRA can do: one `EVALSHA` of a ten-line script that
 //! reads one key's TAT, decides, and writes it back with `SET … PX`. Tollgate's `RedisStore`

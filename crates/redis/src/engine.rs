@@ -1,7 +1,7 @@
 //! [`RedisEngine`]: what `tollgate serve --redis` runs — limits, tasks, runs and leases all in
 //! Redis, so that any number of nodes behind a load balancer act as one.
 //!
-//! The same rules as the embedded [`tollgate::Engine`] (DESIGN §3), with the queue's state
+//! The same rules as the embedded [`tollgate::Engine`] (docs/design.md §3), with the queue's state
 //! machine ported to Lua (`scripts/queue_*.lua`): every operation is one script call, atomic
 //! in Redis, so nodes never step on each other. A lease decides a run's limits and takes its
 //! lease in the same script: no node consumes units for a run another node took.

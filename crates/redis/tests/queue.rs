@@ -1,5 +1,5 @@
 //! The run queue in Redis ([`RedisEngine`]): the same scheduling rules as the embedded engine
-//! (DESIGN §3), on a fake clock passed to the scripts (`use_server_time(false)`), so time moves
+//! (docs/design.md §3), on a fake clock passed to the scripts (`use_server_time(false)`), so time moves
 //! only when a test says so. Each test has its own key prefix on the test's Redis.
 
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test

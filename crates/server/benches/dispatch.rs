@@ -1,4 +1,4 @@
-//! Dispatch lag of parked runs (DESIGN §6: a parked run is leased ≤ 5 ms after its
+//! Dispatch lag of parked runs (docs/design.md §6: a parked run is leased ≤ 5 ms after its
 //! `eligible_at`), on the real clock (`SystemClock`).
 //!
 //! `TOLLGATE_BENCH_RUNS` (default 2,000) runs of a task limited by a declared gcra key of

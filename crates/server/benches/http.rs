@@ -1,4 +1,4 @@
-//! HTTP acquire against a bare axum handler, on the same machine in the same run (DESIGN §6:
+//! HTTP acquire against a bare axum handler, on the same machine in the same run (docs/design.md §6:
 //! HTTP acquire ≥ 80 % of a bare axum handler; the batch endpoint in decisions/s).
 //!
 //! One process: the servers run on a 2-worker tokio runtime (threads `server-*`), the load

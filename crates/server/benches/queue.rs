@@ -1,4 +1,4 @@
-//! Queue throughput: enqueue → lease → complete, in runs/s (DESIGN §6: ≥ 20 k runs/s durable
+//! Queue throughput: enqueue → lease → complete, in runs/s (docs/design.md §6: ≥ 20 k runs/s durable
 //! (SQLite) through the engine API in-process; over HTTP reported as a ratio to that floor).
 //!
 //! The task has one rate limit (a declared gcra key with a limit no run reaches), so every

@@ -1,4 +1,4 @@
-//! Admission over HTTP (DESIGN §3 Scheduling): parked runs with an exact `eligible_at_ms`,
+//! Admission over HTTP (docs/design.md §3 Scheduling): parked runs with an exact `eligible_at_ms`,
 //! dispatched at that instant by a waiting long-poll; FIFO per key with only the head awake;
 //! parked runs blocking nobody and consuming no attempt; skip policy; impossible units; CEL
 //! evaluation errors.

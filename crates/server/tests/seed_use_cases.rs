@@ -1,6 +1,6 @@
-//! DESIGN's seed use cases, end to end over HTTP, as a worker sees them: each test defines the
-//! limits and tasks the way a user of Hatchet, Inngest, Celery, Sidekiq or Dramatiq would, then
-//! enqueues and leases and checks *when* runs are handed out.
+//! The use cases Tollgate unifies (docs/design.md §1), end to end over HTTP, as a worker sees
+//! them: each test defines the limits and tasks the way a user of Hatchet, Inngest, Celery,
+//! Sidekiq or Dramatiq would, then enqueues and leases and checks *when* runs are handed out.
 //!
 //! On tokio's paused clock (`TokioClock`): each lease is a long-poll whose wait passes in
 //! virtual time, so dispatch instants are exact and nothing sleeps for real.
@@ -74,7 +74,7 @@ async fn a_static_limit_of_two_per_second_admits_two_runs_per_second() {
         );
     }
     // And no slower than the limit allows: each wait is exact to within the window's
-    // precision (1/60 s; DESIGN §2).
+    // precision (1/60 s; docs/design.md §2).
     assert!(at[5] <= 2 * (1_000 + 17), "{at:?}");
     server.stop().await;
 }

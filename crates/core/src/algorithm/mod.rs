@@ -21,7 +21,7 @@ use fixed_window::{FixedWindow, FixedWindowState};
 use gcra::{Gcra, GcraState, TokenBucket};
 use sliding_window::{SlidingWindow, SlidingWindowState};
 
-/// A limit that admits units over time: one of the rate algorithms of DESIGN §2.
+/// A limit that admits units over time: one of the rate algorithms of docs/design.md §2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RateLimit {
     /// `limit` units in any interval of `period` (the default algorithm).
@@ -110,7 +110,7 @@ impl RateLimit {
     /// cannot help. A denial is `Ok` with `decision.allowed == false`.
     ///
     /// # Guarantees
-    /// See DESIGN §2: never admits beyond the algorithm's bound for any arrival sequence, a
+    /// See docs/design.md §2: never admits beyond the algorithm's bound for any arrival sequence, a
     /// clock that steps back never admits extra, `retry_after` is exact (gcra, fixed window) or
     /// at most one sub-bucket late (sliding window) and never early.
     #[inline]

@@ -23,7 +23,7 @@ pub(super) struct DirectEntry {
 
 impl<S: Store + 'static> Engine<S> {
     /// Records that `entries` were just consumed by direct use (`/v1/acquire`), so that after a
-    /// crash those keys are treated as fully used for one period (DESIGN §4). A key's first use
+    /// crash those keys are treated as fully used for one period (docs/design.md §8.3). A key's first use
     /// is committed before this returns; later uses are snapshotted about every second.
     /// Without a database this does nothing.
     ///

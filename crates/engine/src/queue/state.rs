@@ -4,7 +4,7 @@
 //! Everything here is synchronous and runs under the queue's one mutex, with `now` passed in;
 //! the async shell in `mod.rs` owns timers, long-polls and durability.
 //!
-//! Scheduling rules (DESIGN §3):
+//! Scheduling rules (docs/design.md §3):
 //! - A run that cannot start is parked on the key that denied it, at the back of that key's
 //!   FIFO. Only the head of a key's FIFO holds a timer; when it fires, the head is tried first
 //!   and *reserves* what it needs (its rate units are consumed for it), then the next head is

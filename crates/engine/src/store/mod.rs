@@ -13,7 +13,7 @@ use tollgate_core::{
 
 use crate::error::{Error, check_key};
 
-/// The two key namespaces of DESIGN §3, plus barriers.
+/// The two key namespaces of docs/design.md §3, plus barriers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Namespace {
     /// Limits declared up front (`PUT /v1/limits/{key}`), persisted as definitions.

@@ -1,5 +1,5 @@
 //! [`Expr`]: a CEL expression compiled once, keeping its source text, and the conversions
-//! between JSON, CEL values, keys and counts (DESIGN §3 "CEL values").
+//! between JSON, CEL values, keys and counts (docs/design.md §3 "CEL values").
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,4 +1,4 @@
-//! Tasks: the limits a kind of work names (DESIGN §3), compiled once when the task is defined
+//! Tasks: the limits a kind of work names (docs/design.md §3), compiled once when the task is defined
 //! and rendered once per run, at enqueue.
 //!
 //! ```
@@ -586,7 +586,7 @@ mod tests {
         send_sync::<Expr>();
     }
 
-    // DESIGN §3: "Expressions compile when the task is registered … and evaluate once per run".
+    // docs/design.md §3: "Expressions compile when the task is registered … and evaluate once per run".
     // Rendering must never parse CEL again, however many runs there are.
     #[test]
     fn rendering_never_compiles_an_expression() {

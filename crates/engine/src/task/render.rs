@@ -1,5 +1,5 @@
 //! What rendering a task for one run produces: the keys, units and limits of that run, fixed at
-//! enqueue (DESIGN §3: expressions evaluate once per run).
+//! enqueue (docs/design.md §3: expressions evaluate once per run).
 
 use serde::{Deserialize, Serialize};
 

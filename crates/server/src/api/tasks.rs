@@ -1,6 +1,6 @@
 //! Task definitions: `PUT /v1/tasks/{name}`, `GET /v1/tasks/{name}`, `GET /v1/tasks`.
 //!
-//! The body of a `PUT` is a task spec (DESIGN §3); every field is optional. A task is answered
+//! The body of a `PUT` is a task spec (docs/design.md §3); every field is optional. A task is answered
 //! as its name, its definition with the defaults filled in (so that what a run will get is
 //! visible, and the `spec` object can be sent back as it is), and how many runs it has in each
 //! state:
