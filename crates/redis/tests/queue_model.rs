@@ -383,6 +383,26 @@ fn the_redis_queue_agrees_on_the_cases_found_before() {
             Cancel(1),
             Lease { task: 1, max: 3 },
         ],
+        // Two keys' timers due at the same instant, a static key's and a dynamic one's, with a
+        // run naming both: the embedded engine woke the static key first, Redis (whose timers
+        // are a sorted set, ordered by member at equal scores) the dynamic one, so the run was
+        // admitted on one and parked on the other. Both now wake in Redis's order.
+        vec![
+            Enqueue { task: 6, user: 0 },
+            Lease { task: 6, max: 1 },
+            Enqueue { task: 0, user: 0 },
+            Enqueue { task: 0, user: 0 },
+            Fail {
+                run: 17925269099535701433,
+                retry: true,
+            },
+            Enqueue { task: 4, user: 0 },
+            Enqueue { task: 4, user: 0 },
+            Lease { task: 6, max: 1 },
+            Lease { task: 4, max: 2 },
+            Advance(500),
+            Enqueue { task: 0, user: 0 },
+        ],
         // A worker's complete after its lease lapsed but before any sweep: requeued on both
         // (the Redis script once completed it when its sweeper had not run yet).
         vec![

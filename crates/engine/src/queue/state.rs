@@ -31,12 +31,38 @@ use crate::store::{AcquireEntry, Store};
 use crate::task::{OnLimit, Rendered, RunContext, Task};
 
 /// What a parked run waits on.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum WaitKey {
     /// A rate limit key (static or dynamic namespace).
     Rate { dynamic: bool, key: String },
     /// A concurrency key.
     Concurrency(String),
+}
+
+/// Timers due at the same instant fire in this order: the order of the Redis engine's wait
+/// keys as strings (`c:<key>` < `rd:<key>` < `rs:<key>`, then the key's bytes), which its
+/// sorted set of timers keeps. Both engines must wake keys in the same order: a run naming
+/// two keys is admitted by whichever wakes first (docs/design.md §3.12).
+impl Ord for WaitKey {
+    fn cmp(&self, other: &WaitKey) -> std::cmp::Ordering {
+        fn rank(k: &WaitKey) -> (u8, &str) {
+            match k {
+                WaitKey::Concurrency(key) => (0, key),
+                WaitKey::Rate { dynamic: true, key } => (1, key),
+                WaitKey::Rate {
+                    dynamic: false,
+                    key,
+                } => (2, key),
+            }
+        }
+        rank(self).cmp(&rank(other))
+    }
+}
+
+impl PartialOrd for WaitKey {
+    fn partial_cmp(&self, other: &WaitKey) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl WaitKey {
