@@ -4,7 +4,9 @@
 //! One file per job, so each can be read (and changed) without the others: construction and
 //! the queue API here; `journal` (every change journaled in order), `recovery` (restoring and
 //! replaying after a restart), `direct_use` (journalling direct acquires), `retention`
-//! (forgetting ended runs), `background` (the tasks an engine spawns).
+//! (forgetting ended runs), `background` (the tasks an engine spawns), `run_queue` (the engine as
+//! a [`RunQueue`](crate::RunQueue); the long-poll is the one both engines share, in
+//! `crate::queue::run_queue`).
 
 mod background;
 mod direct_use;
