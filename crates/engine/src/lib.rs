@@ -47,6 +47,8 @@
 //!   [`LeasedRun`], [`RunState`]) are defined in `tollgate-api` and re-exported here.
 //! - `task`: task definitions with CEL expressions; `queue`: runs and the admission queue;
 //!   [`Engine`]: limiter + queue + durability ([`Db`], SQLite), what the server runs;
+//!   [`RunQueue`]: the interface every engine's run queue implements (the server holds an
+//!   `Arc<dyn RunQueue>`), with the front both engines share (`queue::run_queue::lease_until`);
 //!   `metrics`: the queue's counters ([`QueueMetrics`]) for the server's `GET /metrics`.
 //! - `testkit` (feature): the conformance suite every store must pass.
 
@@ -70,6 +72,7 @@ pub use error::{Error, MAX_KEY_LEN, StoreError, check_key, key_problem};
 pub use limiter::{LeaseGuard, Limiter};
 pub use metrics::{QueueMetrics, Transition};
 pub use queue::run::{LeasedRun, Run, RunPolicy, RunState, RunView};
+pub use queue::run_queue::{LeaseAttempt, LeaseQueue, QueueFuture, RunQueue};
 pub use spec::{DEFAULT_LEASE_TTL, LimitSpec, LimitSpecExt, SpecError};
 pub use store::memory::MemoryStore;
 pub use store::{

@@ -11,6 +11,8 @@
 //! and lease expiries when they fall due (safe on every node at once), and a subscriber that
 //! wakes this node's long-polling workers when any node makes a run ready.
 
+mod run_queue;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -31,8 +33,9 @@ use tollgate_core::{Limit, Nanos, Period};
 use crate::keys::Kind;
 use crate::store::RedisStore;
 
+use tollgate::LeaseAttempt;
 use tollgate::LimitSpecExt;
-use tollgate::MAX_LEASE_BATCH;
+use tollgate::queue::run_queue::{check_name, compile_task, tasks_naming};
 
 /// The default of [`RedisEngine::set_poll_interval`].
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -158,13 +161,7 @@ impl RedisEngine {
     /// does; store failures.
     pub async fn remove_limit(&self, key: &str) -> Result<bool, Error> {
         check_key(key)?;
-        let mut tasks: Vec<String> = self
-            .tasks()?
-            .iter()
-            .filter(|t| t.uses_static_key(key))
-            .map(|t| t.name.clone())
-            .collect();
-        tasks.sort();
+        let tasks = tasks_naming(&self.tasks()?, key);
         let in_use = |runs| Error::LimitInUse {
             key: key.to_owned(),
             tasks: tasks.clone(),
@@ -205,9 +202,7 @@ impl RedisEngine {
     /// # Errors
     /// [`Error::InvalidName`]; [`Error::Spec`] naming the field; store failures.
     pub async fn put_task(&self, name: &str, spec: TaskSpec) -> Result<Arc<Task>, Error> {
-        check_key(name).map_err(|_| Error::InvalidName {
-            name: name.chars().take(64).collect(),
-        })?;
+        check_name(name)?;
         let text = serde_json::to_string(&spec).map_err(|e| {
             Error::Store(StoreError::permanent(
                 format!("task {name:?} cannot be written: {e}"),
@@ -227,11 +222,7 @@ impl RedisEngine {
     }
 
     fn compile(&self, name: &str, spec: TaskSpec) -> Result<Task, Error> {
-        let limiter = &self.inner.limiter;
-        Task::compile(name, spec, &|key| {
-            limiter.get(key).ok().flatten().map(|i| i.limit)
-        })
-        .map_err(Error::Spec)
+        compile_task(&self.inner.limiter, name, spec)
     }
 
     /// A task as stored, compiled once per definition text.
@@ -424,7 +415,9 @@ impl RedisEngine {
 
     /// Leases up to `max` runs of `tasks` for `worker_id`. Returns as soon as it holds at least
     /// one run; waits up to `wait` only while it has none, woken when any node makes a run
-    /// ready. `stop` cuts the wait short (never a lease being taken).
+    /// ready (and looking at Redis every poll interval, in case a wakeup was lost). `stop` cuts
+    /// the wait short (never a lease being taken). The long-poll is the one both engines share
+    /// ([`tollgate::queue::run_queue::lease_until`]), over [`RedisEngine::try_lease`].
     ///
     /// # Errors
     /// Store failures.
@@ -436,51 +429,46 @@ impl RedisEngine {
         wait: Duration,
         stop: impl Future<Output = ()>,
     ) -> Result<Vec<LeasedRun>, Error> {
-        let max = max.clamp(1, MAX_LEASE_BATCH);
-        let deadline = Instant::now() + wait;
-        tokio::pin!(stop);
-        loop {
-            let notified = self.inner.ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let mut args = self.script_args();
-            args.push(worker_id.to_owned());
-            args.push(max.to_string());
-            args.extend(tasks.iter().cloned());
-            let (status, items) = self.queue_call("lease", Script::Lease, &args)?;
-            self.expect_ok("lease", &status)?;
-            let more = items.first().and_then(int) == Some(1);
-            if let Some(at) = items.get(1).and_then(int) {
-                self.learn_deadline(at);
-            }
-            let leased = items
-                .iter()
-                .skip(2)
-                .map(|v| {
-                    let view = self.view(v)?;
-                    Ok(LeasedRun {
-                        id: view.id,
-                        task: view.task,
-                        input: view.input,
-                        additional_metadata: view.additional_metadata,
-                        attempt: view.attempt,
-                        lease_expires_at_ms: view.lease_expires_at_ms.unwrap_or(0),
-                    })
-                })
-                .collect::<Result<Vec<_>, Error>>()?;
-            if !leased.is_empty() || Instant::now() >= deadline {
-                return Ok(leased);
-            }
-            if more {
-                continue;
-            }
-            let nap = deadline.min(Instant::now() + self.poll_interval());
-            tokio::select! {
-                () = &mut notified => {}
-                () = tokio::time::sleep_until(nap) => {}
-                () = &mut stop => return Ok(Vec::new()),
-            }
+        tollgate::queue::run_queue::lease_until(self, worker_id, tasks, max, wait, stop).await
+    }
+
+    /// One call of the lease script: up to `max` runs of `tasks` for `worker_id`, no waiting.
+    /// `more` says the script stopped with runs possibly still ready. `max` is taken as given.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn try_lease(
+        &self,
+        worker_id: &str,
+        tasks: &[String],
+        max: usize,
+    ) -> Result<LeaseAttempt, Error> {
+        let mut args = self.script_args();
+        args.push(worker_id.to_owned());
+        args.push(max.to_string());
+        args.extend(tasks.iter().cloned());
+        let (status, items) = self.queue_call("lease", Script::Lease, &args)?;
+        self.expect_ok("lease", &status)?;
+        let more = items.first().and_then(int) == Some(1);
+        if let Some(at) = items.get(1).and_then(int) {
+            self.learn_deadline(at);
         }
+        let runs = items
+            .iter()
+            .skip(2)
+            .map(|v| {
+                let view = self.view(v)?;
+                Ok(LeasedRun {
+                    id: view.id,
+                    task: view.task,
+                    input: view.input,
+                    additional_metadata: view.additional_metadata,
+                    attempt: view.attempt,
+                    lease_expires_at_ms: view.lease_expires_at_ms.unwrap_or(0),
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(LeaseAttempt { runs, more })
     }
 
     /// As [`RedisEngine::lease_until`] without a way to stop early.

@@ -80,8 +80,9 @@
 //! slot.
 //!
 //! Source files: `store.rs` ([`RedisStore`], [`Builder`], the `Store` impl), `engine.rs`
-//! ([`RedisEngine`]: tasks, runs, the sweeper and the subscriber), `keys.rs` (key names),
-//! `spec.rs` (limits as specs), `conn.rs` (connection pool, fail-fast while Redis is down,
+//! ([`RedisEngine`]: tasks, runs, the sweeper and the subscriber; `engine/run_queue.rs`, its
+//! `tollgate::RunQueue` impl, whose long-poll is the engine crate's shared one), `keys.rs` (key
+//! names), `spec.rs` (limits as specs), `conn.rs` (connection pool, fail-fast while Redis is down,
 //! error mapping, password redaction), `scripts.rs` and `scripts/*.lua` (each opens with its
 //! `KEYS` and `ARGV`; `lib.lua`, the algorithms, is prepended to every script).
 

@@ -8,8 +8,8 @@
 //!   `TOLLGATE_BENCH_IN_FLIGHT` (default 16) `enqueue` calls in flight, and
 //!   `TOLLGATE_BENCH_WORKERS` (default 4) workers, each leasing up to 100 runs at a time
 //!   (`lease_until` with a 50 ms wait) and completing them concurrently (`complete`, so that
-//!   one group commit covers a batch), through the server's `Backend` (the engine the server
-//!   runs, behind `dyn Store`). Everything runs on a 2-worker tokio runtime.
+//!   one group commit covers a batch), through the server's `Arc<dyn RunQueue>` (the engine
+//!   the server runs, behind `dyn Store`, and the shared long-poll). Everything runs on a 2-worker tokio runtime.
 //! - `HTTP`: the same flow through the server (`POST /v1/tasks/bench/runs`,
 //!   `POST /v1/workers/lease` with `max` 100 and `wait_ms` 50, `POST /v1/runs/{id}/complete`
 //!   spread over 8 connections per worker), the server on a 2-worker runtime and the load
@@ -44,9 +44,11 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tollgate::{Db, DynStore, Engine, LimitSpec, Limiter, MemoryStore, SystemClock, TaskSpec};
+use tollgate::queue::run_queue::lease_until;
+use tollgate::{
+    Db, DynStore, Engine, LimitSpec, Limiter, MemoryStore, RunQueue, SystemClock, TaskSpec,
+};
 use tollgate_redis::{RedisEngine, RedisStore};
-use tollgate_server::backend::Backend;
 use tollgate_server::{AppState, Settings};
 
 use common::{Conn, cpu_ticks, post_req, put_req, table, thousands, ticks_to_secs};
@@ -180,14 +182,14 @@ fn limiter() -> Limiter<DynStore> {
 }
 
 /// A fresh engine of `kind`, with the bench's limit and task declared.
-async fn backend(kind: Kind, env: &Env<'_>) -> anyhow::Result<Backend> {
-    let backend = match kind {
-        Kind::Memory => Backend::Embedded(Engine::in_memory(limiter())),
+async fn backend(kind: Kind, env: &Env<'_>) -> anyhow::Result<Arc<dyn RunQueue>> {
+    let backend: Arc<dyn RunQueue> = match kind {
+        Kind::Memory => Arc::new(Engine::in_memory(limiter())),
         Kind::Sqlite => {
             let (db, loaded) = Db::open(env.dir)?;
-            Backend::Embedded(Engine::with_db(limiter(), db, loaded)?)
+            Arc::new(Engine::with_db(limiter(), db, loaded)?)
         }
-        Kind::Redis => Backend::Redis(RedisEngine::new(env.redis_store()?, SystemClock::new())),
+        Kind::Redis => Arc::new(RedisEngine::new(env.redis_store()?, SystemClock::new())),
     };
     backend
         .put_limit("q", serde_json::from_str::<LimitSpec>(LIMIT)?)
@@ -199,7 +201,11 @@ async fn backend(kind: Kind, env: &Env<'_>) -> anyhow::Result<Backend> {
 }
 
 /// enqueue → lease → complete through the engine API, on the current (multi-thread) runtime.
-async fn in_process(engine: Backend, shape: Shape, measure: Duration) -> anyhow::Result<Phase> {
+async fn in_process(
+    engine: Arc<dyn RunQueue>,
+    shape: Shape,
+    measure: Duration,
+) -> anyhow::Result<Phase> {
     let counters = Arc::new(Counters::default());
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..shape.producers * shape.in_flight {
@@ -228,15 +234,15 @@ async fn in_process(engine: Backend, shape: Shape, measure: Duration) -> anyhow:
         tasks.spawn(async move {
             let worker = format!("w{w}");
             while !counters.stopped() {
-                let runs = engine
-                    .lease_until(
-                        &worker,
-                        &names,
-                        LEASE_MAX,
-                        Duration::from_millis(LEASE_WAIT_MS),
-                        std::future::pending(),
-                    )
-                    .await?;
+                let runs = lease_until(
+                    &*engine,
+                    &worker,
+                    &names,
+                    LEASE_MAX,
+                    Duration::from_millis(LEASE_WAIT_MS),
+                    std::future::pending(),
+                )
+                .await?;
                 let done = join_all(
                     runs.iter()
                         .map(|r| engine.complete(&r.id, Some(r.attempt), None)),

@@ -274,7 +274,7 @@ impl ServeConfig {
                 AppState::redis(store, self.settings)
             }
         };
-        state.backend().set_retention(self.retention);
+        state.queue().set_retention(self.retention);
         crate::run(listener, state, shutdown_signal()).await
     }
 }

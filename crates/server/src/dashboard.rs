@@ -39,17 +39,12 @@ async fn page(State(state): State<AppState>) -> Result<impl IntoResponse, ApiErr
         &state,
         Some(DYNAMIC_SHOWN),
     )?))?;
-    let tasks = json(serde_json::to_value(tasks::views(&state)?))?;
-    let parked = json(serde_json::to_value(state.backend().runs(
-        None,
-        Some(RunState::Waiting),
-        50,
-    )?))?;
-    let skipped = json(serde_json::to_value(state.backend().runs(
-        None,
-        Some(RunState::Skipped),
-        20,
-    )?))?;
+    let tasks = json(serde_json::to_value(tasks::views(&state).await?))?;
+    let queue = state.queue();
+    let parked = queue.runs(None, Some(RunState::Waiting), 50).await?;
+    let parked = json(serde_json::to_value(parked))?;
+    let skipped = queue.runs(None, Some(RunState::Skipped), 20).await?;
+    let skipped = json(serde_json::to_value(skipped))?;
     let now_ms = state.now().as_millis_floor();
     let html = render(&limits, &tasks, &parked, &skipped, now_ms);
     Ok((

@@ -41,7 +41,8 @@
 //!
 //! # Layout
 //! - [`cli`]: `tollgate serve`, parsed, then validated, then resolved (binding, runtime).
-//! - [`AppState`] and [`Settings`]: what every handler shares (limiter, clock, limits).
+//! - [`AppState`] and [`Settings`]: what every handler shares: the run queue as a
+//!   `tollgate::RunQueue` trait object (either engine), the clock, the limits.
 //! - [`ApiError`]: engine and input errors mapped to a status and a stable code
 //!   (`tollgate_api::ErrorCode`).
 //! - `extract`: the JSON body extractor (size limit before reading, field paths in errors).
@@ -51,7 +52,6 @@
 //! - `metrics`: `GET /metrics`, the server's counters plus the engine's read at scrape time.
 
 mod api;
-pub mod backend;
 pub mod cli;
 pub mod commands;
 mod dashboard;
@@ -116,7 +116,7 @@ pub async fn run(
         .await
         .context("serving HTTP");
     // Everything answered is committed; record the clean stop.
-    state.backend().close().await;
+    state.queue().close().await;
     tracing::info!("stopped");
     served
 }

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -30,9 +30,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tollgate::{RunState, Transition};
-
-use crate::backend::Backend;
+use tollgate::{RunQueue, RunState, Task, Transition};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -43,8 +41,11 @@ pub(crate) const DYNAMIC: &str = "dynamic";
 /// The server's own metrics and the registry that also reads the engine's at scrape time.
 pub(crate) struct Metrics {
     registry: Registry,
-    shared: std::sync::Arc<Shared>,
+    shared: Arc<Shared>,
     decision_seconds: Histogram,
+    /// Held from handing the collector a depth snapshot to the end of encoding, so that two
+    /// scrapes at once each encode their own.
+    encoding: Mutex<()>,
 }
 
 /// What the handlers count and the collector reads.
@@ -53,6 +54,29 @@ struct Shared {
     /// Direct decisions by `limit` label. Looked up by `&str`, so counting allocates only the
     /// first time a key is seen; keys are declared ones (or [`DYNAMIC`]), so the map is bounded.
     decisions: RwLock<HashMap<String, Outcomes>>,
+    /// The tasks and depths read for the scrape being encoded (`None`: left out).
+    depth: Mutex<Option<Depth>>,
+}
+
+/// Every task and the runs per task and state, read (asynchronously: Redis does IO for them)
+/// before a scrape is encoded, because a prometheus `Collector` encodes synchronously.
+pub(crate) struct Depth {
+    tasks: Vec<Arc<Task>>,
+    runs: Vec<(String, RunState, u64)>,
+}
+
+impl Depth {
+    /// Reads the depth for one scrape. In Redis mode these read Redis: when it is unreachable
+    /// the scrape still answers, without the depth gauges, rather than failing whole.
+    pub(crate) async fn read(queue: &dyn RunQueue) -> Option<Depth> {
+        match (queue.tasks().await, queue.depth().await) {
+            (Ok(tasks), Ok(runs)) => Some(Depth { tasks, runs }),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "queue depth left out of this scrape");
+                None
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -62,8 +86,8 @@ struct Outcomes {
 }
 
 impl Metrics {
-    pub(crate) fn new(engine: Backend) -> Metrics {
-        let shared = std::sync::Arc::new(Shared::default());
+    pub(crate) fn new(engine: Arc<dyn RunQueue>) -> Metrics {
+        let shared = Arc::new(Shared::default());
         let mut registry = Registry::default();
         // 1 µs to about 0.4 s: in-memory decisions take microseconds, store round trips longer.
         let decision_seconds = Histogram::new(exponential_buckets(1e-6, 2.5, 15));
@@ -74,12 +98,13 @@ impl Metrics {
         );
         registry.register_collector(Box::new(EngineCollector {
             engine,
-            shared: std::sync::Arc::clone(&shared),
+            shared: Arc::clone(&shared),
         }));
         Metrics {
             registry,
             shared,
             decision_seconds,
+            encoding: Mutex::new(()),
         }
     }
 
@@ -116,17 +141,23 @@ impl Metrics {
         self.decision_seconds.observe(took.as_secs_f64());
     }
 
-    fn encode(&self) -> Result<String, fmt::Error> {
+    /// Encodes every metric, with `depth` (read by [`Depth::read`]) as the queue's depth.
+    fn encode(&self, depth: Option<Depth>) -> Result<String, fmt::Error> {
+        // A poisoned lock only means a panic in another scrape: nothing it guards is broken.
+        let _one_at_a_time = self.encoding.lock().unwrap_or_else(|e| e.into_inner());
+        *self.shared.depth.lock().unwrap_or_else(|e| e.into_inner()) = depth;
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        let encoded = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        *self.shared.depth.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        encoded?;
         Ok(out)
     }
 }
 
 /// Reads the engine's counters and depths, and the direct decisions, at scrape time.
 struct EngineCollector {
-    engine: Backend,
-    shared: std::sync::Arc<Shared>,
+    engine: Arc<dyn RunQueue>,
+    shared: Arc<Shared>,
 }
 
 impl fmt::Debug for EngineCollector {
@@ -192,14 +223,16 @@ impl Collector for EngineCollector {
         }
 
         // Every defined task shows its depth, zeros included, so a dashboard sees it drain.
-        // In Redis mode these read Redis: when it is unreachable the scrape still answers,
-        // without the depth gauges, rather than failing whole.
-        let (tasks_now, depth_now) = match (self.engine.tasks(), self.engine.depth()) {
-            (Ok(t), Ok(d)) => (t, d),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!(error = %e, "queue depth left out of this scrape");
-                (Vec::new(), Vec::new())
-            }
+        // Read before encoding ([`Depth::read`]); left out when the store was unreachable.
+        let (tasks_now, depth_now) = match self
+            .shared
+            .depth
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            Some(d) => (d.tasks, d.runs),
+            None => (Vec::new(), Vec::new()),
         };
         let mut depth: HashMap<(String, RunState), u64> = tasks_now
             .iter()
@@ -254,9 +287,10 @@ pub(crate) fn routes() -> Router<AppState> {
 
 /// `GET /metrics`.
 async fn scrape(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let depth = Depth::read(state.queue()).await;
     let body = state
         .metrics()
-        .encode()
+        .encode(depth)
         .map_err(|e| ApiError::internal("encoding the metrics", &e))?;
     Ok((
         [(

@@ -10,10 +10,8 @@ use tokio::sync::watch;
 use tollgate::core::Nanos;
 
 use anyhow::Context;
-use tollgate::{Clock, Db, DynStore, Engine, Limiter, MemoryStore, SystemClock};
+use tollgate::{Clock, Db, DynStore, Engine, Limiter, MemoryStore, RunQueue, SystemClock};
 use tollgate_redis::{RedisEngine, RedisStore};
-
-use crate::backend::Backend;
 
 /// The default `--max-body`: 1 MiB.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
@@ -57,15 +55,16 @@ impl Default for Settings {
 
 /// Shared by every handler; cheap to clone.
 ///
-/// Holds the [`Engine`] (limiter, run queue, durability) and the clock it reads: tests inject a
-/// [`tollgate::FakeClock`] or a [`tollgate::TokioClock`] under paused tokio time.
+/// Holds the run queue (limiter, tasks, runs, durability) as a [`RunQueue`] trait object and the
+/// clock it reads: tests inject a [`tollgate::FakeClock`] or a [`tollgate::TokioClock`] under
+/// paused tokio time. Only the constructors name an engine.
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Shared>,
 }
 
 struct Shared {
-    backend: Backend,
+    queue: Arc<dyn RunQueue>,
     metrics: crate::metrics::Metrics,
     clock: Arc<dyn Clock>,
     settings: Settings,
@@ -102,7 +101,7 @@ impl AppState {
     ) -> AppState {
         let clock: Arc<dyn Clock> = Arc::new(clock);
         let engine = RedisEngine::new(store, Arc::clone(&clock));
-        AppState::with_backend(Backend::Redis(engine), clock, settings)
+        AppState::with_queue(Arc::new(engine), clock, settings)
     }
 
     /// A state persisting limits, tasks and runs in SQLite under `data_dir` (created if
@@ -134,18 +133,22 @@ impl AppState {
         clock: Arc<dyn Clock>,
         settings: Settings,
     ) -> AppState {
-        AppState::with_backend(Backend::Embedded(engine), clock, settings)
+        AppState::with_queue(Arc::new(engine), clock, settings)
     }
 
-    /// A state over an existing backend, which must read the same `clock`.
-    pub fn with_backend(backend: Backend, clock: Arc<dyn Clock>, settings: Settings) -> AppState {
+    /// A state over an existing run queue (either engine), which must read the same `clock`.
+    pub fn with_queue(
+        queue: Arc<dyn RunQueue>,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+    ) -> AppState {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(clock.now().as_nanos());
         h.write_u32(std::process::id());
         AppState {
             inner: Arc::new(Shared {
-                metrics: crate::metrics::Metrics::new(backend.clone()),
-                backend,
+                metrics: crate::metrics::Metrics::new(Arc::clone(&queue)),
+                queue,
                 clock,
                 settings,
                 shutdown: watch::Sender::new(false),
@@ -155,9 +158,9 @@ impl AppState {
         }
     }
 
-    /// The engine behind the API.
-    pub fn backend(&self) -> &Backend {
-        &self.inner.backend
+    /// The run queue behind the API, whichever engine keeps it.
+    pub fn queue(&self) -> &dyn RunQueue {
+        &*self.inner.queue
     }
 
     /// What `GET /metrics` reports.
@@ -167,7 +170,7 @@ impl AppState {
 
     /// The limiter behind the API (for embedding and tests).
     pub fn limiter(&self) -> &Limiter<DynStore> {
-        self.inner.backend.limiter()
+        self.inner.queue.limiter()
     }
 
     /// The current time on the server's clock.

@@ -4,13 +4,16 @@
 //! One file per job, so each can be read (and changed) without the others: construction and
 //! the queue API here; `journal` (every change journaled in order), `recovery` (restoring and
 //! replaying after a restart), `direct_use` (journalling direct acquires), `retention`
-//! (forgetting ended runs), `background` (the tasks an engine spawns).
+//! (forgetting ended runs), `background` (the tasks an engine spawns), `run_queue` (the engine as
+//! a [`RunQueue`](crate::RunQueue); the long-poll is the one both engines share, in
+//! `crate::queue::run_queue`).
 
 mod background;
 mod direct_use;
 mod journal;
 mod recovery;
 mod retention;
+mod run_queue;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,7 +22,6 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 use tollgate_core::Limit;
 
 use crate::db::{Db, StoredState, Write};
@@ -27,6 +29,7 @@ use crate::error::Error;
 use crate::limiter::Limiter;
 use crate::metrics::QueueMetrics;
 use crate::queue::run::{LeasedRun, Run, RunState, RunView};
+use crate::queue::run_queue::{LeaseAttempt, check_name, compile_task, tasks_naming};
 use crate::queue::state::{QueueState, WaitKey};
 use crate::spec::{LimitSpec, LimitSpecExt};
 use crate::store::memory::MemoryStore;
@@ -36,8 +39,7 @@ use background::{spawn_pruning, spawn_snapshots, spawn_timer};
 use direct_use::DirectEntry;
 pub use retention::DEFAULT_RETENTION;
 
-/// Most runs one lease call returns (the API's limit on `max`).
-pub use tollgate_api::MAX_LEASE_BATCH;
+pub use crate::queue::run_queue::MAX_LEASE_BATCH;
 
 /// The embedded server's core. Cheap to clone. Must be created inside a tokio runtime: it
 /// spawns the task that fires parked runs' timers and lease expiries.
@@ -75,7 +77,8 @@ struct Inner<S: Store> {
     direct: Mutex<HashMap<Namespace, HashMap<String, DirectEntry>>>,
     /// How long ended runs are kept (nanoseconds; 0: forever).
     retention: std::sync::atomic::AtomicU64,
-    /// Lease calls in progress: a timer that wakes one leaves its own changes to that call's
+    /// Lease calls in progress (counted by the shared long-poll, through
+    /// `LeaseQueue::lease_calls`): a timer that wakes one leaves its own changes to that call's
     /// commit ([`Engine::apply`]).
     leasing: std::sync::atomic::AtomicUsize,
 }
@@ -134,11 +137,7 @@ impl<S: Store + 'static> Engine<S> {
     }
 
     fn compile(&self, name: &str, spec: TaskSpec) -> Result<Task, Error> {
-        let limiter = &self.inner.limiter;
-        Task::compile(name, spec, &|key| {
-            limiter.get(key).ok().flatten().map(|i| i.limit)
-        })
-        .map_err(Error::Spec)
+        compile_task(&self.inner.limiter, name, spec)
     }
 
     /// Declares or redefines static limit `key` (usage kept), durably.
@@ -315,6 +314,9 @@ impl<S: Store + 'static> Engine<S> {
     /// which is nothing. `stop` only cuts the wait, never a lease being committed, so unlike
     /// dropping the future it never leaves runs leased to nobody.
     ///
+    /// The long-poll is the one both engines share ([`crate::queue::run_queue::lease_until`]),
+    /// over [`Engine::try_lease`].
+    ///
     /// # Errors
     /// Store failures.
     pub async fn lease_until(
@@ -325,33 +327,31 @@ impl<S: Store + 'static> Engine<S> {
         wait: Duration,
         stop: impl Future<Output = ()>,
     ) -> Result<Vec<LeasedRun>, Error> {
-        let max = max.clamp(1, MAX_LEASE_BATCH);
-        let deadline = Instant::now() + wait;
-        let _leasing = Leasing::enter(&self.inner.leasing);
-        tokio::pin!(stop);
-        loop {
-            let notified = self.inner.ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let leased = self
-                .mutate(Vec::new(), |st, now, store| {
-                    let ids = st.lease(worker_id, tasks, max, now, store);
-                    Ok(ids
-                        .iter()
-                        .map(|id| LeasedRun::from(&st.runs[id]))
-                        .collect::<Vec<_>>())
-                })
-                .await?;
-            if !leased.is_empty() || Instant::now() >= deadline {
-                return Ok(leased);
-            }
-            tokio::select! {
-                () = &mut notified => {}
-                () = tokio::time::sleep_until(deadline) => {}
-                // Nothing is held while waiting, so nothing is lost by stopping here.
-                () = &mut stop => return Ok(Vec::new()),
-            }
-        }
+        crate::queue::run_queue::lease_until(self, worker_id, tasks, max, wait, stop).await
+    }
+
+    /// One attempt at leasing up to `max` runs of `tasks` for `worker_id`, without waiting
+    /// (what [`Engine::lease_until`] repeats). `max` is taken as given.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn try_lease(
+        &self,
+        worker_id: &str,
+        tasks: &[String],
+        max: usize,
+    ) -> Result<LeaseAttempt, Error> {
+        let runs = self
+            .mutate(Vec::new(), |st, now, store| {
+                let ids = st.lease(worker_id, tasks, max, now, store);
+                Ok(ids
+                    .iter()
+                    .map(|id| LeasedRun::from(&st.runs[id]))
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        // Every ready run of these tasks was offered: nothing is left to try before a wakeup.
+        Ok(LeaseAttempt { runs, more: false })
     }
 
     /// Extends a running run's lease; returns the new expiry. `attempt`, when given, must be
@@ -500,43 +500,8 @@ impl<S: Store + 'static> Engine<S> {
     }
 }
 
-/// Counts a lease call in progress for as long as it lives (dropped futures included).
-struct Leasing<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> Leasing<'a> {
-    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Leasing<'a> {
-        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Leasing(count)
-    }
-}
-
-impl Drop for Leasing<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// A run's view, right after the call that changed it (the run exists).
 fn view(st: &QueueState, id: &str) -> RunView {
     st.view(id)
         .unwrap_or_else(|| unreachable!("the run {id} was just changed"))
-}
-
-/// The tasks (by name, sorted) that name declared limit `key` as a `static_key`.
-pub(crate) fn tasks_naming<'a>(
-    tasks: impl Iterator<Item = &'a Arc<Task>>,
-    key: &str,
-) -> Vec<String> {
-    let mut names: Vec<String> = tasks
-        .filter(|t| t.uses_static_key(key))
-        .map(|t| t.name.clone())
-        .collect();
-    names.sort();
-    names
-}
-
-fn check_name(name: &str) -> Result<(), Error> {
-    crate::error::check_key(name).map_err(|_| Error::InvalidName {
-        name: name.chars().take(64).collect(),
-    })
 }

@@ -1,5 +1,8 @@
 //! The task-run admission queue: runs wait, parked with an exact `eligible_at`, until every
-//! limit they name allows them. [`Engine`](crate::Engine) is its API; `state` its state machine.
+//! limit they name allows them. [`Engine`](crate::Engine) is its API; `state` its state machine;
+//! `run_queue` the interface both engines implement ([`RunQueue`](crate::RunQueue)) and the front
+//! they share (the long-poll, name checks, compiling tasks).
 
 pub mod run;
+pub mod run_queue;
 pub(crate) mod state;

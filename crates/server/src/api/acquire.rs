@@ -208,7 +208,7 @@ async fn decide(
             count_decisions(state, entries, &acquired);
             if acquired.allowed {
                 // Journalled so that after a crash these keys are treated as fully used.
-                state.backend().note_direct_use(&engine).await?;
+                state.queue().note_direct_use(&engine).await?;
             }
             Ok(answer(entries, &acquired))
         }

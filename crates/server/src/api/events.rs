@@ -45,19 +45,13 @@ async fn emit(
     }
     let additional_metadata = metadata(req.additional_metadata);
     let runs = match state
-        .backend()
+        .queue()
         .emit(&name, req.data.clone(), additional_metadata.clone())
         .await
     {
         Ok(runs) => runs,
         Err(e @ tollgate::Error::Expression { .. }) => {
-            return Err(expression_error(
-                &state,
-                &name,
-                &req.data,
-                &additional_metadata,
-                e,
-            ));
+            return Err(expression_error(&state, &name, &req.data, &additional_metadata, e).await);
         }
         Err(e) => return Err(e.into()),
     };
@@ -74,7 +68,7 @@ async fn emit(
 
 /// The engine's error names the field but not which of the triggered tasks it belongs to:
 /// render them again, as the engine did, to say which one failed. Only on this error path.
-fn expression_error(
+async fn expression_error(
     state: &AppState,
     name: &str,
     data: &Value,
@@ -86,8 +80,9 @@ fn expression_error(
         .with_metadata(additional_metadata)
         .with_event(&event);
     let failing = state
-        .backend()
+        .queue()
         .tasks()
+        .await
         .unwrap_or_default()
         .into_iter()
         .filter(|t| t.triggers.iter().any(|t| t == name))

@@ -170,7 +170,7 @@ async fn put(
         .with_field("algorithm"));
     }
     // Durable (SQLite) before it is answered.
-    state.backend().put_limit(&key, spec).await?;
+    state.queue().put_limit(&key, spec).await?;
     match state.limiter().get(&key)? {
         Some(info) => Ok(Json(view(info))),
         // Removed by a concurrent DELETE between the two calls.
@@ -185,7 +185,7 @@ async fn remove(
     Segment(key): Segment,
 ) -> Result<StatusCode, ApiError> {
     validate_key(&key, "key")?;
-    if state.backend().remove_limit(&key).await? {
+    if state.queue().remove_limit(&key).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(unknown(&key))

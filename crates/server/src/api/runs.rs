@@ -76,7 +76,7 @@ async fn enqueue(
 ) -> Result<Response, ApiError> {
     let Segment(name) = name.map_err(|_| unknown_task("(not UTF-8)"))?;
     let run = state
-        .backend()
+        .queue()
         .enqueue(&name, req.input, metadata(req.additional_metadata))
         .await
         .map_err(|e| match e {
@@ -107,9 +107,14 @@ fn run_id(segment: Result<Segment, ApiError>) -> Result<String, ApiError> {
 }
 
 /// Engine errors of the worker calls, with a clearer word when a stale attempt is the cause.
-fn run_error(state: &AppState, id: &str, attempt: Option<u32>, e: tollgate::Error) -> ApiError {
+async fn run_error(
+    state: &AppState,
+    id: &str,
+    attempt: Option<u32>,
+    e: tollgate::Error,
+) -> ApiError {
     if let tollgate::Error::InvalidState { action, .. } = &e
-        && let (Some(asked), Ok(run)) = (attempt, state.backend().run(id))
+        && let (Some(asked), Ok(run)) = (attempt, state.queue().run(id).await)
         && run.state == RunState::Running
         && run.attempt != asked
     {
@@ -133,7 +138,7 @@ async fn get_one(
     id: Result<Segment, ApiError>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = run_id(id)?;
-    state.backend().run(&id).map(Json).map_err(|e| match e {
+    state.queue().run(&id).await.map(Json).map_err(|e| match e {
         tollgate::Error::UnknownRun { .. } => unknown_run(&id),
         // Redis mode: unreachable is 503, not "no such run".
         other => other.into(),
@@ -148,11 +153,10 @@ async fn heartbeat(
     JsonBody(req): JsonBody<AttemptRequest>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = run_id(id)?;
-    let run = state
-        .backend()
-        .heartbeat(&id, req.attempt)
-        .await
-        .map_err(|e| run_error(&state, &id, req.attempt, e))?;
+    let run = match state.queue().heartbeat(&id, req.attempt).await {
+        Ok(run) => run,
+        Err(e) => return Err(run_error(&state, &id, req.attempt, e).await),
+    };
     Ok(Json(run))
 }
 
@@ -163,11 +167,10 @@ async fn complete(
     JsonBody(req): JsonBody<CompleteRequest>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = run_id(id)?;
-    let run = state
-        .backend()
-        .complete(&id, req.attempt, req.output)
-        .await
-        .map_err(|e| run_error(&state, &id, req.attempt, e))?;
+    let run = match state.queue().complete(&id, req.attempt, req.output).await {
+        Ok(run) => run,
+        Err(e) => return Err(run_error(&state, &id, req.attempt, e).await),
+    };
     Ok(Json(run))
 }
 
@@ -179,11 +182,14 @@ async fn fail(
     JsonBody(req): JsonBody<FailRequest>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = run_id(id)?;
-    let run = state
-        .backend()
+    let run = match state
+        .queue()
         .fail(&id, req.attempt, req.error, req.retry)
         .await
-        .map_err(|e| run_error(&state, &id, req.attempt, e))?;
+    {
+        Ok(run) => run,
+        Err(e) => return Err(run_error(&state, &id, req.attempt, e).await),
+    };
     Ok(Json(run))
 }
 
@@ -195,11 +201,10 @@ async fn release(
     JsonBody(req): JsonBody<AttemptRequest>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = run_id(id)?;
-    let run = state
-        .backend()
-        .release(&id, req.attempt)
-        .await
-        .map_err(|e| run_error(&state, &id, req.attempt, e))?;
+    let run = match state.queue().release(&id, req.attempt).await {
+        Ok(run) => run,
+        Err(e) => return Err(run_error(&state, &id, req.attempt, e).await),
+    };
     Ok(Json(run))
 }
 
@@ -211,11 +216,10 @@ async fn cancel(
     JsonBody(CancelRequest {}): JsonBody<CancelRequest>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = run_id(id)?;
-    let run = state
-        .backend()
-        .cancel(&id)
-        .await
-        .map_err(|e| run_error(&state, &id, None, e))?;
+    let run = match state.queue().cancel(&id).await {
+        Ok(run) => run,
+        Err(e) => return Err(run_error(&state, &id, None, e).await),
+    };
     Ok(Json(run))
 }
 
@@ -318,7 +322,7 @@ async fn list(
 ) -> Result<Json<Listing>, ApiError> {
     let q = ListQuery::parse(query.as_deref())?;
     if let Some(task) = &q.task
-        && state.backend().task(task)?.is_none()
+        && state.queue().task(task).await?.is_none()
     {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -327,7 +331,10 @@ async fn list(
         )
         .with_field("task"));
     }
-    let runs = state.backend().runs(q.task.as_deref(), q.state, q.limit)?;
+    let runs = state
+        .queue()
+        .runs(q.task.as_deref(), q.state, q.limit)
+        .await?;
     Ok(Json(Listing { runs }))
 }
 

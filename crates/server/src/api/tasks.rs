@@ -37,9 +37,9 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 /// Runs of one task in each state.
-fn depths(state: &AppState) -> Result<HashMap<String, Depth>, ApiError> {
+async fn depths(state: &AppState) -> Result<HashMap<String, Depth>, ApiError> {
     let mut out: HashMap<String, Depth> = HashMap::new();
-    for (task, run_state, n) in state.backend().depth()? {
+    for (task, run_state, n) in state.queue().depth().await? {
         out.entry(task).or_default().add(run_state, n);
     }
     Ok(out)
@@ -84,11 +84,12 @@ fn task_name(segment: Result<Segment, ApiError>) -> Result<String, ApiError> {
 }
 
 /// Every task with its depth, by name.
-pub(crate) fn views(state: &AppState) -> Result<Vec<TaskView>, ApiError> {
-    let depths = depths(state)?;
+pub(crate) async fn views(state: &AppState) -> Result<Vec<TaskView>, ApiError> {
+    let depths = depths(state).await?;
     Ok(state
-        .backend()
-        .tasks()?
+        .queue()
+        .tasks()
+        .await?
         .iter()
         .map(|t| view(t, depths.get(&t.name).copied().unwrap_or_default()))
         .collect())
@@ -97,7 +98,7 @@ pub(crate) fn views(state: &AppState) -> Result<Vec<TaskView>, ApiError> {
 /// `GET /v1/tasks`: every task, by name.
 async fn list(State(state): State<AppState>) -> Result<Json<Listing>, ApiError> {
     Ok(Json(Listing {
-        tasks: views(&state)?,
+        tasks: views(&state).await?,
     }))
 }
 
@@ -108,10 +109,11 @@ async fn get_one(
 ) -> Result<Json<TaskView>, ApiError> {
     let name = task_name(name)?;
     let task = state
-        .backend()
-        .task(&name)?
+        .queue()
+        .task(&name)
+        .await?
         .ok_or_else(|| unknown_task(&name))?;
-    let depth = depths(&state)?.remove(&name).unwrap_or_default();
+    let depth = depths(&state).await?.remove(&name).unwrap_or_default();
     Ok(Json(view(&task, depth)))
 }
 
@@ -126,11 +128,11 @@ async fn put(
         ApiError::bad_request(ErrorCode::InvalidName, "a task name must be UTF-8 text")
             .with_field("name")
     })?;
-    let task = state.backend().put_task(&name, spec).await.map_err(|e| {
+    let task = state.queue().put_task(&name, spec).await.map_err(|e| {
         let named = matches!(e, tollgate::Error::InvalidName { .. });
         let err = ApiError::from(e);
         if named { err.with_field("name") } else { err }
     })?;
-    let depth = depths(&state)?.remove(&name).unwrap_or_default();
+    let depth = depths(&state).await?.remove(&name).unwrap_or_default();
     Ok(Json(view(&task, depth)))
 }

@@ -24,6 +24,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
+use tollgate::queue::run_queue::lease_until;
 use tollgate::{MAX_KEY_LEN, MAX_LEASE_BATCH};
 use tollgate_api::{ErrorCode, LeasedRuns as LeaseAnswer, WorkerLeaseRequest as LeaseRequest};
 
@@ -40,7 +41,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
 }
 
 /// The request's tasks, deduplicated in order, once they are all known to be defined.
-fn validate(state: &AppState, req: &LeaseRequest) -> Result<(Vec<String>, usize), ApiError> {
+async fn validate(state: &AppState, req: &LeaseRequest) -> Result<(Vec<String>, usize), ApiError> {
     if req.worker_id.is_empty()
         || req.worker_id.len() > MAX_KEY_LEN
         || req.worker_id.chars().any(char::is_control)
@@ -70,7 +71,7 @@ fn validate(state: &AppState, req: &LeaseRequest) -> Result<(Vec<String>, usize)
         })?;
     let mut tasks: Vec<String> = Vec::with_capacity(req.tasks.len());
     for (i, name) in req.tasks.iter().enumerate() {
-        if state.backend().task(name)?.is_none() {
+        if state.queue().task(name).await?.is_none() {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::UnknownTask,
@@ -91,13 +92,18 @@ async fn lease(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<LeaseRequest>,
 ) -> Result<Json<LeaseAnswer>, ApiError> {
-    let (tasks, max) = validate(&state, &req)?;
+    let (tasks, max) = validate(&state, &req).await?;
     let wait = Duration::from_millis(req.wait_ms.unwrap_or(0)).min(state.settings().max_wait);
     // Shutdown ends the wait, never a lease being committed: a dropped call could leave runs
     // leased to nobody until their lease expires.
-    let runs = state
-        .backend()
-        .lease_until(&req.worker_id, &tasks, max, wait, state.shutting_down())
-        .await?;
+    let runs = lease_until(
+        state.queue(),
+        &req.worker_id,
+        &tasks,
+        max,
+        wait,
+        state.shutting_down(),
+    )
+    .await?;
     Ok(Json(LeaseAnswer { runs }))
 }

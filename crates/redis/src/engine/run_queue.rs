@@ -1,0 +1,156 @@
+//! The Redis engine as a [`RunQueue`]: every method delegates to the engine's own.
+//!
+//! The reads (`task`, `tasks`, `run`, `runs`, `depth`, and the IO inside the writing calls) still
+//! do blocking IO on a pooled connection, under the store's `block_in_place` helper, inside
+//! these futures; making the Redis IO itself asynchronous is a later change (issue 10: "Redis
+//! calls stop blocking runtime threads"). The trait already has the asynchronous shape it needs.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::Notify;
+use tollgate::metrics::QueueMetrics;
+use tollgate::{
+    DynStore, LeaseAttempt, LeaseQueue, LimitSpec, Limiter, QueueFuture, RunQueue, RunState,
+    RunView, Task, TaskSpec,
+};
+use tollgate_core::{Limit, Period};
+
+use super::RedisEngine;
+
+impl LeaseQueue for RedisEngine {
+    fn try_lease<'a>(
+        &'a self,
+        worker_id: &'a str,
+        tasks: &'a [String],
+        max: usize,
+    ) -> QueueFuture<'a, LeaseAttempt> {
+        Box::pin(RedisEngine::try_lease(self, worker_id, tasks, max))
+    }
+
+    fn ready(&self) -> &Notify {
+        &self.inner.ready
+    }
+
+    /// Another node's pub/sub message may be lost: a waiting long-poll looks at Redis at least
+    /// this often ([`RedisEngine::set_poll_interval`]).
+    fn poll_interval(&self) -> Option<Duration> {
+        Some(RedisEngine::poll_interval(self))
+    }
+}
+
+impl RunQueue for RedisEngine {
+    fn mode(&self) -> &'static str {
+        "redis"
+    }
+
+    fn limiter(&self) -> &Limiter<DynStore> {
+        RedisEngine::limiter(self)
+    }
+
+    fn put_limit<'a>(&'a self, key: &'a str, spec: LimitSpec) -> QueueFuture<'a, Limit> {
+        Box::pin(RedisEngine::put_limit(self, key, spec))
+    }
+
+    fn remove_limit<'a>(&'a self, key: &'a str) -> QueueFuture<'a, bool> {
+        Box::pin(RedisEngine::remove_limit(self, key))
+    }
+
+    fn put_task<'a>(&'a self, name: &'a str, spec: TaskSpec) -> QueueFuture<'a, Arc<Task>> {
+        Box::pin(RedisEngine::put_task(self, name, spec))
+    }
+
+    fn task<'a>(&'a self, name: &'a str) -> QueueFuture<'a, Option<Arc<Task>>> {
+        Box::pin(async move { RedisEngine::task(self, name) })
+    }
+
+    fn tasks(&self) -> QueueFuture<'_, Vec<Arc<Task>>> {
+        Box::pin(async move { RedisEngine::tasks(self) })
+    }
+
+    fn enqueue<'a>(
+        &'a self,
+        task: &'a str,
+        input: Value,
+        additional_metadata: Value,
+    ) -> QueueFuture<'a, RunView> {
+        Box::pin(RedisEngine::enqueue(self, task, input, additional_metadata))
+    }
+
+    fn emit<'a>(
+        &'a self,
+        name: &'a str,
+        data: Value,
+        additional_metadata: Value,
+    ) -> QueueFuture<'a, Vec<RunView>> {
+        Box::pin(RedisEngine::emit(self, name, data, additional_metadata))
+    }
+
+    fn heartbeat<'a>(&'a self, id: &'a str, attempt: Option<u32>) -> QueueFuture<'a, RunView> {
+        Box::pin(RedisEngine::heartbeat(self, id, attempt))
+    }
+
+    fn complete<'a>(
+        &'a self,
+        id: &'a str,
+        attempt: Option<u32>,
+        output: Option<Value>,
+    ) -> QueueFuture<'a, RunView> {
+        Box::pin(RedisEngine::complete(self, id, attempt, output))
+    }
+
+    fn fail<'a>(
+        &'a self,
+        id: &'a str,
+        attempt: Option<u32>,
+        error: String,
+        retry: bool,
+    ) -> QueueFuture<'a, RunView> {
+        Box::pin(RedisEngine::fail(self, id, attempt, error, retry))
+    }
+
+    fn release<'a>(&'a self, id: &'a str, attempt: Option<u32>) -> QueueFuture<'a, RunView> {
+        Box::pin(RedisEngine::release(self, id, attempt))
+    }
+
+    fn cancel<'a>(&'a self, id: &'a str) -> QueueFuture<'a, RunView> {
+        Box::pin(RedisEngine::cancel(self, id))
+    }
+
+    fn run<'a>(&'a self, id: &'a str) -> QueueFuture<'a, RunView> {
+        Box::pin(async move { RedisEngine::run(self, id) })
+    }
+
+    fn runs<'a>(
+        &'a self,
+        task: Option<&'a str>,
+        state: Option<RunState>,
+        limit: usize,
+    ) -> QueueFuture<'a, Vec<RunView>> {
+        Box::pin(async move { RedisEngine::runs(self, task, state, limit) })
+    }
+
+    fn depth(&self) -> QueueFuture<'_, Vec<(String, RunState, u64)>> {
+        Box::pin(async move { RedisEngine::depth(self) })
+    }
+
+    fn metrics(&self) -> QueueMetrics {
+        RedisEngine::metrics(self)
+    }
+
+    // `note_direct_use`: the default (nothing to do). Redis keeps direct use itself.
+
+    fn set_retention(&self, retention: Period) {
+        RedisEngine::set_retention(self, retention);
+    }
+
+    fn prune(&self) -> QueueFuture<'_, usize> {
+        Box::pin(RedisEngine::prune(self))
+    }
+
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(RedisEngine::close(self))
+    }
+}
