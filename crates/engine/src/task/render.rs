@@ -50,8 +50,11 @@ pub struct Rendered {
     /// Rate limits, in the order of `rate_limits`.
     pub rate: Vec<RenderedLimit>,
     /// Concurrency limits, in the order of `concurrency`.
+    // Left out of the journal when empty or absent: every run is written at each change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub concurrency: Vec<RenderedConcurrency>,
     /// The rendered idempotency key, when the task has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
 }
 
@@ -72,6 +75,7 @@ pub struct RenderedLimit {
     pub key: String,
     /// `None` for a static key; for a dynamic key, the canonical definition
     /// ([`LimitSpec::from_limit`]) with the numbers rendered for this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic: Option<LimitSpec>,
     /// Units this run takes.
     pub units: u32,
