@@ -23,10 +23,11 @@ use std::sync::Arc;
 use serde_json::Value;
 use tollgate_core::{Nanos, Period};
 
+use super::key_uses::KeyUses;
 use super::run::{Run, RunPolicy, RunState, RunView};
 use crate::error::Error;
 use crate::metrics::{Metrics, Transition};
-use crate::spec::{LimitSpec, LimitSpecExt};
+use crate::spec::LimitSpecExt;
 use crate::store::{AcquireEntry, Store};
 use crate::task::{OnLimit, Rendered, RunContext, Task};
 
@@ -81,18 +82,6 @@ impl WaitKey {
     }
 }
 
-/// What the runs not yet ended name, per key (docs/design.md §3): how many of them name it,
-/// and for a dynamic key the newest definition, which applies to every run on the key.
-#[derive(Debug, Default)]
-struct KeyUse {
-    /// Rate entries and concurrency entries of runs not yet ended that name the key.
-    users: u32,
-    /// A dynamic rate key's newest definition.
-    rate: Option<LimitSpec>,
-    /// A concurrency key's newest limit.
-    limit: u32,
-}
-
 /// Result of trying to start (or reserve) a run.
 enum Admission {
     Admitted,
@@ -132,7 +121,7 @@ pub(crate) struct QueueState {
     /// The one timer each parked rate key's head holds.
     timer_at: HashMap<WaitKey, Nanos>,
     /// What the runs not yet ended name, per key.
-    key_uses: HashMap<WaitKey, KeyUse>,
+    key_uses: KeyUses,
     leases: BinaryHeap<Reverse<(Nanos, String)>>,
     /// Concurrency slots held, by key.
     live: HashMap<String, u32>,
@@ -149,21 +138,15 @@ pub(crate) struct QueueState {
 }
 
 /// The acquire entries of `run`'s rate limits, a dynamic key with its newest definition.
-fn entries<'a>(
-    run: &'a Run,
-    key_uses: &'a HashMap<WaitKey, KeyUse>,
-) -> Result<Vec<AcquireEntry<'a>>, String> {
+fn entries<'a>(run: &'a Run, key_uses: &'a KeyUses) -> Result<Vec<AcquireEntry<'a>>, String> {
     run.rendered
         .rate
         .iter()
         .map(|r| {
-            let newest = r.dynamic.as_ref().and_then(|_| {
-                let k = WaitKey::Rate {
-                    dynamic: true,
-                    key: r.key.clone(),
-                };
-                key_uses.get(&k).and_then(|u| u.rate.as_ref())
-            });
+            let newest = r
+                .dynamic
+                .as_ref()
+                .and_then(|_| key_uses.newest_rate(&r.key));
             match newest {
                 Some(spec) => spec
                     .to_rate_limit()
@@ -173,60 +156,6 @@ fn entries<'a>(
             .map_err(|e| format!("invalid limit for key {:?}: {e}", r.key))
         })
         .collect()
-}
-
-/// Counts the keys `rendered` names as used, and makes its dynamic definitions the newest.
-/// Returns the keys whose definition this changed while other runs used them, to re-plan.
-fn register(key_uses: &mut HashMap<WaitKey, KeyUse>, rendered: &Rendered) -> Vec<WaitKey> {
-    let mut changed = Vec::new();
-    for (key, spec, limit) in named_keys(rendered) {
-        let is_conc = matches!(key, WaitKey::Concurrency(_));
-        let u = key_uses.entry(key.clone()).or_default();
-        let had = u.users > 0;
-        u.users += 1;
-        let differs = if is_conc {
-            std::mem::replace(&mut u.limit, limit) != limit
-        } else if let Some(spec) = spec {
-            u.rate.replace(spec.clone()).as_ref() != Some(spec)
-        } else {
-            false
-        };
-        if had && differs && !changed.contains(&key) {
-            changed.push(key);
-        }
-    }
-    changed
-}
-
-/// A run that named the keys of `rendered` ended: each loses a user.
-fn unregister(key_uses: &mut HashMap<WaitKey, KeyUse>, rendered: &Rendered) {
-    for (key, _, _) in named_keys(rendered) {
-        if let Some(u) = key_uses.get_mut(&key) {
-            u.users = u.users.saturating_sub(1);
-            if u.users == 0 {
-                key_uses.remove(&key);
-            }
-        }
-    }
-}
-
-/// Every key `rendered` names, as wait keys, with what a dynamic one says.
-fn named_keys(rendered: &Rendered) -> impl Iterator<Item = (WaitKey, Option<&LimitSpec>, u32)> {
-    let rate = rendered.rate.iter().map(|r| {
-        (
-            WaitKey::Rate {
-                dynamic: r.dynamic.is_some(),
-                key: r.key.clone(),
-            },
-            r.dynamic.as_ref(),
-            0,
-        )
-    });
-    let conc = rendered
-        .concurrency
-        .iter()
-        .map(|c| (WaitKey::Concurrency(c.key.clone()), None, c.limit));
-    rate.chain(conc)
 }
 
 impl QueueState {
@@ -276,22 +205,18 @@ impl QueueState {
     /// Run `id` ended: the keys it named lose a user.
     fn unregister(&mut self, id: &str) {
         if let Some(run) = self.runs.get(id) {
-            unregister(&mut self.key_uses, &run.rendered);
+            self.key_uses.unregister(&run.rendered);
         }
     }
 
     /// How many runs not yet ended name declared limit `key`.
     pub(crate) fn declared_users(&self, key: &str) -> u32 {
-        self.key_uses
-            .get(&WaitKey::declared(key))
-            .map_or(0, |u| u.users)
+        self.key_uses.declared_users(key)
     }
 
     /// The limit of concurrency key `key` in force: its newest.
     fn concurrency_limit(&self, key: &str, own: u32) -> u32 {
-        self.key_uses
-            .get(&WaitKey::Concurrency(key.to_owned()))
-            .map_or(own, |u| u.limit)
+        self.key_uses.newest_limit(key).unwrap_or(own)
     }
 
     /// A limit changed (a declared limit redefined, or a dynamic key's newest definition):
@@ -470,7 +395,7 @@ impl QueueState {
         // dynamic key is its own, and a key whose definition this changed is re-planned below.
         let live = run.state == RunState::Queued;
         let changed = if live {
-            register(&mut self.key_uses, &run.rendered)
+            self.key_uses.register(&run.rendered)
         } else {
             Vec::new()
         };
@@ -495,7 +420,7 @@ impl QueueState {
                     run.waiting_on = run.rendered.rate.get(i).map(|r| r.key.clone());
                 }
                 Ok(Err(e)) if e.is_transient() => {
-                    unregister(&mut self.key_uses, &run.rendered);
+                    self.key_uses.unregister(&run.rendered);
                     return Err(e);
                 }
                 Ok(Err(e)) => {
@@ -528,7 +453,7 @@ impl QueueState {
             _ => {}
         }
         if live && run.state != RunState::Queued {
-            unregister(&mut self.key_uses, &run.rendered);
+            self.key_uses.unregister(&run.rendered);
         }
         self.runs.insert(id.clone(), run);
         self.dirty.push(id.clone());
@@ -561,7 +486,7 @@ impl QueueState {
         }
         if !run.state.is_final() {
             // Restore goes by seq: the newest definition of a dynamic key ends up in force.
-            register(&mut self.key_uses, &run.rendered);
+            self.key_uses.register(&run.rendered);
         }
         let parked_on = (run.state == RunState::Waiting)
             .then(|| Self::wait_key_of(&run))
