@@ -346,11 +346,11 @@ fn the_redis_queue_decides_every_step_as_the_embedded_one() {
         return;
     };
     let runtime = runtime();
-    // 64 cases per build; `PROPTEST_CASES=5000` for a deeper search.
+    // 256 cases per build (about 15 s); `PROPTEST_CASES=5000` for a deeper search.
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
+        .unwrap_or(256);
     let config = ProptestConfig {
         cases,
         ..ProptestConfig::default()
