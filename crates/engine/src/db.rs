@@ -478,7 +478,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<(), String> {
                 run.id,
                 run.seq as i64,
                 run.task,
-                run.state.as_str(),
+                run.state().as_str(),
                 json(run.as_ref())?
             ],
         ),

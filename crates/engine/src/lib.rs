@@ -71,7 +71,7 @@ pub use engine::{DEFAULT_RETENTION, Engine, MAX_LEASE_BATCH};
 pub use error::{Error, MAX_KEY_LEN, StoreError, check_key, key_problem};
 pub use limiter::{LeaseGuard, Limiter};
 pub use metrics::{QueueMetrics, Transition};
-pub use queue::run::{LeasedRun, Run, RunPolicy, RunState, RunView};
+pub use queue::run::{LeasedRun, Run, RunPhase, RunPolicy, RunState, RunView, WaitKey};
 pub use queue::run_queue::{LeaseAttempt, LeaseQueue, QueueFuture, RunQueue};
 pub use spec::{DEFAULT_LEASE_TTL, LimitSpec, LimitSpecExt, SpecError};
 pub use store::memory::MemoryStore;

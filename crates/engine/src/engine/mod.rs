@@ -442,7 +442,7 @@ impl<S: Store + 'static> Engine<S> {
         let mut runs: Vec<&Run> = st
             .runs
             .values()
-            .filter(|r| task.is_none_or(|t| r.task == t) && state.is_none_or(|s| r.state == s))
+            .filter(|r| task.is_none_or(|t| r.task == t) && state.is_none_or(|s| r.state() == s))
             .collect();
         runs.sort_by_key(|r| std::cmp::Reverse(r.seq));
         runs.into_iter()

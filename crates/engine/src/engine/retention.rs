@@ -45,7 +45,7 @@ impl<S: Store + 'static> Engine<S> {
                 let old: Vec<String> = st
                     .runs
                     .values()
-                    .filter(|r| r.state.is_final() && r.updated_at <= cutoff)
+                    .filter(|r| r.state().is_final() && r.updated_at <= cutoff)
                     .filter(|r| !consumption_counts(store, r, now))
                     .map(|r| r.id.clone())
                     .collect();

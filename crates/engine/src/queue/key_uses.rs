@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use crate::spec::LimitSpec;
 use crate::task::Rendered;
 
-use super::state::WaitKey;
+use super::run::WaitKey;
 
 /// One key's users and newest definition.
 #[derive(Debug, Default)]

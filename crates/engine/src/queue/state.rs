@@ -15,6 +15,12 @@
 //! - Concurrency slots are taken at lease and held until the run ends or its lease lapses; a
 //!   freed slot goes to the head of that key's FIFO (reserved for it).
 //! - Parked runs sit in no ready queue, hold no worker slot and consume no attempt.
+//!
+//! Each transition assigns the run a new [`RunPhase`], which carries what belongs to the state
+//! (the key a waiting run is parked on, with its namespace, and its `eligible_at`; a running
+//! run's lease and worker; a skipped run's reason): nothing of the phase it leaves is left
+//! behind. What outlives a phase (attempt, error, output, reserved units, held slots,
+//! `consumed_at`) stays on the run and is managed here by hand.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -24,63 +30,13 @@ use serde_json::Value;
 use tollgate_core::{Nanos, Period};
 
 use super::key_uses::KeyUses;
-use super::run::{Run, RunPolicy, RunState, RunView};
+pub(crate) use super::run::WaitKey;
+use super::run::{Run, RunPhase, RunPolicy, RunState, RunView};
 use crate::error::Error;
 use crate::metrics::{Metrics, Transition};
 use crate::spec::LimitSpecExt;
 use crate::store::{AcquireEntry, Store};
 use crate::task::{OnLimit, Rendered, RunContext, Task};
-
-/// What a parked run waits on.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) enum WaitKey {
-    /// A rate limit key (static or dynamic namespace).
-    Rate { dynamic: bool, key: String },
-    /// A concurrency key.
-    Concurrency(String),
-}
-
-/// Timers due at the same instant fire in this order: the order of the Redis engine's wait
-/// keys as strings (`c:<key>` < `rd:<key>` < `rs:<key>`, then the key's bytes), which its
-/// sorted set of timers keeps. Both engines must wake keys in the same order: a run naming
-/// two keys is admitted by whichever wakes first (docs/design.md §3.12).
-impl Ord for WaitKey {
-    fn cmp(&self, other: &WaitKey) -> std::cmp::Ordering {
-        fn rank(k: &WaitKey) -> (u8, &str) {
-            match k {
-                WaitKey::Concurrency(key) => (0, key),
-                WaitKey::Rate { dynamic: true, key } => (1, key),
-                WaitKey::Rate {
-                    dynamic: false,
-                    key,
-                } => (2, key),
-            }
-        }
-        rank(self).cmp(&rank(other))
-    }
-}
-
-impl PartialOrd for WaitKey {
-    fn partial_cmp(&self, other: &WaitKey) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl WaitKey {
-    fn name(&self) -> &str {
-        match self {
-            WaitKey::Rate { key, .. } | WaitKey::Concurrency(key) => key,
-        }
-    }
-
-    /// A declared (static) limit's key.
-    pub(crate) fn declared(key: &str) -> WaitKey {
-        WaitKey::Rate {
-            dynamic: false,
-            key: key.to_owned(),
-        }
-    }
-}
 
 /// Result of trying to start (or reserve) a run.
 enum Admission {
@@ -247,15 +203,17 @@ impl QueueState {
     pub(crate) fn view(&self, id: &str) -> Option<RunView> {
         let run = self.runs.get(id)?;
         let mut view = RunView::from(run);
-        if run.state == RunState::Waiting
-            && let Some(key @ WaitKey::Rate { .. }) = Self::wait_key_of(run)
-            && let Some(head) = self.parked.get(&key).and_then(|q| q.front())
+        if let RunPhase::Waiting {
+            on: key @ WaitKey::Rate { .. },
+            ..
+        } = &run.phase
+            && let Some(head) = self.parked.get(key).and_then(|q| q.front())
             && head != id
         {
             view.eligible_at_ms = self
                 .runs
                 .get(head)
-                .and_then(|h| h.eligible_at)
+                .and_then(|h| h.phase.eligible_at())
                 .map(Nanos::as_millis_ceil);
         }
         Some(view)
@@ -353,7 +311,7 @@ impl QueueState {
             id: id.clone(),
             seq,
             task: task.name.clone(),
-            state: RunState::Queued,
+            phase: RunPhase::Queued,
             input,
             additional_metadata,
             event,
@@ -361,9 +319,6 @@ impl QueueState {
             max_attempts: task.max_attempts,
             rendered,
             policy: Some(policy),
-            waiting_on: None,
-            eligible_at: None,
-            skip_reason: None,
             error: None,
             output: None,
             created_at: now,
@@ -371,19 +326,18 @@ impl QueueState {
             consumed_at: None,
             reserved: false,
             held: Vec::new(),
-            lease_expires_at: None,
-            worker_id: None,
         };
         if let Some(reason) = failure {
-            run.state = RunState::Failed;
+            run.phase = RunPhase::Failed { worker_id: None };
             run.error = Some(reason);
         } else if let Some(key) = run.rendered.idempotency_key.clone() {
             self.sweep_seen(now);
             let k = (task.name.clone(), key);
             if self.seen.get(&k).is_some_and(|until| *until > now) {
-                run.state = RunState::Skipped;
-                run.skip_reason = Some("duplicate".into());
-                run.waiting_on = Some(k.1.clone());
+                run.phase = RunPhase::Skipped {
+                    reason: "duplicate".into(),
+                    key: Some(k.1.clone()),
+                };
             } else {
                 let period = task
                     .idempotency_period()
@@ -393,13 +347,13 @@ impl QueueState {
         }
         // A run that may still start names its keys from now on: the newest definition of a
         // dynamic key is its own, and a key whose definition this changed is re-planned below.
-        let live = run.state == RunState::Queued;
+        let live = run.state() == RunState::Queued;
         let changed = if live {
             self.key_uses.register(&run.rendered)
         } else {
             Vec::new()
         };
-        if run.state == RunState::Queued
+        if run.state() == RunState::Queued
             && policy.on_limit == OnLimit::Skip
             && !run.rendered.rate.is_empty()
         {
@@ -415,27 +369,28 @@ impl QueueState {
                 }
                 Ok(Ok(a)) => {
                     let i = a.first_denied().unwrap_or(0);
-                    run.state = RunState::Skipped;
-                    run.skip_reason = Some("rate_limited".into());
-                    run.waiting_on = run.rendered.rate.get(i).map(|r| r.key.clone());
+                    run.phase = RunPhase::Skipped {
+                        reason: "rate_limited".into(),
+                        key: run.rendered.rate.get(i).map(|r| r.key.clone()),
+                    };
                 }
                 Ok(Err(e)) if e.is_transient() => {
                     self.key_uses.unregister(&run.rendered);
                     return Err(e);
                 }
                 Ok(Err(e)) => {
-                    run.state = RunState::Failed;
+                    run.phase = RunPhase::Failed { worker_id: None };
                     run.error = Some(e.to_string());
                 }
                 Err(reason) => {
-                    run.state = RunState::Failed;
+                    run.phase = RunPhase::Failed { worker_id: None };
                     run.error = Some(reason);
                 }
             }
         }
         self.metrics
             .transition(&run.task, &run.id, Transition::Enqueued);
-        match run.state {
+        match run.state() {
             RunState::Queued => {
                 self.ready
                     .entry(run.task.clone())
@@ -452,7 +407,7 @@ impl QueueState {
                 .transition(&run.task, &run.id, Transition::Skipped),
             _ => {}
         }
-        if live && run.state != RunState::Queued {
+        if live && run.state() != RunState::Queued {
             self.key_uses.unregister(&run.rendered);
         }
         self.runs.insert(id.clone(), run);
@@ -484,26 +439,25 @@ impl QueueState {
                 lease_timeout: t.lease_timeout,
             }));
         }
-        if !run.state.is_final() {
+        if !run.state().is_final() {
             // Restore goes by seq: the newest definition of a dynamic key ends up in force.
             self.key_uses.register(&run.rendered);
         }
-        let parked_on = (run.state == RunState::Waiting)
-            .then(|| Self::wait_key_of(&run))
-            .flatten();
-        match (run.state, parked_on) {
-            (RunState::Waiting, Some(key)) => {
+        // A waiting run is parked on the key its phase names (a journal's waiting run whose key
+        // none of its limits names was read as queued: see `Run`'s journal form).
+        match &run.phase {
+            RunPhase::Waiting { on, .. } => {
                 // Parks again where it was, in enqueue order (restore goes by seq); the first one
                 // per key is the head and gets the key's timer (finish_restore).
                 for k in &run.held {
                     *self.live.entry(k.clone()).or_default() += 1;
                 }
-                self.parked.entry(key).or_default().push_back(id.clone());
+                self.parked
+                    .entry(on.clone())
+                    .or_default()
+                    .push_back(id.clone());
             }
-            (RunState::Queued | RunState::Waiting, _) => {
-                run.state = RunState::Queued;
-                run.waiting_on = None;
-                run.eligible_at = None;
+            RunPhase::Queued => {
                 for k in &run.held {
                     *self.live.entry(k.clone()).or_default() += 1;
                 }
@@ -514,13 +468,13 @@ impl QueueState {
                     .push_back(id.clone());
                 self.became_ready = true;
             }
-            (RunState::Running, _) => {
+            RunPhase::Running {
+                lease_expires_at, ..
+            } => {
                 for k in &run.held {
                     *self.live.entry(k.clone()).or_default() += 1;
                 }
-                if let Some(t) = run.lease_expires_at {
-                    self.leases.push(Reverse((t, id.clone())));
-                }
+                self.leases.push(Reverse((*lease_expires_at, id.clone())));
             }
             _ => {}
         }
@@ -529,29 +483,13 @@ impl QueueState {
             self.tasks
                 .get(&run.task)
                 .and_then(|t| t.idempotency_period()),
-        ) && run.skip_reason.as_deref() != Some("duplicate")
+        ) && !matches!(&run.phase, RunPhase::Skipped { reason, .. } if reason == "duplicate")
         {
             let until = run.created_at + period.as_nanos();
             let e = self.seen.entry((run.task.clone(), key)).or_insert(until);
             *e = (*e).max(until);
         }
         self.runs.insert(id, run);
-    }
-
-    /// The key a waiting run was parked on, from its rendered limits.
-    fn wait_key_of(run: &Run) -> Option<WaitKey> {
-        let name = run.waiting_on.as_deref()?;
-        if let Some(r) = run.rendered.rate.iter().find(|r| r.key == name) {
-            return Some(WaitKey::Rate {
-                dynamic: r.dynamic.is_some(),
-                key: r.key.clone(),
-            });
-        }
-        run.rendered
-            .concurrency
-            .iter()
-            .find(|c| c.key == name)
-            .map(|c| WaitKey::Concurrency(c.key.clone()))
     }
 
     /// After every run is restored: each rate key's head gets its timer back (at its stored
@@ -566,7 +504,7 @@ impl QueueState {
                         .get(&key)
                         .and_then(|q| q.front())
                         .and_then(|h| self.runs.get(h))
-                        .and_then(|r| r.eligible_at)
+                        .and_then(|r| r.phase.eligible_at())
                         .unwrap_or(now);
                     self.set_timer(&key, at);
                 }
@@ -602,7 +540,7 @@ impl QueueState {
                     let eta = q
                         .front()
                         .and_then(|h| self.runs.get(h))
-                        .and_then(|h| h.eligible_at);
+                        .and_then(|h| h.phase.eligible_at());
                     return Admission::Parked(k, eta);
                 }
             }
@@ -671,9 +609,10 @@ impl QueueState {
         // of the key for as long as the limit keeps it).
         self.release_slots(id, now);
         if let Some(run) = self.runs.get_mut(id) {
-            run.state = RunState::Waiting;
-            run.waiting_on = Some(key.name().to_owned());
-            run.eligible_at = eta;
+            run.phase = RunPhase::Waiting {
+                on: key.clone(),
+                eligible_at: eta,
+            };
             self.metrics
                 .transition(&run.task, &run.id, Transition::Parked);
             tracing::debug!(
@@ -697,9 +636,7 @@ impl QueueState {
 
     fn make_ready_first(&mut self, id: &str, now: Nanos) {
         if let Some(run) = self.runs.get_mut(id) {
-            run.state = RunState::Queued;
-            run.waiting_on = None;
-            run.eligible_at = None;
+            run.phase = RunPhase::Queued;
             let task = run.task.clone();
             self.ready
                 .entry(task)
@@ -715,11 +652,13 @@ impl QueueState {
         self.release_slots(id, now);
         self.unregister(id);
         if let Some(run) = self.runs.get_mut(id) {
-            run.state = RunState::Failed;
+            // The worker whose lease it failed under stays on record; a lapsed lease has none.
+            let worker_id = match std::mem::replace(&mut run.phase, RunPhase::Queued) {
+                RunPhase::Running { worker_id, .. } => Some(worker_id),
+                _ => None,
+            };
+            run.phase = RunPhase::Failed { worker_id };
             run.error = Some(reason);
-            run.waiting_on = None;
-            run.eligible_at = None;
-            run.lease_expires_at = None;
             run.reserved = false;
             self.metrics
                 .transition(&run.task, &run.id, Transition::Failed);
@@ -757,7 +696,7 @@ impl QueueState {
                 self.pop_parked(&wk);
                 continue;
             };
-            if run.state != RunState::Waiting || run.waiting_on.as_deref() != Some(key) {
+            if !matches!(&run.phase, RunPhase::Waiting { on, .. } if *on == wk) {
                 self.pop_parked(&wk);
                 continue;
             }
@@ -800,15 +739,16 @@ impl QueueState {
                 self.parked.remove(key);
                 return;
             };
-            let valid = self.runs.get(&id).is_some_and(|r| {
-                r.state == RunState::Waiting && r.waiting_on.as_deref() == Some(key.name())
-            });
+            let valid = self
+                .runs
+                .get(&id)
+                .is_some_and(|r| matches!(&r.phase, RunPhase::Waiting { on, .. } if on == key));
             if !valid {
                 self.pop_parked(key);
                 continue;
             }
             let run = &self.runs[&id];
-            let eligible_at = run.eligible_at.unwrap_or(now);
+            let eligible_at = run.phase.eligible_at().unwrap_or(now);
             if run.reserved {
                 // Already holds its units (parked on concurrency before, then re-parked).
                 self.pop_parked(key);
@@ -847,7 +787,10 @@ impl QueueState {
                     let eta = now + a.decisions[i].retry_after;
                     if denied == *key {
                         if let Some(run) = self.runs.get_mut(&id) {
-                            run.eligible_at = Some(eta);
+                            run.phase = RunPhase::Waiting {
+                                on: key.clone(),
+                                eligible_at: Some(eta),
+                            };
                         }
                         self.touch(&id, now);
                         self.set_timer(key, eta);
@@ -893,7 +836,7 @@ impl QueueState {
             let expired = self
                 .runs
                 .get(&id)
-                .is_some_and(|r| r.state == RunState::Running && r.lease_expires_at == Some(t));
+                .is_some_and(|r| r.phase.lease_expires_at() == Some(t));
             if expired {
                 self.expire(&id, now);
             }
@@ -906,8 +849,8 @@ impl QueueState {
             return;
         };
         run.reserved = false;
-        run.lease_expires_at = None;
-        run.worker_id = None;
+        // The lease is gone: the run is queued again below, or failed with no worker.
+        run.phase = RunPhase::Queued;
         self.metrics
             .transition(&run.task, &run.id, Transition::Expired);
         if run.attempt >= run.max_attempts {
@@ -960,7 +903,7 @@ impl QueueState {
             if self
                 .runs
                 .get(&id)
-                .is_none_or(|r| r.state != RunState::Queued)
+                .is_none_or(|r| r.state() != RunState::Queued)
             {
                 continue;
             }
@@ -975,11 +918,12 @@ impl QueueState {
     fn start(&mut self, id: &str, worker_id: &str, now: Nanos) {
         if let Some(run) = self.runs.get_mut(id) {
             let timeout = run.policy().lease_timeout.as_nanos();
-            run.state = RunState::Running;
             run.attempt += 1;
-            run.worker_id = Some(worker_id.to_owned());
             let until = now + timeout;
-            run.lease_expires_at = Some(until);
+            run.phase = RunPhase::Running {
+                lease_expires_at: until,
+                worker_id: worker_id.to_owned(),
+            };
             self.leases.push(Reverse((until, id.to_owned())));
             self.metrics
                 .transition(&run.task, &run.id, Transition::Leased);
@@ -990,10 +934,10 @@ impl QueueState {
 
     fn running(&self, id: &str, attempt: Option<u32>, action: &'static str) -> Result<(), Error> {
         let run = self.run(id)?;
-        if run.state != RunState::Running || attempt.is_some_and(|a| a != run.attempt) {
+        if run.state() != RunState::Running || attempt.is_some_and(|a| a != run.attempt) {
             return Err(Error::InvalidState {
                 id: id.to_owned(),
-                state: run.state.as_str(),
+                state: run.state().as_str(),
                 action,
             });
         }
@@ -1012,7 +956,12 @@ impl QueueState {
             return Err(Error::UnknownRun { id: id.to_owned() });
         };
         let until = now + run.policy().lease_timeout.as_nanos();
-        run.lease_expires_at = Some(until);
+        if let RunPhase::Running {
+            lease_expires_at, ..
+        } = &mut run.phase
+        {
+            *lease_expires_at = until;
+        }
         self.leases.push(Reverse((until, id.to_owned())));
         self.touch(id, now);
         Ok(until)
@@ -1030,11 +979,12 @@ impl QueueState {
         self.release_slots(id, now);
         self.unregister(id);
         if let Some(run) = self.runs.get_mut(id) {
-            run.state = RunState::Succeeded;
+            run.phase = RunPhase::Succeeded {
+                worker_id: run.phase.worker_id().map(str::to_owned),
+            };
             run.output = output;
             run.error = None;
             run.reserved = false;
-            run.lease_expires_at = None;
             self.metrics
                 .transition(&run.task, &run.id, Transition::Succeeded);
         }
@@ -1058,9 +1008,7 @@ impl QueueState {
             if let Some(run) = self.runs.get_mut(id) {
                 run.error = Some(error);
                 run.reserved = false;
-                run.lease_expires_at = None;
-                run.worker_id = None;
-                run.state = RunState::Queued;
+                run.phase = RunPhase::Queued;
                 let task = run.task.clone();
                 self.ready
                     .entry(task)
@@ -1090,8 +1038,6 @@ impl QueueState {
         self.refund(id, now, store);
         if let Some(run) = self.runs.get_mut(id) {
             run.attempt = run.attempt.saturating_sub(1);
-            run.lease_expires_at = None;
-            run.worker_id = None;
         }
         self.make_ready_first(id, now);
         Ok(())
@@ -1114,47 +1060,46 @@ impl QueueState {
     /// Cancels a run that has not ended.
     pub(crate) fn cancel(&mut self, id: &str, now: Nanos, store: &dyn Store) -> Result<(), Error> {
         let run = self.run(id)?;
-        if run.state.is_final() {
+        if run.state().is_final() {
             return Err(Error::InvalidState {
                 id: id.to_owned(),
-                state: run.state.as_str(),
+                state: run.state().as_str(),
                 action: "cancel",
             });
         }
-        let was = run.state;
-        let parked_on = run.waiting_on.clone();
+        let was = run.state();
+        let parked_on = match &run.phase {
+            RunPhase::Waiting { on, .. } => Some(on.clone()),
+            _ => None,
+        };
         if was != RunState::Running {
             self.refund(id, now, store);
         }
         self.release_slots(id, now);
         self.unregister(id);
         if let Some(run) = self.runs.get_mut(id) {
-            run.state = RunState::Cancelled;
-            run.lease_expires_at = None;
-            run.waiting_on = None;
-            run.eligible_at = None;
+            // A running run's worker stays on record: it learns of the cancel on its next call.
+            run.phase = RunPhase::Cancelled {
+                worker_id: run.phase.worker_id().map(str::to_owned),
+            };
             self.metrics
                 .transition(&run.task, &run.id, Transition::Cancelled);
         }
         self.metrics.forget(id);
         self.touch(id, now);
-        if was == RunState::Waiting
-            && let Some(name) = parked_on
-        {
-            // If it was a head, the next run takes its turn now: it is admitted or parked
-            // with its own eligible_at before this call returns, not at the next tick.
-            let keys: Vec<WaitKey> = self
+        if let Some(key) = parked_on
+            && self
                 .parked
-                .iter()
-                .filter(|(k, q)| k.name() == name && q.front().is_some_and(|h| h == id))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in keys {
-                self.pop_parked(&k);
-                match &k {
-                    WaitKey::Rate { .. } => self.wake_rate(&k, now, store),
-                    WaitKey::Concurrency(key) => self.wake_concurrency(key, now),
-                }
+                .get(&key)
+                .and_then(|q| q.front())
+                .is_some_and(|h| h == id)
+        {
+            // If it was the head, the next run takes its turn now: it is admitted or parked
+            // with its own eligible_at before this call returns, not at the next tick.
+            self.pop_parked(&key);
+            match &key {
+                WaitKey::Rate { .. } => self.wake_rate(&key, now, store),
+                WaitKey::Concurrency(k) => self.wake_concurrency(k, now),
             }
         }
         Ok(())
@@ -1164,7 +1109,7 @@ impl QueueState {
     pub(crate) fn depth(&self) -> HashMap<(String, RunState), u64> {
         let mut out = HashMap::new();
         for r in self.runs.values() {
-            *out.entry((r.task.clone(), r.state)).or_default() += 1;
+            *out.entry((r.task.clone(), r.state())).or_default() += 1;
         }
         out
     }
