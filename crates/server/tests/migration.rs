@@ -24,51 +24,28 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/befo
 
 const YEAR_MS: u64 = 365 * 86_400_000;
 
-struct Node {
-    base: String,
-    client: reqwest::Client,
+use common::Binary as Node;
+
+/// The runs of `task`, oldest first.
+async fn runs(node: &Node, task: &str) -> Vec<Value> {
+    let answer = node
+        .ok(reqwest::Method::GET, &format!("/v1/runs?task={task}"), None)
+        .await;
+    let mut runs = answer["runs"].as_array().unwrap().clone();
+    runs.sort_by_key(|r| r["created_at_ms"].as_u64());
+    runs
 }
 
-impl Node {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let r = request.send().await.expect("the server answers");
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let (status, answer) = self.call(method.clone(), path, body).await;
-        assert!(
-            (200..300).contains(&status),
-            "{method} {path}: {status} {answer}"
-        );
-        answer
-    }
-
-    async fn runs(&self, task: &str) -> Vec<Value> {
-        let answer = self
-            .ok(reqwest::Method::GET, &format!("/v1/runs?task={task}"), None)
-            .await;
-        let mut runs = answer["runs"].as_array().unwrap().clone();
-        runs.sort_by_key(|r| r["created_at_ms"].as_u64());
-        runs
-    }
-
-    async fn lease(&self, task: &str) -> Vec<Value> {
-        let answer = self
-            .ok(
-                reqwest::Method::POST,
-                "/v1/workers/lease",
-                Some(json!({"worker_id": "new", "tasks": [task], "max": 10})),
-            )
-            .await;
-        answer["runs"].as_array().unwrap().clone()
-    }
+/// Leases up to 10 runs of `task`, without waiting.
+async fn lease(node: &Node, task: &str) -> Vec<Value> {
+    let answer = node
+        .ok(
+            reqwest::Method::POST,
+            "/v1/workers/lease",
+            Some(json!({"worker_id": "new", "tasks": [task], "max": 10})),
+        )
+        .await;
+    answer["runs"].as_array().unwrap().clone()
 }
 
 fn states(runs: &[Value]) -> Vec<String> {
@@ -93,12 +70,12 @@ fn now_ms() -> u64 {
 /// What the old build left behind, checked and then driven by today's rules.
 async fn follows_todays_rules(node: &Node) {
     // As the old build left them.
-    let sync = node.runs("sync").await;
+    let sync = runs(node, "sync").await;
     assert_eq!(states(&sync), ["running", "waiting", "waiting"], "{sync:?}");
-    let per_user = node.runs("per-user").await;
+    let per_user = runs(node, "per-user").await;
     assert_eq!(states(&per_user), ["running", "waiting"], "{per_user:?}");
     assert!(
-        node.lease("sync").await.is_empty(),
+        lease(node, "sync").await.is_empty(),
         "nothing fits for ten years"
     );
 
@@ -130,7 +107,7 @@ async fn follows_todays_rules(node: &Node) {
         Some(json!({"algorithm": "gcra", "limit": 100, "period": "1s", "burst": 100})),
     )
     .await;
-    let leased = node.lease("sync").await;
+    let leased = lease(node, "sync").await;
     assert_eq!(leased.len(), 2, "{leased:?}");
     for r in &leased {
         assert!(
@@ -170,7 +147,7 @@ async fn follows_todays_rules(node: &Node) {
         Some(json!({"input": {"user": "u1", "acct": "a1"}})),
     )
     .await;
-    let leased = node.lease("per-user").await;
+    let leased = lease(node, "per-user").await;
     assert_eq!(
         leased.len(),
         2,
@@ -179,7 +156,7 @@ async fn follows_todays_rules(node: &Node) {
     assert!(leased.iter().all(|r| r["id"] != old_running["id"]));
 
     // Once the old runs end, the limit can go.
-    for r in node.runs("sync").await {
+    for r in runs(node, "sync").await {
         let id = r["id"].as_str().unwrap();
         node.ok(
             reqwest::Method::POST,
@@ -206,12 +183,7 @@ async fn a_sqlite_data_directory_from_before_0_2_follows_todays_rules() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("migration-sqlite-{}", std::process::id()));
     copy_dir(&Path::new(FIXTURES).join("sqlite"), &dir);
-    let (_child, base) =
-        common::spawn_serve([std::ffi::OsStr::new("--data-dir"), dir.as_os_str()]).await;
-    let node = Node {
-        base,
-        client: reqwest::Client::new(),
-    };
+    let node = Node::start([std::ffi::OsStr::new("--data-dir"), dir.as_os_str()]).await;
     follows_todays_rules(&node).await;
 }
 
@@ -269,16 +241,12 @@ async fn a_redis_deployment_from_before_0_2_follows_todays_rules() {
     };
     let prefix = redis_common::fresh_prefix();
     load_redis_dump(&redis.url, &prefix);
-    let (_child, base) = common::spawn_serve([
+    let node = Node::start([
         "--redis",
         redis.url.as_str(),
         "--redis-prefix",
         prefix.as_str(),
     ])
     .await;
-    let node = Node {
-        base,
-        client: reqwest::Client::new(),
-    };
     follows_todays_rules(&node).await;
 }

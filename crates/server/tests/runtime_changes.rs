@@ -20,19 +20,23 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::process::Child;
 use tokio::time::Instant;
 
 /// Only a hang reaches it.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// A running `tollgate serve` and an HTTP client for it.
+/// A running `tollgate serve`, and the test's own Redis when it uses one (kept alive as long
+/// as the node).
 struct Node {
-    _child: Child,
-    base: String,
-    client: reqwest::Client,
-    /// Keeps the test's own Redis alive as long as the node.
+    binary: common::Binary,
     _redis: Option<redis_common::TestRedis>,
+}
+
+impl std::ops::Deref for Node {
+    type Target = common::Binary;
+    fn deref(&self) -> &common::Binary {
+        &self.binary
+    }
 }
 
 /// Where the node keeps its data.
@@ -68,33 +72,10 @@ impl Node {
                 args
             }
         };
-        let (child, base) = common::spawn_serve(args).await;
         Some(Node {
-            _child: child,
-            base,
-            client: reqwest::Client::new(),
+            binary: common::Binary::start(args).await,
             _redis: redis,
         })
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let r = request.send().await.expect("the server answers");
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let (status, answer) = self.call(method.clone(), path, body).await;
-        assert!(
-            (200..300).contains(&status),
-            "{method} {path}: {status} {answer}"
-        );
-        answer
     }
 
     async fn put(&self, path: &str, body: Value) -> Value {

@@ -290,3 +290,56 @@ where
         .to_owned();
     (child, base)
 }
+
+/// The real `tollgate serve` binary ([`spawn_serve`]) with an HTTP client, answers read as
+/// `(status, JSON)` (`null` for an empty body).
+pub struct Binary {
+    /// The process, killed on drop.
+    pub child: tokio::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Sends the calls.
+    pub client: reqwest::Client,
+}
+
+impl Binary {
+    /// Starts the binary with `args` after `serve --listen 127.0.0.1:0`.
+    pub async fn start<I, S>(args: I) -> Binary
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let (child, base) = spawn_serve(args).await;
+        Binary {
+            child,
+            base,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let r = request.send().await.expect("the server answers");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("a readable body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// A call that must succeed (2xx); its answer.
+    pub async fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let (status, answer) = self.call(method.clone(), path, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {answer}"
+        );
+        answer
+    }
+}
