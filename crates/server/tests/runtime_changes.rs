@@ -195,6 +195,12 @@ async fn a_limit_change_replans_the_runs_parked_on_it(mode: Mode, test: &str) {
     let mut leased: Vec<String> = Vec::new();
     let deadline = Instant::now() + DEADLINE;
     let answer = tokio::time::timeout(DEADLINE, poll).await.unwrap().unwrap();
+    // Woken by the raise (or, had it not started waiting yet, finding the runs ready): either
+    // way it holds runs, where before the raise it would have waited out its 20 s for none.
+    assert!(
+        !answer["runs"].as_array().unwrap().is_empty(),
+        "the waiting long-poll gets runs from the raise: {answer}"
+    );
     for r in answer["runs"].as_array().unwrap() {
         leased.push(r["id"].as_str().unwrap().to_owned());
     }
