@@ -220,24 +220,51 @@ fn key_error(key: &str) -> Result<(), Error> {
 
 fn limit_in_use_message(key: &str, tasks: &[String], runs: u32) -> String {
     let mut users = Vec::new();
+    let mut then = Vec::new();
     if !tasks.is_empty() {
         users.push(format!("tasks {tasks:?}"));
+        then.push("change those tasks");
     }
     if runs > 0 {
         users.push(format!(
             "{runs} run{} not yet ended",
             if runs == 1 { "" } else { "s" }
         ));
+        then.push("let those runs end (or cancel them)");
     }
     format!(
-        "limit {key:?} is used by {}; change those tasks and let those runs end (or cancel them) first",
-        users.join(" and ")
+        "limit {key:?} is used by {}; {} first",
+        users.join(" and "),
+        then.join(" and ")
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limit_in_use_says_who_uses_the_limit_and_what_to_do() {
+        let only_tasks = limit_in_use_message("api", &["sync".into()], 0);
+        assert_eq!(
+            only_tasks,
+            r#"limit "api" is used by tasks ["sync"]; change those tasks first"#
+        );
+        let only_runs = limit_in_use_message("api", &[], 1);
+        assert_eq!(
+            only_runs,
+            r#"limit "api" is used by 1 run not yet ended; let those runs end (or cancel them) first"#
+        );
+        let both = limit_in_use_message("api", &["sync".into()], 3);
+        assert!(
+            both.contains(r#"tasks ["sync"] and 3 runs not yet ended"#),
+            "{both}"
+        );
+        assert!(
+            both.contains("change those tasks and let those runs end"),
+            "{both}"
+        );
+    }
 
     #[test]
     fn control_characters_are_found_in_ascii_and_non_ascii_keys_alike() {
