@@ -262,7 +262,7 @@ impl ServeConfig {
                 AppState::new(SystemClock::new(), self.settings)
             }
             StoreChoice::Redis(store) => {
-                match store.ping() {
+                match store.ping().await {
                     Ok(()) => {
                         tracing::info!(url = store.url(), prefix = store.prefix(), "using redis")
                     }

@@ -26,7 +26,7 @@ use tollgate_core::Limit;
 
 use crate::db::{Db, StoredState, Write};
 use crate::error::Error;
-use crate::limiter::Limiter;
+use crate::limiter::{AsyncLimiter, Limiter};
 use crate::metrics::QueueMetrics;
 use crate::queue::run::{LeasedRun, Run, RunState, RunView};
 use crate::queue::run_queue::{LeaseAttempt, check_name, compile_task, tasks_naming};
@@ -66,6 +66,8 @@ pub struct Engine<S: Store + 'static = MemoryStore> {
 
 struct Inner<S: Store> {
     limiter: Limiter<S>,
+    /// The same limiter for async callers ([`RunQueue::limits`](crate::RunQueue::limits)).
+    limits: AsyncLimiter,
     state: Mutex<QueueState>,
     /// Woken when runs become ready (lease long-polls wait on it).
     ready: Notify,
@@ -108,6 +110,7 @@ impl<S: Store + 'static> Engine<S> {
         let prefix = format!("{:x}-", limiter.now().as_nanos() / 1_000);
         let engine = Engine {
             inner: Arc::new(Inner {
+                limits: limiter.to_async(),
                 limiter,
                 state: Mutex::new(QueueState::new(prefix)),
                 ready: Notify::new(),
@@ -137,7 +140,11 @@ impl<S: Store + 'static> Engine<S> {
     }
 
     fn compile(&self, name: &str, spec: TaskSpec) -> Result<Task, Error> {
-        compile_task(&self.inner.limiter, name, spec)
+        let limiter = &self.inner.limiter;
+        compile_task(name, spec, &|key| {
+            // The in-memory store fails only for an invalid key, which compiling reports.
+            limiter.get(key).ok().flatten().map(|i| i.limit)
+        })
     }
 
     /// Declares or redefines static limit `key` (usage kept), durably.
