@@ -43,6 +43,12 @@
 //! Without `node` and `npm` on PATH, or without the install, the BullMQ rows are skipped, and
 //! the bench says why.
 //!
+//! `HTTP, Redis, 3 nodes` is the `HTTP, Redis` phase spread over three nodes on one Redis and
+//! one prefix (three `AppState`s, each with its own engine, connection, sweeper and subscriber,
+//! each on a listener of its own, all on the server runtime): producers and workers are dealt
+//! round-robin over the nodes, a worker's lease and completes going to the same node. Its
+//! runs/s ÷ the one node's, within each round, is what nodes cost each other.
+//!
 //! `cargo bench -p tollgate-server --bench queue` (a scenario-name filter may follow `--`,
 //! case-insensitive: `-- bullmq` runs the BullMQ rows and the `HTTP, Redis` row they are
 //! compared with, `-- redis` every Redis row).
@@ -253,10 +259,13 @@ impl Env<'_> {
     }
 
     fn redis_store(&self) -> anyhow::Result<RedisStore> {
+        self.redis_store_at(&redis_common::fresh_prefix())
+    }
+
+    /// A store of its own (its own connection: a node of its own) under `prefix`.
+    fn redis_store_at(&self, prefix: &str) -> anyhow::Result<RedisStore> {
         let url = self.redis.context("no Redis")?;
-        Ok(RedisStore::builder(url)
-            .prefix(redis_common::fresh_prefix())
-            .build()?)
+        Ok(RedisStore::builder(url).prefix(prefix).build()?)
     }
 }
 
@@ -363,22 +372,24 @@ struct LeasedRun {
     attempt: u32,
 }
 
-/// The same flow over HTTP; runs on the load generator's runtime.
+/// The same flow over HTTP, producer `i` and worker `w` on node `i` and `w` modulo the nodes;
+/// runs on the load generator's runtime.
 async fn over_http(
-    addr: SocketAddr,
+    nodes: Vec<SocketAddr>,
     kind: Kind,
     shape: Shape,
     measure: Duration,
     redis: Option<String>,
 ) -> anyhow::Result<Phase> {
-    let mut setup = Conn::connect(addr).await?;
+    let mut setup = Conn::connect(nodes[0]).await?;
     setup.expect(&put_req("/v1/limits/q", LIMIT), 200).await?;
     setup.expect(&put_req("/v1/tasks/bench", TASK), 200).await?;
     let counters = Arc::new(Counters::new(backlog_bound(kind)));
     let mut tasks = tokio::task::JoinSet::new();
     let enqueue: Arc<[u8]> = post_req("/v1/tasks/bench/runs", r#"{"input": {"n": 1}}"#).into();
-    for _ in 0..shape.producers * shape.in_flight {
+    for p in 0..shape.producers * shape.in_flight {
         let (counters, enqueue) = (Arc::clone(&counters), Arc::clone(&enqueue));
+        let addr = nodes[p % nodes.len()];
         tasks.spawn(async move {
             let mut conn = Conn::connect(addr).await?;
             while !counters.stopped() {
@@ -394,6 +405,7 @@ async fn over_http(
     }
     for w in 0..shape.workers {
         let counters = Arc::clone(&counters);
+        let addr = nodes[w % nodes.len()];
         tasks.spawn(async move {
             let lease = post_req(
                 "/v1/workers/lease",
@@ -446,35 +458,44 @@ async fn over_http(
     phase
 }
 
-/// Serves `state` on the server runtime, drives it from a `loadgen` thread, then stops it.
+/// Serves `nodes` nodes (more than one: Redis only, sharing one prefix) on the server runtime,
+/// drives them from a `loadgen` thread, then stops them.
 fn http_phase(
     server_rt: &tokio::runtime::Runtime,
     kind: Kind,
+    nodes: usize,
     env: &Env<'_>,
     shape: Shape,
     measure: Duration,
 ) -> anyhow::Result<Phase> {
-    let (addr, stop, done) = server_rt.block_on(async {
-        let state = match kind {
-            Kind::Memory => AppState::new(SystemClock::new(), Settings::default()),
-            Kind::Sqlite => AppState::open(env.dir, Settings::default())?,
-            Kind::Redis => AppState::redis(env.redis_store()?, Settings::default()),
-        };
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(tollgate_server::run(listener, state, async {
-            let _ = stopped.await;
-        }));
-        anyhow::Ok((addr, stop, done))
-    })?;
+    let prefix = redis_common::fresh_prefix();
+    let mut addrs = Vec::with_capacity(nodes);
+    let mut servers = Vec::with_capacity(nodes);
+    for _ in 0..nodes {
+        let (addr, stop, done) = server_rt.block_on(async {
+            let state = match kind {
+                Kind::Memory => AppState::new(SystemClock::new(), Settings::default()),
+                Kind::Sqlite => AppState::open(env.dir, Settings::default())?,
+                Kind::Redis => AppState::redis(env.redis_store_at(&prefix)?, Settings::default()),
+            };
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let (stop, stopped) = oneshot::channel::<()>();
+            let done = tokio::spawn(tollgate_server::run(listener, state, async {
+                let _ = stopped.await;
+            }));
+            anyhow::Ok((addr, stop, done))
+        })?;
+        addrs.push(addr);
+        servers.push((stop, done));
+    }
     let probe = env.probe(kind);
     let loadgen = std::thread::Builder::new().name("loadgen".into()).spawn(
         move || -> anyhow::Result<Phase> {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(over_http(addr, kind, shape, measure, probe))
+                .block_on(over_http(addrs, kind, shape, measure, probe))
         },
     )?;
     let phase = match loadgen.join() {
@@ -482,8 +503,10 @@ fn http_phase(
         Err(_) => bail!("the load generator panicked"),
     };
     server_rt.block_on(async {
-        let _ = stop.send(());
-        done.await??;
+        for (stop, done) in servers {
+            let _ = stop.send(());
+            done.await??;
+        }
         anyhow::Ok(())
     })?;
     Ok(phase)
@@ -538,6 +561,8 @@ fn bullmq_phase(
 enum Scenario {
     InProcess(Kind),
     Http(Kind),
+    /// Over HTTP, spread over this many nodes on one Redis prefix.
+    RedisNodes(usize),
     /// BullMQ 5 on the bench's Redis.
     Bullmq {
         remove_on_complete: bool,
@@ -550,6 +575,7 @@ impl Scenario {
             self,
             Scenario::InProcess(Kind::Redis)
                 | Scenario::Http(Kind::Redis)
+                | Scenario::RedisNodes(_)
                 | Scenario::Bullmq { .. }
         )
     }
@@ -593,6 +619,7 @@ fn main() -> anyhow::Result<()> {
         ("HTTP, memory", Scenario::Http(Kind::Memory)),
         ("HTTP, SQLite", Scenario::Http(Kind::Sqlite)),
         ("HTTP, Redis", TOLLGATE_REDIS),
+        ("HTTP, Redis, 3 nodes", Scenario::RedisNodes(3)),
         (
             "BullMQ 5 on Redis, completed kept",
             Scenario::Bullmq {
@@ -611,13 +638,13 @@ fn main() -> anyhow::Result<()> {
             .as_deref()
             .is_none_or(|f| name.to_lowercase().contains(f))
     };
-    // A BullMQ row brings the Tollgate row it is compared with.
-    let wants_bullmq = all
-        .iter()
-        .any(|&(name, s)| matches!(s, Scenario::Bullmq { .. }) && matches(name));
+    // A BullMQ or a many-node row brings the Tollgate row it is compared with.
+    let wants_one_node = all.iter().any(|&(name, s)| {
+        matches!(s, Scenario::Bullmq { .. } | Scenario::RedisNodes(_)) && matches(name)
+    });
     let mut scenarios: Vec<(&str, Scenario)> = all
         .into_iter()
-        .filter(|&(name, s)| matches(name) || (wants_bullmq && s == TOLLGATE_REDIS))
+        .filter(|&(name, s)| matches(name) || (wants_one_node && s == TOLLGATE_REDIS))
         .collect();
     scenarios.retain(|&(name, s)| {
         let skip = s.on_redis() && redis.is_none();
@@ -670,7 +697,10 @@ fn main() -> anyhow::Result<()> {
                     let engine = backend(kind, &env).await?;
                     in_process(engine, kind, shape, measure, env.probe(kind)).await
                 }),
-                Scenario::Http(kind) => http_phase(&server_rt, kind, &env, shape, measure),
+                Scenario::Http(kind) => http_phase(&server_rt, kind, 1, &env, shape, measure),
+                Scenario::RedisNodes(n) => {
+                    http_phase(&server_rt, Kind::Redis, n, &env, shape, measure)
+                }
                 Scenario::Bullmq { remove_on_complete } => bullmq_phase(
                     peer.as_ref().context("no BullMQ")?,
                     env.redis.context("no Redis")?,
@@ -710,6 +740,10 @@ fn main() -> anyhow::Result<()> {
                 .iter()
                 .position(|&(_, s)| s == Scenario::InProcess(kind))
                 .map_or("-".to_owned(), |f| format!("{:.2}", ratio(i, f))),
+            Scenario::RedisNodes(_) => scenarios
+                .iter()
+                .position(|&(_, s)| s == Scenario::InProcess(Kind::Redis))
+                .map_or("-".to_owned(), |f| format!("{:.2}", ratio(i, f))),
             Scenario::Bullmq { .. } => "-".to_owned(),
         };
         let per_round: Vec<String> = results[i]
@@ -729,7 +763,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 "-".to_owned()
             },
-            if matches!(scenario, Scenario::Http(_)) {
+            if matches!(scenario, Scenario::Http(_) | Scenario::RedisNodes(_)) {
                 format!("{:.1}", m.per_run(m.client_cpu * 1e6))
             } else {
                 "-".to_owned()
@@ -791,6 +825,29 @@ fn main() -> anyhow::Result<()> {
                     "Redis CPU per run, Tollgate ÷ BullMQ",
                 ],
                 &rows,
+            );
+        }
+    }
+
+    // Many nodes against one, within each round.
+    if let Some(t) = scenarios.iter().position(|&(_, s)| s == TOLLGATE_REDIS) {
+        for (n, &(name, scenario)) in scenarios.iter().enumerate() {
+            if !matches!(scenario, Scenario::RedisNodes(_)) {
+                continue;
+            }
+            let per_round: Vec<String> = (0..rounds)
+                .map(|r| {
+                    format!(
+                        "{:.2}",
+                        results[n][r].runs_per_sec() / results[t][r].runs_per_sec()
+                    )
+                })
+                .collect();
+            println!();
+            println!(
+                "{name} ÷ one node: {:.2} (median of rounds; per round {})",
+                ratio(n, t),
+                per_round.join(" / ")
             );
         }
     }
