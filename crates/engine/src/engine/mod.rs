@@ -15,7 +15,7 @@ mod recovery;
 mod retention;
 mod run_queue;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use tollgate_core::Limit;
 
 use crate::db::{Db, StoredState, Write};
 use crate::error::Error;
+use crate::fast_map::FastHashMap;
 use crate::limiter::{AsyncLimiter, Limiter};
 use crate::metrics::QueueMetrics;
 use crate::queue::run::{LeasedRun, Run, RunState, RunView};
@@ -76,7 +77,7 @@ struct Inner<S: Store> {
     db: Option<Db>,
     /// Keys with direct (`/v1/acquire`) use, for crash recovery (only with a `db`).
     /// By namespace, then key, so the acquire path looks a key up without allocating.
-    direct: Mutex<HashMap<Namespace, HashMap<String, DirectEntry>>>,
+    direct: Mutex<FastHashMap<Namespace, FastHashMap<String, DirectEntry>>>,
     /// How long ended runs are kept (nanoseconds; 0: forever).
     retention: std::sync::atomic::AtomicU64,
     /// Lease calls in progress (counted by the shared long-poll, through
@@ -116,7 +117,7 @@ impl<S: Store + 'static> Engine<S> {
                 ready: Notify::new(),
                 timer: Arc::new(Notify::new()),
                 db,
-                direct: Mutex::new(HashMap::new()),
+                direct: Mutex::new(FastHashMap::default()),
                 retention: std::sync::atomic::AtomicU64::new(
                     DEFAULT_RETENTION.as_nanos().as_nanos(),
                 ),
