@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{Client, Connection, RedisResult, Script, Value};
+use redis::{Client, Connection, RedisResult, Value};
 use smallvec::SmallVec;
 use tollgate::{
     AcquireEntry, Acquired, Error, LimitInfo, Namespace, StateView, Store, StoreError, Target,
@@ -16,7 +16,7 @@ use tollgate_core::{
 
 use crate::conn::{Pool, redact};
 use crate::keys::{self, Kind};
-use crate::scripts::Scripts;
+use crate::scripts::{self, Function, Scripts};
 use crate::spec;
 
 /// How a [`RedisStore`] connects and names its keys. From [`RedisStore::builder`].
@@ -244,15 +244,18 @@ impl RedisStore {
         self.shared.pool.url()
     }
 
-    /// Checks that Redis answers.
+    /// Checks that Redis answers and is recent enough (Redis 7.0 or Valkey 7.2, for Redis
+    /// Functions), and loads Tollgate's library of functions into it. Calls load the library
+    /// themselves when Redis does not have it, so this is optional; a node runs it at start.
     ///
     /// # Errors
-    /// A transient [`StoreError`] when it does not (in time).
+    /// A transient [`StoreError`] when Redis does not answer (in time); a permanent one naming
+    /// the version found and the minimum when the server is older.
     pub fn ping(&self) -> Result<(), Error> {
-        self.shared
-            .pool
-            .run("PING", |con| redis::cmd("PING").query::<String>(con))
-            .map(drop)
+        self.shared.pool.run("loading the functions", |con| {
+            redis::cmd("PING").query::<String>(con)?;
+            scripts::load(con)
+        })
     }
 
     /// The Redis key holding `kind` for Tollgate key `key` (the queue stores these in runs).
@@ -265,7 +268,7 @@ impl RedisStore {
         self.shared.slack_ms
     }
 
-    /// The scripts, loaded once per server.
+    /// The library's functions (loaded at start and whenever Redis lacks them).
     pub(crate) fn scripts(&self) -> &Scripts {
         &self.shared.scripts
     }
@@ -304,21 +307,17 @@ impl RedisStore {
         }
     }
 
+    /// Calls one function of the library (`FCALL`); when Redis lacks it, loads the library
+    /// and calls again, once.
     pub(crate) fn call(
         &self,
         what: &str,
-        script: &Script,
+        script: &Function,
         keys: &[String],
         args: &[String],
     ) -> Result<Value, Error> {
-        let mut inv = script.prepare_invoke();
-        for k in keys {
-            inv.key(k);
-        }
-        for a in args {
-            inv.arg(a);
-        }
-        self.shared.pool.run(what, |con| inv.invoke::<Value>(con))
+        let cmd = self.shared.scripts.fcall_cmd(script, keys, args);
+        self.shared.pool.run(what, |con| scripts::call(con, &cmd))
     }
 
     pub(crate) fn bad_reply(&self, what: &str, reply: &Value) -> Error {
@@ -331,7 +330,7 @@ impl RedisStore {
     fn rate_call(
         &self,
         what: &str,
-        script: &Script,
+        script: &Function,
         groups: &[Group<'_>],
         now: Nanos,
     ) -> Result<Vec<Value>, Error> {
@@ -702,27 +701,26 @@ fn scan(con: &mut Connection, pattern: &str) -> RedisResult<Vec<String>> {
     }
 }
 
-/// Calls a loaded script (by hash) once per key in pipelines of `CHUNK`.
+/// Calls a function once per key in pipelines of `CHUNK` (loading the library when Redis lacks
+/// it).
 fn views(
     con: &mut Connection,
-    hash: &str,
+    scripts: &Scripts,
+    f: &Function,
     keys: &[[String; 3]],
     now: &str,
 ) -> RedisResult<Vec<Value>> {
     const CHUNK: usize = 256;
+    let now = [now.to_owned()];
     let mut out = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(CHUNK) {
         let mut pipe = redis::pipe();
         for k in chunk {
-            pipe.cmd("EVALSHA")
-                .arg(hash)
-                .arg(3)
-                .arg(&k[0])
-                .arg(&k[1])
-                .arg(&k[2])
-                .arg(now);
+            pipe.add_command(scripts.fcall_cmd(f, k, &now));
         }
-        out.extend(pipe.query::<Vec<Value>>(con)?);
+        out.extend(scripts::with_library(con, |con| {
+            pipe.query::<Vec<Value>>(con)
+        })?);
     }
     Ok(out)
 }
@@ -812,10 +810,9 @@ impl Store for RedisStore {
                             .map(|kind| keys::name(prefix, kind, k))
                     })
                     .collect();
-                let hash = scripts.view_static.load(con)?;
-                let static_views = views(con, &hash, &static_keys, &now)?;
-                let hash = scripts.view_dynamic.load(con)?;
-                let dynamic_views = views(con, &hash, &dynamic_keys, &now)?;
+                let static_views = views(con, scripts, &scripts.view_static, &static_keys, &now)?;
+                let dynamic_views =
+                    views(con, scripts, &scripts.view_dynamic, &dynamic_keys, &now)?;
                 Ok((statics, static_views, dynamics, dynamic_views))
             })?;
         let mut out = Vec::new();
