@@ -10,8 +10,8 @@
 //! runtime) sharing one multiplexed connection — the store's own transport, and the floor's
 //! too, so the ratio compares scripts, not clients — for the same wall time, in rounds that
 //! alternate floor and Tollgate so both see the same machine load.
-//! Round trips are counted on the server (`INFO commandstats`: `EVALSHA`, `EVAL` and `SCRIPT`
-//! calls, which only clients send) and divided by the acquires made. The clients' own CPU time
+//! Round trips are counted on the server (`INFO commandstats`: `FCALL`, `FUNCTION`, `EVALSHA`,
+//! `EVAL` and `SCRIPT` calls, which only clients send) and divided by the acquires made. The clients' own CPU time
 //! per acquire is reported beside Redis's: on a small machine they share the cores.
 //!
 //! `cargo bench -p tollgate-redis --bench throughput` (a `redis-server` of its own on a free
@@ -59,8 +59,8 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Client round trips the server has seen (calls of the commands only clients send: EVALSHA,
-/// EVAL, SCRIPT), and the server's time inside them in µs.
+/// Client round trips the server has seen (calls of the commands only clients send: FCALL,
+/// FUNCTION, EVALSHA, EVAL, SCRIPT), and the server's time inside them in µs.
 fn round_trips(url: &str) -> (u64, u64) {
     let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
     let info: String = redis::cmd("INFO")
@@ -73,7 +73,9 @@ fn round_trips(url: &str) -> (u64, u64) {
     };
     info.lines()
         .filter(|l| {
-            l.starts_with("cmdstat_evalsha:")
+            l.starts_with("cmdstat_fcall:")
+                || l.starts_with("cmdstat_function")
+                || l.starts_with("cmdstat_evalsha:")
                 || l.starts_with("cmdstat_eval:")
                 || l.starts_with("cmdstat_script")
         })

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{Client, RedisResult, Script, Value};
+use redis::{Client, RedisResult, Value};
 use smallvec::SmallVec;
 use tollgate::{
     AcquireEntry, Acquired, AsyncStore, Error, LimitInfo, Namespace, StateView, StoreError,
@@ -17,7 +17,7 @@ use tollgate_core::{
 
 use crate::conn::{Conn, redact};
 use crate::keys::{self, Kind};
-use crate::scripts::Scripts;
+use crate::scripts::{self, Function, Scripts};
 use crate::spec;
 
 /// How a [`RedisStore`] connects and names its keys. From [`RedisStore::builder`].
@@ -229,18 +229,21 @@ impl RedisStore {
         self.shared.conn.url()
     }
 
-    /// Checks that Redis answers.
+    /// Checks that Redis answers and is recent enough (Redis 7.0 or Valkey 7.2, for Redis
+    /// Functions), and loads Tollgate's library of functions into it. Calls load the library
+    /// themselves when Redis does not have it, so this is optional; a node runs it at start.
     ///
     /// # Errors
-    /// A transient [`StoreError`] when it does not (in time).
+    /// A transient [`StoreError`] when Redis does not answer (in time); a permanent one naming
+    /// the version found and the minimum when the server is older.
     pub async fn ping(&self) -> Result<(), Error> {
         self.shared
             .conn
-            .run("PING", |mut con| async move {
-                redis::cmd("PING").query_async::<String>(&mut con).await
+            .run("loading the functions", |mut con| async move {
+                redis::cmd("PING").query_async::<String>(&mut con).await?;
+                scripts::load(&mut con).await
             })
             .await
-            .map(drop)
     }
 
     /// The Redis key holding `kind` for Tollgate key `key` (the queue stores these in runs).
@@ -253,7 +256,7 @@ impl RedisStore {
         self.shared.slack_ms
     }
 
-    /// The scripts, loaded once per server.
+    /// The library's functions (loaded at start and whenever Redis lacks them).
     pub(crate) fn scripts(&self) -> &Scripts {
         &self.shared.scripts
     }
@@ -295,27 +298,22 @@ impl RedisStore {
         }
     }
 
-    /// Calls `script` (loading it on `NOSCRIPT`).
+    /// Calls one function of the library (`FCALL`); when Redis lacks it, loads the library
+    /// and calls again, once.
     pub(crate) async fn call(
         &self,
         what: &str,
-        script: &Script,
+        script: &Function,
         keys: &[String],
         args: &[String],
     ) -> Result<Value, Error> {
-        let mut inv = script.prepare_invoke();
-        for k in keys {
-            inv.key(k);
-        }
-        for a in args {
-            inv.arg(a);
-        }
-        let inv = &inv;
+        let cmd = &self.shared.scripts.fcall_cmd(script, keys, args);
         self.shared
             .conn
-            .run(what, |mut con| async move {
-                inv.invoke_async::<Value>(&mut con).await
-            })
+            .run(
+                what,
+                |mut con| async move { scripts::call(&mut con, cmd).await },
+            )
             .await
     }
 
@@ -329,7 +327,7 @@ impl RedisStore {
     async fn rate_call(
         &self,
         what: &str,
-        script: &Script,
+        script: &Function,
         groups: &[Group<'_>],
         now: Nanos,
     ) -> Result<Vec<Value>, Error> {
@@ -705,31 +703,27 @@ async fn scan(con: &mut MultiplexedConnection, pattern: &str) -> RedisResult<Vec
     }
 }
 
-/// Calls `script` once per key in pipelines of `CHUNK` (loaded first, so `EVALSHA` finds it).
+/// Calls a function once per key in pipelines of `CHUNK` (loading the library when Redis lacks
+/// it).
 async fn views(
     con: &mut MultiplexedConnection,
-    script: &Script,
+    scripts: &Scripts,
+    f: &Function,
     keys: &[[String; 3]],
     now: &str,
 ) -> RedisResult<Vec<Value>> {
     const CHUNK: usize = 256;
+    let now = [now.to_owned()];
     let mut out = Vec::with_capacity(keys.len());
     if keys.is_empty() {
         return Ok(out);
     }
-    let hash = script.load_async(con).await?;
     for chunk in keys.chunks(CHUNK) {
         let mut pipe = redis::pipe();
         for k in chunk {
-            pipe.cmd("EVALSHA")
-                .arg(&hash)
-                .arg(3)
-                .arg(&k[0])
-                .arg(&k[1])
-                .arg(&k[2])
-                .arg(now);
+            pipe.add_command(scripts.fcall_cmd(f, k, &now));
         }
-        out.extend(pipe.query_async::<Vec<Value>>(con).await?);
+        out.extend(scripts::call_pipeline(con, &pipe).await?);
     }
     Ok(out)
 }
@@ -830,8 +824,10 @@ impl RedisStore {
                             .map(|kind| keys::name(prefix, kind, k))
                     })
                     .collect();
-                let static_views = views(con, &scripts.view_static, &static_keys, now).await?;
-                let dynamic_views = views(con, &scripts.view_dynamic, &dynamic_keys, now).await?;
+                let static_views =
+                    views(con, scripts, &scripts.view_static, &static_keys, now).await?;
+                let dynamic_views =
+                    views(con, scripts, &scripts.view_dynamic, &dynamic_keys, now).await?;
                 Ok((statics, static_views, dynamics, dynamic_views))
             })
             .await?;

@@ -256,19 +256,32 @@ async fn server_time_ignores_the_callers_clock() {
 }
 
 #[tokio::test]
-async fn scripts_are_reloaded_after_script_flush() {
-    let Some(redis) = common::redis("scripts_are_reloaded_after_script_flush") else {
+async fn functions_are_reloaded_after_function_flush() {
+    let Some(redis) = common::redis("functions_are_reloaded_after_function_flush") else {
         return;
     };
     let store = redis.store();
+    store.ping().await.unwrap();
     let e = [AcquireEntry::dynamic("k", gcra("10/s", 10), 1)];
     assert!(store.acquire(&e, NOW).await.unwrap().allowed);
     let mut con = raw(&redis);
-    let () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut con).unwrap();
+    let flush = |con: &mut redis::Connection| {
+        let () = redis::cmd("FUNCTION").arg("FLUSH").query(con).unwrap();
+    };
+    // One call, then a pipeline of calls (list_limits), each finding the functions gone.
+    flush(&mut con);
     assert_eq!(
         store.acquire(&e, NOW).await.unwrap().decisions[0].remaining,
         8
     );
+    flush(&mut con);
+    let listed = store.list_limits(NOW).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    // One library, named by its version, with one function per operation under its name.
+    let libraries: Vec<redis::Value> = redis::cmd("FUNCTION").arg("LIST").query(&mut con).unwrap();
+    assert_eq!(libraries.len(), 1, "{libraries:?}");
+    let text = format!("{libraries:?}");
+    assert!(text.contains("tollgate_"), "{text}");
 }
 
 #[tokio::test]

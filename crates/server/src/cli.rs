@@ -262,14 +262,17 @@ impl ServeConfig {
                 AppState::new(SystemClock::new(), self.settings)
             }
             StoreChoice::Redis(store) => {
+                // Checks the server's version and loads Tollgate's functions.
                 match store.ping().await {
                     Ok(()) => {
                         tracing::info!(url = store.url(), prefix = store.prefix(), "using redis")
                     }
                     // Starting anyway: calls answer 503 store_unavailable until it is back.
-                    Err(e) => {
+                    Err(e) if e.is_transient() => {
                         tracing::warn!(error = %e, "redis is not reachable yet; starting anyway")
                     }
+                    // A server too old for Redis Functions, or one that refuses to load them.
+                    Err(e) => return Err(anyhow::anyhow!("cannot use --redis: {e}")),
                 }
                 AppState::redis(store, self.settings)
             }

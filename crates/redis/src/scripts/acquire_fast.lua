@@ -1,9 +1,9 @@
--- acquire_fast.lua: the fast path of acquire.lua, run before the library is even made: when
--- every key is a gcra, token_bucket or fixed_window limit whose state (if any) was written
--- under the same spec, it decides inline and returns; otherwise it falls through to
--- acquire.lua, which decides everything in general. Making the library's closures costs more
--- than this whole path, and gcra is what the throughput budget is measured on. The decisions
--- are lib.lua's (g_decide, fw_decide), written out for one spec each.
+-- acquire_fast.lua: the fast path of the acquire function, run before acquire.lua (its body's
+-- second part): when every key is a gcra, token_bucket or fixed_window limit whose state (if
+-- any) was written under the same spec, it decides inline and returns; otherwise it falls
+-- through to acquire.lua, which decides everything in general. gcra is what the throughput
+-- budget is measured on. The decisions are lib.lua's (g_decide, fw_decide), written out for one
+-- spec each.
 --
 -- KEYS and ARGV: exactly those of acquire.lua.
 --   KEYS[2i-1]  key i's guard: its definition (static) or its lease set (dynamic)

@@ -1,5 +1,7 @@
--- lib.lua: the rate algorithms of tollgate-core, ported to integer microseconds. Prepended to
--- every other script; it reads no KEYS and no ARGV itself.
+-- lib.lua: the rate algorithms of tollgate-core, ported to integer microseconds. The first
+-- part of the Functions library (scripts.rs): its locals are made once, when the library is
+-- loaded, and every function of the library calls them. Nothing here keeps state between calls
+-- except the cache of parsed specs (parse_limit), which never changes a result.
 --
 -- Lua numbers are doubles. Every value here is a non-negative integer below 2^53 (an epoch
 -- instant in µs is about 2^51), and every product that could pass 2^53 (t·N, k·P, d·T) goes
@@ -130,14 +132,14 @@ local function positive(x)
   return x ~= nil and x >= 1
 end
 
+-- Parsed limits by spec: a key's definition and its state's spec are usually the same string,
+-- and the same few specs come back call after call. A parsed limit is never changed, so the
+-- cache lives as long as the library; it starts afresh once it holds PARSED_MAX specs (dynamic
+-- keys may bring any number of them).
+local parsed, parsed_n = {}, 0
+local PARSED_MAX = 1000
+
 -- A rate limit from its spec, or nil when it is not one.
--- Make the sliding- and fixed-window functions (defined below) on first use.
-local load_sw, load_fw
-
--- Parsed limits by spec, for this script run: a key's definition and its state's spec are
--- usually the same string.
-local parsed = {}
-
 local function parse_limit(spec)
   if not spec then
     return nil
@@ -158,10 +160,8 @@ local function parse_limit(spec)
     if not positive(L.prec) then
       return nil
     end
-    load_sw()
   elseif a == 'fw' then
     L.align, L.per = x, y
-    load_fw()
   elseif is_gcra(a) then
     L.burst, L.T = tonumber(x), y
     if not positive(L.burst) then
@@ -170,7 +170,11 @@ local function parse_limit(spec)
   else
     return nil
   end
+  if parsed_n >= PARSED_MAX then
+    parsed, parsed_n = {}, 0
+  end
   parsed[spec] = L
+  parsed_n = parsed_n + 1
   return L
 end
 
@@ -199,247 +203,232 @@ end
 
 ---------------------------------------------------------------------------------------------
 -- sliding_window: bucket k covers [k·P/N, (k+1)·P/N); a request checks buckets b−N ..= b.
--- Its functions are made only when a request names a sliding window: making every closure of
--- this library is a large part of a call's cost.
-local sw_bucket_of, sw_bucket_before, sw_bucket_start, sw_expiry_of, sw_current, sw_live
-local sw_decide, sw_usage, sw_refund, sw_rebucket
-load_sw = function()
-  if sw_bucket_of then
-    return
-  end
-  sw_bucket_of = function(L, t)
-    return (mul_div(t, L.prec, L.per))
-  end
+local function sw_bucket_of(L, t)
+  return (mul_div(t, L.prec, L.per))
+end
 
-  -- The bucket holding the instant just before t (the core's `t − 1ns`).
-  sw_bucket_before = function(L, t)
-    local q, r = mul_div(t, L.prec, L.per)
-    if r == 0 and q > 0 then
-      return q - 1
-    end
-    return q
+-- The bucket holding the instant just before t (the core's `t − 1ns`).
+local function sw_bucket_before(L, t)
+  local q, r = mul_div(t, L.prec, L.per)
+  if r == 0 and q > 0 then
+    return q - 1
   end
+  return q
+end
 
-  -- ⌈k·P/N⌉
-  sw_bucket_start = function(L, k)
-    local q, r = mul_div(k, L.per, L.prec)
-    if r > 0 then
-      q = q + 1
-    end
-    return q
+-- ⌈k·P/N⌉
+local function sw_bucket_start(L, k)
+  local q, r = mul_div(k, L.per, L.prec)
+  if r > 0 then
+    q = q + 1
   end
+  return q
+end
 
-  sw_expiry_of = function(L, k)
-    return sw_bucket_start(L, k + L.prec + 1)
+local function sw_expiry_of(L, k)
+  return sw_bucket_start(L, k + L.prec + 1)
+end
+
+-- A state is a flat array { index, units, index, units, ... } of non-empty buckets,
+-- ascending. The newest bucket's index, or nil.
+local function sw_current(L, b, now)
+  local c = sw_bucket_of(L, now)
+  local last = b[#b - 1]
+  if last and last > c then
+    c = last
   end
+  return c
+end
 
-  -- A state is a flat array { index, units, index, units, ... } of non-empty buckets,
-  -- ascending. The newest bucket's index, or nil.
-  sw_current = function(L, b, now)
-    local c = sw_bucket_of(L, now)
-    local last = b[#b - 1]
-    if last and last > c then
-      c = last
-    end
-    return c
+-- The first position (odd) of b whose bucket still counts at `current`; #b + 1 if none.
+local function sw_first_live(L, b, current)
+  local oldest = sat(current - L.prec)
+  local j, n = 1, #b
+  while j < n and b[j] < oldest do
+    j = j + 2
   end
+  return j
+end
 
-  -- The first position (odd) of b whose bucket still counts at `current`; #b + 1 if none.
-  local function first_live(L, b, current)
-    local oldest = sat(current - L.prec)
-    local j, n = 1, #b
-    while j < n and b[j] < oldest do
-      j = j + 2
-    end
-    return j
+-- The buckets still counting at `current`, copied.
+local function sw_live(L, b, current)
+  local out, k = {}, 0
+  for j = sw_first_live(L, b, current), #b, 2 do
+    out[k + 1], out[k + 2] = b[j], b[j + 1]
+    k = k + 2
   end
+  return out
+end
 
-  -- The buckets still counting at `current`, copied.
-  sw_live = function(L, b, current)
-    local out, k = {}, 0
-    for j = first_live(L, b, current), #b, 2 do
-      out[k + 1], out[k + 2] = b[j], b[j + 1]
-      k = k + 2
-    end
-    return out
+-- Decides on b, which it may change in place (callers never use a state after deciding
+-- on it); the next state is returned when admitted.
+local function sw_decide(L, b, now, units)
+  b = b or {}
+  local n = #b
+  local current = sw_current(L, b, now)
+  local first = sw_first_live(L, b, current)
+  local used = 0
+  for j = first + 1, n, 2 do
+    used = used + b[j]
   end
-
-  -- Decides on b, which it may change in place (callers never use a state after deciding
-  -- on it); the next state is returned when admitted.
-  sw_decide = function(L, b, now, units)
-    b = b or {}
-    local n = #b
-    local current = sw_current(L, b, now)
-    local first = first_live(L, b, current)
-    local used = 0
-    for j = first + 1, n, 2 do
-      used = used + b[j]
-    end
-    if used + units <= L.lim then
-      if first > 1 then
-        -- Drop the buckets that left, keeping the rest in place.
-        local k = 0
-        for j = first, n do
-          k = k + 1
-          b[k] = b[j]
-        end
-        for j = n, k + 1, -1 do
-          b[j] = nil
-        end
-        n = k
+  if used + units <= L.lim then
+    if first > 1 then
+      -- Drop the buckets that left, keeping the rest in place.
+      local k = 0
+      for j = first, n do
+        k = k + 1
+        b[k] = b[j]
       end
-      if n > 0 and b[n - 1] == current then
-        b[n] = b[n] + units
+      for j = n, k + 1, -1 do
+        b[j] = nil
+      end
+      n = k
+    end
+    if n > 0 and b[n - 1] == current then
+      b[n] = b[n] + units
+    else
+      b[n + 1], b[n + 2] = current, units
+    end
+    return { 1, L.lim, L.lim - used - units, 0, sat(sw_expiry_of(L, current) - now) }, b
+  end
+  -- Oldest buckets leave first; find the one whose departure frees enough.
+  local need = used + units - L.lim
+  local freed, retry = 0, nil
+  for j = first, n, 2 do
+    freed = freed + b[j + 1]
+    if freed >= need then
+      retry = sat(sw_expiry_of(L, b[j]) - now)
+      break
+    end
+  end
+  local reset = 0
+  if n >= first then
+    reset = sat(sw_expiry_of(L, b[n - 1]) - now)
+  end
+  -- Unreachable while units <= limit (checked before deciding): every bucket leaves.
+  if retry == nil then
+    retry = MAX_TTL_MS * 1000
+  end
+  return { 0, L.lim, sat(L.lim - used), retry, reset }, nil
+end
+
+local function sw_usage(L, b, now)
+  b = b or {}
+  local n = #b
+  local first = sw_first_live(L, b, sw_current(L, b, now))
+  local used = 0
+  for j = first + 1, n, 2 do
+    used = used + b[j]
+  end
+  local reset = 0
+  if n >= first then
+    reset = sat(sw_expiry_of(L, b[n - 1]) - now)
+  end
+  return L.lim, used, sat(L.lim - used), reset
+end
+
+local function sw_refund(L, b, now, units)
+  local live = sw_live(L, b, sw_current(L, b, now))
+  local left = units
+  while left > 0 and #live > 0 do
+    local n = #live
+    local take = math.min(left, live[n])
+    live[n] = live[n] - take
+    left = left - take
+    if live[n] == 0 then
+      live[n], live[n - 1] = nil, nil
+    end
+  end
+  if #live == 0 then
+    return nil
+  end
+  return live
+end
+
+-- Moves buckets kept under `old` onto L's. Each old bucket's units go to the new bucket
+-- holding the latest instant they can have been admitted at: the old bucket's last instant,
+-- but no later than now (unless the clock stepped back before the newest bucket began), so
+-- they never expire earlier than they would have, and never sit in a future bucket.
+local function sw_rebucket(L, old, b, now)
+  if old.per == L.per and old.prec == L.prec then
+    return b
+  end
+  local live = sw_live(old, b, sw_current(old, b, now))
+  local newest = live[#live - 1]
+  if newest == nil then
+    return nil
+  end
+  local capped = now >= sw_bucket_start(old, newest)
+  -- The new bucket of min(last instant of old bucket k, latest).
+  local function index_of(k)
+    local next_start = sw_bucket_start(old, k + 1)
+    if capped and next_start > now then
+      return sw_bucket_of(L, now)
+    end
+    return sw_bucket_before(L, next_start)
+  end
+  local oldest = sat(sw_bucket_of(L, now) - L.prec)
+  local floor = sat(index_of(newest) - L.prec)
+  local out = {}
+  for j = 1, #live, 2 do
+    local index = index_of(live[j])
+    if index >= oldest then
+      if index < floor then
+        index = floor
+      end
+      local n = #out
+      if n > 0 and out[n - 1] == index then
+        out[n] = out[n] + live[j + 1]
       else
-        b[n + 1], b[n + 2] = current, units
-      end
-      return { 1, L.lim, L.lim - used - units, 0, sat(sw_expiry_of(L, current) - now) }, b
-    end
-    -- Oldest buckets leave first; find the one whose departure frees enough.
-    local need = used + units - L.lim
-    local freed, retry = 0, nil
-    for j = first, n, 2 do
-      freed = freed + b[j + 1]
-      if freed >= need then
-        retry = sat(sw_expiry_of(L, b[j]) - now)
-        break
+        out[n + 1], out[n + 2] = index, live[j + 1]
       end
     end
-    local reset = 0
-    if n >= first then
-      reset = sat(sw_expiry_of(L, b[n - 1]) - now)
-    end
-    -- Unreachable while units <= limit (checked before deciding): every bucket leaves.
-    if retry == nil then
-      retry = MAX_TTL_MS * 1000
-    end
-    return { 0, L.lim, sat(L.lim - used), retry, reset }, nil
   end
-
-  sw_usage = function(L, b, now)
-    b = b or {}
-    local n = #b
-    local first = first_live(L, b, sw_current(L, b, now))
-    local used = 0
-    for j = first + 1, n, 2 do
-      used = used + b[j]
-    end
-    local reset = 0
-    if n >= first then
-      reset = sat(sw_expiry_of(L, b[n - 1]) - now)
-    end
-    return L.lim, used, sat(L.lim - used), reset
+  if #out == 0 then
+    return nil
   end
-
-  sw_refund = function(L, b, now, units)
-    local live = sw_live(L, b, sw_current(L, b, now))
-    local left = units
-    while left > 0 and #live > 0 do
-      local n = #live
-      local take = math.min(left, live[n])
-      live[n] = live[n] - take
-      left = left - take
-      if live[n] == 0 then
-        live[n], live[n - 1] = nil, nil
-      end
-    end
-    if #live == 0 then
-      return nil
-    end
-    return live
-  end
-
-  -- Moves buckets kept under `old` onto L's. Each old bucket's units go to the new bucket
-  -- holding the latest instant they can have been admitted at: the old bucket's last instant,
-  -- but no later than now (unless the clock stepped back before the newest bucket began), so
-  -- they never expire earlier than they would have, and never sit in a future bucket.
-  sw_rebucket = function(L, old, b, now)
-    if old.per == L.per and old.prec == L.prec then
-      return b
-    end
-    local live = sw_live(old, b, sw_current(old, b, now))
-    local newest = live[#live - 1]
-    if newest == nil then
-      return nil
-    end
-    local capped = now >= sw_bucket_start(old, newest)
-    -- The new bucket of min(last instant of old bucket k, latest).
-    local function index_of(k)
-      local next_start = sw_bucket_start(old, k + 1)
-      if capped and next_start > now then
-        return sw_bucket_of(L, now)
-      end
-      return sw_bucket_before(L, next_start)
-    end
-    local oldest = sat(sw_bucket_of(L, now) - L.prec)
-    local floor = sat(index_of(newest) - L.prec)
-    local out = {}
-    for j = 1, #live, 2 do
-      local index = index_of(live[j])
-      if index >= oldest then
-        if index < floor then
-          index = floor
-        end
-        local n = #out
-        if n > 0 and out[n - 1] == index then
-          out[n] = out[n] + live[j + 1]
-        else
-          out[n + 1], out[n + 2] = index, live[j + 1]
-        end
-      end
-    end
-    if #out == 0 then
-      return nil
-    end
-    return out
-  end
+  return out
 end
 
 ---------------------------------------------------------------------------------------------
--- fixed_window: state { window_end, used }. Made on first use, as sliding_window.
-local fw_window, fw_decide, fw_usage, fw_refund
-load_fw = function()
-  if fw_window then
-    return
+-- fixed_window: state { window_end, used }.
+local function fw_window(L, s, now)
+  if s and now < s[1] then
+    return s[1], s[2]
   end
-  fw_window = function(L, s, now)
-    if s and now < s[1] then
-      return s[1], s[2]
-    end
-    if L.align == 'c' then
-      local q = divmod(now, L.per)
-      return (q + 1) * L.per, 0
-    end
-    return now + L.per, 0
+  if L.align == 'c' then
+    local q = divmod(now, L.per)
+    return (q + 1) * L.per, 0
   end
+  return now + L.per, 0
+end
 
-  fw_decide = function(L, s, now, units)
-    local e, used = fw_window(L, s, now)
-    local reset = sat(e - now)
-    if used + units <= L.lim then
-      return { 1, L.lim, L.lim - used - units, 0, reset }, { e, used + units }
-    end
-    -- A new, empty window opens exactly at its end.
-    return { 0, L.lim, sat(L.lim - used), reset, reset }, nil
+local function fw_decide(L, s, now, units)
+  local e, used = fw_window(L, s, now)
+  local reset = sat(e - now)
+  if used + units <= L.lim then
+    return { 1, L.lim, L.lim - used - units, 0, reset }, { e, used + units }
   end
+  -- A new, empty window opens exactly at its end.
+  return { 0, L.lim, sat(L.lim - used), reset, reset }, nil
+end
 
-  fw_usage = function(L, s, now)
-    if s and now < s[1] then
-      return L.lim, s[2], sat(L.lim - s[2]), sat(s[1] - now)
-    end
-    return L.lim, 0, L.lim, 0
+local function fw_usage(L, s, now)
+  if s and now < s[1] then
+    return L.lim, s[2], sat(L.lim - s[2]), sat(s[1] - now)
   end
+  return L.lim, 0, L.lim, 0
+end
 
-  fw_refund = function(L, s, now, units)
-    if now >= s[1] then
-      return nil
-    end
-    local used = sat(s[2] - units)
-    if used > 0 then
-      return { s[1], used }
-    end
+local function fw_refund(L, s, now, units)
+  if now >= s[1] then
     return nil
   end
+  local used = sat(s[2] - units)
+  if used > 0 then
+    return { s[1], used }
+  end
+  return nil
 end
 
 ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 -- queue_lib.lua: the run queue's layout in Redis and its state machine, the same rules as the
--- engine's in-memory queue (crates/engine/src/queue/state.rs). Prepended, after lib.lua, to
--- every queue script; it reads no KEYS and no ARGV itself: each script calls init(prefix,
--- now) first.
+-- engine's in-memory queue (crates/engine/src/queue/state.rs). The second part of the
+-- Functions library, after lib.lua; it reads no KEYS and no ARGV itself: each queue function
+-- calls init(prefix, now, slack) first, which also resets the state of the call below (Q, NOW,
+-- SLACK, the effects and the tasks made ready), kept here for the call's duration only.
 --
 -- The queue's Redis keys (Q is the prefix, e.g. "tollgate:q:{tollgate}:"; the hash tag puts
 -- them all in one slot) are built here, not passed as KEYS: which runs a lease touches is
@@ -41,13 +42,13 @@
 -- DEC (decisions: task, spec_index, "a" allowed | "d" denied) and LAG (dispatch lags, µs).
 
 local Q, NOW, SLACK
-local TR, DEC, LAG = {}, {}, {}
-local READY = {}
+local TR, DEC, LAG, READY
 
 local function init(prefix, now_arg, slack_ms)
   Q = prefix
   NOW = clock(now_arg)
   SLACK = tonumber(slack_ms)
+  TR, DEC, LAG, READY = {}, {}, {}, {}
 end
 
 local function rk(id)
