@@ -96,8 +96,9 @@ const FUNCTIONS: [(&str, &str, &str); 14] = [
 
 const CROSS_SLOT: &str = "'allow-cross-slot-keys'";
 
-/// How each function is registered, around its body (`{name}` and `{flags}` filled in).
-const REGISTER_HEAD: &str = "redis.register_function{ function_name = '{name}', flags = { {flags} }, callback = function(KEYS, ARGV)\n";
+/// How each function is registered, around its body (`{name}` and `{flags}` filled in): it first
+/// calls lib.lua's `prepare`, which makes what Redis 7.0 cannot make while loading a library.
+const REGISTER_HEAD: &str = "redis.register_function{ function_name = '{name}', flags = { {flags} }, callback = function(KEYS, ARGV)\nprepare()\n";
 const REGISTER_TAIL: &str = "\nend }\n";
 
 /// The oldest servers with Redis Functions (and the `FUNCTION`/`FCALL` commands and flags the

@@ -23,19 +23,19 @@ local n = tonumber(ARGV[3])
 local limits, nexts, out = {}, {}, { 1 }
 for i = 1, n do
   local ns, units, spec = ARGV[3 * i + 1], tonumber(ARGV[3 * i + 2]), ARGV[3 * i + 3]
-  local L, prior, err = resolve(i, ns, KEYS[2 * i - 1], KEYS[2 * i], spec, now)
+  local L, old, prior, err = resolve(i, ns, KEYS[2 * i - 1], KEYS[2 * i], spec, now)
   if err then
     return err
   end
   if units > capacity(L) then
     return { -1, i, 'capacity', capacity(L) }
   end
-  local d, s = decide(L, adopt(L, prior, now), now, units)
+  local d, s = decide(L, adopt(L, old, prior, now), now, units)
   if d[1] == 0 then
     out[1] = 0
   end
   limits[i], nexts[i] = L, s
-  out[#out + 1] = string.format('%d %.0f %.0f %s %s', d[1], d[2], d[3], d[4], d[5])
+  out[#out + 1] = string.format(DECISION, d[1], d[2], d[3], d[4], d[5])
 end
 if out[1] == 1 then
   for i = 1, n do

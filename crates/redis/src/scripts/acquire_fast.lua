@@ -46,7 +46,7 @@ do
     if us < 0 then
       return '0'
     end
-    return string.format('%.0f%03d', us, m)
+    return string.format(DUR, us, m)
   end
   local out, writes, ok = { 1 }, {}, true
   for i = 1, n do
@@ -54,7 +54,7 @@ do
     local spec
     if ns == 's' then
       spec = redis.call('GET', KEYS[2 * i - 1])
-    elseif redis.call('ZCOUNT', KEYS[2 * i - 1], '(' .. string.format('%.0f', now), '+inf') == 0 then
+    elseif redis.call('ZCOUNT', KEYS[2 * i - 1], '(' .. fmt(now), '+inf') == 0 then
       spec = ARGV[3 * i + 3]
     end
     local a, lim, x, y
@@ -145,7 +145,7 @@ do
       ok = false
       break
     end
-    out[#out + 1] = string.format('%d %.0f %.0f %s %s', d[1], d[2], d[3], d[4], d[5])
+    out[#out + 1] = string.format(DECISION, d[1], d[2], d[3], d[4], d[5])
   end
   if ok then
     if out[1] == 1 then
@@ -161,8 +161,8 @@ do
         if ms < 1 then
           ms = 1
         end
-        redis.call('SET', KEYS[2 * i], string.format('%s|%.0f %.0f', w[1], w[2], w[3]), 'PX',
-          string.format('%.0f', math.min(ms, 3153600000000)))
+        redis.call('SET', KEYS[2 * i], string.format(STATE, w[1], w[2], w[3]), 'PX',
+          fmt(math.min(ms, 3153600000000)))
       end
     end
     fast_result = out

@@ -199,7 +199,7 @@ local function acquire_all(task, E)
   local limits, nexts, first, eta = {}, {}, nil, nil
   local denied = {}
   for i, e in ipairs(E) do
-    local L, prior, err = resolve(i, e.ns, e.guard, e.st, e.spec, NOW)
+    local L, old, prior, err = resolve(i, e.ns, e.guard, e.st, e.spec, NOW)
     if err then
       if err[3] == 'unknown' then
         return 'error', 'limit ' .. string.format('%q', e.key) .. ' is no longer defined'
@@ -212,7 +212,7 @@ local function acquire_all(task, E)
       return 'error', 'insufficient_capacity: rate_limits[' .. e.idx .. '] asks ' .. fmt(e.units) ..
           ' units of key ' .. string.format('%q', e.key) .. ', which holds at most ' .. fmt(capacity(L))
     end
-    local d, s = decide(L, adopt(L, prior, NOW), NOW, e.units)
+    local d, s = decide(L, adopt(L, old, prior, NOW), NOW, e.units)
     limits[i], nexts[i] = L, s
     if d[1] == 0 then
       denied[i] = true
@@ -246,10 +246,10 @@ local function refund_run(id)
   local r = redis.call('HMGET', rk(id), 'res', 'pol', 'rate')
   if r[1] == '1' and r[2] == 'r' then
     for i, e in ipairs(rate_entries(r[3])) do
-      local L, prior, err = resolve(i, e.ns, e.guard, e.st, e.spec, NOW)
+      local L, old, prior, err = resolve(i, e.ns, e.guard, e.st, e.spec, NOW)
       -- A limit that is gone or unreadable keeps nothing to refund: conservative.
       if not err then
-        store_state(e.st, L, refund(L, adopt(L, prior, NOW), NOW, e.units), NOW, SLACK)
+        store_state(e.st, L, refund(L, adopt(L, old, prior, NOW), NOW, e.units), NOW, SLACK)
       end
     end
   end
