@@ -36,17 +36,7 @@ const QUEUE_LIB: &str = include_str!("scripts/queue_lib.lua");
 ///   `EVAL` scripts did, they may touch keys of several slots on one node. With
 ///   [`crate::Builder::cluster`] every key shares one slot anyway.
 const FUNCTIONS: [(&str, &str, &str); 14] = [
-    // The fast path decides gcra, token_bucket and fixed_window keys written under the same
-    // spec inline, and falls through to the general path.
-    (
-        "acquire",
-        concat!(
-            include_str!("scripts/acquire_fast.lua"),
-            "\n",
-            include_str!("scripts/acquire.lua")
-        ),
-        "",
-    ),
+    ("acquire", include_str!("scripts/acquire.lua"), ""),
     ("refund", include_str!("scripts/refund.lua"), ""),
     ("lease", include_str!("scripts/lease.lua"), ""),
     ("barrier", include_str!("scripts/barrier.lua"), ""),

@@ -1,4 +1,5 @@
--- lib.lua: the rate algorithms of tollgate-core, ported to integer microseconds. The first
+-- lib.lua: the rate algorithms of tollgate-core, ported to integer microseconds, and the one
+-- all-or-nothing acquire (acquire_keys) that direct acquires and the run queue share. The first
 -- part of the Functions library (scripts.rs): its locals are made once, when the library is
 -- loaded, and every function of the library calls them. Nothing here keeps state between calls
 -- except the cache of parsed specs (parse_limit), which never changes a result.
@@ -729,6 +730,38 @@ local function resolve(i, ns, guard, state_key, spec, now)
     return nil, nil, nil, { -1, i, 'corrupt', 'state' }
   end
   return L, old, s
+end
+
+-- Decides every key of one acquire at once and writes only if all are admitted: the one
+-- implementation of the all-or-nothing acquire, for direct acquires (acquire.lua) and the run
+-- queue (acquire_all in queue_lib.lua). E[i] = { ns = "s" | "d", units, guard, st, spec } (the
+-- keys and values of acquire.lua's key i). Returns allowed (true | false) and each key's
+-- decision (lib's decide: { allowed, limit, remaining, retry_after_ns, reset_after_ns }), or
+-- nil and { -1, i, code, detail } for the first key in order that cannot be decided (resolve's
+-- codes, or "capacity" with the most the limit admits at once).
+local function acquire_keys(E, now, slack)
+  local limits, nexts, D, allowed = {}, {}, {}, true
+  for i = 1, #E do
+    local e = E[i]
+    local L, old, prior, err = resolve(i, e.ns, e.guard, e.st, e.spec, now)
+    if err then
+      return nil, err
+    end
+    if e.units > capacity(L) then
+      return nil, { -1, i, 'capacity', capacity(L) }
+    end
+    local d, s = decide(L, adopt(L, old, prior, now), now, e.units)
+    if d[1] == 0 then
+      allowed = false
+    end
+    limits[i], nexts[i], D[i] = L, s, d
+  end
+  if allowed then
+    for i = 1, #E do
+      store_state(E[i].st, limits[i], nexts[i], now, slack)
+    end
+  end
+  return allowed, D
 end
 
 -- Declares or redefines a static limit: def (its definition), st (rate state), ls (lease
