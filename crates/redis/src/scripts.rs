@@ -37,17 +37,7 @@ const QUEUE_LIB: &str = include_str!("scripts/queue_lib.lua");
 ///   `EVAL` scripts did, they may touch keys of several slots on one node. With
 ///   [`crate::Builder::cluster`] every key shares one slot anyway.
 const FUNCTIONS: [(&str, &str, &str); 14] = [
-    // The fast path decides gcra, token_bucket and fixed_window keys written under the same
-    // spec inline, and falls through to the general path.
-    (
-        "acquire",
-        concat!(
-            include_str!("scripts/acquire_fast.lua"),
-            "\n",
-            include_str!("scripts/acquire.lua")
-        ),
-        "",
-    ),
+    ("acquire", include_str!("scripts/acquire.lua"), ""),
     ("refund", include_str!("scripts/refund.lua"), ""),
     ("lease", include_str!("scripts/lease.lua"), ""),
     ("barrier", include_str!("scripts/barrier.lua"), ""),
@@ -97,8 +87,9 @@ const FUNCTIONS: [(&str, &str, &str); 14] = [
 
 const CROSS_SLOT: &str = "'allow-cross-slot-keys'";
 
-/// How each function is registered, around its body (`{name}` and `{flags}` filled in).
-const REGISTER_HEAD: &str = "redis.register_function{ function_name = '{name}', flags = { {flags} }, callback = function(KEYS, ARGV)\n";
+/// How each function is registered, around its body (`{name}` and `{flags}` filled in): it first
+/// calls lib.lua's `prepare`, which makes what Redis 7.0 cannot make while loading a library.
+const REGISTER_HEAD: &str = "redis.register_function{ function_name = '{name}', flags = { {flags} }, callback = function(KEYS, ARGV)\nprepare()\n";
 const REGISTER_TAIL: &str = "\nend }\n";
 
 /// The oldest servers with Redis Functions (and the `FUNCTION`/`FCALL` commands and flags the

@@ -1,4 +1,5 @@
--- acquire.lua: decides every key of one request at once; writes only if all are admitted.
+-- acquire.lua: decides every key of one request at once; writes only if all are admitted
+-- (acquire_keys in lib.lua, which the run queue uses too).
 --
 -- KEYS[2i-1]  key i's guard: its definition (static keys, a string that never expires) or
 --             its lease set (dynamic keys, a ZSET: a dynamic key with live leases is not a
@@ -18,28 +19,21 @@
 -- most the limit admits at once), "corrupt".
 
 local now = clock(ARGV[1])
-local slack = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
-local limits, nexts, out = {}, {}, { 1 }
+local E = {}
 for i = 1, n do
-  local ns, units, spec = ARGV[3 * i + 1], tonumber(ARGV[3 * i + 2]), ARGV[3 * i + 3]
-  local L, prior, err = resolve(i, ns, KEYS[2 * i - 1], KEYS[2 * i], spec, now)
-  if err then
-    return err
-  end
-  if units > capacity(L) then
-    return { -1, i, 'capacity', capacity(L) }
-  end
-  local d, s = decide(L, adopt(L, prior, now), now, units)
-  if d[1] == 0 then
-    out[1] = 0
-  end
-  limits[i], nexts[i] = L, s
-  out[#out + 1] = string.format('%d %.0f %.0f %s %s', d[1], d[2], d[3], d[4], d[5])
+  E[i] = {
+    ns = ARGV[3 * i + 1], units = tonumber(ARGV[3 * i + 2]), spec = ARGV[3 * i + 3],
+    guard = KEYS[2 * i - 1], st = KEYS[2 * i],
+  }
 end
-if out[1] == 1 then
-  for i = 1, n do
-    store_state(KEYS[2 * i], limits[i], nexts[i], now, slack)
-  end
+local allowed, D = acquire_keys(E, now, tonumber(ARGV[2]))
+if allowed == nil then
+  return D
+end
+local out = { allowed and 1 or 0 }
+for i = 1, n do
+  local d = D[i]
+  out[i + 1] = string.format(DECISION, d[1], d[2], d[3], d[4], d[5])
 end
 return out

@@ -33,12 +33,12 @@ if ns == 's' then
   end
   C = parse_conc(def)
 else
-  local prior, corrupt = parse_state(redis.call('GET', KEYS[1]))
-  if corrupt then
+  local old, s = parse_state(redis.call('GET', KEYS[1]))
+  if old == false then
     return { -1, 'corrupt', 'state' }
   end
-  if prior and fresh_at(prior.L, prior.s) > now then
-    return { -1, 'wrong', prior.L.a }
+  if old and fresh_at(old, s) > now then
+    return { -1, 'wrong', old.a }
   end
   C = parse_conc(ARGV[7])
 end

@@ -1,12 +1,13 @@
--- lib.lua: the rate algorithms of tollgate-core, ported to integer microseconds. The first
+-- lib.lua: the rate algorithms of tollgate-core, ported to integer microseconds, and the one
+-- all-or-nothing acquire (acquire_keys) that direct acquires and the run queue share. The first
 -- part of the Functions library (scripts.rs): its locals are made once, when the library is
 -- loaded, and every function of the library calls them. Nothing here keeps state between calls
 -- except the cache of parsed specs (parse_limit), which never changes a result.
 --
 -- Lua numbers are doubles. Every value here is a non-negative integer below 2^53 (an epoch
 -- instant in µs is about 2^51), and every product that could pass 2^53 (t·N, k·P, d·T) goes
--- through mul_div, which never forms it. Numbers are written back with fmt(), never with
--- tostring() or `..`, which keep only 14 significant digits.
+-- through mul_div, which never forms it. Numbers are written back with fmt() (or INT in a
+-- format), never with tostring() or `..`, which keep only 14 significant digits.
 --
 -- A limit spec is the string the Rust side encodes (first token: the algorithm):
 --   "sw <limit> <period_ns> <precision> <period_us>"
@@ -21,8 +22,27 @@
 --   fw: "<window_end> <used>"
 --   gcra, tb: "<tat_us> <tat_ns>" (tat = tat_us µs + tat_ns ns, tat_ns in 0..999)
 
+-- The format of an integer: '%d' where this Lua's C long holds every integer below 2^53 (64-bit
+-- Unix builds; three times faster than '%.0f', which formats a double), else '%.0f'; and the
+-- formats built on it. Made by the first call (prepare): Redis 7.0 offers no string library
+-- while it loads a library.
+local INT, DUR, STATE, DECISION
+
+-- Makes what could not be made while loading. Every function of the library calls it first
+-- (scripts.rs puts the call there).
+local function prepare()
+  if INT then
+    return
+  end
+  INT = string.format('%d', 2 ^ 53) == '9007199254740992' and '%d' or '%.0f'
+  DUR = INT .. '%03d'
+  STATE = '%s|' .. INT .. ' ' .. INT
+  -- One key's decision in an acquire's answer: allowed limit remaining retry_after reset_after.
+  DECISION = '%d ' .. INT .. ' ' .. INT .. ' %s %s'
+end
+
 local function fmt(x)
-  return string.format('%.0f', x)
+  return string.format(INT, x)
 end
 
 -- a - b saturating at zero, as Nanos subtraction does.
@@ -441,7 +461,7 @@ local function dur(us, n)
   if us < 0 then
     return '0'
   end
-  return string.format('%.0f%03d', us, n)
+  return string.format(DUR, us, n)
 end
 
 local function g_at_least_now(tat, now)
@@ -592,67 +612,63 @@ local function fresh_at(L, s)
   return s[1]
 end
 
--- The prior state { L = limit that wrote it, s = state } in L's terms at now (nil: fresh).
--- Usage is kept across parameter changes; a change of algorithm starts from what the old
--- state had left, never more.
-local function adopt(L, prior, now)
-  if prior == nil then
+-- A prior state s, written under the limit old, in L's terms at now (nil: fresh). Usage is kept
+-- across parameter changes; a change of algorithm starts from what the old state had left,
+-- never more.
+local function adopt(L, old, s, now)
+  if not old then
     return nil
   end
   -- A fresh state is no state, whatever limit wrote it.
-  if fresh_at(prior.L, prior.s) <= now then
+  if fresh_at(old, s) <= now then
     return nil
   end
-  local old = prior.L
   if old.spec == L.spec then
-    return prior.s
+    return s
   end
   if is_gcra(L.a) and is_gcra(old.a) then
-    return g_rescale(L, old, prior.s, now)
+    return g_rescale(L, old, s, now)
   end
   if L.a == 'sw' and old.a == 'sw' then
-    return sw_rebucket(L, old, prior.s, now)
+    return sw_rebucket(L, old, s, now)
   end
   if L.a == 'fw' and old.a == 'fw' then
     -- The running window keeps its end and usage; new parameters shape the next.
-    return prior.s
+    return s
   end
-  local _, _, left = usage(old, prior.s, now)
+  local _, _, left = usage(old, s, now)
   local cap = capacity(L)
   return seeded(L, cap - math.min(left, cap), now)
 end
 
--- A stored rate state: false/nil (none), or { L, s }; the second result is true when the
--- stored value is not a rate state.
+-- A stored rate state: the limit that wrote it and the state; nil when there is none; false
+-- when the stored value is not a rate state.
 local function parse_state(raw)
   if not raw then
-    return nil, false
+    return nil
+  end
+  -- fw and gcra states in one match (the common case); a sliding window's below.
+  local spec, a, b = string.match(raw, '^([^|]*)|(%d+) (%d+)$')
+  if spec then
+    local L = parse_limit(spec)
+    if L and L.a ~= 'sw' then
+      return L, { tonumber(a), tonumber(b) }
+    end
   end
   local bar = string.find(raw, '|', 1, true)
   if not bar then
-    return nil, true
+    return false
   end
   local L = parse_limit(string.sub(raw, 1, bar - 1))
-  if not L then
-    return nil, true
+  if not L or L.a ~= 'sw' then
+    -- Not a limit, or an fw or gcra state that did not match above.
+    return false
   end
-  local rest = string.sub(raw, bar + 1)
-  local s
-  if L.a == 'sw' then
-    local ok, t = pcall(cmsgpack.unpack, rest)
-    if not ok or type(t) ~= 'table' or #t < 2 or #t % 2 ~= 0 or type(t[1]) ~= 'number' then
-      return nil, true
-    end
-    s = t
-  else
-    -- fw: window_end, used; gcra: tat µs, ns
-    local a, b = string.match(rest, '^(%d+) (%d+)$')
-    if a == nil then
-      return nil, true
-    end
-    s = { tonumber(a), tonumber(b) }
+  local ok, t = pcall(cmsgpack.unpack, string.sub(raw, bar + 1))
+  if not ok or type(t) ~= 'table' or #t < 2 or #t % 2 ~= 0 or type(t[1]) ~= 'number' then
+    return false
   end
-  return { L = L, s = s }, false
+  return L, t
 end
 
 local function encode_state(L, s)
@@ -661,7 +677,7 @@ local function encode_state(L, s)
     -- writing 61 buckets costs a tenth of what text did.
     return L.spec .. '|' .. cmsgpack.pack(s)
   end
-  return string.format('%s|%.0f %.0f', L.spec, s[1], s[2])
+  return string.format(STATE, L.spec, s[1], s[2])
 end
 
 -- Stores a rate state (or forgets it when nil: fresh), expiring once it is fresh.
@@ -683,34 +699,69 @@ local function has_live_lease(key, now)
   return redis.call('ZCOUNT', key, '(' .. fmt(now), '+inf') > 0
 end
 
--- Resolves key i of an acquire or refund: its limit and prior state, or an error reply.
+-- Resolves key i of an acquire or refund: its limit L, and its prior state s with the limit
+-- old that wrote it (both nil when there is none); or nil, nil, nil and an error reply.
 -- guard: the static definition key or the dynamic lease set; state_key: the rate state.
 local function resolve(i, ns, guard, state_key, spec, now)
   local L
   if ns == 's' then
     local def = redis.call('GET', guard)
     if not def then
-      return nil, nil, { -1, i, 'unknown', '' }
-    end
-    local a = algo_of(def)
-    if not is_rate(a) then
-      return nil, nil, { -1, i, 'wrong', a or '' }
+      return nil, nil, nil, { -1, i, 'unknown', '' }
     end
     L = parse_limit(def)
+    if not L then
+      local a = algo_of(def)
+      if not is_rate(a) then
+        return nil, nil, nil, { -1, i, 'wrong', a or '' }
+      end
+    end
   else
     if has_live_lease(guard, now) then
-      return nil, nil, { -1, i, 'wrong', 'conc' }
+      return nil, nil, nil, { -1, i, 'wrong', 'conc' }
     end
     L = parse_limit(spec)
   end
   if not L then
-    return nil, nil, { -1, i, 'corrupt', 'definition' }
+    return nil, nil, nil, { -1, i, 'corrupt', 'definition' }
   end
-  local prior, corrupt = parse_state(redis.call('GET', state_key))
-  if corrupt then
-    return nil, nil, { -1, i, 'corrupt', 'state' }
+  local old, s = parse_state(redis.call('GET', state_key))
+  if old == false then
+    return nil, nil, nil, { -1, i, 'corrupt', 'state' }
   end
-  return L, prior, nil
+  return L, old, s
+end
+
+-- Decides every key of one acquire at once and writes only if all are admitted: the one
+-- implementation of the all-or-nothing acquire, for direct acquires (acquire.lua) and the run
+-- queue (acquire_all in queue_lib.lua). E[i] = { ns = "s" | "d", units, guard, st, spec } (the
+-- keys and values of acquire.lua's key i). Returns allowed (true | false) and each key's
+-- decision (lib's decide: { allowed, limit, remaining, retry_after_ns, reset_after_ns }), or
+-- nil and { -1, i, code, detail } for the first key in order that cannot be decided (resolve's
+-- codes, or "capacity" with the most the limit admits at once).
+local function acquire_keys(E, now, slack)
+  local limits, nexts, D, allowed = {}, {}, {}, true
+  for i = 1, #E do
+    local e = E[i]
+    local L, old, prior, err = resolve(i, e.ns, e.guard, e.st, e.spec, now)
+    if err then
+      return nil, err
+    end
+    if e.units > capacity(L) then
+      return nil, { -1, i, 'capacity', capacity(L) }
+    end
+    local d, s = decide(L, adopt(L, old, prior, now), now, e.units)
+    if d[1] == 0 then
+      allowed = false
+    end
+    limits[i], nexts[i], D[i] = L, s, d
+  end
+  if allowed then
+    for i = 1, #E do
+      store_state(E[i].st, limits[i], nexts[i], now, slack)
+    end
+  end
+  return allowed, D
 end
 
 -- Declares or redefines a static limit: def (its definition), st (rate state), ls (lease

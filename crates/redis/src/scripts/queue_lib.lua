@@ -193,47 +193,37 @@ local function contains(list, x)
   return false
 end
 
--- Decides every rate entry at once and writes only if all are admitted, as acquire.lua does.
--- Returns 'ok' | 'denied', i (first denied), eta (µs) | 'error', message.
+-- Decides every rate entry at once and writes only if all are admitted (acquire_keys, as a
+-- direct acquire does), and notes the decisions. Returns 'ok' | 'denied', i (first denied), eta
+-- (µs) | 'error', message.
 local function acquire_all(task, E)
-  local limits, nexts, first, eta = {}, {}, nil, nil
-  local denied = {}
-  for i, e in ipairs(E) do
-    local L, prior, err = resolve(i, e.ns, e.guard, e.st, e.spec, NOW)
-    if err then
-      if err[3] == 'unknown' then
-        return 'error', 'limit ' .. string.format('%q', e.key) .. ' is no longer defined'
-      elseif err[3] == 'wrong' then
-        return 'error', 'limit ' .. string.format('%q', e.key) .. ' is no longer a rate limit'
-      end
-      return 'error', 'the state of limit ' .. string.format('%q', e.key) .. ' is corrupt'
-    end
-    if e.units > capacity(L) then
+  local allowed, D = acquire_keys(E, NOW, SLACK)
+  if allowed == nil then
+    local err = D
+    local e = E[err[2]]
+    if err[3] == 'unknown' then
+      return 'error', 'limit ' .. string.format('%q', e.key) .. ' is no longer defined'
+    elseif err[3] == 'wrong' then
+      return 'error', 'limit ' .. string.format('%q', e.key) .. ' is no longer a rate limit'
+    elseif err[3] == 'capacity' then
       return 'error', 'insufficient_capacity: rate_limits[' .. e.idx .. '] asks ' .. fmt(e.units) ..
-          ' units of key ' .. string.format('%q', e.key) .. ', which holds at most ' .. fmt(capacity(L))
+          ' units of key ' .. string.format('%q', e.key) .. ', which holds at most ' .. fmt(err[4])
     end
-    local d, s = decide(L, adopt(L, prior, NOW), NOW, e.units)
-    limits[i], nexts[i] = L, s
-    if d[1] == 0 then
-      denied[i] = true
-      if not first then
-        first = i
-        eta = NOW + math.ceil(tonumber(d[4]) / 1000)
-      end
-    end
+    return 'error', 'the state of limit ' .. string.format('%q', e.key) .. ' is corrupt'
   end
-  if first then
+  if not allowed then
+    local first
     for i, e in ipairs(E) do
-      if denied[i] then
+      if D[i][1] == 0 then
+        first = first or i
         DEC[#DEC + 1] = task
         DEC[#DEC + 1] = e.idx
         DEC[#DEC + 1] = 'd'
       end
     end
-    return 'denied', first, eta
+    return 'denied', first, NOW + math.ceil(tonumber(D[first][4]) / 1000)
   end
-  for i, e in ipairs(E) do
-    store_state(e.st, limits[i], nexts[i], NOW, SLACK)
+  for _, e in ipairs(E) do
     DEC[#DEC + 1] = task
     DEC[#DEC + 1] = e.idx
     DEC[#DEC + 1] = 'a'
@@ -246,10 +236,10 @@ local function refund_run(id)
   local r = redis.call('HMGET', rk(id), 'res', 'pol', 'rate')
   if r[1] == '1' and r[2] == 'r' then
     for i, e in ipairs(rate_entries(r[3])) do
-      local L, prior, err = resolve(i, e.ns, e.guard, e.st, e.spec, NOW)
+      local L, old, prior, err = resolve(i, e.ns, e.guard, e.st, e.spec, NOW)
       -- A limit that is gone or unreadable keeps nothing to refund: conservative.
       if not err then
-        store_state(e.st, L, refund(L, adopt(L, prior, NOW), NOW, e.units), NOW, SLACK)
+        store_state(e.st, L, refund(L, adopt(L, old, prior, NOW), NOW, e.units), NOW, SLACK)
       end
     end
   end

@@ -17,12 +17,12 @@ local n = tonumber(ARGV[3])
 local limits, nexts = {}, {}
 for i = 1, n do
   local ns, units, spec = ARGV[3 * i + 1], tonumber(ARGV[3 * i + 2]), ARGV[3 * i + 3]
-  local L, prior, err = resolve(i, ns, KEYS[2 * i - 1], KEYS[2 * i], spec, now)
+  local L, old, prior, err = resolve(i, ns, KEYS[2 * i - 1], KEYS[2 * i], spec, now)
   if err then
     return err
   end
   limits[i] = L
-  nexts[i] = refund(L, adopt(L, prior, now), now, units)
+  nexts[i] = refund(L, adopt(L, old, prior, now), now, units)
 end
 for i = 1, n do
   store_state(KEYS[2 * i], limits[i], nexts[i], now, slack)

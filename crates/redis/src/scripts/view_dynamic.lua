@@ -9,10 +9,10 @@
 -- reset_after_ns} or {"conc", spec, live leases}.
 
 local now = clock(ARGV[1])
-local prior = parse_state(redis.call('GET', KEYS[1]))
-if prior and fresh_at(prior.L, prior.s) > now then
-  local limit, used, remaining, reset = usage(prior.L, prior.s, now)
-  return { 'rate', prior.L.spec, limit, used, remaining, reset }
+local old, s = parse_state(redis.call('GET', KEYS[1]))
+if old and fresh_at(old, s) > now then
+  local limit, used, remaining, reset = usage(old, s, now)
+  return { 'rate', old.spec, limit, used, remaining, reset }
 end
 local live = redis.call('ZCOUNT', KEYS[2], '(' .. fmt(now), '+inf')
 if live > 0 then

@@ -19,11 +19,11 @@ if is_rate(a) then
   if not L then
     return { def, 'corrupt' }
   end
-  local prior, corrupt = parse_state(redis.call('GET', KEYS[2]))
-  if corrupt then
+  local old, prior = parse_state(redis.call('GET', KEYS[2]))
+  if old == false then
     return { def, 'corrupt' }
   end
-  local limit, used, remaining, reset = usage(L, adopt(L, prior, now), now)
+  local limit, used, remaining, reset = usage(L, adopt(L, old, prior, now), now)
   return { def, 'rate', limit, used, remaining, reset }
 elseif a == 'conc' then
   return { def, 'conc', redis.call('ZCOUNT', KEYS[3], '(' .. fmt(now), '+inf') }
