@@ -55,8 +55,8 @@ struct Inner {
     store: RedisStore,
     /// Prefix of the queue's keys: `<prefix>:q:{<prefix>}:`.
     q: String,
-    /// Compiled tasks by name, with the definition text they were compiled from.
-    tasks: Mutex<HashMap<String, (String, Arc<Task>)>>,
+    /// Compiled tasks by name, with the definition (text and version) they were compiled from.
+    tasks: Mutex<HashMap<String, Cached>>,
     /// Woken when a run became ready on any node.
     ready: Arc<Notify>,
     /// Woken when this node learnt of an earlier deadline (or is closing).
@@ -80,6 +80,19 @@ impl Drop for Inner {
         self.closing.notify_waiters();
     }
 }
+
+/// A task as this node compiled it.
+struct Cached {
+    /// The definition's text.
+    text: String,
+    /// The version Redis gave that definition (`"0"`: defined before versions existed). An
+    /// enqueue names it, and the script refuses it once the task is redefined.
+    version: String,
+    task: Arc<Task>,
+}
+
+/// How many times an enqueue renders its runs again after being told the task changed.
+const STALE_RETRIES: usize = 5;
 
 /// What a queue script reports about its effects, for the node's metrics.
 #[derive(Default)]
@@ -219,12 +232,21 @@ impl RedisEngine {
         let task = Arc::new(self.compile(name, spec).await?);
         let mut args = self.script_args();
         args.extend(["task".to_owned(), name.to_owned(), text.clone()]);
-        let (status, _) = self.queue_call("put a task", Script::Define, &args).await?;
+        let (status, items) = self.queue_call("put a task", Script::Define, &args).await?;
         self.expect_ok("put a task", &status)?;
-        self.inner
-            .tasks
-            .lock()
-            .insert(name.to_owned(), (text, Arc::clone(&task)));
+        let version = items
+            .first()
+            .and_then(int)
+            .ok_or_else(|| self.inner.store.corrupt("put a task answered no version"))?
+            .to_string();
+        self.inner.tasks.lock().insert(
+            name.to_owned(),
+            Cached {
+                text,
+                version,
+                task: Arc::clone(&task),
+            },
+        );
         Ok(task)
     }
 
@@ -234,11 +256,12 @@ impl RedisEngine {
     }
 
     /// A task as stored, compiled once per definition text.
-    async fn cached(&self, name: &str, text: String) -> Result<Arc<Task>, Error> {
-        if let Some((t, task)) = self.inner.tasks.lock().get(name)
-            && *t == text
+    async fn cached(&self, name: &str, text: String, version: String) -> Result<Arc<Task>, Error> {
+        if let Some(c) = self.inner.tasks.lock().get_mut(name)
+            && c.text == text
         {
-            return Ok(Arc::clone(task));
+            c.version = version;
+            return Ok(Arc::clone(&c.task));
         }
         let spec: TaskSpec = serde_json::from_str(&text).map_err(|e| {
             self.inner.store.corrupt(format_args!(
@@ -249,11 +272,23 @@ impl RedisEngine {
         // (`remove_limit` refuses), so this fails only if another node removed one while this
         // task was being defined: the enqueue is then rejected naming the missing limit.
         let task = Arc::new(self.compile(name, spec).await?);
-        self.inner
-            .tasks
-            .lock()
-            .insert(name.to_owned(), (text, Arc::clone(&task)));
+        self.inner.tasks.lock().insert(
+            name.to_owned(),
+            Cached {
+                text,
+                version,
+                task: Arc::clone(&task),
+            },
+        );
         Ok(task)
+    }
+
+    /// Task `name` as this node last compiled it, with its definition's version: no IO. An
+    /// enqueue with it is refused by Redis if the task has been redefined since.
+    fn known_task(&self, name: &str) -> Option<(Arc<Task>, String)> {
+        let tasks = self.inner.tasks.lock();
+        let c = tasks.get(name)?;
+        Some((Arc::clone(&c.task), c.version.clone()))
     }
 
     /// Task `name`, as Redis holds it now.
@@ -261,20 +296,23 @@ impl RedisEngine {
     /// # Errors
     /// Store failures.
     pub async fn task(&self, name: &str) -> Result<Option<Arc<Task>>, Error> {
-        let key = &self.q_key("tasks");
-        let text: Option<String> = self
+        let (tasks, versions) = (&self.q_key("tasks"), &self.q_key("taskv"));
+        let (text, version): (Option<String>, Option<String>) = self
             .inner
             .store
             .run("read a task", |mut con| async move {
-                redis::cmd("HGET")
-                    .arg(key)
-                    .arg(name)
+                redis::pipe()
+                    .hget(tasks, name)
+                    .hget(versions, name)
                     .query_async(&mut con)
                     .await
             })
             .await?;
         match text {
-            Some(t) => Ok(Some(self.cached(name, t).await?)),
+            Some(t) => {
+                let version = version.unwrap_or_else(|| "0".to_owned());
+                Ok(Some(self.cached(name, t, version).await?))
+            }
             None => Ok(None),
         }
     }
@@ -284,19 +322,35 @@ impl RedisEngine {
     /// # Errors
     /// Store failures.
     pub async fn tasks(&self) -> Result<Vec<Arc<Task>>, Error> {
-        let key = &self.q_key("tasks");
-        let all: BTreeMap<String, String> = self
+        Ok(self
+            .tasks_with_versions()
+            .await?
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect())
+    }
+
+    /// Every task, by name, with its definition's version.
+    async fn tasks_with_versions(&self) -> Result<Vec<(Arc<Task>, String)>, Error> {
+        let (tasks, versions) = (&self.q_key("tasks"), &self.q_key("taskv"));
+        let (all, mut numbers): (BTreeMap<String, String>, HashMap<String, String>) = self
             .inner
             .store
             .run("read the tasks", |mut con| async move {
-                redis::cmd("HGETALL").arg(key).query_async(&mut con).await
+                redis::pipe()
+                    .hgetall(tasks)
+                    .hgetall(versions)
+                    .query_async(&mut con)
+                    .await
             })
             .await?;
-        let mut tasks = Vec::with_capacity(all.len());
+        let mut out = Vec::with_capacity(all.len());
         for (n, t) in all {
-            tasks.push(self.cached(&n, t).await?);
+            let version = numbers.remove(&n).unwrap_or_else(|| "0".to_owned());
+            let task = self.cached(&n, t, version.clone()).await?;
+            out.push((task, version));
         }
-        Ok(tasks)
+        Ok(out)
     }
 
     // ---- runs -----------------------------------------------------------------------------
@@ -311,14 +365,41 @@ impl RedisEngine {
         input: Json,
         additional_metadata: Json,
     ) -> Result<RunView, Error> {
-        let t = self.task(task).await?.ok_or_else(|| Error::UnknownTask {
+        let unknown = || Error::UnknownTask {
             name: task.to_owned(),
-        })?;
-        let args = self.run_args(&t, &input, &additional_metadata, None)?;
-        let mut views = self.insert(vec![args]).await?;
-        views
-            .pop()
-            .ok_or_else(|| self.inner.store.corrupt("enqueue answered no run"))
+        };
+        // The task as this node knows it, without asking Redis: the enqueue script checks its
+        // version, and a stale one is read again.
+        let (mut t, mut version) = match self.known_task(task) {
+            Some(known) => known,
+            None => self.read_task(task).await?.ok_or_else(unknown)?,
+        };
+        for _ in 0..STALE_RETRIES {
+            let args = self.run_args(&t, &version, &input, &additional_metadata, None)?;
+            if let Some(mut views) = self.insert(vec![args]).await? {
+                return views
+                    .pop()
+                    .ok_or_else(|| self.inner.store.corrupt("enqueue answered no run"));
+            }
+            (t, version) = self.read_task(task).await?.ok_or_else(unknown)?;
+        }
+        Err(self.stale(task))
+    }
+
+    /// Task `name` read from Redis now, with its definition's version.
+    async fn read_task(&self, name: &str) -> Result<Option<(Arc<Task>, String)>, Error> {
+        self.task(name).await?;
+        Ok(self.known_task(name))
+    }
+
+    /// The error of an enqueue that kept finding its task redefined.
+    fn stale(&self, task: &str) -> Error {
+        Error::Store(StoreError::transient(
+            format!(
+                "task {task:?} was redefined {STALE_RETRIES} times while this enqueue was rendering its runs; try again"
+            ),
+            None,
+        ))
     }
 
     /// Enqueues one run of every task triggered by event `name`: all of them, or none when one
@@ -333,22 +414,38 @@ impl RedisEngine {
         additional_metadata: Json,
     ) -> Result<Vec<RunView>, Error> {
         let event = serde_json::json!({"name": name, "data": data});
-        let mut runs = Vec::new();
-        for t in self.tasks().await? {
-            if t.triggers.iter().any(|x| x == name) {
-                runs.push(self.run_args(&t, &data, &additional_metadata, Some(&event))?);
+        let mut stale = String::new();
+        for _ in 0..STALE_RETRIES {
+            let mut runs = Vec::new();
+            for (t, version) in self.tasks_with_versions().await? {
+                if t.triggers.iter().any(|x| x == name) {
+                    runs.push(self.run_args(
+                        &t,
+                        &version,
+                        &data,
+                        &additional_metadata,
+                        Some(&event),
+                    )?);
+                }
+            }
+            if runs.is_empty() {
+                return Ok(Vec::new());
+            }
+            match self.insert(runs).await {
+                Ok(Some(views)) => return Ok(views),
+                Ok(None) => stale = name.to_owned(),
+                Err(e) => return Err(e),
             }
         }
-        if runs.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.insert(runs).await
+        Err(self.stale(&stale))
     }
 
-    /// Renders a run of `task` into the 12 values queue_enqueue.lua reads.
+    /// Renders a run of `task` (whose definition is `version`) into the 13 values
+    /// queue_enqueue.lua reads.
     fn run_args(
         &self,
         task: &Task,
+        version: &str,
         input: &Json,
         meta: &Json,
         event: Option<&Json>,
@@ -426,18 +523,31 @@ impl RedisEngine {
             idem_key,
             idem_ms,
             failure,
+            version.to_owned(),
         ])
     }
 
-    async fn insert(&self, runs: Vec<Vec<String>>) -> Result<Vec<RunView>, Error> {
+    /// Stores rendered runs, all or none; `None` when a task was redefined since it was read
+    /// (the runs must be rendered again, and that task's cached definition is dropped).
+    async fn insert(&self, runs: Vec<Vec<String>>) -> Result<Option<Vec<RunView>>, Error> {
         let mut args = self.script_args();
         args.push(runs.len().to_string());
         for r in runs {
             args.extend(r);
         }
         let (status, items) = self.queue_call("enqueue", Script::Enqueue, &args).await?;
+        if status == "stale" {
+            if let Some(task) = items.first().and_then(text_of) {
+                self.inner.tasks.lock().remove(&task);
+            }
+            return Ok(None);
+        }
         self.expect_ok("enqueue", &status)?;
-        items.iter().map(|v| self.view(v)).collect()
+        items
+            .iter()
+            .map(|v| self.view(v))
+            .collect::<Result<_, _>>()
+            .map(Some)
     }
 
     /// Leases up to `max` runs of `tasks` for `worker_id`. Returns as soon as it holds at least

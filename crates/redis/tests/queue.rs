@@ -519,12 +519,16 @@ async fn a_second_node_sees_tasks_and_runs_and_wakes_on_the_first_nodes_enqueue(
         waited < Duration::from_secs(25),
         "woken by node a's message, not by the end of the wait: {waited:?}"
     );
-    // A redefinition on one node is what the other uses next.
+    // A redefinition on one node is what the other uses next: node a still holds version 1
+    // of the task, compiled, and enqueues with it without reading Redis; the enqueue script
+    // tells it the task changed, and the run gets the new definition.
     task(&b, "t", json!({"max_attempts": 7})).await;
+    let second = a.enqueue("t", json!({}), json!({})).await.unwrap();
+    assert_eq!(second.max_attempts, 7, "enqueued with the redefinition");
     assert_eq!(a.task("t").await.unwrap().unwrap().max_attempts, 7);
     assert_eq!(a.run(&id).await.unwrap().state, RunState::Running);
     let listed = a.runs(None, None, 10).await.unwrap();
-    assert_eq!(listed.len(), 1);
+    assert_eq!(listed.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
