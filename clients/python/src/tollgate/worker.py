@@ -109,7 +109,8 @@ class Worker:
         self.poll_wait = core.seconds(poll_wait, "poll_wait", allow_zero=False)
         self.grace = core.seconds(grace, "grace")
         self._tasks: dict[str, _Registered] = {}
-        self._lock = threading.Lock()
+        # Re-entrant: stop() runs in signal handlers, on the thread that may hold it.
+        self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._running: dict[str, _Running] = {}
         self._stats = WorkerStats()
@@ -118,8 +119,8 @@ class Worker:
         self._done = threading.Event()
         self._wake = threading.Event()
         self._started = False
-        # The lease long-poll has a client of its own, closed at shutdown to end a poll in flight.
-        self._poller: Tollgate | None = None
+        #: Set once the tasks are defined (or found) on the server and leasing begins.
+        self.ready = threading.Event()
 
     def __repr__(self) -> str:
         return f"Worker({self.worker_id!r}, slots={self.slots}, tasks={sorted(self._tasks)})"
@@ -158,9 +159,6 @@ class Worker:
         self._wake.set()
         with self._changed:
             self._changed.notify_all()
-        poller = self._poller
-        if poller is not None:
-            poller.close()
 
     def run(self, *, install_signal_handlers: bool = True) -> WorkerStats:
         """Defines the tasks that carry a definition, checks the others exist, then leases and
@@ -184,6 +182,7 @@ class Worker:
             if not self._register_all():
                 return self._stats
             beats.start()
+            self.ready.set()
             log.info("worker %s started: %d slots, tasks %s", self.worker_id, self.slots, sorted(self._tasks))
             self._lease_loop()
             self._shutdown()
@@ -193,8 +192,6 @@ class Worker:
             self._wake.set()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            if self._poller is not None:
-                self._poller.close()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("worker %s: signal %d, shutting down", self.worker_id, signum)
@@ -245,7 +242,6 @@ class Worker:
     def _lease_loop(self) -> None:
         names = sorted(self._tasks)
         tries = 0
-        self._poller = Tollgate(self.client.url, timeout=self.client.timeout, headers=self.client.headers)
         while not self._stopping.is_set():
             with self._changed:
                 while self._free() <= 0 and not self._stopping.is_set():
@@ -253,16 +249,13 @@ class Worker:
                 free = self._free()
             if self._stopping.is_set():
                 break
-            try:
-                runs = self._poller.lease_runs(self.worker_id, names, max=free, wait=self.poll_wait)
-                tries = 0
-            except Exception as exc:
-                if self._stopping.is_set():
-                    # stop() closed the poller to end the long poll: a run the server leased
-                    # just then comes back when its lease lapses.
-                    break
+            outcome = self._poll(names, free)
+            if outcome is None:  # stopped while the poll was waiting on the server
+                break
+            if isinstance(outcome, BaseException):
+                exc = outcome
                 if not isinstance(exc, TollgateError):
-                    raise
+                    raise exc
                 if isinstance(exc, UnprocessableError) and exc.code == "unknown_task":
                     log.warning(
                         "worker %s: the server does not know the tasks (%s); defining them again",
@@ -281,13 +274,48 @@ class Worker:
                 )
                 self._stopping.wait(pause)
                 continue
-            for run in runs:
-                self._count(leased=1)
-                if self._stopping.is_set() or run.get("task") not in self._tasks:
-                    # Leased as shutdown began (or a task this worker does not serve): hand it back.
-                    self._hand_back(run)
-                    continue
-                self._start(run)
+            tries = 0
+            for run in outcome:
+                self._take(run)
+
+    def _poll(self, names: list[str], free: int) -> list[dict[str, Any]] | BaseException | None:
+        """One long poll, in a thread of its own so that :meth:`stop` need not wait for it:
+        the runs, the error, or ``None`` when the worker stopped first. Runs a poll abandoned
+        that way brings back later are handed back by its thread."""
+        box: list[list[dict[str, Any]] | BaseException] = []
+
+        def poll() -> None:
+            try:
+                result: list[dict[str, Any]] | BaseException = self.client.lease_runs(
+                    self.worker_id, names, max=free, wait=self.poll_wait
+                )
+            except BaseException as exc:
+                result = exc
+            with self._changed:
+                abandoned = self._stopping.is_set() and not box
+                if not abandoned:
+                    box.append(result)
+                self._changed.notify_all()
+            if abandoned and isinstance(result, list):
+                for run in result:
+                    self._take(run)
+
+        threading.Thread(target=poll, name=f"{self.worker_id}-lease", daemon=True).start()
+        with self._changed:
+            while not box and not self._stopping.is_set():
+                self._changed.wait()
+            if box:
+                return box[0]
+            # Stopping: mark the poll abandoned (its thread hands back what it brings).
+            return None
+
+    def _take(self, run: dict[str, Any]) -> None:
+        self._count(leased=1)
+        if self._stopping.is_set() or run.get("task") not in self._tasks:
+            # Leased as shutdown began (or a task this worker does not serve): hand it back.
+            self._hand_back(run)
+            return
+        self._start(run)
 
     def _hand_back(self, run: dict[str, Any]) -> None:
         if _report(lambda: self.client.release(run["id"], attempt=run["attempt"]), 5.0):
@@ -420,6 +448,11 @@ class Worker:
             run = entry.run
             log.info("worker %s: grace period over; releasing run %s", self.worker_id, run["id"])
             self._hand_back(run)
+        # Handlers that finished in time may still be reporting their outcome (bounded by the
+        # report's own deadline): let them, so that what run() answers is what happened.
+        with self._changed:
+            while any(e.state == "reporting" for e in self._running.values()):
+                self._changed.wait(0.1)
         log.info("worker %s stopped: %s", self.worker_id, self._stats)
 
 
