@@ -44,11 +44,26 @@ class TollgateError(Exception):
         head = f"{self.status} {self.code}" if self.status is not None else self.code
         return f"{head}: {self.message}{where}"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable with every attribute (Celery's result backend, multiprocessing).
+        return (_rebuild, (type(self), self.message, self.status, self.code, self.field, self.transient))
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, "
             f"message={self.message!r}, field={self.field!r}, transient={self.transient!r})"
         )
+
+
+def _rebuild(
+    cls: type[TollgateError],
+    message: str,
+    status: int | None,
+    code: str,
+    field: str | None,
+    transient: bool,
+) -> TollgateError:
+    return cls(message, status=status, code=code, field=field, transient=transient)
 
 
 class BadRequestError(TollgateError):
@@ -169,7 +184,10 @@ class RateLimited(Exception):
     (a :class:`Decision` or a :class:`Lease`).
     """
 
-    def __init__(self, message: str, *, retry_after: float, answer: Any = None) -> None:
+    def __init__(self, message: str, retry_after: float = 0.0, answer: Any = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.answer = answer
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.retry_after, self.answer))

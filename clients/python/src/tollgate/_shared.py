@@ -4,6 +4,7 @@ arguments."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 from collections.abc import Mapping
@@ -78,3 +79,36 @@ def resolve(spec: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], where: 
         value = spec(*args, **kwargs)
         return _as_entry(value, f"{where} (returned by {getattr(spec, '__name__', spec)!r})")
     return _as_entry(spec, where)
+
+
+def signature(fn: Callable[..., Any], *, drop_first: bool = False) -> inspect.Signature | None:
+    """The signature a task's arguments are bound to (without ``self`` for a bound task)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    if drop_first:
+        sig = sig.replace(parameters=list(sig.parameters.values())[1:])
+    return sig
+
+
+def by_name(
+    sig: inspect.Signature | None, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A call's arguments as a key function is given them: every argument by its parameter's
+    name (defaults filled in), so ``lambda user_id, **kw: ...`` works however the task was
+    called. A task with ``*args`` (or arguments that do not fit) passes them as they came."""
+    if sig is None or any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in sig.parameters.values()):
+        return args, dict(kwargs)
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError:
+        return args, dict(kwargs)
+    bound.apply_defaults()
+    named: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        else:
+            named[name] = value
+    return (), named

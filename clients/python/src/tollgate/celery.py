@@ -80,9 +80,10 @@ def rate_limited(
     """Makes a Celery task acquire ``units`` of limit ``key`` before its body runs.
 
     ``key`` is a declared limit's key, or a function of the task's arguments (without
-    ``self``) that returns one. With definition keyword arguments (``limit``, ``period``,
-    ``rate``, ``algorithm``, ``burst``, ``precision``, ``align``, ``capacity``, ``refill``) the
-    key is a dynamic key carrying its definition, as in ``/v1/acquire``. ``units`` may also be
+    ``self``; given by name, defaults filled in) that returns one. With definition keyword
+    arguments (``limit``, ``period``, ``rate``, ``algorithm``, ``burst``, ``precision``,
+    ``align``, ``capacity``, ``refill``) the key is a dynamic key carrying its definition, as
+    in ``/v1/acquire``. ``units`` may also be
     a function of the arguments. Several decorators on one task combine into one atomic
     acquire. ``client`` defaults to ``Tollgate()`` (``$TOLLGATE_SERVER``), ``on_error`` to
     ``"closed"``. Put the decorators below ``@app.task(...)``.
@@ -142,20 +143,23 @@ def rate_limited(
 def _wrap(
     fn: Callable[..., Any], specs: list[_Limit], client: Tollgate | None, on_error: str
 ) -> Callable[..., Any]:
+    bound_sig = _shared.signature(fn, drop_first=True)
+    plain_sig = _shared.signature(fn)
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if args and isinstance(args[0], Task):  # bind=True: self first
             task: Any = args[0]
-            call_args = args[1:]
+            named = _shared.by_name(bound_sig, args[1:], kwargs)
         else:
             task = current_task
-            call_args = args
+            named = _shared.by_name(plain_sig, args, kwargs)
             if task is None:
                 raise RuntimeError(
                     f"{fn.__name__} is rate limited by Tollgate but is not running as a Celery task"
                 )
         name = getattr(task, "name", fn.__name__)
-        entries = [s.entry(call_args, kwargs, name) for s in specs]
+        entries = [s.entry(*named, name) for s in specs]
         tg = client if client is not None else _shared.default_client()
         request = task.request
         try:

@@ -255,10 +255,8 @@ class RateLimits(Middleware):
             return
         where = f"actor {message.actor_name!r} rate_limits"
         try:
-            entries = [
-                _shared.resolve(spec, tuple(message.args), message.kwargs, f"{where}[{i}]")
-                for i, spec in enumerate(limits)
-            ]
+            args, kwargs = _shared.by_name(_shared.signature(actor.fn), tuple(message.args), message.kwargs)
+            entries = [_shared.resolve(spec, args, kwargs, f"{where}[{i}]") for i, spec in enumerate(limits)]
             tg = self.client if self.client is not None else _shared.default_client()
             decision = tg.acquire(*entries)
         except TollgateError as exc:
