@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from dramatiq.errors import RateLimitExceeded
-from dramatiq.middleware import Middleware, SkipMessage
+from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 
 from . import _core as core
 from . import _shared
@@ -55,6 +55,7 @@ __all__ = [
     "Barrier",
     "BucketRateLimiter",
     "ConcurrentRateLimiter",
+    "InvalidRateLimits",
     "RateLimitExceeded",
     "RateLimiter",
     "RateLimits",
@@ -216,6 +217,11 @@ class Barrier:
         return self.backend.wait_barrier(self.key, timeout=None if timeout is None else timeout / 1000)
 
 
+class InvalidRateLimits(MiddlewareError, TypeError):
+    """An actor's ``rate_limits`` option is not a list of limits: raised when the actor is
+    declared (Dramatiq lets only a MiddlewareError through a middleware's hook)."""
+
+
 class RateLimits(Middleware):
     """Global limits per actor: ``@dramatiq.actor(rate_limits=[...])``.
 
@@ -242,11 +248,13 @@ class RateLimits(Middleware):
     def actor_options(self) -> set[str]:
         return {"rate_limits"}
 
-    def after_declare_actor(self, broker: Any, actor: Any) -> None:
+    def before_declare_actor(self, broker: Any, actor: Any) -> None:
         limits = actor.options.get("rate_limits")
-        if limits is None:
-            return
-        _check_limits(limits, f"actor {actor.actor_name!r} rate_limits")
+        if limits is not None:
+            try:
+                _check_limits(limits, f"actor {actor.actor_name!r} rate_limits")
+            except (TypeError, ValueError) as exc:
+                raise InvalidRateLimits(str(exc)) from exc
 
     def before_process_message(self, broker: Any, message: Any) -> None:
         actor = broker.get_actor(message.actor_name)
