@@ -69,6 +69,11 @@ def started(**fields: Any) -> None:
     )
 
 
+@dramatiq.actor(queue_name=PREFIX, store_results=True, max_retries=0)
+def ping() -> str:
+    return "pong"
+
+
 @dramatiq.actor(queue_name=PREFIX, store_results=True, max_retries=0, rate_limits=[HELD])
 def held(n: int) -> int:
     started(n=n)

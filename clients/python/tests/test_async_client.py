@@ -74,11 +74,11 @@ def test_concurrency_is_held_renewed_and_released(server: Server, uid: str) -> N
     async def main() -> None:
         async with AsyncTollgate(server.url) as tg:
             key = f"{uid}-db"
-            async with tg.concurrency(key, holder="a", limit=1, ttl=0.3) as held:
-                await asyncio.sleep(1.0)  # past its ttl three times over: renewed meanwhile
+            async with tg.concurrency(key, holder="a", limit=1, ttl=1.0) as held:
+                await asyncio.sleep(2.5)  # past its ttl twice over: renewed meanwhile
                 assert not held.lost
                 with pytest.raises(RateLimited):
-                    async with tg.concurrency(key, limit=1, ttl=0.3):
+                    async with tg.concurrency(key, limit=1, ttl=1.0):
                         pass
             lease = await tg.lease(key, limit=1, ttl=1.0)
             assert lease.acquired

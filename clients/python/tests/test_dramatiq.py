@@ -115,12 +115,12 @@ def test_a_concurrency_limit_of_four_among_thirty_two(tg: Tollgate, uid: str) ->
 
 
 def test_a_dead_holders_slot_frees_after_its_ttl(tg: Tollgate, uid: str) -> None:
-    limiter = ConcurrentRateLimiter(tg, f"{uid}-ttl", limit=1, ttl=300)
+    limiter = ConcurrentRateLimiter(tg, f"{uid}-ttl", limit=1, ttl=2000)
     abandoned = limiter.acquire()
     assert abandoned.__enter__() is True  # a holder that dies without releasing
     with limiter.acquire(raise_on_failure=False) as acquired:
         assert not acquired
-    time.sleep(0.35)
+    time.sleep(2.1)
     with limiter.acquire(raise_on_failure=False) as acquired:
         assert acquired
 
@@ -160,14 +160,17 @@ def test_a_window_admits_limit_in_any_window_from_many_threads(tg: Tollgate, uid
 def test_a_window_slides(tg: Tollgate, uid: str) -> None:
     limiter = WindowRateLimiter(tg, f"{uid}-slide", limit=2, window=1)
     results = []
-    last_answer = 0.0
+    admitted: list[tuple[float, float]] = []
     for _ in range(6):
+        sent = time.monotonic()
         with limiter.acquire(raise_on_failure=False) as acquired:
             results.append(acquired)
             if acquired:
-                last_answer = time.monotonic()
-    assert results[:2] == [True, True]
-    assert sum(results) == 2 or time.monotonic() - last_answer > 1.0
+                admitted.append((sent, time.monotonic()))
+    assert results[:2] == [True, True]  # a fresh window
+    if len(admitted) >= 3:
+        assert tightest_span(admitted, 3) >= 1.0  # never 3 in any second
+    last_answer = admitted[-1][1]
     # Both admissions leave the window one second after they happened; sliding_window
     # admits at most one sub-window (1/60 s) late.
     time.sleep(max(last_answer + 1.0 + 1 / 60 + 0.05 - time.monotonic(), 0))
@@ -178,7 +181,7 @@ def test_a_window_slides(tg: Tollgate, uid: str) -> None:
 # -- BucketRateLimiter ------------------------------------------------------------------------
 
 
-def _in_one_bucket(sent: float, answered: float, bucket: float, margin: float = 0.02) -> int | None:
+def _in_one_bucket(sent: float, answered: float, bucket: float, margin: float = 0.1) -> int | None:
     """The clock bucket an acquire was decided in, when its whole interval lies in one (with a
     margin for the server's clock, read once at its start and advanced monotonically)."""
     first, last = int((sent - margin) // bucket), int((answered + margin) // bucket)
@@ -191,7 +194,7 @@ def test_buckets_are_aligned_on_the_clock(tg: Tollgate, uid: str) -> None:
     limiter = BucketRateLimiter(tg, f"{uid}-bucket", limit=2, bucket=1000)
     per_bucket: dict[int, list[bool]] = {}
     for _ in range(2):
-        time.sleep(1 - time.time() % 1 + 0.05)
+        time.sleep(1 - time.time() % 1 + 0.1)
         for _ in range(8):
             sent = time.time()
             with limiter.acquire(raise_on_failure=False) as acquired:
@@ -307,12 +310,13 @@ def test_the_limiters_check_their_arguments(tg: Tollgate, uid: str, server: Serv
 def stub() -> Iterator[StubBroker]:
     broker = StubBroker()
     broker.emit_after("process_boot")
-    previous = dramatiq.get_broker() if hasattr(dramatiq, "get_broker") else None
+    # Not dramatiq.get_broker(): without a broker set it would make one for a local RabbitMQ
+    # or Redis on its default port, which tests never touch.
+    previous = dramatiq.broker.global_broker
     dramatiq.set_broker(broker)
     yield broker
     broker.close()
-    if previous is not None:
-        dramatiq.set_broker(previous)
+    dramatiq.broker.global_broker = previous
 
 
 def _deliver(broker: StubBroker, actor: Any, *args: Any) -> MessageProxy:
@@ -460,8 +464,10 @@ def worker(
 ) -> Iterator[DramatiqWorker]:
     w = DramatiqWorker(redis_server.url, server, tmp_path_factory.mktemp("dramatiq"))
     tg = Tollgate(server.url)
-    tg.put_limit(f"{w.prefix}-held", algorithm="fixed_window", limit=1, period="6s")
+    tg.put_limit(f"{w.prefix}-held", algorithm="fixed_window", limit=1, period="8s")
     tg.put_limit(f"{w.prefix}-shared", limit=100, period="1m")
+    # Booted and consuming before the tests time anything.
+    assert w.result(w.send("ping")) == "pong"
     yield w
     w.stop()
 
@@ -472,14 +478,14 @@ def test_a_worker_runs_a_denied_message_later_with_its_id_and_no_retry(
 ) -> None:
     tg = Tollgate(server.url)
     held_at = time.monotonic()
-    assert tg.acquire(f"{worker.prefix}-held").allowed  # the one unit, for the next six seconds
+    assert tg.acquire(f"{worker.prefix}-held").allowed  # the one unit, for the next eight seconds
     message = worker.send("held", 7)
     # The result is the real one, not the None a skipped delivery would store.
     assert worker.result(message) == 70
 
     acquires = [a for a in worker.read("acquires") if a["message_id"] == message.message_id]
-    if acquires[0]["answered"] - held_at >= 6.0:
-        pytest.fail("the worker took over 6 s to take the message: the denial was not exercised")
+    if acquires[0]["answered"] - held_at >= 8.0:
+        pytest.fail("the worker took over 8 s to take the message: the denial was not exercised")
     assert [a["allowed"] for a in acquires] == [False, True]
     (start,) = [s for s in worker.read("starts") if s["message_id"] == message.message_id]
     assert start["retries"] == 0

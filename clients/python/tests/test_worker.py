@@ -149,10 +149,10 @@ def test_heartbeats_keep_a_run_past_its_lease_timeout(
     worker = Worker(tg, slots=1, poll_wait=1.0)
     seen: list[int] = []
 
-    @worker.task(task, lease_timeout="1500ms", max_attempts=3)
+    @worker.task(task, lease_timeout="2s", max_attempts=3)
     def handle(run: dict[str, Any]) -> str:
         seen.append(run["attempt"])
-        time.sleep(3.5)  # more than twice the lease timeout
+        time.sleep(4.5)  # more than twice the lease timeout
         return "done"
 
     r = running(worker)
@@ -232,7 +232,7 @@ def test_a_signal_finishes_in_flight_runs_and_hands_the_rest_back(
     flag = tmp_path / "finish"
     env = {**os.environ, "TOLLGATE_SERVER": server.url, "PYTHONPATH": str(TESTS)}
     proc = subprocess.Popen(
-        [sys.executable, str(TESTS / "_worker_main.py"), task, "3", str(flag)],
+        [sys.executable, str(TESTS / "_worker_main.py"), task, "5", str(flag)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -140,6 +140,16 @@ class ConcurrentRateLimiter(RateLimiter):
             self.backend.release_lease(token)
         except NotFoundError:
             log.warning("the lease on %r had already expired (ttl %d ms) when released", self.key, self.ttl)
+        except TollgateError as exc:
+            if not exc.transient:
+                raise
+            # Not raised over what the block did: the slot frees when its ttl passes.
+            log.warning(
+                "releasing the lease on %r failed (%s); it frees after its ttl (%d ms)",
+                self.key,
+                exc,
+                self.ttl,
+            )
 
 
 class WindowRateLimiter(RateLimiter):
