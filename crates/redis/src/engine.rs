@@ -594,15 +594,7 @@ impl RedisEngine {
             .iter()
             .skip(2)
             .map(|v| {
-                let view = self.view(v)?;
-                Ok(LeasedRun {
-                    id: view.id,
-                    task: view.task,
-                    input: view.input,
-                    additional_metadata: view.additional_metadata,
-                    attempt: view.attempt,
-                    lease_expires_at_ms: view.lease_expires_at_ms.unwrap_or(0),
-                })
+                parse_leased(v).ok_or_else(|| self.inner.store.bad_reply("read a leased run", v))
             })
             .collect::<Result<Vec<_>, Error>>()?;
         Ok(LeaseAttempt { runs, more })
@@ -1024,6 +1016,24 @@ fn parse_view(v: &Value) -> Option<RunView> {
         updated_at_ms: micros_to_ms_floor(opt_u64(&f[13])?.unwrap_or(0)),
         lease_expires_at_ms: opt_u64(&f[14])?.map(micros_to_ms_floor),
         worker_id: opt_text(&f[15])?,
+    })
+}
+
+/// A leased run from queue_lease.lua's reply: `{ id, task, input, meta, attempt, lease expiry
+/// µs }`.
+fn parse_leased(v: &Value) -> Option<LeasedRun> {
+    let Value::Array(f) = v else { return None };
+    if f.len() != 6 {
+        return None;
+    }
+    let json = |v: &Value| -> Option<Json> { serde_json::from_str(&text_of(v)?).ok() };
+    Some(LeasedRun {
+        id: text_of(&f[0])?,
+        task: text_of(&f[1])?,
+        input: json(&f[2])?,
+        additional_metadata: json(&f[3])?,
+        attempt: u32::try_from(int(&f[4])?).ok()?,
+        lease_expires_at_ms: micros_to_ms_floor(u64::try_from(int(&f[5])?).ok()?),
     })
 }
 

@@ -10,7 +10,8 @@
 -- ARGV[5]     max: most runs to lease
 -- ARGV[6..]   task names
 --
--- Returns { "ok", effects, more, next_deadline_us, view of each leased run... }; more is 1
+-- Returns { "ok", effects, more, next_deadline_us, each leased run as { id, task, input,
+-- meta, attempt, lease expiry µs }... }; more is 1
 -- when the step budget ran out before the ready queues were exhausted (call again).
 
 init(ARGV[1], ARGV[2], ARGV[3])
@@ -84,18 +85,23 @@ local function next_admitted(task)
   return nil
 end
 
+-- Starts run id for the worker; returns what the worker is handed: { id, task, input, meta,
+-- attempt, lease expiry (µs) }, read in the same HMGET as what the start needs.
 local function start(id)
-  local r = redis.call('HMGET', rk(id), 'task', 'seq', 'state', 'lt', 'wa')
-  local until_us = NOW + tonumber(r[4])
-  set_state(id, r[1], r[2], r[3], 'running')
-  redis.call('HINCRBY', rk(id), 'attempt', 1)
-  redis.call('HSET', rk(id), 'wk', worker, 'le', fmt(until_us))
+  local r = redis.call('HMGET', rk(id), 'task', 'seq', 'state', 'lt', 'wa', 'attempt', 'input',
+    'meta')
+  local until_us = fmt(NOW + tonumber(r[4]))
+  local attempt = fmt(tonumber(r[6]) + 1)
+  index_state(id, r[1], r[2], r[3], 'running')
+  redis.call('HSET', rk(id), 'state', 'running', 'ua', fmt(NOW), 'attempt', attempt, 'wk', worker,
+    'le', until_us)
   redis.call('HDEL', rk(id), 'wo', 'wq', 'ea', 'wa')
-  redis.call('ZADD', Q .. 'leases', fmt(until_us), id)
+  redis.call('ZADD', Q .. 'leases', until_us, id)
   note(r[1], 'leased')
   if r[5] then
     LAG[#LAG + 1] = fmt(sat(NOW - tonumber(r[5])))
   end
+  return { id, r[1], r[7] or false, r[8] or false, attempt, until_us }
 end
 
 local out = {}
@@ -106,8 +112,7 @@ while #out < max and left > 0 and budget > 0 do
     if #out < max and not exhausted[i] then
       local id = next_admitted(task)
       if id then
-        start(id)
-        out[#out + 1] = id
+        out[#out + 1] = start(id)
       else
         exhausted[i] = true
         left = left - 1
@@ -115,8 +120,8 @@ while #out < max and left > 0 and budget > 0 do
     end
   end
 end
-local views = { (budget <= 0 and #out < max) and 1 or 0, fmt(next_deadline()) }
-for _, id in ipairs(out) do
-  views[#views + 1] = view(id)
+local leased = { (budget <= 0 and #out < max) and 1 or 0, fmt(next_deadline()) }
+for _, run in ipairs(out) do
+  leased[#leased + 1] = run
 end
-return reply('ok', views)
+return reply('ok', leased)
