@@ -56,6 +56,7 @@ mod clock;
 mod db;
 mod engine;
 mod error;
+mod fast_map;
 mod limiter;
 pub mod metrics;
 pub mod queue;
@@ -69,15 +70,16 @@ pub use clock::{Clock, FakeClock, SystemClock, TokioClock};
 pub use db::{DB_FILE, Db, DirectUse, Loaded, StoredState, Write};
 pub use engine::{DEFAULT_RETENTION, Engine, MAX_LEASE_BATCH};
 pub use error::{Error, MAX_KEY_LEN, StoreError, check_key, key_problem};
-pub use limiter::{LeaseGuard, Limiter};
+pub use fast_map::FastHashMap;
+pub use limiter::{AsyncLimiter, LeaseGuard, Limiter};
 pub use metrics::{QueueMetrics, Transition};
 pub use queue::run::{LeasedRun, Run, RunPhase, RunPolicy, RunState, RunView, WaitKey};
 pub use queue::run_queue::{LeaseAttempt, LeaseQueue, QueueFuture, RunQueue};
 pub use spec::{DEFAULT_LEASE_TTL, LimitSpec, LimitSpecExt, SpecError};
 pub use store::memory::MemoryStore;
 pub use store::{
-    AcquireEntry, Acquired, DynStore, ExportedState, LimitInfo, Namespace, StateView, Store,
-    Target, validate_entries,
+    AcquireEntry, Acquired, AsyncStore, DynStore, ExportedState, LimitInfo, Namespace, StateView,
+    Store, StoreFuture, Target, validate_entries,
 };
 pub use task::{Expr, OnLimit, RenderError, Rendered, RunContext, Task, TaskSpec};
 pub use tollgate_core as core;

@@ -9,7 +9,7 @@
 //! Labels stay bounded: counters are kept per task name and per index in the task's
 //! `rate_limits`, never per rendered dynamic key (a per-user key would grow them without end).
 
-use std::collections::HashMap;
+use crate::fast_map::FastHashMap;
 
 use tollgate_core::Nanos;
 
@@ -152,7 +152,7 @@ impl TaskMetrics {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueMetrics {
     /// Per task name.
-    pub tasks: HashMap<String, TaskMetrics>,
+    pub tasks: FastHashMap<String, TaskMetrics>,
     /// From a parked run's `eligible_at` (or the instant its concurrency slot was freed) to its
     /// lease.
     pub dispatch_lag: LagHistogram,
@@ -163,7 +163,7 @@ pub struct QueueMetrics {
 pub(crate) struct Metrics {
     pub(crate) counts: QueueMetrics,
     /// Runs woken from a key's FIFO and not leased yet: when they became eligible.
-    woken: HashMap<String, Nanos>,
+    woken: FastHashMap<String, Nanos>,
 }
 
 impl Metrics {

@@ -24,7 +24,8 @@ use tollgate_core::{
 
 use crate::error::{Error, check_key};
 use crate::store::{
-    AcquireEntry, Acquired, LimitInfo, Namespace, StateView, Store, Target, validate_entries,
+    AcquireEntry, Acquired, AsyncStore, LimitInfo, Namespace, StateView, Store, Target,
+    validate_entries,
 };
 
 /// How the suite runs.
@@ -252,7 +253,7 @@ fn answer<T>(r: Result<T, Error>, f: impl FnOnce(T) -> Answer) -> Answer {
 }
 
 /// Runs one operation against `store` at `now`. `Advance` and `Sweep` answer `Unit`.
-pub fn apply(store: &dyn Store, op: &Op, now: Nanos) -> Answer {
+pub async fn apply(store: &dyn AsyncStore, op: &Op, now: Nanos) -> Answer {
     let lease_id = |i: usize| format!("lease-{i}");
     let ctarget = |key: usize, inline: &Option<Concurrency>| match inline {
         None => Target::Static(KEYS[key]),
@@ -271,28 +272,32 @@ pub fn apply(store: &dyn Store, op: &Op, now: Nanos) -> Answer {
     };
     match op {
         Op::Advance(_) => Answer::Unit,
-        Op::Sweep => answer(store.sweep(now), |_| Answer::Unit),
+        Op::Sweep => answer(store.sweep(now).await, |_| Answer::Unit),
         Op::PutLimit { key, limit } => {
-            answer(store.put_limit(KEYS[*key], *limit, now), |()| Answer::Unit)
+            answer(store.put_limit(KEYS[*key], *limit, now).await, |()| {
+                Answer::Unit
+            })
         }
-        Op::RemoveLimit { key } => answer(store.remove_limit(KEYS[*key]), Answer::Bool),
-        Op::GetLimit { key } => answer(store.get_limit(KEYS[*key], now), Answer::Limit),
-        Op::List => answer(store.list_limits(now), Answer::List),
-        Op::Acquire(es) => answer(store.acquire(&entries(es), now), Answer::Acquired),
-        Op::Refund(es) => answer(store.refund(&entries(es), now), |()| Answer::Unit),
+        Op::RemoveLimit { key } => answer(store.remove_limit(KEYS[*key]).await, Answer::Bool),
+        Op::GetLimit { key } => answer(store.get_limit(KEYS[*key], now).await, Answer::Limit),
+        Op::List => answer(store.list_limits(now).await, Answer::List),
+        Op::Acquire(es) => answer(store.acquire(&entries(es), now).await, Answer::Acquired),
+        Op::Refund(es) => answer(store.refund(&entries(es), now).await, |()| Answer::Unit),
         Op::LeaseAcquire {
             key,
             inline,
             lease,
             ttl,
         } => answer(
-            store.lease_acquire(
-                ctarget(*key, inline),
-                &lease_id(*lease),
-                "holder",
-                *ttl,
-                now,
-            ),
+            store
+                .lease_acquire(
+                    ctarget(*key, inline),
+                    &lease_id(*lease),
+                    "holder",
+                    *ttl,
+                    now,
+                )
+                .await,
             Answer::Lease,
         ),
         Op::LeaseRenew {
@@ -301,25 +306,40 @@ pub fn apply(store: &dyn Store, op: &Op, now: Nanos) -> Answer {
             lease,
             ttl,
         } => answer(
-            store.lease_renew(ctarget(*key, inline), &lease_id(*lease), *ttl, now),
+            store
+                .lease_renew(ctarget(*key, inline), &lease_id(*lease), *ttl, now)
+                .await,
             Answer::Expiry,
         ),
         Op::LeaseRelease { key, inline, lease } => answer(
-            store.lease_release(ctarget(*key, inline), &lease_id(*lease), now),
+            store
+                .lease_release(ctarget(*key, inline), &lease_id(*lease), now)
+                .await,
             Answer::Bool,
         ),
         Op::BarrierCreate { key, barrier } => answer(
-            store.barrier_create(KEYS[*key], *barrier, now),
+            store.barrier_create(KEYS[*key], *barrier, now).await,
             Answer::Barrier,
         ),
-        Op::BarrierArrive { key } => answer(store.barrier_arrive(KEYS[*key], now), Answer::Barrier),
-        Op::BarrierStatus { key } => answer(store.barrier_status(KEYS[*key], now), Answer::Barrier),
+        Op::BarrierArrive { key } => {
+            answer(store.barrier_arrive(KEYS[*key], now).await, Answer::Barrier)
+        }
+        Op::BarrierStatus { key } => {
+            answer(store.barrier_status(KEYS[*key], now).await, Answer::Barrier)
+        }
     }
 }
 
 /// Runs `config.cases` random sequences against a fresh store from `make_store` each and
 /// against [`Reference`], and panics with the (shrunk) sequence at the first differing answer.
-pub fn check_conformance<S: Store>(make_store: impl Fn() -> S, config: Config) {
+///
+/// Any [`Store`] is an [`AsyncStore`]. The suite drives the store on a tokio runtime of its own
+/// (made here, kept for the whole run): call it from a plain `#[test]`, not from async code.
+pub fn check_conformance<S: AsyncStore>(make_store: impl Fn() -> S, config: Config) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the conformance suite");
     let mut runner = TestRunner::new(RunnerConfig {
         cases: config.cases,
         failure_persistence: None,
@@ -334,8 +354,8 @@ pub fn check_conformance<S: Store>(make_store: impl Fn() -> S, config: Config) {
             if let Op::Advance(by) = op {
                 now = now + *by;
             }
-            let expected = apply(&reference, op, now);
-            let got = apply(&store, op, now);
+            let expected = rt.block_on(apply(&reference, op, now));
+            let got = rt.block_on(apply(&store, op, now));
             if expected != got {
                 return Err(TestCaseError::fail(format!(
                     "operation {i} ({op:?}) at {now:?}:\n  reference: {expected:?}\n  store:     {got:?}"

@@ -6,8 +6,10 @@
 //! does the same job with every guarantee (microsecond state, parameter migration, Redis
 //! `TIME`, several keys all or nothing), so the ratio is the price of those.
 //!
-//! Every scenario runs `THREADS` client threads, each with its own connection, for the same
-//! wall time, in rounds that alternate floor and Tollgate so both see the same machine load.
+//! Every scenario runs `TOLLGATE_BENCH_THREADS` concurrent callers (tokio tasks on a 2-thread
+//! runtime) sharing one multiplexed connection — the store's own transport, and the floor's
+//! too, so the ratio compares scripts, not clients — for the same wall time, in rounds that
+//! alternate floor and Tollgate so both see the same machine load.
 //! Round trips are counted on the server (`INFO commandstats`: `FCALL`, `FUNCTION`, `EVALSHA`,
 //! `EVAL` and `SCRIPT` calls, which only clients send) and divided by the acquires made. The clients' own CPU time
 //! per acquire is reported beside Redis's: on a small machine they share the cores.
@@ -21,11 +23,13 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tollgate::{AcquireEntry, Store};
+use tollgate::{AcquireEntry, AsyncStore};
 use tollgate_core::{Align, FixedWindow, Gcra, Limit, Nanos, RateLimit, SlidingWindow};
 use tollgate_redis::RedisStore;
 
@@ -100,33 +104,33 @@ fn client_cpu_us() -> u64 {
     (ticks(11) + ticks(12)) * 10_000
 }
 
-/// Runs `op` on `threads` threads for `seconds`; decisions per second.
-fn run<F>(threads: u64, seconds: u64, make: impl Fn() -> F) -> (f64, u64)
-where
-    F: FnMut() + Send + 'static,
-{
+/// One decision, as a future of its own (so that many run at once on one runtime).
+type Op = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Runs `op` in `callers` concurrent loops for `seconds`; decisions per second and how many.
+fn run(rt: &tokio::runtime::Runtime, callers: u64, seconds: u64, op: &Op) -> (f64, u64) {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let mut op = make();
-            let (stop, count) = (Arc::clone(&stop), Arc::clone(&count));
-            std::thread::spawn(move || {
+    rt.block_on(async {
+        let mut loops = tokio::task::JoinSet::new();
+        for _ in 0..callers {
+            let (op, stop, count) = (Arc::clone(op), Arc::clone(&stop), Arc::clone(&count));
+            loops.spawn(async move {
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    op();
+                    op().await;
                     n += 1;
                 }
                 count.fetch_add(n, Ordering::Relaxed);
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(seconds));
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.join().unwrap();
-    }
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        stop.store(true, Ordering::Relaxed);
+        while let Some(done) = loops.join_next().await {
+            done.unwrap();
+        }
+    });
     let n = count.load(Ordering::Relaxed);
     (n as f64 / start.elapsed().as_secs_f64(), n)
 }
@@ -140,9 +144,13 @@ fn main() {
     let seconds = env("TOLLGATE_BENCH_SECONDS", 2);
     let rounds = env("TOLLGATE_BENCH_ROUNDS", 3);
     let prefix = common::fresh_prefix();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let store = RedisStore::builder(&url)
         .prefix(prefix.clone())
-        .max_idle_connections(usize::try_from(threads).unwrap() * 2)
         .build()
         .unwrap();
     // Limits that never deny during the run: every call is an admitted decision that writes.
@@ -156,33 +164,38 @@ fn main() {
     ));
     let now = Nanos::ZERO; // ignored: the store reads Redis TIME
     let keys: Vec<String> = (0..10).map(|i| format!("bench-{i}")).collect();
-    for k in &keys {
-        store.put_limit(k, gcra, now).unwrap();
-    }
-    store.put_limit("bench-sw", sliding, now).unwrap();
-    store.put_limit("bench-fw", fixed, now).unwrap();
+    rt.block_on(async {
+        for k in &keys {
+            store.put_limit(k, gcra, now).await.unwrap();
+        }
+        store.put_limit("bench-sw", sliding, now).await.unwrap();
+        store.put_limit("bench-fw", fixed, now).await.unwrap();
+    });
     let floor = redis::Script::new(FLOOR);
 
     println!(
-        "threads {threads}, {seconds} s per round, {rounds} rounds; redis {}",
+        "{threads} concurrent callers on one connection, {seconds} s per round, {rounds} rounds; redis {}",
         store.url()
     );
     println!(
         "| scenario | decisions/s (median of rounds) | ratio to the floor of as many keys | round trips per acquire | Redis µs per acquire | client CPU µs per acquire |"
     );
     println!("| --- | --- | --- | --- | --- | --- |");
-    type Make = Box<dyn Fn() -> Box<dyn FnMut() + Send>>;
     // (name, what it does, index of the floor it is compared with)
-    let scenarios: Vec<(&str, Make, usize)> = vec![
+    let scenarios: Vec<(&str, Op, usize)> = vec![
         (
             "floor: minimal GCRA EVALSHA, 1 key",
-            floor_of(&url, &floor, &prefix, 1),
+            floor_of(&rt, &url, &floor, &prefix, 1),
             0,
         ),
         ("tollgate gcra, 1 key", acquire(&store, &keys[..1]), 0),
-        ("floor, 3 keys", floor_of(&url, &floor, &prefix, 3), 2),
+        ("floor, 3 keys", floor_of(&rt, &url, &floor, &prefix, 3), 2),
         ("tollgate gcra, 3 keys", acquire(&store, &keys[..3]), 2),
-        ("floor, 10 keys", floor_of(&url, &floor, &prefix, 10), 4),
+        (
+            "floor, 10 keys",
+            floor_of(&rt, &url, &floor, &prefix, 10),
+            4,
+        ),
         ("tollgate gcra, 10 keys", acquire(&store, &keys[..10]), 4),
         (
             "tollgate sliding_window, 1 key",
@@ -198,10 +211,10 @@ fn main() {
     type Round = (f64, f64, f64, f64);
     let mut results: Vec<Vec<Round>> = vec![Vec::new(); scenarios.len()];
     for _ in 0..rounds {
-        for (i, (_, make, _)) in scenarios.iter().enumerate() {
+        for (i, (_, op, _)) in scenarios.iter().enumerate() {
             let (calls0, usec0) = round_trips(&url);
             let cpu0 = client_cpu_us();
-            let (rate, n) = run(threads, seconds, make);
+            let (rate, n) = run(&rt, threads, seconds, op);
             let cpu1 = client_cpu_us();
             let (calls1, usec1) = round_trips(&url);
             let n = n.max(1) as f64;
@@ -231,40 +244,50 @@ fn main() {
 }
 
 /// An acquire of one unit of each of `keys` on `store`.
-fn acquire(store: &RedisStore, keys: &[String]) -> Box<dyn Fn() -> Box<dyn FnMut() + Send>> {
-    let (store, keys) = (store.clone(), keys.to_vec());
-    Box::new(move || {
-        let (store, keys) = (store.clone(), keys.clone());
-        Box::new(move || {
+fn acquire(store: &RedisStore, keys: &[String]) -> Op {
+    let (store, keys) = (store.clone(), Arc::new(keys.to_vec()));
+    Arc::new(move || {
+        let (store, keys) = (store.clone(), Arc::clone(&keys));
+        Box::pin(async move {
             let entries: Vec<AcquireEntry<'_>> =
                 keys.iter().map(|k| AcquireEntry::new(k, 1)).collect();
-            let a = store.acquire(&entries, Nanos::ZERO).unwrap();
+            let a = store.acquire(&entries, Nanos::ZERO).await.unwrap();
             assert!(a.allowed);
         })
     })
 }
 
-/// The floor script on `n` keys of its own.
+/// The floor script on `n` keys of its own, on one multiplexed connection of its own.
 fn floor_of(
+    rt: &tokio::runtime::Runtime,
     url: &str,
     floor: &redis::Script,
     prefix: &str,
     n: usize,
-) -> Box<dyn Fn() -> Box<dyn FnMut() + Send>> {
-    let (url, floor) = (url.to_owned(), floor.clone());
-    let keys: Vec<String> = (0..n).map(|i| format!("{prefix}:floor:{n}:{i}")).collect();
-    Box::new(move || {
-        let mut con = redis::Client::open(url.as_str())
+) -> Op {
+    let con = rt.block_on(async {
+        redis::Client::open(url)
             .unwrap()
-            .get_connection()
-            .unwrap();
-        let (floor, keys) = (floor.clone(), keys.clone());
-        Box::new(move || {
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    });
+    let floor = floor.clone();
+    let keys: Arc<Vec<String>> =
+        Arc::new((0..n).map(|i| format!("{prefix}:floor:{n}:{i}")).collect());
+    Arc::new(move || {
+        let (mut con, floor, keys) = (con.clone(), floor.clone(), Arc::clone(&keys));
+        Box::pin(async move {
             let mut inv = floor.prepare_invoke();
-            for k in &keys {
+            for k in keys.iter() {
                 inv.key(k);
             }
-            let _: Vec<i64> = inv.arg(1).arg(1_000_000_000).invoke(&mut con).unwrap();
+            let _: Vec<i64> = inv
+                .arg(1)
+                .arg(1_000_000_000)
+                .invoke_async(&mut con)
+                .await
+                .unwrap();
         })
     })
 }

@@ -1,30 +1,37 @@
-//! Connections: a small pool of synchronous connections with bounded timeouts, and the
-//! mapping of Redis failures onto [`StoreError`] (transient or not), with passwords redacted.
+//! The connection: one multiplexed asynchronous connection (every call in flight pipelines on
+//! it, none blocks a runtime thread) with bounded timeouts, fail-fast while Redis is down, the
+//! slot owner's lookup in a Redis Cluster, and the mapping of Redis failures onto
+//! [`StoreError`] (transient or not), with passwords redacted.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use parking_lot::Mutex;
-use redis::{Client, Connection, ErrorKind, RedisError, RedisResult, ServerErrorKind};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, RedisResult, ServerErrorKind};
 use tollgate::{Error, StoreError};
 
-/// Idle connections kept for reuse; a request takes one (or opens one) and puts it back.
+/// The connection every call shares, made on first use and made again after it breaks.
 ///
-/// Why a mutex-guarded `Vec` and not a pool crate: a request holds a connection for exactly
-/// one round trip, so the lock is held only to push or pop, and nothing else is needed.
-pub(crate) struct Pool {
+/// Why one multiplexed connection and not a pool: Redis runs one command at a time anyway, and
+/// pipelining the calls in flight over one socket costs the node one `write` and one `read` per
+/// batch instead of per call, with no hand-off between threads.
+pub(crate) struct Conn {
     client: Client,
     /// The URL with any password replaced by `***`: the only form that appears in messages.
     url: String,
-    idle: Mutex<Vec<Connection>>,
-    max_idle: usize,
     connect_timeout: Duration,
     response_timeout: Duration,
+    /// The connection, once made, with its generation (so that a failure seen by several calls
+    /// at once drops it once, not a newer one).
+    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// Held while connecting: one connection attempt at a time, the others wait for it.
+    connecting: tokio::sync::Mutex<u64>,
     /// Set while Redis seems unreachable: calls fail at once until `retry_at`, so that an
     /// outage answers every request quickly instead of each one waiting out a timeout.
     down: Mutex<Option<Down>>,
     /// In a Redis Cluster: a key in the one slot every key of this store lives in. `client`
-    /// is then a seed node, and connections go to the slot's owner, found with
+    /// is then a seed node, and the connection goes to the slot's owner, found with
     /// `CLUSTER KEYSLOT` and `CLUSTER SLOTS` and found again after a `MOVED`.
     cluster_key: Option<String>,
     /// In a Redis Cluster: the client of the slot's owner, once known.
@@ -33,7 +40,7 @@ pub(crate) struct Pool {
     known: Mutex<Vec<Client>>,
 }
 
-/// An outage as the pool sees it.
+/// An outage as the connection sees it.
 struct Down {
     /// When the next call may try Redis again.
     retry_at: Instant,
@@ -48,33 +55,20 @@ pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Runs blocking Redis IO from async code without stalling the runtime: on a multi-threaded
-/// tokio runtime the worker hands its other tasks over first (`block_in_place`); elsewhere
-/// (no runtime, a current-thread runtime) it just runs.
-pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
-
-impl Pool {
+impl Conn {
     pub(crate) fn new(
         client: Client,
         url: String,
-        max_idle: usize,
         connect_timeout: Duration,
         response_timeout: Duration,
-    ) -> Pool {
-        Pool {
+    ) -> Conn {
+        Conn {
             client,
             url,
-            idle: Mutex::new(Vec::new()),
-            max_idle,
             connect_timeout,
             response_timeout,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(0),
             down: Mutex::new(None),
             cluster_key: None,
             owner: Mutex::new(None),
@@ -82,19 +76,24 @@ impl Pool {
         }
     }
 
-    /// Makes this a pool for a Redis Cluster whose slot holding `key` has every key of the
-    /// store; `client` is a seed node.
-    pub(crate) fn in_cluster(mut self, key: String) -> Pool {
+    /// Makes this the connection to a Redis Cluster whose slot holding `key` has every key of
+    /// the store; `client` is a seed node.
+    pub(crate) fn in_cluster(mut self, key: String) -> Conn {
         self.cluster_key = Some(key);
         self
     }
 
-    /// The client to open connections with: the server, or in a cluster the owner of the
-    /// store's slot. The owner is looked up the first time and again after a `MOVED` or a lost
-    /// connection: on the seed node, else on the other nodes the last lookup named (so that a
-    /// failover of the seed itself is survived), for at most the connect plus the response
-    /// timeout in all.
-    fn target(&self) -> RedisResult<Client> {
+    fn config(&self) -> AsyncConnectionConfig {
+        AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+    }
+
+    /// The client to connect with: the server, or in a cluster the owner of the store's slot.
+    /// The owner is looked up the first time and again after a `MOVED` or a lost connection:
+    /// on the seed node, else on the other nodes the last lookup named (so that a failover of
+    /// the seed itself is survived), for at most the connect plus the response timeout in all.
+    async fn target(&self) -> RedisResult<Client> {
         let Some(key) = &self.cluster_key else {
             return Ok(self.client.clone());
         };
@@ -109,7 +108,7 @@ impl Pool {
             if Instant::now() >= deadline {
                 break;
             }
-            match self.ask_owner(&node, key) {
+            match self.ask_owner(&node, key).await {
                 Ok(owner) => {
                     *self.owner.lock() = Some(owner.clone());
                     return Ok(owner);
@@ -126,14 +125,19 @@ impl Pool {
     }
 
     /// Asks `node` which node owns the slot of `key`; remembers every node it names.
-    fn ask_owner(&self, node: &Client, key: &str) -> RedisResult<Client> {
-        let mut con = node.get_connection_with_timeout(self.connect_timeout)?;
-        con.set_read_timeout(Some(self.response_timeout))?;
+    async fn ask_owner(&self, node: &Client, key: &str) -> RedisResult<Client> {
+        let mut con = node
+            .get_multiplexed_async_connection_with_config(&self.config())
+            .await?;
         let slot: i64 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
-            .query(&mut con)?;
-        let slots: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut con)?;
+            .query_async(&mut con)
+            .await?;
+        let slots: Vec<redis::Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut con)
+            .await?;
         let info = node.get_connection_info().clone();
         let client_at = |entry: &redis::Value| -> Option<Client> {
             let redis::Value::Array(entry) = entry else {
@@ -196,29 +200,35 @@ impl Pool {
         &self.url
     }
 
-    fn connect(&self) -> RedisResult<Connection> {
+    /// The shared connection, made if there is none (one attempt at a time).
+    async fn connection(&self) -> RedisResult<(u64, MultiplexedConnection)> {
+        if let Some(c) = &*self.current.lock() {
+            return Ok(c.clone());
+        }
+        let mut generation = self.connecting.lock().await;
+        if let Some(c) = &*self.current.lock() {
+            return Ok(c.clone());
+        }
         let con = self
-            .target()?
-            .get_connection_with_timeout(self.connect_timeout)?;
-        con.set_read_timeout(Some(self.response_timeout))?;
-        con.set_write_timeout(Some(self.response_timeout))?;
-        Ok(con)
+            .target()
+            .await?
+            .get_multiplexed_async_connection_with_config(&self.config())
+            .await?;
+        *generation += 1;
+        *self.current.lock() = Some((*generation, con.clone()));
+        Ok((*generation, con))
     }
 
-    /// Runs `f` on a connection. `what` names the operation in error messages.
-    ///
-    /// A connection whose request failed without a reply from the server (IO error, timeout)
-    /// is dropped, never reused: its next read could return this request's late reply. When
-    /// the server seems gone, every idle connection goes too (they all point at the old
-    /// process), so the next request after a restart connects afresh.
-    ///
-    /// A failed request is not retried here: an acquire whose reply was lost may or may not
-    /// have been applied, and only the caller can decide whether to try again.
-    pub(crate) fn run<T>(
-        &self,
-        what: &str,
-        f: impl FnOnce(&mut Connection) -> RedisResult<T>,
-    ) -> Result<T, Error> {
+    /// Drops the shared connection if it is still generation `generation`.
+    fn drop_connection(&self, generation: u64) {
+        let mut current = self.current.lock();
+        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *current = None;
+        }
+    }
+
+    /// Fails at once while Redis is known to be down.
+    fn check_down(&self, what: &str) -> Result<(), Error> {
         if let Some(d) = &*self.down.lock()
             && Instant::now() < d.retry_at
         {
@@ -230,32 +240,36 @@ impl Pool {
                 None,
             )));
         }
-        blocking(|| self.run_now(what, f))
+        Ok(())
     }
 
-    fn run_now<T>(
-        &self,
-        what: &str,
-        f: impl FnOnce(&mut Connection) -> RedisResult<T>,
-    ) -> Result<T, Error> {
-        let pooled = self.idle.lock().pop();
-        let mut con = match pooled {
-            Some(con) => con,
-            None => match self.connect() {
-                Ok(con) => con,
-                Err(e) => {
-                    // In a cluster the slot may have a new owner by the time it answers again.
-                    *self.owner.lock() = None;
-                    self.went_down(&e);
-                    return Err(self.error("connect", e));
-                }
-            },
+    /// Runs `f` on the shared connection. `what` names the operation in error messages.
+    ///
+    /// A connection that failed without a reply from the server (lost, refused) is dropped
+    /// and the next call connects afresh. A reply that timed out is discarded when it comes,
+    /// so the connection stays usable; the call fails with a transient error and Redis counts
+    /// as down for a short backoff.
+    ///
+    /// A failed request is not retried here: an acquire whose reply was lost may or may not
+    /// have been applied, and only the caller can decide whether to try again.
+    pub(crate) async fn run<T, F, Fut>(&self, what: &str, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.check_down(what)?;
+        let (generation, con) = match self.connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                // In a cluster the slot may have a new owner by the time it answers again.
+                *self.owner.lock() = None;
+                self.went_down(&e);
+                return Err(self.error("connect", e));
+            }
         };
-        match f(&mut con) {
+        match f(con).await {
             Ok(v) => {
-                self.put_back(con);
-                let mut down = self.down.lock();
-                if down.take().is_some() {
+                if self.down.lock().take().is_some() {
                     tracing::info!(url = %self.url, "redis is reachable again");
                 }
                 Ok(v)
@@ -268,12 +282,10 @@ impl Pool {
                     // The slot moved (resharding, failover): find its owner again next time.
                     // Nothing was applied; the caller sees a transient error and may retry.
                     *self.owner.lock() = None;
-                    self.idle.lock().clear();
-                } else if replied(&e) {
-                    self.put_back(con);
-                } else {
-                    if e.is_connection_dropped() || e.is_connection_refusal() {
-                        self.idle.lock().clear();
+                    self.drop_connection(generation);
+                } else if !replied(&e) {
+                    if !e.is_timeout() {
+                        self.drop_connection(generation);
                         *self.owner.lock() = None;
                     }
                     if e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
@@ -303,37 +315,47 @@ impl Pool {
         });
     }
 
-    /// Listens on `channel` until the connection fails or `closed` is set, calling
+    /// Listens on `channel` until the connection fails or `closed` resolves, calling
     /// `on_message` for every message (and once on subscribing, for anything missed while
-    /// away). Returns `Ok` only when `closed` was set.
-    pub(crate) fn subscribe(
+    /// away). Returns `Ok` only when `closed` resolved.
+    pub(crate) async fn subscribe(
         &self,
         channel: &str,
-        closed: &AtomicBool,
-        on_message: &dyn Fn(),
+        closed: impl Future<Output = ()>,
+        on_message: &(dyn Fn() + Sync),
     ) -> Result<(), Error> {
-        let mut con = self.connect().map_err(|e| self.error("subscribe", e))?;
-        // Wakes up now and then to notice `closed`.
-        con.set_read_timeout(Some(Duration::from_millis(500)))
-            .map_err(|e| self.error("subscribe", e))?;
-        let mut sub = con.as_pubsub();
-        sub.subscribe(channel)
-            .map_err(|e| self.error("subscribe", e))?;
+        let connect = async {
+            let mut sub = self.target().await?.get_async_pubsub().await?;
+            sub.subscribe(channel).await?;
+            RedisResult::Ok(sub)
+        };
+        let mut sub =
+            match tokio::time::timeout(self.connect_timeout + self.response_timeout, connect).await
+            {
+                Ok(r) => r.map_err(|e| self.error("subscribe", e))?,
+                Err(_) => {
+                    return Err(Error::Store(StoreError::transient(
+                        format!("redis at {}: subscribe timed out", self.url),
+                        None,
+                    )));
+                }
+            };
         on_message();
-        while !closed.load(Ordering::Relaxed) {
-            match sub.get_message() {
-                Ok(_) => on_message(),
-                Err(e) if e.is_timeout() => {}
-                Err(e) => return Err(self.error("subscribe", e)),
+        let mut messages = sub.on_message();
+        tokio::pin!(closed);
+        loop {
+            tokio::select! {
+                () = &mut closed => return Ok(()),
+                m = messages.next() => match m {
+                    Some(_) => on_message(),
+                    None => {
+                        return Err(Error::Store(StoreError::transient(
+                            format!("redis at {}: the subscription's connection closed", self.url),
+                            None,
+                        )));
+                    }
+                },
             }
-        }
-        Ok(())
-    }
-
-    fn put_back(&self, con: Connection) {
-        let mut idle = self.idle.lock();
-        if idle.len() < self.max_idle {
-            idle.push(con);
         }
     }
 

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tollgate::metrics::{DecisionCount, QueueMetrics};
 use tollgate::{
-    Clock, DEFAULT_RETENTION, DynStore, Error, LeasedRun, LimitSpec, Limiter, OnLimit, RunContext,
+    AsyncLimiter, Clock, DEFAULT_RETENTION, Error, LeasedRun, LimitSpec, OnLimit, RunContext,
     RunState, RunView, StoreError, Task, TaskSpec, Transition, check_key,
 };
 use tollgate_core::{Limit, Nanos, Period};
@@ -35,7 +35,7 @@ use crate::store::RedisStore;
 
 use tollgate::LeaseAttempt;
 use tollgate::LimitSpecExt;
-use tollgate::queue::run_queue::{check_name, compile_task, tasks_naming};
+use tollgate::queue::run_queue::{check_name, compile_task, declared_limits, tasks_naming};
 
 /// The default of [`RedisEngine::set_poll_interval`].
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -51,12 +51,12 @@ pub struct RedisEngine {
 }
 
 struct Inner {
-    limiter: Limiter<DynStore>,
+    limits: AsyncLimiter,
     store: RedisStore,
     /// Prefix of the queue's keys: `<prefix>:q:{<prefix>}:`.
     q: String,
-    /// Compiled tasks by name, with the definition text they were compiled from.
-    tasks: Mutex<HashMap<String, (String, Arc<Task>)>>,
+    /// Compiled tasks by name, with the definition (text and version) they were compiled from.
+    tasks: Mutex<HashMap<String, Cached>>,
     /// Woken when a run became ready on any node.
     ready: Arc<Notify>,
     /// Woken when this node learnt of an earlier deadline (or is closing).
@@ -69,14 +69,30 @@ struct Inner {
     /// [`RedisEngine::set_poll_interval`], in nanoseconds.
     poll_interval: AtomicU64,
     closed: Arc<AtomicBool>,
+    /// Woken when `closed` is set (the subscriber waits on it).
+    closing: Arc<Notify>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.closed.store(true, Ordering::Relaxed);
         self.timer.notify_one();
+        self.closing.notify_waiters();
     }
 }
+
+/// A task as this node compiled it.
+struct Cached {
+    /// The definition's text.
+    text: String,
+    /// The version Redis gave that definition (`"0"`: defined before versions existed). An
+    /// enqueue names it, and the script refuses it once the task is redefined.
+    version: String,
+    task: Arc<Task>,
+}
+
+/// How many times an enqueue renders its runs again after being told the task changed.
+const STALE_RETRIES: usize = 5;
 
 /// What a queue script reports about its effects, for the node's metrics.
 #[derive(Default)]
@@ -93,9 +109,8 @@ impl RedisEngine {
     /// Redis is down).
     pub fn new(store: RedisStore, clock: impl Clock + 'static) -> RedisEngine {
         let q = format!("{0}:q:{{{0}}}:", store.prefix());
-        let dyn_store: DynStore = Arc::new(store.clone());
         let inner = Arc::new(Inner {
-            limiter: Limiter::with_store(dyn_store, clock),
+            limits: AsyncLimiter::new(Arc::new(store.clone()), clock),
             store,
             q,
             tasks: Mutex::new(HashMap::new()),
@@ -106,6 +121,7 @@ impl RedisEngine {
             retention: AtomicU64::new(DEFAULT_RETENTION.as_nanos().as_nanos()),
             poll_interval: AtomicU64::new(nanos(POLL_INTERVAL)),
             closed: Arc::new(AtomicBool::new(false)),
+            closing: Arc::new(Notify::new()),
         });
         spawn_sweeper(Arc::downgrade(&inner));
         spawn_subscriber(&inner);
@@ -129,8 +145,8 @@ impl RedisEngine {
     }
 
     /// The limiter (direct acquires, leases, barriers) over the same Redis.
-    pub fn limiter(&self) -> &Limiter<DynStore> {
-        &self.inner.limiter
+    pub fn limits(&self) -> &AsyncLimiter {
+        &self.inner.limits
     }
 
     /// The Redis store.
@@ -149,7 +165,9 @@ impl RedisEngine {
         check_key(key)?;
         let mut args = self.limit_args("put", key);
         args.push(crate::spec::limit(&limit));
-        let (status, _) = self.queue_call("put a limit", Script::Define, &args)?;
+        let (status, _) = self
+            .queue_call("put a limit", Script::Define, &args)
+            .await?;
         self.expect_ok("put a limit", &status)?;
         Ok(limit)
     }
@@ -161,7 +179,7 @@ impl RedisEngine {
     /// does; store failures.
     pub async fn remove_limit(&self, key: &str) -> Result<bool, Error> {
         check_key(key)?;
-        let tasks = tasks_naming(&self.tasks()?, key);
+        let tasks = tasks_naming(&self.tasks().await?, key);
         let in_use = |runs| Error::LimitInUse {
             key: key.to_owned(),
             tasks: tasks.clone(),
@@ -169,7 +187,9 @@ impl RedisEngine {
         };
         let mut args = self.limit_args("remove", key);
         args.push(if tasks.is_empty() { "0" } else { "1" }.to_owned());
-        let (status, items) = self.queue_call("remove a limit", Script::Define, &args)?;
+        let (status, items) = self
+            .queue_call("remove a limit", Script::Define, &args)
+            .await?;
         let n = items.first().and_then(int);
         match (status.as_str(), n) {
             ("ok", Some(n)) => Ok(n == 1),
@@ -209,28 +229,39 @@ impl RedisEngine {
                 None,
             ))
         })?;
-        let task = Arc::new(self.compile(name, spec)?);
+        let task = Arc::new(self.compile(name, spec).await?);
         let mut args = self.script_args();
         args.extend(["task".to_owned(), name.to_owned(), text.clone()]);
-        let (status, _) = self.queue_call("put a task", Script::Define, &args)?;
+        let (status, items) = self.queue_call("put a task", Script::Define, &args).await?;
         self.expect_ok("put a task", &status)?;
-        self.inner
-            .tasks
-            .lock()
-            .insert(name.to_owned(), (text, Arc::clone(&task)));
+        let version = items
+            .first()
+            .and_then(int)
+            .ok_or_else(|| self.inner.store.corrupt("put a task answered no version"))?
+            .to_string();
+        self.inner.tasks.lock().insert(
+            name.to_owned(),
+            Cached {
+                text,
+                version,
+                task: Arc::clone(&task),
+            },
+        );
         Ok(task)
     }
 
-    fn compile(&self, name: &str, spec: TaskSpec) -> Result<Task, Error> {
-        compile_task(&self.inner.limiter, name, spec)
+    async fn compile(&self, name: &str, spec: TaskSpec) -> Result<Task, Error> {
+        let declared = declared_limits(&self.inner.limits, &spec).await?;
+        compile_task(name, spec, &|key| declared.get(key).cloned())
     }
 
     /// A task as stored, compiled once per definition text.
-    fn cached(&self, name: &str, text: String) -> Result<Arc<Task>, Error> {
-        if let Some((t, task)) = self.inner.tasks.lock().get(name)
-            && *t == text
+    async fn cached(&self, name: &str, text: String, version: String) -> Result<Arc<Task>, Error> {
+        if let Some(c) = self.inner.tasks.lock().get_mut(name)
+            && c.text == text
         {
-            return Ok(Arc::clone(task));
+            c.version = version;
+            return Ok(Arc::clone(&c.task));
         }
         let spec: TaskSpec = serde_json::from_str(&text).map_err(|e| {
             self.inner.store.corrupt(format_args!(
@@ -240,36 +271,86 @@ impl RedisEngine {
         // Compiled against the limits as they are now. A limit a task names cannot be removed
         // (`remove_limit` refuses), so this fails only if another node removed one while this
         // task was being defined: the enqueue is then rejected naming the missing limit.
-        let task = Arc::new(self.compile(name, spec)?);
-        self.inner
-            .tasks
-            .lock()
-            .insert(name.to_owned(), (text, Arc::clone(&task)));
+        let task = Arc::new(self.compile(name, spec).await?);
+        self.inner.tasks.lock().insert(
+            name.to_owned(),
+            Cached {
+                text,
+                version,
+                task: Arc::clone(&task),
+            },
+        );
         Ok(task)
+    }
+
+    /// Task `name` as this node last compiled it, with its definition's version: no IO. An
+    /// enqueue with it is refused by Redis if the task has been redefined since.
+    fn known_task(&self, name: &str) -> Option<(Arc<Task>, String)> {
+        let tasks = self.inner.tasks.lock();
+        let c = tasks.get(name)?;
+        Some((Arc::clone(&c.task), c.version.clone()))
     }
 
     /// Task `name`, as Redis holds it now.
     ///
     /// # Errors
     /// Store failures.
-    pub fn task(&self, name: &str) -> Result<Option<Arc<Task>>, Error> {
-        let key = self.q_key("tasks");
-        let text: Option<String> = self.run_redis("read a task", |con| {
-            redis::cmd("HGET").arg(&key).arg(name).query(con)
-        })?;
-        text.map(|t| self.cached(name, t)).transpose()
+    pub async fn task(&self, name: &str) -> Result<Option<Arc<Task>>, Error> {
+        let (tasks, versions) = (&self.q_key("tasks"), &self.q_key("taskv"));
+        let (text, version): (Option<String>, Option<String>) = self
+            .inner
+            .store
+            .run("read a task", |mut con| async move {
+                redis::pipe()
+                    .hget(tasks, name)
+                    .hget(versions, name)
+                    .query_async(&mut con)
+                    .await
+            })
+            .await?;
+        match text {
+            Some(t) => {
+                let version = version.unwrap_or_else(|| "0".to_owned());
+                Ok(Some(self.cached(name, t, version).await?))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Every task, by name.
     ///
     /// # Errors
     /// Store failures.
-    pub fn tasks(&self) -> Result<Vec<Arc<Task>>, Error> {
-        let key = self.q_key("tasks");
-        let all: BTreeMap<String, String> = self.run_redis("read the tasks", |con| {
-            redis::cmd("HGETALL").arg(&key).query(con)
-        })?;
-        all.into_iter().map(|(n, t)| self.cached(&n, t)).collect()
+    pub async fn tasks(&self) -> Result<Vec<Arc<Task>>, Error> {
+        Ok(self
+            .tasks_with_versions()
+            .await?
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect())
+    }
+
+    /// Every task, by name, with its definition's version.
+    async fn tasks_with_versions(&self) -> Result<Vec<(Arc<Task>, String)>, Error> {
+        let (tasks, versions) = (&self.q_key("tasks"), &self.q_key("taskv"));
+        let (all, mut numbers): (BTreeMap<String, String>, HashMap<String, String>) = self
+            .inner
+            .store
+            .run("read the tasks", |mut con| async move {
+                redis::pipe()
+                    .hgetall(tasks)
+                    .hgetall(versions)
+                    .query_async(&mut con)
+                    .await
+            })
+            .await?;
+        let mut out = Vec::with_capacity(all.len());
+        for (n, t) in all {
+            let version = numbers.remove(&n).unwrap_or_else(|| "0".to_owned());
+            let task = self.cached(&n, t, version.clone()).await?;
+            out.push((task, version));
+        }
+        Ok(out)
     }
 
     // ---- runs -----------------------------------------------------------------------------
@@ -284,14 +365,41 @@ impl RedisEngine {
         input: Json,
         additional_metadata: Json,
     ) -> Result<RunView, Error> {
-        let t = self.task(task)?.ok_or_else(|| Error::UnknownTask {
+        let unknown = || Error::UnknownTask {
             name: task.to_owned(),
-        })?;
-        let args = self.run_args(&t, &input, &additional_metadata, None)?;
-        let mut views = self.insert(vec![args])?;
-        views
-            .pop()
-            .ok_or_else(|| self.inner.store.corrupt("enqueue answered no run"))
+        };
+        // The task as this node knows it, without asking Redis: the enqueue script checks its
+        // version, and a stale one is read again.
+        let (mut t, mut version) = match self.known_task(task) {
+            Some(known) => known,
+            None => self.read_task(task).await?.ok_or_else(unknown)?,
+        };
+        for _ in 0..STALE_RETRIES {
+            let args = self.run_args(&t, &version, &input, &additional_metadata, None)?;
+            if let Some(mut views) = self.insert(vec![args]).await? {
+                return views
+                    .pop()
+                    .ok_or_else(|| self.inner.store.corrupt("enqueue answered no run"));
+            }
+            (t, version) = self.read_task(task).await?.ok_or_else(unknown)?;
+        }
+        Err(self.stale(task))
+    }
+
+    /// Task `name` read from Redis now, with its definition's version.
+    async fn read_task(&self, name: &str) -> Result<Option<(Arc<Task>, String)>, Error> {
+        self.task(name).await?;
+        Ok(self.known_task(name))
+    }
+
+    /// The error of an enqueue that kept finding its task redefined.
+    fn stale(&self, task: &str) -> Error {
+        Error::Store(StoreError::transient(
+            format!(
+                "task {task:?} was redefined {STALE_RETRIES} times while this enqueue was rendering its runs; try again"
+            ),
+            None,
+        ))
     }
 
     /// Enqueues one run of every task triggered by event `name`: all of them, or none when one
@@ -306,22 +414,38 @@ impl RedisEngine {
         additional_metadata: Json,
     ) -> Result<Vec<RunView>, Error> {
         let event = serde_json::json!({"name": name, "data": data});
-        let mut runs = Vec::new();
-        for t in self.tasks()? {
-            if t.triggers.iter().any(|x| x == name) {
-                runs.push(self.run_args(&t, &data, &additional_metadata, Some(&event))?);
+        let mut stale = String::new();
+        for _ in 0..STALE_RETRIES {
+            let mut runs = Vec::new();
+            for (t, version) in self.tasks_with_versions().await? {
+                if t.triggers.iter().any(|x| x == name) {
+                    runs.push(self.run_args(
+                        &t,
+                        &version,
+                        &data,
+                        &additional_metadata,
+                        Some(&event),
+                    )?);
+                }
+            }
+            if runs.is_empty() {
+                return Ok(Vec::new());
+            }
+            match self.insert(runs).await {
+                Ok(Some(views)) => return Ok(views),
+                Ok(None) => stale = name.to_owned(),
+                Err(e) => return Err(e),
             }
         }
-        if runs.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.insert(runs)
+        Err(self.stale(&stale))
     }
 
-    /// Renders a run of `task` into the 12 values queue_enqueue.lua reads.
+    /// Renders a run of `task` (whose definition is `version`) into the 13 values
+    /// queue_enqueue.lua reads.
     fn run_args(
         &self,
         task: &Task,
+        version: &str,
         input: &Json,
         meta: &Json,
         event: Option<&Json>,
@@ -399,18 +523,31 @@ impl RedisEngine {
             idem_key,
             idem_ms,
             failure,
+            version.to_owned(),
         ])
     }
 
-    fn insert(&self, runs: Vec<Vec<String>>) -> Result<Vec<RunView>, Error> {
+    /// Stores rendered runs, all or none; `None` when a task was redefined since it was read
+    /// (the runs must be rendered again, and that task's cached definition is dropped).
+    async fn insert(&self, runs: Vec<Vec<String>>) -> Result<Option<Vec<RunView>>, Error> {
         let mut args = self.script_args();
         args.push(runs.len().to_string());
         for r in runs {
             args.extend(r);
         }
-        let (status, items) = self.queue_call("enqueue", Script::Enqueue, &args)?;
+        let (status, items) = self.queue_call("enqueue", Script::Enqueue, &args).await?;
+        if status == "stale" {
+            if let Some(task) = items.first().and_then(text_of) {
+                self.inner.tasks.lock().remove(&task);
+            }
+            return Ok(None);
+        }
         self.expect_ok("enqueue", &status)?;
-        items.iter().map(|v| self.view(v)).collect()
+        items
+            .iter()
+            .map(|v| self.view(v))
+            .collect::<Result<_, _>>()
+            .map(Some)
     }
 
     /// Leases up to `max` runs of `tasks` for `worker_id`. Returns as soon as it holds at least
@@ -447,7 +584,7 @@ impl RedisEngine {
         args.push(worker_id.to_owned());
         args.push(max.to_string());
         args.extend(tasks.iter().cloned());
-        let (status, items) = self.queue_call("lease", Script::Lease, &args)?;
+        let (status, items) = self.queue_call("lease", Script::Lease, &args).await?;
         self.expect_ok("lease", &status)?;
         let more = items.first().and_then(int) == Some(1);
         if let Some(at) = items.get(1).and_then(int) {
@@ -502,7 +639,7 @@ impl RedisEngine {
             text.to_owned(),
             if retry { "1" } else { "0" }.to_owned(),
         ]);
-        let (status, items) = self.queue_call(op, Script::Run, &args)?;
+        let (status, items) = self.queue_call(op, Script::Run, &args).await?;
         match status.as_str() {
             "ok" => items.first().map(|v| self.view(v)).unwrap_or_else(|| {
                 Err(self
@@ -587,9 +724,9 @@ impl RedisEngine {
     ///
     /// # Errors
     /// [`Error::UnknownRun`]; store failures.
-    pub fn run(&self, id: &str) -> Result<RunView, Error> {
+    pub async fn run(&self, id: &str) -> Result<RunView, Error> {
         let args = vec![self.inner.q.clone(), "get".to_owned(), id.to_owned()];
-        let (status, items) = self.queue_call("read a run", Script::Read, &args)?;
+        let (status, items) = self.queue_call("read a run", Script::Read, &args).await?;
         match (status.as_str(), items.first()) {
             ("ok", Some(v)) => self.view(v),
             _ => Err(Error::UnknownRun { id: id.to_owned() }),
@@ -600,7 +737,7 @@ impl RedisEngine {
     ///
     /// # Errors
     /// Store failures.
-    pub fn runs(
+    pub async fn runs(
         &self,
         task: Option<&str>,
         state: Option<RunState>,
@@ -616,7 +753,7 @@ impl RedisEngine {
             state.map(RunState::as_str).unwrap_or_default().to_owned(),
             limit.to_string(),
         ];
-        let (status, items) = self.queue_call("list runs", Script::Read, &args)?;
+        let (status, items) = self.queue_call("list runs", Script::Read, &args).await?;
         self.expect_ok("list runs", &status)?;
         items.iter().map(|v| self.view(v)).collect()
     }
@@ -625,9 +762,11 @@ impl RedisEngine {
     ///
     /// # Errors
     /// Store failures.
-    pub fn depth(&self) -> Result<Vec<(String, RunState, u64)>, Error> {
+    pub async fn depth(&self) -> Result<Vec<(String, RunState, u64)>, Error> {
         let args = vec![self.inner.q.clone(), "depth".to_owned()];
-        let (status, items) = self.queue_call("read the depth", Script::Read, &args)?;
+        let (status, items) = self
+            .queue_call("read the depth", Script::Read, &args)
+            .await?;
         self.expect_ok("read the depth", &status)?;
         items
             .chunks(3)
@@ -666,7 +805,7 @@ impl RedisEngine {
         if keep == 0 {
             return Ok(0);
         }
-        let now_us = self.redis_now_us()?;
+        let now_us = self.redis_now_us().await?;
         let cutoff = now_us.saturating_sub(keep / 1_000);
         let mut total = 0;
         loop {
@@ -676,7 +815,7 @@ impl RedisEngine {
                 cutoff.to_string(),
                 "1000".to_owned(),
             ];
-            let (status, items) = self.queue_call("prune runs", Script::Read, &args)?;
+            let (status, items) = self.queue_call("prune runs", Script::Read, &args).await?;
             self.expect_ok("prune runs", &status)?;
             let n = items
                 .first()
@@ -694,6 +833,7 @@ impl RedisEngine {
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Relaxed);
         self.inner.timer.notify_one();
+        self.inner.closing.notify_waiters();
     }
 
     // ---- plumbing -------------------------------------------------------------------------
@@ -702,23 +842,20 @@ impl RedisEngine {
         format!("{}{what}", self.inner.q)
     }
 
-    fn run_redis<T>(
-        &self,
-        what: &str,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, Error> {
-        self.inner.store.run_on_pool(what, f)
-    }
-
-    fn redis_now_us(&self) -> Result<u64, Error> {
-        let (secs, micros): (u64, u64) =
-            self.run_redis("read the time", |con| redis::cmd("TIME").query(con))?;
+    async fn redis_now_us(&self) -> Result<u64, Error> {
+        let (secs, micros): (u64, u64) = self
+            .inner
+            .store
+            .run("read the time", |mut con| async move {
+                redis::cmd("TIME").query_async(&mut con).await
+            })
+            .await?;
         Ok(secs * 1_000_000 + micros)
     }
 
     /// prefix, now, slack: the first ARGV of every writing queue script.
     fn script_args(&self) -> Vec<String> {
-        let now = self.inner.limiter.now();
+        let now = self.inner.limits.now();
         vec![
             self.inner.q.clone(),
             self.inner.store.now_arg(now),
@@ -726,7 +863,7 @@ impl RedisEngine {
         ]
     }
 
-    fn queue_call(
+    async fn queue_call(
         &self,
         what: &str,
         script: Script,
@@ -741,7 +878,7 @@ impl RedisEngine {
             Script::Read => &scripts.queue_read,
             Script::Define => &scripts.queue_define,
         };
-        let reply = self.inner.store.call(what, script, &[], args)?;
+        let reply = self.inner.store.call(what, script, &[], args).await?;
         let Value::Array(mut items) = reply else {
             return Err(self.inner.store.bad_reply(what, &reply));
         };
@@ -943,7 +1080,7 @@ fn spawn_sweeper(engine: Weak<Inner>) {
                     return;
                 }
                 let e = RedisEngine { inner };
-                match sweep(&e) {
+                match sweep(&e).await {
                     Ok(Some((next, now))) => {
                         backoff = Duration::from_millis(50);
                         e.inner.next_deadline.store(next, Ordering::Relaxed);
@@ -970,8 +1107,10 @@ fn spawn_sweeper(engine: Weak<Inner>) {
 }
 
 /// One sweep: the next deadline and Redis's now (µs), or `None` when nothing is pending.
-fn sweep(e: &RedisEngine) -> Result<Option<(u64, u64)>, Error> {
-    let (status, items) = e.queue_call("sweep", Script::Sweep, &e.script_args())?;
+async fn sweep(e: &RedisEngine) -> Result<Option<(u64, u64)>, Error> {
+    let (status, items) = e
+        .queue_call("sweep", Script::Sweep, &e.script_args())
+        .await?;
     e.expect_ok("sweep", &status)?;
     let next = items.first().and_then(int).unwrap_or(-1);
     let now = items.get(1).and_then(int).unwrap_or(0);
@@ -981,34 +1120,43 @@ fn sweep(e: &RedisEngine) -> Result<Option<(u64, u64)>, Error> {
     })
 }
 
-/// Listens on the queue's `ready` channel on a thread of its own, waking this node's
-/// long-polls; reconnects with a backoff capped at one second.
+/// Listens on the queue's `ready` channel, waking this node's long-polls; reconnects with a
+/// backoff capped at one second. Holds no reference to the engine: closing or dropping it
+/// ends the task.
 fn spawn_subscriber(inner: &Arc<Inner>) {
     let ready = Arc::clone(&inner.ready);
     let closed = Arc::clone(&inner.closed);
+    let closing = Arc::clone(&inner.closing);
     let store = inner.store.clone();
     let channel = format!("{}ready", inner.q);
-    let spawned = std::thread::Builder::new()
-        .name("tollgate-redis-sub".into())
-        .spawn(move || {
-            let mut backoff = Duration::from_millis(50);
-            while !closed.load(Ordering::Relaxed) {
-                match store.subscribe(&channel, &closed, &|| ready.notify_waiters()) {
-                    Ok(()) => backoff = Duration::from_millis(50),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "the queue's subscription dropped; reconnecting");
-                        // Runs may have become ready while we were away.
-                        ready.notify_waiters();
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+    tokio::spawn(async move {
+        let until_closed = || async {
+            let woken = closing.notified();
+            tokio::pin!(woken);
+            // Registered before the flag is read: a close in between still wakes us.
+            woken.as_mut().enable();
+            if !closed.load(Ordering::Relaxed) {
+                woken.await;
+            }
+        };
+        let mut backoff = Duration::from_millis(50);
+        while !closed.load(Ordering::Relaxed) {
+            let wake = || ready.notify_waiters();
+            match store.subscribe(&channel, until_closed(), &wake).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the queue's subscription dropped; reconnecting");
+                    // Runs may have become ready while we were away.
+                    ready.notify_waiters();
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = until_closed() => return,
                     }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
-        });
-    if let Err(e) = spawned {
-        // Long-polls still look at Redis every poll interval: slower, not wrong.
-        tracing::warn!(error = %e, "cannot start the queue's subscriber thread");
-    }
+        }
+    });
 }
 
 fn spawn_pruning(engine: Weak<Inner>) {

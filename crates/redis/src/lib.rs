@@ -1,21 +1,25 @@
 //! Tollgate's Redis store: limit definitions and limit state in Redis (or Valkey), so that
 //! many Tollgate nodes share every budget.
 //!
-//! [`RedisStore`] implements the engine's [`Store`](tollgate::Store): plug it into a
-//! [`Limiter`](tollgate::Limiter) and every node using the same Redis and prefix decides
-//! against the same state.
+//! [`RedisStore`] implements the engine's [`AsyncStore`](tollgate::AsyncStore): plug it into an
+//! [`AsyncLimiter`](tollgate::AsyncLimiter) and every node using the same Redis and prefix
+//! decides against the same state. Every call is awaited on one multiplexed connection: no
+//! runtime thread ever blocks on Redis.
 //!
 //! ```no_run
-//! use tollgate::{AcquireEntry, Limiter, SystemClock};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use tollgate::{AcquireEntry, AsyncLimiter, SystemClock};
 //! use tollgate_core::{Gcra, RateLimit};
 //! use tollgate_redis::RedisStore;
 //!
 //! let store = RedisStore::builder("redis://127.0.0.1:6380/").prefix("myapp").build()?;
-//! let limiter = Limiter::with_store(store, SystemClock::new());
-//! limiter.upsert("search-api", RateLimit::Gcra(Gcra::new("10/s".parse()?, 10)?))?;
-//! let decision = limiter.try_acquire(&[AcquireEntry::new("search-api", 3)])?;
+//! let limiter = AsyncLimiter::new(Arc::new(store), SystemClock::new());
+//! limiter.upsert("search-api", RateLimit::Gcra(Gcra::new("10/s".parse()?, 10)?)).await?;
+//! let decision = limiter.try_acquire(&[AcquireEntry::new("search-api", 3)]).await?;
 //! assert!(decision.allowed);
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # Ok(()) }
 //! ```
 //!
 //! # Guarantees
@@ -39,8 +43,13 @@
 //!   definitions never expire.
 //! - **Failures are errors, never panics.** An unreachable, slow or restarting server gives a
 //!   transient [`StoreError`](tollgate::StoreError) (`Error::is_transient()`), within the
-//!   connect and response timeouts (500 ms and 1 s by default); the next request reconnects.
-//!   Messages never contain the URL's password.
+//!   connect and response timeouts (500 ms and 1 s by default); while it stays unreachable,
+//!   calls fail at once for a backoff (50 ms doubling to 1 s) instead of each waiting out a
+//!   timeout; the next request after that reconnects. Messages never contain the URL's
+//!   password.
+//! - **One connection, never blocking.** Every call in flight is pipelined on one multiplexed
+//!   connection (the redis crate's tokio support): many callers cost the node one `write` and
+//!   one `read` per batch, and no runtime thread waits on Redis.
 //!
 //! # Redis Functions
 //! Needs **Redis 7.0** or later, or **Valkey 7.2** or later (every Valkey release). All the Lua
@@ -99,13 +108,13 @@
 //! Cluster it needs [`Builder::cluster`]`(true)`, which puts every key of the store in one
 //! slot.
 //!
-//! Source files: `store.rs` ([`RedisStore`], [`Builder`], the `Store` impl), `engine.rs`
+//! Source files: `store.rs` ([`RedisStore`], [`Builder`], the `AsyncStore` impl), `engine.rs`
 //! ([`RedisEngine`]: tasks, runs, the sweeper and the subscriber; `engine/run_queue.rs`, its
 //! `tollgate::RunQueue` impl, whose long-poll is the engine crate's shared one), `keys.rs` (key
-//! names), `spec.rs` (limits as specs), `conn.rs` (connection pool, fail-fast while Redis is down,
-//! error mapping, password redaction), `scripts.rs` (the library: its name, its functions, the
-//! version check, loading) and `scripts/*.lua` (`lib.lua`, the algorithms and the one
-//! all-or-nothing acquire; `queue_lib.lua`; then one file per function, each opening with its
+//! names), `spec.rs` (limits as specs), `conn.rs` (the multiplexed connection, fail-fast while
+//! Redis is down, error mapping, password redaction), `scripts.rs` (the library: its name, its
+//! functions, the version check, loading) and `scripts/*.lua` (`lib.lua`, the algorithms and the
+//! one all-or-nothing acquire; `queue_lib.lua`; then one file per function, each opening with its
 //! `KEYS` and `ARGV`).
 
 mod conn;

@@ -22,7 +22,8 @@
 
 use std::sync::LazyLock;
 
-use redis::{Cmd, ConnectionLike, ErrorKind, RedisError, RedisResult, Value};
+use redis::aio::MultiplexedConnection;
+use redis::{Cmd, ErrorKind, RedisError, RedisResult, Value};
 
 const LIB: &str = include_str!("scripts/lib.lua");
 const QUEUE_LIB: &str = include_str!("scripts/queue_lib.lua");
@@ -309,39 +310,45 @@ pub(crate) fn check_version(info: &str) -> Result<(), String> {
 ///
 /// # Errors
 /// The server's, or a client error whose detail is [`check_version`]'s message.
-pub(crate) fn load(con: &mut impl ConnectionLike) -> RedisResult<()> {
-    let info: String = redis::cmd("INFO").arg("server").query(con)?;
+pub(crate) async fn load(con: &mut MultiplexedConnection) -> RedisResult<()> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(con).await?;
     check_version(&info)
         .map_err(|m| RedisError::from((ErrorKind::Client, "unsupported server", m)))?;
-    let _: Value = Scripts::load_cmd().query(con)?;
+    let _: Value = Scripts::load_cmd().query_async(con).await?;
     tracing::debug!(library = Scripts::library_name(), "loaded the functions");
     Ok(())
 }
 
-/// Runs `f` (calls of the library's functions), and when a function is missing, loads the
-/// library and runs `f` once more.
+/// `cmd` (an `FCALL`, or a pipeline of them with `pipe`) on `con`, loading the library and
+/// trying once more when a function is missing.
 ///
 /// # Errors
-/// `f`'s, or [`load`]'s.
-pub(crate) fn with_library<C: ConnectionLike, T>(
-    con: &mut C,
-    mut f: impl FnMut(&mut C) -> RedisResult<T>,
-) -> RedisResult<T> {
-    match f(con) {
+/// The command's, or [`load`]'s.
+pub(crate) async fn call(con: &mut MultiplexedConnection, cmd: &Cmd) -> RedisResult<Value> {
+    match cmd.query_async(con).await {
         Err(e) if is_missing_function(&e) => {
-            load(con)?;
-            f(con)
+            load(con).await?;
+            cmd.query_async(con).await
         }
         r => r,
     }
 }
 
-/// `cmd` (an `FCALL`) on `con`, loading the library and trying once more when it is missing.
+/// As [`call`], for a pipeline.
 ///
 /// # Errors
-/// As [`with_library`].
-pub(crate) fn call(con: &mut impl ConnectionLike, cmd: &Cmd) -> RedisResult<Value> {
-    with_library(con, |con| cmd.query(con))
+/// As [`call`].
+pub(crate) async fn call_pipeline(
+    con: &mut MultiplexedConnection,
+    pipe: &redis::Pipeline,
+) -> RedisResult<Vec<Value>> {
+    match pipe.query_async(con).await {
+        Err(e) if is_missing_function(&e) => {
+            load(con).await?;
+            pipe.query_async(con).await
+        }
+        r => r,
+    }
 }
 
 #[cfg(test)]

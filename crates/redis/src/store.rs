@@ -1,20 +1,21 @@
-//! [`RedisStore`]: the [`Store`] trait over Redis, one script call per operation.
+//! [`RedisStore`]: the [`AsyncStore`] trait over Redis, one script call per operation.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{Client, Connection, RedisResult, Value};
+use redis::aio::MultiplexedConnection;
+use redis::{Client, RedisResult, Value};
 use smallvec::SmallVec;
 use tollgate::{
-    AcquireEntry, Acquired, Error, LimitInfo, Namespace, StateView, Store, StoreError, Target,
-    check_key, validate_entries,
+    AcquireEntry, Acquired, AsyncStore, Error, LimitInfo, Namespace, StateView, StoreError,
+    StoreFuture, Target, check_key, validate_entries,
 };
 use tollgate_core::{
     Barrier, BarrierStatus, Concurrency, Decision, LeaseDecision, Limit, Nanos, RateLimit, Usage,
 };
 
-use crate::conn::{Pool, redact};
+use crate::conn::{Conn, redact};
 use crate::keys::{self, Kind};
 use crate::scripts::{self, Function, Scripts};
 use crate::spec;
@@ -29,7 +30,6 @@ pub struct Builder {
     connect_timeout: Duration,
     response_timeout: Duration,
     expiry_slack: Duration,
-    max_idle: usize,
     cluster: bool,
 }
 
@@ -42,7 +42,6 @@ impl std::fmt::Debug for Builder {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("expiry_slack", &self.expiry_slack)
-            .field("max_idle", &self.max_idle)
             .field("cluster", &self.cluster)
             .finish()
     }
@@ -90,13 +89,6 @@ impl Builder {
         self
     }
 
-    /// Connections kept open between requests (default 16). More are opened when more
-    /// requests run at once; those beyond this number are closed after use.
-    pub fn max_idle_connections(mut self, n: usize) -> Builder {
-        self.max_idle = n;
-        self
-    }
-
     /// Use a Redis Cluster, `url` being one of its nodes (default `false`). Every key of the
     /// store then lives in one slot, the one of `{<prefix>}` (the prefix becomes the hash tag),
     /// so that every operation, the run queue's included, stays one atomic script as on a
@@ -130,23 +122,17 @@ impl Builder {
                 e.kind()
             ))
         })?;
-        let mut pool = Pool::new(
-            client,
-            url,
-            self.max_idle,
-            self.connect_timeout,
-            self.response_timeout,
-        );
+        let mut conn = Conn::new(client, url, self.connect_timeout, self.response_timeout);
         let prefix = if self.cluster {
             let tagged = format!("{{{}}}", self.prefix);
-            pool = pool.in_cluster(tagged.clone());
+            conn = conn.in_cluster(tagged.clone());
             tagged
         } else {
             self.prefix
         };
         Ok(RedisStore {
             shared: Arc::new(Shared {
-                pool,
+                conn,
                 scripts: Scripts::new(),
                 use_server_time: self.use_server_time,
                 slack_ms: u64::try_from(self.expiry_slack.as_millis()).unwrap_or(u64::MAX),
@@ -160,7 +146,7 @@ impl Builder {
 /// Limit definitions and state in Redis (or Valkey), shared by every node that uses the same
 /// server and prefix. See the [crate docs](crate) for the layout and guarantees.
 ///
-/// Cheap to clone: clones share one connection pool.
+/// Cheap to clone: clones share one connection.
 #[derive(Clone)]
 pub struct RedisStore {
     shared: Arc<Shared>,
@@ -168,7 +154,7 @@ pub struct RedisStore {
 }
 
 struct Shared {
-    pool: Pool,
+    conn: Conn,
     scripts: Scripts,
     use_server_time: bool,
     slack_ms: u64,
@@ -178,7 +164,7 @@ struct Shared {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("url", &self.shared.pool.url())
+            .field("url", &self.shared.conn.url())
             .field("prefix", &self.prefix)
             .field("use_server_time", &self.shared.use_server_time)
             .finish_non_exhaustive()
@@ -210,7 +196,6 @@ impl RedisStore {
             connect_timeout: Duration::from_millis(500),
             response_timeout: Duration::from_secs(1),
             expiry_slack: Duration::from_secs(1),
-            max_idle: 16,
             cluster: false,
         }
     }
@@ -241,7 +226,7 @@ impl RedisStore {
 
     /// The server's URL, password redacted.
     pub fn url(&self) -> &str {
-        self.shared.pool.url()
+        self.shared.conn.url()
     }
 
     /// Checks that Redis answers and is recent enough (Redis 7.0 or Valkey 7.2, for Redis
@@ -251,11 +236,14 @@ impl RedisStore {
     /// # Errors
     /// A transient [`StoreError`] when Redis does not answer (in time); a permanent one naming
     /// the version found and the minimum when the server is older.
-    pub fn ping(&self) -> Result<(), Error> {
-        self.shared.pool.run("loading the functions", |con| {
-            redis::cmd("PING").query::<String>(con)?;
-            scripts::load(con)
-        })
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.shared
+            .conn
+            .run("loading the functions", |mut con| async move {
+                redis::cmd("PING").query_async::<String>(&mut con).await?;
+                scripts::load(&mut con).await
+            })
+            .await
     }
 
     /// The Redis key holding `kind` for Tollgate key `key` (the queue stores these in runs).
@@ -273,29 +261,32 @@ impl RedisStore {
         &self.shared.scripts
     }
 
-    /// Runs `f` on a pooled connection (see [`Pool::run`]).
-    pub(crate) fn run_on_pool<T>(
-        &self,
-        what: &str,
-        f: impl FnOnce(&mut Connection) -> RedisResult<T>,
-    ) -> Result<T, Error> {
-        self.shared.pool.run(what, f)
+    /// Runs `f` on the shared connection (see [`Conn::run`]).
+    pub(crate) async fn run<T, F, Fut>(&self, what: &str, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.shared.conn.run(what, f).await
     }
 
     /// A permanent error for data Tollgate cannot read.
     pub(crate) fn corrupt(&self, what: impl std::fmt::Display) -> Error {
-        self.shared.pool.corrupt(what)
+        self.shared.conn.corrupt(what)
     }
 
-    /// Listens on `channel` until the connection fails or `closed` is set, calling `on_message`
-    /// for every message. Returns `Ok` only when `closed` was set.
-    pub(crate) fn subscribe(
+    /// Listens on `channel` until the connection fails or `closed` resolves, calling
+    /// `on_message` for every message. Returns `Ok` only when `closed` resolved.
+    pub(crate) async fn subscribe(
         &self,
         channel: &str,
-        closed: &std::sync::atomic::AtomicBool,
-        on_message: &dyn Fn(),
+        closed: impl Future<Output = ()>,
+        on_message: &(dyn Fn() + Sync),
     ) -> Result<(), Error> {
-        self.shared.pool.subscribe(channel, closed, on_message)
+        self.shared
+            .conn
+            .subscribe(channel, closed, on_message)
+            .await
     }
 
     /// `now` for the scripts: whole microseconds, or empty for Redis `TIME`.
@@ -309,25 +300,31 @@ impl RedisStore {
 
     /// Calls one function of the library (`FCALL`); when Redis lacks it, loads the library
     /// and calls again, once.
-    pub(crate) fn call(
+    pub(crate) async fn call(
         &self,
         what: &str,
         script: &Function,
         keys: &[String],
         args: &[String],
     ) -> Result<Value, Error> {
-        let cmd = self.shared.scripts.fcall_cmd(script, keys, args);
-        self.shared.pool.run(what, |con| scripts::call(con, &cmd))
+        let cmd = &self.shared.scripts.fcall_cmd(script, keys, args);
+        self.shared
+            .conn
+            .run(
+                what,
+                |mut con| async move { scripts::call(&mut con, cmd).await },
+            )
+            .await
     }
 
     pub(crate) fn bad_reply(&self, what: &str, reply: &Value) -> Error {
         self.shared
-            .pool
+            .conn
             .corrupt(format_args!("unexpected reply to {what}: {reply:?}"))
     }
 
     /// Calls acquire.lua or refund.lua on grouped keys; returns the reply's items.
-    fn rate_call(
+    async fn rate_call(
         &self,
         what: &str,
         script: &Function,
@@ -353,7 +350,7 @@ impl RedisStore {
                 }
             }
         }
-        let reply = self.call(what, script, &keys, &args)?;
+        let reply = self.call(what, script, &keys, &args).await?;
         let Value::Array(items) = reply else {
             return Err(self.bad_reply(what, &reply));
         };
@@ -383,7 +380,7 @@ impl RedisStore {
                     expected: "a rate limit",
                     found,
                 },
-                None => self.shared.pool.corrupt(format_args!(
+                None => self.shared.conn.corrupt(format_args!(
                     "key {key:?} holds a definition Tollgate cannot read"
                 )),
             },
@@ -392,7 +389,7 @@ impl RedisStore {
                 units: g.units,
                 capacity: count(detail).unwrap_or(0),
             },
-            _ => self.shared.pool.corrupt(format_args!(
+            _ => self.shared.conn.corrupt(format_args!(
                 "key {key:?} holds a {} Tollgate cannot read",
                 text(detail).unwrap_or_default()
             )),
@@ -400,7 +397,7 @@ impl RedisStore {
     }
 
     /// Calls lease.lua; returns the reply's items after the status.
-    fn lease_call(
+    async fn lease_call(
         &self,
         op: &str,
         target: Target<'_, Concurrency>,
@@ -435,7 +432,9 @@ impl RedisStore {
             self.shared.slack_ms.to_string(),
         ];
         let what = format!("lease {op}");
-        let reply = self.call(&what, &self.shared.scripts.lease, &keys, &args)?;
+        let reply = self
+            .call(&what, &self.shared.scripts.lease, &keys, &args)
+            .await?;
         let Value::Array(mut items) = reply else {
             return Err(self.bad_reply(&what, &reply));
         };
@@ -459,7 +458,7 @@ impl RedisStore {
                     "not_held" => Error::Core(tollgate_core::Error::LeaseNotHeld {
                         lease_id: lease_id.to_owned(),
                     }),
-                    _ => self.shared.pool.corrupt(format_args!(
+                    _ => self.shared.conn.corrupt(format_args!(
                         "key {key:?} holds a {detail} Tollgate cannot read"
                     )),
                 })
@@ -468,7 +467,7 @@ impl RedisStore {
         }
     }
 
-    fn barrier_call(
+    async fn barrier_call(
         &self,
         op: &str,
         key: &str,
@@ -490,12 +489,14 @@ impl RedisStore {
             self.shared.slack_ms.to_string(),
         ];
         let what = format!("barrier {op}");
-        let reply = self.call(
-            &what,
-            &self.shared.scripts.barrier,
-            &[self.key(Kind::Barrier, key)],
-            &args,
-        )?;
+        let reply = self
+            .call(
+                &what,
+                &self.shared.scripts.barrier,
+                &[self.key(Kind::Barrier, key)],
+                &args,
+            )
+            .await?;
         let items = match &reply {
             Value::Array(items) => items.as_slice(),
             _ => &[],
@@ -530,7 +531,7 @@ impl RedisStore {
             _ => return Err(self.bad_reply("view", reply)),
         };
         let corrupt = || {
-            self.shared.pool.corrupt(format_args!(
+            self.shared.conn.corrupt(format_args!(
                 "the static limit {key:?} holds data Tollgate cannot read"
             ))
         };
@@ -566,7 +567,7 @@ impl RedisStore {
             _ => return Err(self.bad_reply("view", reply)),
         };
         let corrupt = || {
-            self.shared.pool.corrupt(format_args!(
+            self.shared.conn.corrupt(format_args!(
                 "the dynamic key {key:?} holds data Tollgate cannot read"
             ))
         };
@@ -682,7 +683,7 @@ fn group<'a>(entries: &[AcquireEntry<'a>]) -> (SmallVec<[Group<'a>; 4]>, SmallVe
 }
 
 /// Every Redis key matching `pattern`, by `SCAN` (never `KEYS`: it would block the server).
-fn scan(con: &mut Connection, pattern: &str) -> RedisResult<Vec<String>> {
+async fn scan(con: &mut MultiplexedConnection, pattern: &str) -> RedisResult<Vec<String>> {
     let mut cursor: u64 = 0;
     let mut out = Vec::new();
     loop {
@@ -692,7 +693,8 @@ fn scan(con: &mut Connection, pattern: &str) -> RedisResult<Vec<String>> {
             .arg(pattern)
             .arg("COUNT")
             .arg(1_000)
-            .query(con)?;
+            .query_async(con)
+            .await?;
         out.extend(batch.into_iter().filter_map(|b| String::from_utf8(b).ok()));
         if next == 0 {
             return Ok(out);
@@ -703,8 +705,8 @@ fn scan(con: &mut Connection, pattern: &str) -> RedisResult<Vec<String>> {
 
 /// Calls a function once per key in pipelines of `CHUNK` (loading the library when Redis lacks
 /// it).
-fn views(
-    con: &mut Connection,
+async fn views(
+    con: &mut MultiplexedConnection,
     scripts: &Scripts,
     f: &Function,
     keys: &[[String; 3]],
@@ -713,20 +715,23 @@ fn views(
     const CHUNK: usize = 256;
     let now = [now.to_owned()];
     let mut out = Vec::with_capacity(keys.len());
+    if keys.is_empty() {
+        return Ok(out);
+    }
     for chunk in keys.chunks(CHUNK) {
         let mut pipe = redis::pipe();
         for k in chunk {
             pipe.add_command(scripts.fcall_cmd(f, k, &now));
         }
-        out.extend(scripts::with_library(con, |con| {
-            pipe.query::<Vec<Value>>(con)
-        })?);
+        out.extend(scripts::call_pipeline(con, &pipe).await?);
     }
     Ok(out)
 }
 
-impl Store for RedisStore {
-    fn put_limit(&self, key: &str, limit: Limit, _now: Nanos) -> Result<(), Error> {
+/// The bodies of the [`AsyncStore`] operations (named apart so that they never shadow the
+/// trait's methods for callers).
+impl RedisStore {
+    async fn put_limit_op(&self, key: &str, limit: Limit) -> Result<(), Error> {
         check_key(key)?;
         let keys = [
             Kind::Def,
@@ -741,10 +746,11 @@ impl Store for RedisStore {
             &keys,
             &[spec::limit(&limit)],
         )
+        .await
         .map(drop)
     }
 
-    fn remove_limit(&self, key: &str) -> Result<bool, Error> {
+    async fn remove_limit_op(&self, key: &str) -> Result<bool, Error> {
         check_key(key)?;
         let keys = [
             Kind::Def,
@@ -753,37 +759,45 @@ impl Store for RedisStore {
             Kind::StaticHolders,
         ]
         .map(|k| self.key(k, key));
-        let reply = self.call(
-            "remove_limit",
-            &self.shared.scripts.remove_limit,
-            &keys,
-            &[],
-        )?;
+        let reply = self
+            .call(
+                "remove_limit",
+                &self.shared.scripts.remove_limit,
+                &keys,
+                &[],
+            )
+            .await?;
         match int(&reply) {
             Some(n) => Ok(n == 1),
             None => Err(self.bad_reply("remove_limit", &reply)),
         }
     }
 
-    fn get_limit(&self, key: &str, now: Nanos) -> Result<Option<LimitInfo>, Error> {
+    async fn get_limit_op(&self, key: &str, now: Nanos) -> Result<Option<LimitInfo>, Error> {
         check_key(key)?;
         let keys = [Kind::Def, Kind::StaticRate, Kind::StaticLeases].map(|k| self.key(k, key));
-        let reply = self.call(
-            "get_limit",
-            &self.shared.scripts.view_static,
-            &keys,
-            &[self.now_arg(now)],
-        )?;
+        let reply = self
+            .call(
+                "get_limit",
+                &self.shared.scripts.view_static,
+                &keys,
+                &[self.now_arg(now)],
+            )
+            .await?;
         self.static_info(key, &reply)
     }
 
-    fn list_limits(&self, now: Nanos) -> Result<Vec<LimitInfo>, Error> {
+    async fn list_limits_op(&self, now: Nanos) -> Result<Vec<LimitInfo>, Error> {
         let prefix = &*self.prefix;
-        let now = self.now_arg(now);
+        let now = &self.now_arg(now);
         let scripts = &self.shared.scripts;
-        let (statics, static_views, dynamics, dynamic_views) =
-            self.shared.pool.run("list_limits", |con| {
-                let statics: Vec<String> = scan(con, &keys::pattern(prefix, Kind::Def))?
+        let (statics, static_views, dynamics, dynamic_views) = self
+            .shared
+            .conn
+            .run("list_limits", |mut con| async move {
+                let con = &mut con;
+                let statics: Vec<String> = scan(con, &keys::pattern(prefix, Kind::Def))
+                    .await?
                     .iter()
                     .filter_map(|n| keys::parse(prefix, Kind::Def, n))
                     .collect::<BTreeSet<_>>()
@@ -791,7 +805,7 @@ impl Store for RedisStore {
                     .collect();
                 let mut dynamics = BTreeSet::new();
                 for kind in [Kind::DynamicRate, Kind::DynamicLeases] {
-                    for n in scan(con, &keys::pattern(prefix, kind))? {
+                    for n in scan(con, &keys::pattern(prefix, kind)).await? {
                         dynamics.extend(keys::parse(prefix, kind, &n));
                     }
                 }
@@ -810,11 +824,13 @@ impl Store for RedisStore {
                             .map(|kind| keys::name(prefix, kind, k))
                     })
                     .collect();
-                let static_views = views(con, scripts, &scripts.view_static, &static_keys, &now)?;
+                let static_views =
+                    views(con, scripts, &scripts.view_static, &static_keys, now).await?;
                 let dynamic_views =
-                    views(con, scripts, &scripts.view_dynamic, &dynamic_keys, &now)?;
+                    views(con, scripts, &scripts.view_dynamic, &dynamic_keys, now).await?;
                 Ok((statics, static_views, dynamics, dynamic_views))
-            })?;
+            })
+            .await?;
         let mut out = Vec::new();
         for (k, v) in statics.iter().zip(&static_views) {
             out.extend(self.static_info(k, v)?);
@@ -826,10 +842,16 @@ impl Store for RedisStore {
         Ok(out)
     }
 
-    fn acquire(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<Acquired, Error> {
+    async fn acquire_op(
+        &self,
+        entries: &[AcquireEntry<'_>],
+        now: Nanos,
+    ) -> Result<Acquired, Error> {
         validate_entries(entries)?;
         let (groups, index) = group(entries);
-        let items = self.rate_call("acquire", &self.shared.scripts.acquire, &groups, now)?;
+        let items = self
+            .rate_call("acquire", &self.shared.scripts.acquire, &groups, now)
+            .await?;
         let per_key: Option<SmallVec<[Decision; 4]>> = (0..groups.len())
             .map(|i| decision(items.get(1 + i)?))
             .collect();
@@ -842,7 +864,7 @@ impl Store for RedisStore {
         })
     }
 
-    fn refund(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<(), Error> {
+    async fn refund_op(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<(), Error> {
         validate_entries(entries)?;
         let (mut groups, _) = group(entries);
         for g in &mut groups {
@@ -850,10 +872,11 @@ impl Store for RedisStore {
             g.units = g.units.min(u64::from(u32::MAX));
         }
         self.rate_call("refund", &self.shared.scripts.refund, &groups, now)
+            .await
             .map(drop)
     }
 
-    fn lease_acquire(
+    async fn lease_acquire_op(
         &self,
         target: Target<'_, Concurrency>,
         lease_id: &str,
@@ -861,7 +884,9 @@ impl Store for RedisStore {
         ttl: Option<Nanos>,
         now: Nanos,
     ) -> Result<LeaseDecision, Error> {
-        let items = self.lease_call("acquire", target, lease_id, holder, ttl, now)?;
+        let items = self
+            .lease_call("acquire", target, lease_id, holder, ttl, now)
+            .await?;
         let parse = || -> Option<LeaseDecision> {
             Some(LeaseDecision {
                 acquired: int(items.first()?)? == 1,
@@ -874,55 +899,121 @@ impl Store for RedisStore {
         parse().ok_or_else(|| self.bad_reply("lease acquire", &Value::Array(items.clone())))
     }
 
-    fn lease_renew(
+    async fn lease_renew_op(
         &self,
         target: Target<'_, Concurrency>,
         lease_id: &str,
         ttl: Option<Nanos>,
         now: Nanos,
     ) -> Result<Nanos, Error> {
-        let items = self.lease_call("renew", target, lease_id, "", ttl, now)?;
+        let items = self
+            .lease_call("renew", target, lease_id, "", ttl, now)
+            .await?;
         items
             .first()
             .and_then(micros)
             .ok_or_else(|| self.bad_reply("lease renew", &Value::Array(items.clone())))
     }
 
-    fn lease_release(
+    async fn lease_release_op(
         &self,
         target: Target<'_, Concurrency>,
         lease_id: &str,
         now: Nanos,
     ) -> Result<bool, Error> {
-        let items = self.lease_call("release", target, lease_id, "", None, now)?;
+        let items = self
+            .lease_call("release", target, lease_id, "", None, now)
+            .await?;
         items
             .first()
             .and_then(int)
             .map(|w| w == 1)
             .ok_or_else(|| self.bad_reply("lease release", &Value::Array(items.clone())))
     }
+}
 
-    fn barrier_create(
-        &self,
-        key: &str,
+impl AsyncStore for RedisStore {
+    fn put_limit<'a>(&'a self, key: &'a str, limit: Limit, _now: Nanos) -> StoreFuture<'a, ()> {
+        Box::pin(RedisStore::put_limit_op(self, key, limit))
+    }
+
+    fn remove_limit<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(RedisStore::remove_limit_op(self, key))
+    }
+
+    fn get_limit<'a>(&'a self, key: &'a str, now: Nanos) -> StoreFuture<'a, Option<LimitInfo>> {
+        Box::pin(RedisStore::get_limit_op(self, key, now))
+    }
+
+    fn list_limits(&self, now: Nanos) -> StoreFuture<'_, Vec<LimitInfo>> {
+        Box::pin(RedisStore::list_limits_op(self, now))
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        entries: &'a [AcquireEntry<'a>],
+        now: Nanos,
+    ) -> StoreFuture<'a, Acquired> {
+        Box::pin(RedisStore::acquire_op(self, entries, now))
+    }
+
+    fn refund<'a>(&'a self, entries: &'a [AcquireEntry<'a>], now: Nanos) -> StoreFuture<'a, ()> {
+        Box::pin(RedisStore::refund_op(self, entries, now))
+    }
+
+    fn lease_acquire<'a>(
+        &'a self,
+        target: Target<'a, Concurrency>,
+        lease_id: &'a str,
+        holder: &'a str,
+        ttl: Option<Nanos>,
+        now: Nanos,
+    ) -> StoreFuture<'a, LeaseDecision> {
+        Box::pin(RedisStore::lease_acquire_op(
+            self, target, lease_id, holder, ttl, now,
+        ))
+    }
+
+    fn lease_renew<'a>(
+        &'a self,
+        target: Target<'a, Concurrency>,
+        lease_id: &'a str,
+        ttl: Option<Nanos>,
+        now: Nanos,
+    ) -> StoreFuture<'a, Nanos> {
+        Box::pin(RedisStore::lease_renew_op(self, target, lease_id, ttl, now))
+    }
+
+    fn lease_release<'a>(
+        &'a self,
+        target: Target<'a, Concurrency>,
+        lease_id: &'a str,
+        now: Nanos,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(RedisStore::lease_release_op(self, target, lease_id, now))
+    }
+
+    fn barrier_create<'a>(
+        &'a self,
+        key: &'a str,
         barrier: Barrier,
         now: Nanos,
-    ) -> Result<BarrierStatus, Error> {
-        self.barrier_call("create", key, Some(barrier), now)
+    ) -> StoreFuture<'a, BarrierStatus> {
+        Box::pin(self.barrier_call("create", key, Some(barrier), now))
     }
 
-    fn barrier_arrive(&self, key: &str, now: Nanos) -> Result<BarrierStatus, Error> {
-        self.barrier_call("arrive", key, None, now)
+    fn barrier_arrive<'a>(&'a self, key: &'a str, now: Nanos) -> StoreFuture<'a, BarrierStatus> {
+        Box::pin(self.barrier_call("arrive", key, None, now))
     }
 
-    fn barrier_status(&self, key: &str, now: Nanos) -> Result<BarrierStatus, Error> {
-        self.barrier_call("status", key, None, now)
+    fn barrier_status<'a>(&'a self, key: &'a str, now: Nanos) -> StoreFuture<'a, BarrierStatus> {
+        Box::pin(self.barrier_call("status", key, None, now))
     }
 
     /// Redis forgets idle keys by itself: every state key expires once it is fresh (plus the
     /// expiry slack), so there is nothing to sweep. Returns 0.
-    fn sweep(&self, _now: Nanos) -> Result<usize, Error> {
-        Ok(0)
+    fn sweep(&self, _now: Nanos) -> StoreFuture<'_, usize> {
+        Box::pin(std::future::ready(Ok(0)))
     }
 }
 

@@ -45,8 +45,8 @@ fn the_conformance_suite_passes_on_a_redis_cluster() {
     );
 }
 
-#[test]
-fn every_key_of_a_store_lives_in_one_slot() {
+#[tokio::test]
+async fn every_key_of_a_store_lives_in_one_slot() {
     let Some(cluster) = common::own_cluster("every_key_of_a_store_lives_in_one_slot") else {
         return;
     };
@@ -56,16 +56,19 @@ fn every_key_of_a_store_lives_in_one_slot() {
         "{}",
         s.prefix()
     );
-    let limiter =
-        tollgate::Limiter::with_store(s.clone(), FakeClock::new(Nanos::from_secs(1_700_000_000)));
+    let limiter = tollgate::AsyncLimiter::new(
+        std::sync::Arc::new(s.clone()),
+        FakeClock::new(Nanos::from_secs(1_700_000_000)),
+    );
     for key in ["a", "b", "{other}:c", "user:42"] {
         let limit = tollgate_core::RateLimit::Gcra(
             tollgate_core::Gcra::new("10/s".parse().unwrap(), 10).unwrap(),
         );
-        limiter.upsert(key, limit).unwrap();
+        limiter.upsert(key, limit).await.unwrap();
         assert!(
             limiter
                 .try_acquire(&[tollgate::AcquireEntry::new(key, 1)])
+                .await
                 .unwrap()
                 .allowed
         );
@@ -76,6 +79,7 @@ fn every_key_of_a_store_lives_in_one_slot() {
             tollgate::AcquireEntry::new("a", 1),
             tollgate::AcquireEntry::new("{other}:c", 1),
         ])
+        .await
         .unwrap();
     assert!(all.allowed);
     let mut slots = std::collections::BTreeSet::new();
@@ -99,7 +103,7 @@ fn every_key_of_a_store_lives_in_one_slot() {
     }
     assert_eq!(slots.len(), 1, "{slots:?}");
     assert_eq!(
-        limiter.list().unwrap().len(),
+        limiter.list().await.unwrap().len(),
         4,
         "listing finds every limit on the slot's node"
     );
@@ -142,7 +146,7 @@ async fn the_run_queue_works_on_a_redis_cluster() {
         .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].id, first.id);
-    let parked = a.run(&second.id).unwrap();
+    let parked = a.run(&second.id).await.unwrap();
     assert_eq!(parked.state, RunState::Waiting);
     assert_eq!(parked.waiting_on.as_deref(), Some("k"));
     clock.advance(Nanos::from_secs(1));
@@ -155,14 +159,15 @@ async fn the_run_queue_works_on_a_redis_cluster() {
     a.complete(&second.id, None, None).await.unwrap();
     assert_eq!(
         b.runs(Some("t"), Some(RunState::Succeeded), 10)
+            .await
             .unwrap()
             .len(),
         2
     );
 }
 
-#[test]
-fn a_store_finds_its_slot_again_when_its_seed_node_is_gone() {
+#[tokio::test]
+async fn a_store_finds_its_slot_again_when_its_seed_node_is_gone() {
     let Some(mut cluster) =
         common::own_cluster("a_store_finds_its_slot_again_when_its_seed_node_is_gone")
     else {
@@ -192,14 +197,18 @@ fn a_store_finds_its_slot_again_when_its_seed_node_is_gone() {
             break (s, port);
         }
     };
-    let limiter = tollgate::Limiter::with_store(s, FakeClock::new(Nanos::from_secs(1_700_000_000)));
+    let limiter = tollgate::AsyncLimiter::new(
+        std::sync::Arc::new(s),
+        FakeClock::new(Nanos::from_secs(1_700_000_000)),
+    );
     let limit = tollgate_core::RateLimit::Gcra(
         tollgate_core::Gcra::new("3/h".parse().unwrap(), 3).unwrap(),
     );
-    limiter.upsert("k", limit).unwrap();
+    limiter.upsert("k", limit).await.unwrap();
     assert!(
         limiter
             .try_acquire(&[tollgate::AcquireEntry::new("k", 1)])
+            .await
             .unwrap()
             .allowed
     );
@@ -218,7 +227,10 @@ fn a_store_finds_its_slot_again_when_its_seed_node_is_gone() {
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let decision = loop {
-        match limiter.try_acquire(&[tollgate::AcquireEntry::new("k", 1)]) {
+        match limiter
+            .try_acquire(&[tollgate::AcquireEntry::new("k", 1)])
+            .await
+        {
             Ok(d) => break d,
             Err(e) => {
                 assert!(e.is_transient(), "{e}");

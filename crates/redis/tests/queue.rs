@@ -75,8 +75,8 @@ async fn lease(e: &RedisEngine, task: &str, max: usize) -> Vec<String> {
         .collect()
 }
 
-fn state(e: &RedisEngine, id: &str) -> RunState {
-    e.run(id).unwrap().state
+async fn state(e: &RedisEngine, id: &str) -> RunState {
+    e.run(id).await.unwrap().state
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +125,7 @@ async fn enqueue_lease_complete_round_trip_with_attempts_and_output() {
         ),
         "{again:?}"
     );
-    assert!(matches!(e.run("nope"), Err(Error::UnknownRun { .. })));
+    assert!(matches!(e.run("nope").await, Err(Error::UnknownRun { .. })));
     let m = e.metrics();
     let t = &m.tasks["email"];
     assert_eq!(t.transition(Transition::Enqueued), 1);
@@ -155,7 +155,7 @@ async fn rate_limited_runs_park_with_exact_eligible_at_and_start_then() {
     let got = lease(e, "t", 10).await;
     assert_eq!(got, ids[..2]);
     // The third is the head of the key's FIFO with the exact instant; the rest queue behind.
-    let third = e.run(&ids[2]).unwrap();
+    let third = e.run(&ids[2]).await.unwrap();
     assert_eq!(third.state, RunState::Waiting);
     assert_eq!(third.waiting_on.as_deref(), Some("test-limit"));
     assert_eq!(
@@ -163,7 +163,7 @@ async fn rate_limited_runs_park_with_exact_eligible_at_and_start_then() {
         Some((T0 + Nanos::from_millis(500)).as_millis_ceil())
     );
     for id in &ids[3..] {
-        assert_eq!(state(e, id), RunState::Waiting);
+        assert_eq!(state(e, id).await, RunState::Waiting);
     }
     // Nothing before eligible_at.
     f.clock.advance(Nanos::from_millis(499));
@@ -200,10 +200,10 @@ async fn parked_runs_never_block_runs_of_the_same_task_whose_keys_are_free() {
         other[..],
         "u2's runs are not delayed by u1's parked ones"
     );
-    let head = e.run(&busy[10]).unwrap();
+    let head = e.run(&busy[10]).await.unwrap();
     assert_eq!(head.waiting_on.as_deref(), Some("u1"));
     assert!(head.eligible_at_ms.is_some());
-    let depth = e.depth().unwrap();
+    let depth = e.depth().await.unwrap();
     assert!(
         depth.contains(&("per-user".to_owned(), RunState::Waiting, 20)),
         "{depth:?}"
@@ -242,14 +242,14 @@ async fn the_head_reserves_so_a_big_run_is_not_starved_by_small_ones() {
     assert_eq!(lease(e, "small", 1).await, [first_small]);
     let big = enqueue(e, "big", json!({})).await;
     assert!(lease(e, "big", 1).await.is_empty());
-    assert_eq!(state(e, &big), RunState::Waiting);
+    assert_eq!(state(e, &big).await, RunState::Waiting);
     // Small runs arriving later queue behind the big one on the key instead of overtaking it.
     let small = enqueue_n(e, "small", 3, json!({})).await;
     assert!(lease(e, "small", 3).await.is_empty());
     for id in &small {
-        assert_eq!(state(e, id), RunState::Waiting);
+        assert_eq!(state(e, id).await, RunState::Waiting);
     }
-    let eta = e.run(&big).unwrap().eligible_at_ms.unwrap();
+    let eta = e.run(&big).await.unwrap().eligible_at_ms.unwrap();
     f.clock.set(Nanos::from_millis(eta));
     assert_eq!(lease(e, "big", 1).await, [big]);
 }
@@ -269,8 +269,11 @@ async fn concurrency_slots_are_handed_to_the_fifo_head_and_freed_by_expiry() {
     .await;
     let ids = enqueue_n(e, "c", 4, json!({})).await;
     assert_eq!(lease(e, "c", 10).await, ids[..2]);
-    assert_eq!(e.run(&ids[2]).unwrap().waiting_on.as_deref(), Some("acct"));
-    assert_eq!(e.run(&ids[2]).unwrap().eligible_at_ms, None);
+    assert_eq!(
+        e.run(&ids[2]).await.unwrap().waiting_on.as_deref(),
+        Some("acct")
+    );
+    assert_eq!(e.run(&ids[2]).await.unwrap().eligible_at_ms, None);
     e.complete(&ids[0], None, None).await.unwrap();
     f.clock.advance(Nanos::from_secs(5));
     assert_eq!(lease(e, "c", 10).await, ids[2..3]);
@@ -283,7 +286,7 @@ async fn concurrency_slots_are_handed_to_the_fifo_head_and_freed_by_expiry() {
         .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].id, ids[3]);
-    let lapsed = e.run(&ids[1]).unwrap();
+    let lapsed = e.run(&ids[1]).await.unwrap();
     assert_eq!(lapsed.state, RunState::Waiting);
     assert_eq!(lapsed.error.as_deref(), Some("lease expired on attempt 1"));
     assert_eq!(e.metrics().tasks["c"].transition(Transition::Expired), 1);
@@ -341,7 +344,10 @@ async fn skip_policy_consumes_at_enqueue_and_stores_skipped_runs_with_the_key() 
             .unwrap()
             .is_empty()
     );
-    let skipped = e.runs(Some("sync"), Some(RunState::Skipped), 10).unwrap();
+    let skipped = e
+        .runs(Some("sync"), Some(RunState::Skipped), 10)
+        .await
+        .unwrap();
     assert_eq!(skipped.len(), 1);
     assert_eq!(skipped[0].id, second[0].id);
 }
@@ -453,7 +459,7 @@ async fn release_refunds_fail_retries_and_cancel_hands_the_timer_on() {
     assert_eq!(retried.state, RunState::Queued);
     assert_eq!(retried.error.as_deref(), Some("boom"));
     // Cancel the parked head: the next run inherits the key's turn.
-    assert_eq!(state(e, &ids[1]), RunState::Waiting);
+    assert_eq!(state(e, &ids[1]).await, RunState::Waiting);
     let cancelled = e.cancel(&ids[1]).await.unwrap();
     assert_eq!(cancelled.state, RunState::Cancelled);
     assert!(matches!(
@@ -487,7 +493,7 @@ async fn a_second_node_sees_tasks_and_runs_and_wakes_on_the_first_nodes_enqueue(
     let a = &f.engine;
     let b = other_node(&f);
     task(a, "t", json!({"max_attempts": 5})).await;
-    assert_eq!(b.task("t").unwrap().unwrap().max_attempts, 5);
+    assert_eq!(b.task("t").await.unwrap().unwrap().max_attempts, 5);
     // A worker long-polls node b, which never looks at Redis again by itself within the
     // wait: only node a's pub/sub message can hand it the run before the wait ends.
     b.set_poll_interval(Duration::from_secs(3_600));
@@ -513,12 +519,16 @@ async fn a_second_node_sees_tasks_and_runs_and_wakes_on_the_first_nodes_enqueue(
         waited < Duration::from_secs(25),
         "woken by node a's message, not by the end of the wait: {waited:?}"
     );
-    // A redefinition on one node is what the other uses next.
+    // A redefinition on one node is what the other uses next: node a still holds version 1
+    // of the task, compiled, and enqueues with it without reading Redis; the enqueue script
+    // tells it the task changed, and the run gets the new definition.
     task(&b, "t", json!({"max_attempts": 7})).await;
-    assert_eq!(a.task("t").unwrap().unwrap().max_attempts, 7);
-    assert_eq!(a.run(&id).unwrap().state, RunState::Running);
-    let listed = a.runs(None, None, 10).unwrap();
-    assert_eq!(listed.len(), 1);
+    let second = a.enqueue("t", json!({}), json!({})).await.unwrap();
+    assert_eq!(second.max_attempts, 7, "enqueued with the redefinition");
+    assert_eq!(a.task("t").await.unwrap().unwrap().max_attempts, 7);
+    assert_eq!(a.run(&id).await.unwrap().state, RunState::Running);
+    let listed = a.runs(None, None, 10).await.unwrap();
+    assert_eq!(listed.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -533,12 +543,15 @@ async fn a_run_parked_on_a_rate_limit_holds_no_concurrency_slot() {
     task(e, "b", json!({"concurrency": [{"key": "'k'", "limit": 1}]})).await;
     let a = enqueue_n(e, "a", 2, json!({})).await;
     assert_eq!(lease(e, "a", 2).await, a[..1]);
-    assert_eq!(e.run(&a[1]).unwrap().waiting_on.as_deref(), Some("k"));
+    assert_eq!(e.run(&a[1]).await.unwrap().waiting_on.as_deref(), Some("k"));
     // a[0] ends: its slot goes to a[1], which then finds the hourly limit spent and parks on
     // it, handing the slot on instead of keeping it for an hour.
     e.complete(&a[0], None, None).await.unwrap();
     assert!(lease(e, "a", 1).await.is_empty());
-    assert_eq!(e.run(&a[1]).unwrap().waiting_on.as_deref(), Some("hourly"));
+    assert_eq!(
+        e.run(&a[1]).await.unwrap().waiting_on.as_deref(),
+        Some("hourly")
+    );
     let b = enqueue(e, "b", json!({})).await;
     assert_eq!(lease(e, "b", 1).await, [b]);
 }
@@ -579,11 +592,11 @@ async fn a_worker_call_after_its_lease_lapsed_finds_the_run_requeued() {
             "{call}: {err}"
         );
     }
-    let run = e.run(&ids[0]).unwrap();
+    let run = e.run(&ids[0]).await.unwrap();
     assert_eq!((run.state, run.attempt), (RunState::Queued, 1));
     assert!(run.error.unwrap().contains("lease expired"));
     assert_eq!(
-        state(e, &ids[1]),
+        state(e, &ids[1]).await,
         RunState::Running,
         "its lease was extended"
     );

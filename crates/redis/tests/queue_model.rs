@@ -296,7 +296,7 @@ impl Pair {
         }
         for (n, (l, r)) in self.runs.iter().enumerate() {
             let a = self.local.run(l).unwrap();
-            let b = self.redis.run(r).unwrap();
+            let b = self.redis.run(r).await.unwrap();
             prop_assert_eq!(shape(&a), shape(&b), "run #{} after {:?}", n, op);
         }
         Ok(())

@@ -7,12 +7,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use tollgate::{AcquireEntry, Store};
+use tollgate::{AcquireEntry, AsyncStore};
 use tollgate_core::{Barrier, Concurrency, Gcra, Limit, Nanos, Period, RateLimit, SlidingWindow};
 use tollgate_redis::RedisStore;
 
-#[test]
-fn a_redis_restart_gives_transient_errors_then_works_again() {
+#[tokio::test]
+async fn a_redis_restart_gives_transient_errors_then_works_again() {
     let Some(mut redis) =
         common::own_redis("a_redis_restart_gives_transient_errors_then_works_again")
     else {
@@ -27,11 +27,15 @@ fn a_redis_restart_gives_transient_errors_then_works_again() {
         .unwrap();
     let now = Nanos::from_secs(1_700_000_000);
     let limit = RateLimit::Gcra(Gcra::new("100/s".parse().unwrap(), 100).unwrap());
-    store.put_limit("api", Limit::Rate(limit), now).unwrap();
+    store
+        .put_limit("api", Limit::Rate(limit), now)
+        .await
+        .unwrap();
     for _ in 0..4 {
         assert!(
             store
                 .acquire(&[AcquireEntry::new("api", 1)], now)
+                .await
                 .unwrap()
                 .allowed
         );
@@ -43,6 +47,7 @@ fn a_redis_restart_gives_transient_errors_then_works_again() {
     for i in 0..6 {
         let e = store
             .acquire(&[AcquireEntry::new("api", 1)], now)
+            .await
             .expect_err("Redis is down");
         assert!(e.is_transient(), "call {i}: {e}");
     }
@@ -51,12 +56,13 @@ fn a_redis_restart_gives_transient_errors_then_works_again() {
     let failures = [
         store
             .lease_acquire(tollgate::Target::Dynamic("w", c), "l1", "h", None, now)
+            .await
             .err(),
-        store.barrier_create("b", b, now).err(),
-        store.get_limit("api", now).err(),
-        store.list_limits(now).err(),
-        store.put_limit("x", Limit::Rate(limit), now).err(),
-        store.ping().err(),
+        store.barrier_create("b", b, now).await.err(),
+        store.get_limit("api", now).await.err(),
+        store.list_limits(now).await.err(),
+        store.put_limit("x", Limit::Rate(limit), now).await.err(),
+        store.ping().await.err(),
     ];
     for e in failures {
         let e = e.expect("Redis is down");
@@ -73,7 +79,10 @@ fn a_redis_restart_gives_transient_errors_then_works_again() {
     let dynamic = RateLimit::SlidingWindow(SlidingWindow::new(2, Period::MINUTE).unwrap());
     let deadline = Instant::now() + Duration::from_secs(10);
     let decision = loop {
-        match store.acquire(&[AcquireEntry::dynamic("u1", dynamic, 1)], now) {
+        match store
+            .acquire(&[AcquireEntry::dynamic("u1", dynamic, 1)], now)
+            .await
+        {
             Ok(d) => break d,
             Err(e) => {
                 assert!(e.is_transient(), "{e}");
@@ -84,11 +93,51 @@ fn a_redis_restart_gives_transient_errors_then_works_again() {
     };
     assert!(decision.allowed);
     assert_eq!(decision.decisions[0].remaining, 1);
-    store.put_limit("api", Limit::Rate(limit), now).unwrap();
+    store
+        .put_limit("api", Limit::Rate(limit), now)
+        .await
+        .unwrap();
     assert!(
         store
             .acquire(&[AcquireEntry::new("api", 1)], now)
+            .await
             .unwrap()
             .allowed
+    );
+}
+
+/// A Redis that stops answering never stalls the runtime: on a single-threaded runtime another
+/// task runs to its end while a call waits for its reply (with IO blocking the thread, as
+/// before the store was asynchronous, it could not run until the call gave up).
+#[tokio::test(flavor = "current_thread")]
+async fn a_hung_redis_never_blocks_the_runtime_thread() {
+    let Some(redis) = common::own_redis("a_hung_redis_never_blocks_the_runtime_thread") else {
+        return;
+    };
+    let store = RedisStore::builder(&redis.url)
+        .prefix(common::fresh_prefix())
+        .use_server_time(false)
+        .response_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let now = Nanos::from_secs(1_700_000_000);
+    let limit = RateLimit::Gcra(Gcra::new("100/s".parse().unwrap(), 100).unwrap());
+    // Connected and working before Redis hangs.
+    store
+        .put_limit("api", Limit::Rate(limit), now)
+        .await
+        .unwrap();
+
+    redis.pause();
+    let other = tokio::spawn(tokio::time::sleep(Duration::from_millis(20)));
+    let answer = store.acquire(&[AcquireEntry::new("api", 1)], now).await;
+    let other_finished = other.is_finished();
+    redis.resume();
+
+    let e = answer.expect_err("Redis never answered");
+    assert!(e.is_transient(), "{e}");
+    assert!(
+        other_finished,
+        "another task on the runtime could not run while the call waited for Redis"
     );
 }

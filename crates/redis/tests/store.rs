@@ -8,7 +8,7 @@ mod common;
 use std::net::TcpListener;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tollgate::{AcquireEntry, Store, Target};
+use tollgate::{AcquireEntry, AsyncStore, Target};
 use tollgate_core::{Barrier, Concurrency, Gcra, Limit, Nanos, Period, RateLimit, SlidingWindow};
 use tollgate_redis::RedisStore;
 
@@ -35,8 +35,8 @@ fn redis_keys(con: &mut redis::Connection, prefix: &str) -> Vec<String> {
     keys
 }
 
-#[test]
-fn a_dynamic_key_never_touches_the_static_limit_of_that_name() {
+#[tokio::test]
+async fn a_dynamic_key_never_touches_the_static_limit_of_that_name() {
     let Some(redis) = common::redis("a_dynamic_key_never_touches_the_static_limit_of_that_name")
     else {
         return;
@@ -44,30 +44,33 @@ fn a_dynamic_key_never_touches_the_static_limit_of_that_name() {
     let store = redis.store();
     store
         .put_limit("stripe-api", Limit::Rate(gcra("1/m", 1)), NOW)
+        .await
         .unwrap();
     let dynamic = AcquireEntry::dynamic("stripe-api", gcra("100/m", 100), 50);
-    assert!(store.acquire(&[dynamic], NOW).unwrap().allowed);
+    assert!(store.acquire(&[dynamic], NOW).await.unwrap().allowed);
     assert!(
         store
             .acquire(&[AcquireEntry::new("stripe-api", 1)], NOW)
+            .await
             .unwrap()
             .allowed
     );
     assert!(
         !store
             .acquire(&[AcquireEntry::new("stripe-api", 1)], NOW)
+            .await
             .unwrap()
             .allowed
     );
     assert_eq!(
-        store.acquire(&[dynamic], NOW).unwrap().decisions[0].remaining,
+        store.acquire(&[dynamic], NOW).await.unwrap().decisions[0].remaining,
         0,
         "the dynamic key kept its own 50 + 50"
     );
 }
 
-#[test]
-fn a_multi_key_acquire_is_all_or_nothing_and_sums_units_per_key() {
+#[tokio::test]
+async fn a_multi_key_acquire_is_all_or_nothing_and_sums_units_per_key() {
     let Some(redis) = common::redis("a_multi_key_acquire_is_all_or_nothing_and_sums_units_per_key")
     else {
         return;
@@ -76,6 +79,7 @@ fn a_multi_key_acquire_is_all_or_nothing_and_sums_units_per_key() {
     let per_user = RateLimit::SlidingWindow(SlidingWindow::new(3, Period::MINUTE).unwrap());
     store
         .put_limit("global", Limit::Rate(gcra("100/m", 100)), NOW)
+        .await
         .unwrap();
     let both = |units| {
         [
@@ -83,14 +87,15 @@ fn a_multi_key_acquire_is_all_or_nothing_and_sums_units_per_key() {
             AcquireEntry::dynamic("u", per_user, units),
         ]
     };
-    assert!(store.acquire(&both(2), NOW).unwrap().allowed);
-    let denied = store.acquire(&both(2), NOW).unwrap();
+    assert!(store.acquire(&both(2), NOW).await.unwrap().allowed);
+    let denied = store.acquire(&both(2), NOW).await.unwrap();
     assert!(!denied.allowed);
     assert_eq!(denied.first_denied(), Some(1));
     // Nothing was taken from "global" by the denied request.
     assert_eq!(denied.decisions[0].remaining, 98);
     let got = store
         .acquire(&[AcquireEntry::new("global", 1)], NOW)
+        .await
         .unwrap();
     assert_eq!(got.decisions[0].remaining, 98);
     // Entries naming one key share one decision for their summed units: 1 + 1 > 1 left.
@@ -98,13 +103,13 @@ fn a_multi_key_acquire_is_all_or_nothing_and_sums_units_per_key() {
         AcquireEntry::dynamic("u", per_user, 1),
         AcquireEntry::dynamic("u", per_user, 1),
     ];
-    let d = store.acquire(&twice, NOW).unwrap();
+    let d = store.acquire(&twice, NOW).await.unwrap();
     assert!(!d.allowed);
     assert_eq!(d.decisions[0], d.decisions[1]);
 }
 
-#[test]
-fn state_expires_once_fresh_and_definitions_never_expire() {
+#[tokio::test]
+async fn state_expires_once_fresh_and_definitions_never_expire() {
     let Some(redis) = common::redis("state_expires_once_fresh_and_definitions_never_expire") else {
         return;
     };
@@ -112,10 +117,15 @@ fn state_expires_once_fresh_and_definitions_never_expire() {
     let mut con = raw(&redis);
     store
         .put_limit("api", Limit::Rate(gcra("1/s", 5)), NOW)
+        .await
         .unwrap();
-    store.acquire(&[AcquireEntry::new("api", 2)], NOW).unwrap();
+    store
+        .acquire(&[AcquireEntry::new("api", 2)], NOW)
+        .await
+        .unwrap();
     store
         .acquire(&[AcquireEntry::dynamic("user:42", gcra("1/m", 1), 1)], NOW)
+        .await
         .unwrap();
     store
         .lease_acquire(
@@ -125,6 +135,7 @@ fn state_expires_once_fresh_and_definitions_never_expire() {
             Some(Nanos::from_secs(30)),
             NOW,
         )
+        .await
         .unwrap();
     store
         .barrier_create(
@@ -132,6 +143,7 @@ fn state_expires_once_fresh_and_definitions_never_expire() {
             Barrier::new(2, Period::from_secs(10).unwrap()).unwrap(),
             NOW,
         )
+        .await
         .unwrap();
     let slack_ms = 1_000;
     for key in redis_keys(&mut con, store.prefix()) {
@@ -160,8 +172,8 @@ fn state_expires_once_fresh_and_definitions_never_expire() {
     }
 }
 
-#[test]
-fn idle_dynamic_keys_are_forgotten_by_redis() {
+#[tokio::test]
+async fn idle_dynamic_keys_are_forgotten_by_redis() {
     let Some(redis) = common::redis("idle_dynamic_keys_are_forgotten_by_redis") else {
         return;
     };
@@ -179,6 +191,7 @@ fn idle_dynamic_keys_are_forgotten_by_redis() {
                 &[AcquireEntry::dynamic(&key, gcra("20/s", 1), 1)],
                 Nanos::ZERO,
             )
+            .await
             .unwrap();
         assert!(d.allowed);
         // Checked at once, key by key: on a loaded machine the first keys may already be
@@ -199,8 +212,8 @@ fn idle_dynamic_keys_are_forgotten_by_redis() {
     }
 }
 
-#[test]
-fn server_time_ignores_the_callers_clock() {
+#[tokio::test]
+async fn server_time_ignores_the_callers_clock() {
     let Some(redis) = common::redis("server_time_ignores_the_callers_clock") else {
         return;
     };
@@ -211,8 +224,11 @@ fn server_time_ignores_the_callers_clock() {
         .unwrap();
     let e = [AcquireEntry::dynamic("k", gcra("1/h", 1), 1)];
     // Callers whose clocks disagree wildly still share one timeline.
-    assert!(store.acquire(&e, Nanos::ZERO).unwrap().allowed);
-    let denied = store.acquire(&e, Nanos::from_secs(4_000_000_000)).unwrap();
+    assert!(store.acquire(&e, Nanos::ZERO).await.unwrap().allowed);
+    let denied = store
+        .acquire(&e, Nanos::from_secs(4_000_000_000))
+        .await
+        .unwrap();
     assert!(!denied.allowed);
     let retry = denied.decisions[0].retry_after;
     assert!(
@@ -223,6 +239,7 @@ fn server_time_ignores_the_callers_clock() {
     let c = Concurrency::new(1, Period::MINUTE).unwrap();
     let lease = store
         .lease_acquire(Target::Dynamic("w", c), "l", "h", None, Nanos::ZERO)
+        .await
         .unwrap();
     let wall = Nanos::from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap());
     let expected = wall + Nanos::from_secs(60);
@@ -238,24 +255,27 @@ fn server_time_ignores_the_callers_clock() {
     );
 }
 
-#[test]
-fn functions_are_reloaded_after_function_flush() {
+#[tokio::test]
+async fn functions_are_reloaded_after_function_flush() {
     let Some(redis) = common::redis("functions_are_reloaded_after_function_flush") else {
         return;
     };
     let store = redis.store();
-    store.ping().unwrap();
+    store.ping().await.unwrap();
     let e = [AcquireEntry::dynamic("k", gcra("10/s", 10), 1)];
-    assert!(store.acquire(&e, NOW).unwrap().allowed);
+    assert!(store.acquire(&e, NOW).await.unwrap().allowed);
     let mut con = raw(&redis);
     let flush = |con: &mut redis::Connection| {
         let () = redis::cmd("FUNCTION").arg("FLUSH").query(con).unwrap();
     };
     // One call, then a pipeline of calls (list_limits), each finding the functions gone.
     flush(&mut con);
-    assert_eq!(store.acquire(&e, NOW).unwrap().decisions[0].remaining, 8);
+    assert_eq!(
+        store.acquire(&e, NOW).await.unwrap().decisions[0].remaining,
+        8
+    );
     flush(&mut con);
-    let listed = store.list_limits(NOW).unwrap();
+    let listed = store.list_limits(NOW).await.unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     // One library, named by its version, with one function per operation under its name.
     let libraries: Vec<redis::Value> = redis::cmd("FUNCTION").arg("LIST").query(&mut con).unwrap();
@@ -264,8 +284,8 @@ fn functions_are_reloaded_after_function_flush() {
     assert!(text.contains("tollgate_"), "{text}");
 }
 
-#[test]
-fn data_tollgate_did_not_write_is_a_permanent_error_not_a_panic() {
+#[tokio::test]
+async fn data_tollgate_did_not_write_is_a_permanent_error_not_a_panic() {
     let Some(redis) = common::redis("data_tollgate_did_not_write_is_a_permanent_error_not_a_panic")
     else {
         return;
@@ -273,7 +293,7 @@ fn data_tollgate_did_not_write_is_a_permanent_error_not_a_panic() {
     let store = redis.store();
     let mut con = raw(&redis);
     let e = [AcquireEntry::dynamic("k", gcra("10/s", 10), 1)];
-    assert!(store.acquire(&e, NOW).unwrap().allowed);
+    assert!(store.acquire(&e, NOW).await.unwrap().allowed);
     let keys = redis_keys(&mut con, store.prefix());
     assert_eq!(keys.len(), 1, "{keys:?}");
     let () = redis::cmd("SET")
@@ -281,7 +301,7 @@ fn data_tollgate_did_not_write_is_a_permanent_error_not_a_panic() {
         .arg("garbage")
         .query(&mut con)
         .unwrap();
-    let err = store.acquire(&e, NOW).unwrap_err();
+    let err = store.acquire(&e, NOW).await.unwrap_err();
     assert!(!err.is_transient(), "{err}");
     let () = redis::cmd("DEL")
         .arg(&keys[0])
@@ -294,14 +314,14 @@ fn data_tollgate_did_not_write_is_a_permanent_error_not_a_panic() {
         .arg("v")
         .query(&mut con)
         .unwrap();
-    let err = store.acquire(&e, NOW).unwrap_err();
+    let err = store.acquire(&e, NOW).await.unwrap_err();
     assert!(!err.is_transient(), "{err}");
 }
 
 /// A sliding window's state is "<spec>|<MessagePack array>": bytes that do not decode, or
 /// decode to something else, are named as unreadable state, never a script error or a panic.
-#[test]
-fn an_unreadable_sliding_window_state_is_named_as_such() {
+#[tokio::test]
+async fn an_unreadable_sliding_window_state_is_named_as_such() {
     let Some(redis) = common::redis("an_unreadable_sliding_window_state_is_named_as_such") else {
         return;
     };
@@ -309,10 +329,11 @@ fn an_unreadable_sliding_window_state_is_named_as_such() {
     let mut con = raw(&redis);
     let sw = RateLimit::SlidingWindow(SlidingWindow::new(5, Period::SECOND).unwrap());
     let e = [AcquireEntry::dynamic("k", sw, 1)];
-    assert!(store.acquire(&e, NOW).unwrap().allowed);
+    assert!(store.acquire(&e, NOW).await.unwrap().allowed);
     assert!(
         store
             .acquire(&e, NOW + Nanos::from_millis(300))
+            .await
             .unwrap()
             .allowed
     );
@@ -336,7 +357,7 @@ fn an_unreadable_sliding_window_state_is_named_as_such() {
             .arg(value)
             .query(&mut con)
             .unwrap();
-        let err = store.acquire(&e, NOW).unwrap_err();
+        let err = store.acquire(&e, NOW).await.unwrap_err();
         assert!(!err.is_transient(), "{err}");
         assert!(err.to_string().contains("state"), "{garbled:?}: {err}");
     }
@@ -348,8 +369,8 @@ fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-#[test]
-fn an_unreachable_server_is_a_quick_transient_error_without_the_password() {
+#[tokio::test]
+async fn an_unreachable_server_is_a_quick_transient_error_without_the_password() {
     // No Redis needed: nothing listens on this port.
     let url = format!("redis://app:hunter2@127.0.0.1:{}/", closed_port());
     let builder = RedisStore::builder(&url).connect_timeout(Duration::from_millis(500));
@@ -358,6 +379,7 @@ fn an_unreachable_server_is_a_quick_transient_error_without_the_password() {
     let started = Instant::now();
     let err = store
         .acquire(&[AcquireEntry::dynamic("k", gcra("1/s", 1), 1)], NOW)
+        .await
         .unwrap_err();
     assert!(err.is_transient(), "{err}");
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -374,8 +396,8 @@ fn an_unreachable_server_is_a_quick_transient_error_without_the_password() {
     assert!(!bad.to_string().contains("hunter2"), "{bad}");
 }
 
-#[test]
-fn a_server_that_never_answers_times_out_transiently() {
+#[tokio::test]
+async fn a_server_that_never_answers_times_out_transiently() {
     // Accepts connections and never replies: the response timeout must bound every call.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!(
@@ -390,6 +412,7 @@ fn a_server_that_never_answers_times_out_transiently() {
     let started = Instant::now();
     let err = store
         .acquire(&[AcquireEntry::dynamic("k", gcra("1/s", 1), 1)], NOW)
+        .await
         .unwrap_err();
     assert!(err.is_transient(), "{err}");
     assert!(
@@ -400,8 +423,8 @@ fn a_server_that_never_answers_times_out_transiently() {
     drop(listener);
 }
 
-#[test]
-fn redis_keys_carry_the_prefix_and_one_hash_tag_per_tollgate_key() {
+#[tokio::test]
+async fn redis_keys_carry_the_prefix_and_one_hash_tag_per_tollgate_key() {
     let Some(redis) =
         common::redis("redis_keys_carry_the_prefix_and_one_hash_tag_per_tollgate_key")
     else {
@@ -412,12 +435,15 @@ fn redis_keys_carry_the_prefix_and_one_hash_tag_per_tollgate_key() {
     let c = Concurrency::new(1, Period::MINUTE).unwrap();
     store
         .put_limit("{acct}:api", Limit::Rate(gcra("1/s", 1)), NOW)
+        .await
         .unwrap();
     store
         .acquire(&[AcquireEntry::new("{acct}:api", 1)], NOW)
+        .await
         .unwrap();
     store
         .lease_acquire(Target::Dynamic("{acct}:jobs", c), "l", "h", None, NOW)
+        .await
         .unwrap();
     let keys = redis_keys(&mut con, store.prefix());
     assert_eq!(keys.len(), 4, "{keys:?}");
@@ -429,8 +455,8 @@ fn redis_keys_carry_the_prefix_and_one_hash_tag_per_tollgate_key() {
     }
 }
 
-#[test]
-fn a_clock_stepping_back_never_admits_extra() {
+#[tokio::test]
+async fn a_clock_stepping_back_never_admits_extra() {
     // Why: callers passing their own `now` may disagree or step back; the stored state must
     // hold (the algorithms treat an earlier `now` as no later than the state says).
     let Some(redis) = common::redis("a_clock_stepping_back_never_admits_extra") else {
@@ -441,11 +467,15 @@ fn a_clock_stepping_back_never_admits_extra() {
     for (key, limit) in [("g", gcra("1/s", 1)), ("s", per_sec(1))] {
         let e = [AcquireEntry::dynamic(key, limit, 1)];
         assert!(
-            store.acquire(&e, Nanos::from_secs(100)).unwrap().allowed,
+            store
+                .acquire(&e, Nanos::from_secs(100))
+                .await
+                .unwrap()
+                .allowed,
             "{key}"
         );
         for back in [99_999, 99_000, 50_000, 1] {
-            let d = store.acquire(&e, Nanos::from_millis(back)).unwrap();
+            let d = store.acquire(&e, Nanos::from_millis(back)).await.unwrap();
             assert!(!d.allowed, "{key} at {back} ms");
             assert!(
                 d.decisions[0].retry_after > Nanos::ZERO,
@@ -510,10 +540,10 @@ fn old_server(version: &'static str) -> String {
     url
 }
 
-#[test]
-fn a_server_older_than_redis_7_is_refused_naming_its_version() {
+#[tokio::test]
+async fn a_server_older_than_redis_7_is_refused_naming_its_version() {
     let store = RedisStore::open(&old_server("6.2.14")).unwrap();
-    let e = store.ping().unwrap_err();
+    let e = store.ping().await.unwrap_err();
     assert!(!e.is_transient(), "{e}");
     let message = e.to_string();
     assert!(
@@ -523,6 +553,7 @@ fn a_server_older_than_redis_7_is_refused_naming_its_version() {
     // A call finds FCALL unknown, checks the version, and says the same.
     let e = store
         .acquire(&[AcquireEntry::dynamic("k", gcra("1/s", 1), 1)], NOW)
+        .await
         .unwrap_err();
     assert!(!e.is_transient(), "{e}");
     assert!(e.to_string().contains("Redis 6.2.14"), "{e}");

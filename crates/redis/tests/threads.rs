@@ -1,20 +1,21 @@
-//! Many threads on shared keys with multi-key acquires: zero over-admission, and the store's
-//! own accounting equals what was admitted (no partial or lost writes).
+//! Many concurrent callers on shared keys with multi-key acquires, pipelined over the store's
+//! one connection from several runtime threads: zero over-admission, and the store's own
+//! accounting equals what was admitted (no partial or lost writes).
 
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread;
 
-use tollgate::{AcquireEntry, StateView, Store};
+use tollgate::{AcquireEntry, AsyncStore, StateView};
 use tollgate_core::{
     Align, FixedWindow, Gcra, Limit, Nanos, Period, RateLimit, SlidingWindow, TokenBucket,
 };
 
-#[test]
-fn eight_threads_never_over_admit_across_shared_multi_key_requests() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_threads_never_over_admit_across_shared_multi_key_requests() {
     let Some(redis) =
         common::redis("eight_threads_never_over_admit_across_shared_multi_key_requests")
     else {
@@ -39,17 +40,18 @@ fn eight_threads_never_over_admit_across_shared_multi_key_requests() {
         ),
     ];
     for (key, limit) in statics {
-        store.put_limit(key, Limit::Rate(limit), now).unwrap();
+        store.put_limit(key, Limit::Rate(limit), now).await.unwrap();
     }
     let user = RateLimit::TokenBucket(TokenBucket::new(30, "30/h".parse().unwrap()).unwrap());
     let capacity = [50u64, 40, 60, 30];
-    let admitted: [AtomicU64; 4] = Default::default();
+    let admitted: Arc<[AtomicU64; 4]> = Arc::default();
 
-    thread::scope(|s| {
+    let mut callers = tokio::task::JoinSet::new();
+    {
         for t in 0..8u64 {
-            let store = &store;
-            let admitted = &admitted;
-            s.spawn(move || {
+            let store = store.clone();
+            let admitted = Arc::clone(&admitted);
+            callers.spawn(async move {
                 let mut x = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
                 for _ in 0..150 {
                     // xorshift: a different, repeatable mix of keys per thread.
@@ -71,7 +73,7 @@ fn eight_threads_never_over_admit_across_shared_multi_key_requests() {
                             _ => AcquireEntry::dynamic("u", user, units),
                         })
                         .collect();
-                    let got = store.acquire(&entries, now).unwrap();
+                    let got = store.acquire(&entries, now).await.unwrap();
                     if got.allowed {
                         for &i in &picked {
                             admitted[i].fetch_add(u64::from(units), Ordering::Relaxed);
@@ -80,7 +82,10 @@ fn eight_threads_never_over_admit_across_shared_multi_key_requests() {
                 }
             });
         }
-    });
+    }
+    while let Some(done) = callers.join_next().await {
+        done.unwrap();
+    }
 
     let admitted: Vec<u64> = admitted.iter().map(|a| a.load(Ordering::Relaxed)).collect();
     for (i, (&got, &cap)) in admitted.iter().zip(&capacity).enumerate() {
@@ -88,13 +93,13 @@ fn eight_threads_never_over_admit_across_shared_multi_key_requests() {
     }
     // The store's own usage equals what callers were told they got.
     for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
-        let info = store.get_limit(key, now).unwrap().unwrap();
+        let info = store.get_limit(key, now).await.unwrap().unwrap();
         let StateView::Rate(usage) = info.state else {
             panic!("{key} is a rate limit")
         };
         assert_eq!(usage.used, admitted[i], "{key}");
     }
-    let listed = store.list_limits(now).unwrap();
+    let listed = store.list_limits(now).await.unwrap();
     let u = listed.iter().find(|l| l.key == "u").expect("u has state");
     let StateView::Rate(usage) = u.state else {
         panic!("u is a rate limit")

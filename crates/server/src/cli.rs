@@ -263,7 +263,7 @@ impl ServeConfig {
             }
             StoreChoice::Redis(store) => {
                 // Checks the server's version and loads Tollgate's functions.
-                match store.ping() {
+                match store.ping().await {
                     Ok(()) => {
                         tracing::info!(url = store.url(), prefix = store.prefix(), "using redis")
                     }

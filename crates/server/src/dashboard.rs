@@ -35,10 +35,9 @@ async fn page(State(state): State<AppState>) -> Result<impl IntoResponse, ApiErr
     let json = |v: Result<Value, serde_json::Error>| {
         v.map_err(|e| ApiError::internal("rendering the dashboard", &e))
     };
-    let limits = json(serde_json::to_value(limits::listing(
-        &state,
-        Some(DYNAMIC_SHOWN),
-    )?))?;
+    let limits = json(serde_json::to_value(
+        limits::listing(&state, Some(DYNAMIC_SHOWN)).await?,
+    ))?;
     let tasks = json(serde_json::to_value(tasks::views(&state).await?))?;
     let queue = state.queue();
     let parked = queue.runs(None, Some(RunState::Waiting), 50).await?;

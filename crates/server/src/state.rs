@@ -10,7 +10,9 @@ use tokio::sync::watch;
 use tollgate::core::Nanos;
 
 use anyhow::Context;
-use tollgate::{Clock, Db, DynStore, Engine, Limiter, MemoryStore, RunQueue, SystemClock};
+use tollgate::{
+    AsyncLimiter, Clock, Db, DynStore, Engine, Limiter, MemoryStore, RunQueue, SystemClock,
+};
 use tollgate_redis::{RedisEngine, RedisStore};
 
 /// The default `--max-body`: 1 MiB.
@@ -168,9 +170,10 @@ impl AppState {
         &self.inner.metrics
     }
 
-    /// The limiter behind the API (for embedding and tests).
-    pub fn limiter(&self) -> &Limiter<DynStore> {
-        self.inner.queue.limiter()
+    /// The limiter behind the API's direct acquires, leases and barriers (awaited: in Redis
+    /// mode its calls are network IO).
+    pub fn limits(&self) -> &AsyncLimiter {
+        self.inner.queue.limits()
     }
 
     /// The current time on the server's clock.

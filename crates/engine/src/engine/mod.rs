@@ -15,7 +15,7 @@ mod recovery;
 mod retention;
 mod run_queue;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +26,8 @@ use tollgate_core::Limit;
 
 use crate::db::{Db, StoredState, Write};
 use crate::error::Error;
-use crate::limiter::Limiter;
+use crate::fast_map::FastHashMap;
+use crate::limiter::{AsyncLimiter, Limiter};
 use crate::metrics::QueueMetrics;
 use crate::queue::run::{LeasedRun, Run, RunState, RunView};
 use crate::queue::run_queue::{LeaseAttempt, check_name, compile_task, tasks_naming};
@@ -66,6 +67,8 @@ pub struct Engine<S: Store + 'static = MemoryStore> {
 
 struct Inner<S: Store> {
     limiter: Limiter<S>,
+    /// The same limiter for async callers ([`RunQueue::limits`](crate::RunQueue::limits)).
+    limits: AsyncLimiter,
     state: Mutex<QueueState>,
     /// Woken when runs become ready (lease long-polls wait on it).
     ready: Notify,
@@ -74,7 +77,7 @@ struct Inner<S: Store> {
     db: Option<Db>,
     /// Keys with direct (`/v1/acquire`) use, for crash recovery (only with a `db`).
     /// By namespace, then key, so the acquire path looks a key up without allocating.
-    direct: Mutex<HashMap<Namespace, HashMap<String, DirectEntry>>>,
+    direct: Mutex<FastHashMap<Namespace, FastHashMap<String, DirectEntry>>>,
     /// How long ended runs are kept (nanoseconds; 0: forever).
     retention: std::sync::atomic::AtomicU64,
     /// Lease calls in progress (counted by the shared long-poll, through
@@ -108,12 +111,13 @@ impl<S: Store + 'static> Engine<S> {
         let prefix = format!("{:x}-", limiter.now().as_nanos() / 1_000);
         let engine = Engine {
             inner: Arc::new(Inner {
+                limits: limiter.to_async(),
                 limiter,
                 state: Mutex::new(QueueState::new(prefix)),
                 ready: Notify::new(),
                 timer: Arc::new(Notify::new()),
                 db,
-                direct: Mutex::new(HashMap::new()),
+                direct: Mutex::new(FastHashMap::default()),
                 retention: std::sync::atomic::AtomicU64::new(
                     DEFAULT_RETENTION.as_nanos().as_nanos(),
                 ),
@@ -137,7 +141,11 @@ impl<S: Store + 'static> Engine<S> {
     }
 
     fn compile(&self, name: &str, spec: TaskSpec) -> Result<Task, Error> {
-        compile_task(&self.inner.limiter, name, spec)
+        let limiter = &self.inner.limiter;
+        compile_task(name, spec, &|key| {
+            // The in-memory store fails only for an invalid key, which compiling reports.
+            limiter.get(key).ok().flatten().map(|i| i.limit)
+        })
     }
 
     /// Declares or redefines static limit `key` (usage kept), durably.

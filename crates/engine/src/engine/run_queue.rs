@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tollgate_core::{Limit, Period};
 
 use super::Engine;
-use crate::limiter::Limiter;
+use crate::limiter::AsyncLimiter;
 use crate::metrics::QueueMetrics;
 use crate::queue::run::{RunState, RunView};
 use crate::queue::run_queue::{LeaseAttempt, LeaseQueue, QueueFuture, RunQueue};
@@ -48,8 +48,8 @@ impl RunQueue for Engine<DynStore> {
         "embedded"
     }
 
-    fn limiter(&self) -> &Limiter<DynStore> {
-        Engine::limiter(self)
+    fn limits(&self) -> &AsyncLimiter {
+        &self.inner.limits
     }
 
     fn put_limit<'a>(&'a self, key: &'a str, spec: LimitSpec) -> QueueFuture<'a, Limit> {

@@ -5,8 +5,7 @@
 //! Counted at every enqueue and at every run's end, so lookups go by borrowed key (`&str`, one
 //! map per namespace): a key already in use costs no allocation.
 
-use std::collections::HashMap;
-
+use crate::fast_map::FastHashMap;
 use crate::spec::LimitSpec;
 use crate::task::Rendered;
 
@@ -63,13 +62,13 @@ fn named(rendered: &Rendered) -> impl Iterator<Item = KeyRef<'_>> {
 /// What the runs not yet ended name, per key.
 #[derive(Debug, Default)]
 pub(crate) struct KeyUses {
-    declared: HashMap<String, KeyUse>,
-    dynamic: HashMap<String, KeyUse>,
-    concurrency: HashMap<String, KeyUse>,
+    declared: FastHashMap<String, KeyUse>,
+    dynamic: FastHashMap<String, KeyUse>,
+    concurrency: FastHashMap<String, KeyUse>,
 }
 
 impl KeyUses {
-    fn map_mut<'k>(&mut self, key: KeyRef<'k>) -> (&mut HashMap<String, KeyUse>, &'k str) {
+    fn map_mut<'k>(&mut self, key: KeyRef<'k>) -> (&mut FastHashMap<String, KeyUse>, &'k str) {
         match key {
             KeyRef::Declared(k) => (&mut self.declared, k),
             KeyRef::Dynamic(k, _) => (&mut self.dynamic, k),

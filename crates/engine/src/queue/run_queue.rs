@@ -8,6 +8,7 @@
 //! the tasks that name a limit ([`tasks_naming`], for `limit_in_use`). The queue's rules
 //! themselves stay each engine's own (`queue/state.rs`, the Redis engine's Lua scripts).
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,11 +20,11 @@ use tokio::time::Instant;
 use tollgate_core::{Limit, Period};
 
 use crate::error::Error;
-use crate::limiter::Limiter;
+use crate::limiter::AsyncLimiter;
 use crate::metrics::QueueMetrics;
 use crate::queue::run::{LeasedRun, RunState, RunView};
 use crate::spec::LimitSpec;
-use crate::store::{AcquireEntry, DynStore, Store};
+use crate::store::AcquireEntry;
 use crate::task::{Task, TaskSpec};
 
 /// Most runs one lease call returns (the API's limit on `max`).
@@ -46,7 +47,7 @@ pub struct LeaseAttempt {
 
 /// The part of a run queue the shared long-poll ([`lease_until`]) needs. Separate from
 /// [`RunQueue`] because every embedded [`Engine<S>`](crate::Engine) has it, whatever its store,
-/// while a [`RunQueue`] hands out a `Limiter<DynStore>`.
+/// while only `Engine<DynStore>` is a [`RunQueue`].
 pub trait LeaseQueue: Send + Sync + 'static {
     /// One attempt at leasing up to `max` runs of `tasks` for `worker_id`: no waiting.
     fn try_lease<'a>(
@@ -80,8 +81,9 @@ pub trait RunQueue: LeaseQueue {
     /// `"embedded"` or `"redis"`, for logs and the dashboard.
     fn mode(&self) -> &'static str;
 
-    /// The limiter for direct acquires, leases and barriers, over the same store.
-    fn limiter(&self) -> &Limiter<DynStore>;
+    /// The limiter for direct acquires, leases and barriers, over the same store; its calls
+    /// are awaited (Redis does IO for them).
+    fn limits(&self) -> &AsyncLimiter;
 
     /// Declares or redefines static limit `key` (usage kept) and re-plans the runs parked on it.
     fn put_limit<'a>(&'a self, key: &'a str, spec: LimitSpec) -> QueueFuture<'a, Limit>;
@@ -268,20 +270,46 @@ pub fn check_name(name: &str) -> Result<(), Error> {
     })
 }
 
-/// Compiles task `name` against the limits `limiter` declares now (a `static_key` must name
+/// Compiles task `name` against the declared limits `declared` gives (a `static_key` must name
 /// one, and constant units must fit its capacity).
 ///
 /// # Errors
 /// [`Error::Spec`] naming the field.
-pub fn compile_task<S: Store>(
-    limiter: &Limiter<S>,
+pub fn compile_task(
     name: &str,
     spec: TaskSpec,
+    declared: &dyn Fn(&str) -> Option<Limit>,
 ) -> Result<Task, Error> {
-    Task::compile(name, spec, &|key| {
-        limiter.get(key).ok().flatten().map(|i| i.limit)
-    })
-    .map_err(Error::Spec)
+    Task::compile(name, spec, declared).map_err(Error::Spec)
+}
+
+/// The declared limits `spec` names as `static_key`s, read from `limits` (a key that is not
+/// declared, or not even a valid key, is left out: compiling says which field is wrong).
+///
+/// # Errors
+/// Store failures.
+pub async fn declared_limits(
+    limits: &AsyncLimiter,
+    spec: &TaskSpec,
+) -> Result<HashMap<String, Limit>, Error> {
+    let mut declared = HashMap::new();
+    for key in spec
+        .rate_limits
+        .iter()
+        .filter_map(|r| r.static_key.as_deref())
+    {
+        if declared.contains_key(key) {
+            continue;
+        }
+        match limits.get(key).await {
+            Ok(Some(info)) => {
+                declared.insert(key.to_owned(), info.limit);
+            }
+            Ok(None) | Err(Error::InvalidKey { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(declared)
 }
 
 /// The tasks (by name, sorted) that name declared limit `key` as a `static_key`: a limit they

@@ -23,7 +23,7 @@
 //! `consumed_at`) stays on the run and is managed here by hand.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -33,6 +33,7 @@ use super::key_uses::KeyUses;
 pub(crate) use super::run::WaitKey;
 use super::run::{Run, RunPhase, RunPolicy, RunState, RunView};
 use crate::error::Error;
+use crate::fast_map::FastHashMap;
 use crate::metrics::{Metrics, Transition};
 use crate::spec::LimitSpecExt;
 use crate::store::{AcquireEntry, Store};
@@ -67,22 +68,22 @@ pub(crate) struct Prepared {
 /// The whole queue.
 #[derive(Default)]
 pub(crate) struct QueueState {
-    pub(crate) runs: HashMap<String, Run>,
-    pub(crate) tasks: HashMap<String, Arc<Task>>,
-    ready: HashMap<String, TaskQueue>,
-    parked: HashMap<WaitKey, VecDeque<String>>,
+    pub(crate) runs: FastHashMap<String, Run>,
+    pub(crate) tasks: FastHashMap<String, Arc<Task>>,
+    ready: FastHashMap<String, TaskQueue>,
+    parked: FastHashMap<WaitKey, VecDeque<String>>,
     /// Rate keys' timers by due instant; an entry that no longer matches `timer_at` is stale
     /// and skipped when it comes up.
     timers: BinaryHeap<Reverse<(Nanos, WaitKey)>>,
     /// The one timer each parked rate key's head holds.
-    timer_at: HashMap<WaitKey, Nanos>,
+    timer_at: FastHashMap<WaitKey, Nanos>,
     /// What the runs not yet ended name, per key.
     key_uses: KeyUses,
     leases: BinaryHeap<Reverse<(Nanos, String)>>,
     /// Concurrency slots held, by key.
-    live: HashMap<String, u32>,
+    live: FastHashMap<String, u32>,
     /// Idempotency keys seen, by (task, key), with when they stop counting.
-    seen: HashMap<(String, String), Nanos>,
+    seen: FastHashMap<(String, String), Nanos>,
     seen_sweep_at: usize,
     next_seq: u64,
     pub(crate) id_prefix: String,
@@ -1106,8 +1107,8 @@ impl QueueState {
     }
 
     /// How many runs each task has in each state.
-    pub(crate) fn depth(&self) -> HashMap<(String, RunState), u64> {
-        let mut out = HashMap::new();
+    pub(crate) fn depth(&self) -> std::collections::HashMap<(String, RunState), u64> {
+        let mut out = std::collections::HashMap::new();
         for r in self.runs.values() {
             *out.entry((r.task.clone(), r.state())).or_default() += 1;
         }

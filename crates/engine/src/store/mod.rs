@@ -1,9 +1,13 @@
 //! The [`Store`] trait: what a limit-state store must do, and the plain-data requests it takes.
 //!
 //! The core decides; a store only makes each decision atomic (and, for some stores, durable
-//! or shared). Every store passes the same conformance suite (`testkit` feature).
+//! or shared). Every store passes the same conformance suite (`testkit` feature). Stores that do
+//! network IO implement [`AsyncStore`] instead; every `Store` is an `AsyncStore` too.
 
+mod async_store;
 pub(crate) mod memory;
+
+pub use async_store::{AsyncStore, StoreFuture};
 
 use smallvec::SmallVec;
 use tollgate_core::{

@@ -1,9 +1,5 @@
-//! The Redis engine as a [`RunQueue`]: every method delegates to the engine's own.
-//!
-//! The reads (`task`, `tasks`, `run`, `runs`, `depth`, and the IO inside the writing calls) still
-//! do blocking IO on a pooled connection, under the store's `block_in_place` helper, inside
-//! these futures; making the Redis IO itself asynchronous is a later change (issue 10: "Redis
-//! calls stop blocking runtime threads"). The trait already has the asynchronous shape it needs.
+//! The Redis engine as a [`RunQueue`]: every method delegates to the engine's own, whose IO is
+//! awaited on the store's multiplexed connection (no runtime thread ever blocks on Redis).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,8 +9,8 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tollgate::metrics::QueueMetrics;
 use tollgate::{
-    DynStore, LeaseAttempt, LeaseQueue, LimitSpec, Limiter, QueueFuture, RunQueue, RunState,
-    RunView, Task, TaskSpec,
+    AsyncLimiter, LeaseAttempt, LeaseQueue, LimitSpec, QueueFuture, RunQueue, RunState, RunView,
+    Task, TaskSpec,
 };
 use tollgate_core::{Limit, Period};
 
@@ -46,8 +42,8 @@ impl RunQueue for RedisEngine {
         "redis"
     }
 
-    fn limiter(&self) -> &Limiter<DynStore> {
-        RedisEngine::limiter(self)
+    fn limits(&self) -> &AsyncLimiter {
+        RedisEngine::limits(self)
     }
 
     fn put_limit<'a>(&'a self, key: &'a str, spec: LimitSpec) -> QueueFuture<'a, Limit> {
@@ -63,11 +59,11 @@ impl RunQueue for RedisEngine {
     }
 
     fn task<'a>(&'a self, name: &'a str) -> QueueFuture<'a, Option<Arc<Task>>> {
-        Box::pin(async move { RedisEngine::task(self, name) })
+        Box::pin(RedisEngine::task(self, name))
     }
 
     fn tasks(&self) -> QueueFuture<'_, Vec<Arc<Task>>> {
-        Box::pin(async move { RedisEngine::tasks(self) })
+        Box::pin(RedisEngine::tasks(self))
     }
 
     fn enqueue<'a>(
@@ -120,7 +116,7 @@ impl RunQueue for RedisEngine {
     }
 
     fn run<'a>(&'a self, id: &'a str) -> QueueFuture<'a, RunView> {
-        Box::pin(async move { RedisEngine::run(self, id) })
+        Box::pin(RedisEngine::run(self, id))
     }
 
     fn runs<'a>(
@@ -129,11 +125,11 @@ impl RunQueue for RedisEngine {
         state: Option<RunState>,
         limit: usize,
     ) -> QueueFuture<'a, Vec<RunView>> {
-        Box::pin(async move { RedisEngine::runs(self, task, state, limit) })
+        Box::pin(RedisEngine::runs(self, task, state, limit))
     }
 
     fn depth(&self) -> QueueFuture<'_, Vec<(String, RunState, u64)>> {
-        Box::pin(async move { RedisEngine::depth(self) })
+        Box::pin(RedisEngine::depth(self))
     }
 
     fn metrics(&self) -> QueueMetrics {

@@ -17,7 +17,8 @@
 -- ARGV[10]    put: the new definition's spec; remove: "1" when a task names the limit (then
 --             nothing is removed: the call only counts the runs naming it)
 --
--- Returns { "ok", effects, 1 } for a put or a task; { "ok", effects, existed (0 | 1) } or
+-- Returns { "ok", effects, 1 } for a put; { "ok", effects, version } for a task (its new
+-- definition's version); { "ok", effects, existed (0 | 1) } or
 -- { "in_use", effects, runs naming it } for a remove.
 
 init(ARGV[1], ARGV[2], ARGV[3])
@@ -32,7 +33,7 @@ if op == 'put' then
   return reply('ok', { 1 })
 elseif op == 'task' then
   redis.call('HSET', Q .. 'tasks', key, ARGV[6])
-  return reply('ok', { 1 })
+  return reply('ok', { redis.call('HINCRBY', Q .. 'taskv', key, 1) })
 elseif op == 'remove' then
   local users = tonumber(redis.call('HGET', Q .. 'uses', wk) or '0')
   if users > 0 or ARGV[10] == '1' then

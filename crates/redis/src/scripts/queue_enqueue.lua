@@ -7,22 +7,36 @@
 -- ARGV[2]     now in µs since the Unix epoch, or "" to use Redis TIME
 -- ARGV[3]     expiry slack in ms, added to every PEXPIRE of a rate state
 -- ARGV[4]     n: how many runs
--- then 12 values per run i, from ARGV[5 + 12(i-1)]:
+-- then 13 values per run i, from ARGV[5 + 13(i-1)]:
 --   task, on_limit ("r" requeue | "s" skip), max_attempts, lease timeout (µs), input JSON,
 --   additional_metadata JSON, event JSON ("" none), rate entries, concurrency entries (the
 --   formats of queue_lib.lua), idempotency key, idempotency period in ms ("" no idempotency),
---   failure ("" none: a reason found while rendering, e.g. insufficient capacity)
+--   failure ("" none: a reason found while rendering, e.g. insufficient capacity), and the
+--   version of the task's definition the node rendered the run with
 --
--- Returns { "ok", effects, view of run 1, view of run 2, ... }.
+-- Returns { "ok", effects, view of run 1, view of run 2, ... }, or { "stale", effects, task }
+-- with nothing stored when a run's task has been redefined since the node read it (the node
+-- reads it again and retries).
 
 init(ARGV[1], ARGV[2], ARGV[3])
+local n = tonumber(ARGV[4])
+for i = 1, n do
+  local b = 5 + 13 * (i - 1)
+  local task, want = ARGV[b], ARGV[b + 12]
+  local have = redis.call('HGET', Q .. 'taskv', task)
+  if not have and redis.call('HEXISTS', Q .. 'tasks', task) == 1 then
+    have = '0'
+  end
+  if have ~= want then
+    return reply('stale', { task })
+  end
+end
 -- What is due at NOW (timers, lapsed leases) happens first, as in every queue call: a
 -- worker call after its lease lapsed finds the run requeued, whether a sweep ran or not.
 process_due(256)
-local n = tonumber(ARGV[4])
 local views = {}
 for i = 1, n do
-  local b = 5 + 12 * (i - 1)
+  local b = 5 + 13 * (i - 1)
   local task, pol, max, lt = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local rate, conc = ARGV[b + 7], ARGV[b + 8]
   local idem_key, idem_ms, failure = ARGV[b + 9], ARGV[b + 10], ARGV[b + 11]
@@ -88,16 +102,20 @@ for i = 1, n do
       fields[#fields + 1] = j
     end
   end
-  redis.call('HSET', rk(id), 'task', task, 'seq', fmt(seq), 'attempt', '0', 'max', max, 'lt', lt,
-    'pol', pol, 'input', ARGV[b + 4], 'meta', ARGV[b + 5], 'rate', rate, 'conc', conc,
-    'ca', fmt(NOW))
+  -- One write of the whole run.
+  local now = fmt(NOW)
+  local all = { 'task', task, 'seq', fmt(seq), 'attempt', '0', 'max', max, 'lt', lt, 'pol', pol,
+    'input', ARGV[b + 4], 'meta', ARGV[b + 5], 'rate', rate, 'conc', conc, 'ca', now,
+    'state', state, 'ua', now }
   if ARGV[b + 6] ~= '' then
-    redis.call('HSET', rk(id), 'event', ARGV[b + 6])
+    all[#all + 1] = 'event'
+    all[#all + 1] = ARGV[b + 6]
   end
-  if #fields > 0 then
-    redis.call('HSET', rk(id), unpack(fields))
+  for _, f in ipairs(fields) do
+    all[#all + 1] = f
   end
-  set_state(id, task, seq, nil, state)
+  redis.call('HSET', rk(id), unpack(all))
+  index_state(id, task, seq, nil, state)
   note(task, 'enqueued')
   if state == 'queued' then
     make_ready(id, task, false)

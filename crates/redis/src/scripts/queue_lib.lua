@@ -27,8 +27,12 @@
 --                              every run on the key (a rate spec, or a concurrency limit);
 --                              kept while the key has users (docs/design.md §3)
 --   Q..'tasks'                 HASH: task name -> definition (JSON)
+--   Q..'taskv'                 HASH: task name -> its definition's version, counted up at each
+--                              definition (none: defined before versions, read as "0"); a node
+--                              enqueues with the version it compiled, and is told when stale
 --   Q..'schema'                STRING: the version of this layout the data has (migrate)
---   Q..'ready'                 pub/sub channel: a run became ready (message: its task)
+--   Q..'ready'                 pub/sub channel: a task's ready runs went from none to some
+--                              (message: the task); a long-poll waits only when it found none
 --
 -- Run fields: task, state, seq, attempt, max (max_attempts), lt (lease timeout µs), pol ("r"
 -- requeue, "s" skip), input, meta, event (JSON texts, opaque here), rate (rate entries, one
@@ -64,8 +68,9 @@ end
 
 local unregister_run
 
--- Moves run id of task from state old to new in the indexes (old may be nil: a new run).
-local function set_state(id, task, seq, old, new)
+-- Moves run id of task from state old to new in the indexes (old may be nil: a new run),
+-- without writing the run's own state (see set_state).
+local function index_state(id, task, seq, old, new)
   if old ~= new then
     if old then
       redis.call('ZREM', Q .. 'idx:' .. task .. ':' .. old, id)
@@ -78,6 +83,11 @@ local function set_state(id, task, seq, old, new)
       end
     end
   end
+end
+
+-- Moves run id of task from state old to new: the indexes and the run's own state.
+local function set_state(id, task, seq, old, new)
+  index_state(id, task, seq, old, new)
   redis.call('HSET', rk(id), 'state', new, 'ua', fmt(NOW))
 end
 
@@ -247,9 +257,16 @@ local function refund_run(id)
 end
 
 local function make_ready(id, task, first)
-  local list = first and 'rf:' or 'rn:'
-  redis.call('RPUSH', Q .. list .. task, id)
-  READY[task] = true
+  local list, other = 'rn:', 'rf:'
+  if first then
+    list, other = 'rf:', 'rn:'
+  end
+  -- Announced only when the task had no ready run: a long-poll waits only after finding none,
+  -- and one woken by the first leases until none is left (or is told there may be more).
+  if redis.call('RPUSH', Q .. list .. task, id) == 1
+    and redis.call('LLEN', Q .. other .. task) == 0 then
+    READY[task] = true
+  end
 end
 
 local function make_ready_first(id)

@@ -190,17 +190,17 @@ async fn decide(
     prefix: &str,
 ) -> Result<Answer, ApiError> {
     let engine: Vec<AcquireEntry<'_>> = entries.iter().map(Entry::as_engine).collect();
-    let limiter = state.limiter();
+    let limits = state.limits();
     let result = if wait.is_zero() {
         let started = std::time::Instant::now();
-        let r = limiter.try_acquire(&engine);
+        let r = limits.try_acquire(&engine).await;
         state.metrics().decision_time(started.elapsed());
         r
     } else {
         tokio::select! {
-            r = limiter.acquire(&engine, wait) => r,
+            r = limits.acquire(&engine, wait) => r,
             // Shutting down: answer with the decision as it stands now.
-            () = state.shutting_down() => limiter.try_acquire(&engine),
+            () = state.shutting_down() => limits.try_acquire(&engine).await,
         }
     };
     match result {

@@ -12,7 +12,6 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use tollgate::Store;
 use tollgate::core::{Barrier, BarrierStatus};
 use tollgate_api::{
     Barrier as BarrierView, BarrierCreate as CreateRequest, BarrierReleased as WaitAnswer,
@@ -51,7 +50,7 @@ async fn create(
     let ttl = period_ms(req.ttl_ms, "ttl_ms")?;
     let barrier = Barrier::new(req.parties, ttl)
         .map_err(|e| ApiError::from(tollgate::Error::from(e)).with_field("parties"))?;
-    let status = state.limiter().create_barrier(&key, barrier)?;
+    let status = state.limits().create_barrier(&key, barrier).await?;
     Ok(Json(view(key, status)))
 }
 
@@ -61,7 +60,7 @@ async fn status(
     Segment(key): Segment,
 ) -> Result<Json<BarrierView>, ApiError> {
     validate_key(&key, "key")?;
-    let status = state.limiter().store().barrier_status(&key, state.now())?;
+    let status = state.limits().barrier_status(&key).await?;
     Ok(Json(view(key, status)))
 }
 
@@ -76,11 +75,11 @@ async fn wait(
     let timeout = req
         .timeout_ms
         .map_or(max, |ms| Duration::from_millis(ms).min(max));
-    let limiter = state.limiter();
+    let limits = state.limits();
     let released = tokio::select! {
-        r = limiter.wait_barrier(&key, timeout) => r?,
+        r = limits.wait_barrier(&key, timeout) => r?,
         // Shutting down: the arrival counts; answer with where the barrier stands.
-        () = state.shutting_down() => limiter.store().barrier_status(&key, state.now())?.released,
+        () = state.shutting_down() => limits.barrier_status(&key).await?.released,
     };
     Ok(Json(WaitAnswer { released }))
 }

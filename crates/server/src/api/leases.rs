@@ -26,7 +26,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tollgate::core::{Concurrency, Nanos};
-use tollgate::{DEFAULT_LEASE_TTL, MAX_KEY_LEN, Store, Target};
+use tollgate::{DEFAULT_LEASE_TTL, MAX_KEY_LEN, Target};
 use tollgate_api::{
     ErrorCode, Lease as LeaseAnswer, LeaseRenewal as RenewAnswer, LeaseRequest, RenewRequest,
 };
@@ -182,15 +182,9 @@ async fn acquire(
             .with_field("limit")
     })?;
     let decision = state
-        .limiter()
-        .store()
-        .lease_acquire(
-            target,
-            &lease.unique,
-            &holder,
-            ttl.map(|p| p.as_nanos()),
-            state.now(),
-        )
+        .limits()
+        .lease_acquire(target, &lease.unique, &holder, ttl.map(|p| p.as_nanos()))
+        .await
         .map_err(|e| {
             let field = match e {
                 tollgate::Error::UnknownLimit { .. } | tollgate::Error::WrongAlgorithm { .. } => {
@@ -240,9 +234,9 @@ async fn renew(
         None => lease.default_ttl(),
     };
     let expires_at = state
-        .limiter()
-        .store()
-        .lease_renew(target, &lease.unique, ttl, state.now())
+        .limits()
+        .lease_renew(target, &lease.unique, ttl)
+        .await
         .map_err(lease_error)?;
     Ok(Json(RenewAnswer {
         lease_id: id,
@@ -260,9 +254,9 @@ async fn release(
     let lease = LeaseRef::parse(&id)?;
     let target = lease.target().ok_or_else(unknown_lease)?;
     let held = state
-        .limiter()
-        .store()
-        .lease_release(target, &lease.unique, state.now())
+        .limits()
+        .lease_release(target, &lease.unique)
+        .await
         .map_err(lease_error)?;
     if held {
         Ok(StatusCode::NO_CONTENT)

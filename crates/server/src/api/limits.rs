@@ -73,8 +73,8 @@ fn load(l: &LimitView) -> f64 {
 }
 
 /// Every declared limit, then the dynamic keys: all of them, or the `dynamic` busiest.
-pub(crate) fn listing(state: &AppState, dynamic: Option<usize>) -> Result<Listing, ApiError> {
-    let limits: Vec<LimitView> = state.limiter().list()?.into_iter().map(view).collect();
+pub(crate) async fn listing(state: &AppState, dynamic: Option<usize>) -> Result<Listing, ApiError> {
+    let limits: Vec<LimitView> = state.limits().list().await?.into_iter().map(view).collect();
     let (mut dynamic_keys, mut limits): (Vec<LimitView>, Vec<LimitView>) = limits
         .into_iter()
         .partition(|l| l.namespace == ShownNamespace::Dynamic);
@@ -127,7 +127,7 @@ async fn list(
             }
         }
     }
-    Ok(Json(listing(&state, dynamic)?))
+    Ok(Json(listing(&state, dynamic).await?))
 }
 
 fn unknown(key: &str) -> ApiError {
@@ -145,7 +145,7 @@ async fn get_one(
     Segment(key): Segment,
 ) -> Result<Json<LimitView>, ApiError> {
     validate_key(&key, "key")?;
-    match state.limiter().get(&key)? {
+    match state.limits().get(&key).await? {
         Some(info) => Ok(Json(view(info))),
         None => Err(unknown(&key)),
     }
@@ -171,7 +171,7 @@ async fn put(
     }
     // Durable (SQLite) before it is answered.
     state.queue().put_limit(&key, spec).await?;
-    match state.limiter().get(&key)? {
+    match state.limits().get(&key).await? {
         Some(info) => Ok(Json(view(info))),
         // Removed by a concurrent DELETE between the two calls.
         None => Err(unknown(&key)),

@@ -1,5 +1,12 @@
 //! [`Limiter`]: the API users embed. It reads the clock, validates, and hands plain-data
 //! requests to a [`Store`]; waiting is done here, with timers, never by polling the store.
+//! [`AsyncLimiter`] is the same over an [`AsyncStore`](crate::AsyncStore) (Redis), for async
+//! callers such as the server; the waits both use are written once, in `waits.rs`.
+
+mod async_limiter;
+mod waits;
+
+pub use async_limiter::AsyncLimiter;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,13 +17,9 @@ use tokio::time::Instant;
 use tollgate_core::{Barrier, BarrierStatus, Concurrency, LeaseDecision, Limit, Nanos};
 
 use crate::clock::{Clock, SystemClock};
-use crate::error::{Error, check_key};
+use crate::error::Error;
 use crate::store::memory::MemoryStore;
 use crate::store::{AcquireEntry, Acquired, LimitInfo, Store, Target};
-
-/// How often a barrier waiter re-reads the store even without a local wake-up, for stores
-/// shared with other processes whose arrivals this process cannot observe directly.
-const BARRIER_RECHECK: Duration = Duration::from_millis(100);
 
 /// The embeddable limiter: declared limits, atomic multi-key acquire, waits, refunds,
 /// concurrency leases and barriers over one [`Store`]. Cheap to clone (shared inside).
@@ -41,10 +44,10 @@ pub struct Limiter<S: Store = MemoryStore> {
 }
 
 struct Inner<S> {
-    store: S,
-    clock: Box<dyn Clock>,
-    /// Woken at every barrier arrival made through this limiter.
-    barrier_changed: Notify,
+    store: Arc<S>,
+    clock: Arc<dyn Clock>,
+    /// Woken at every barrier arrival made through this limiter (or its [`AsyncLimiter`]).
+    barrier_changed: Arc<Notify>,
     lease_prefix: u64,
     lease_seq: AtomicU64,
 }
@@ -84,9 +87,9 @@ impl<S: Store> Limiter<S> {
         };
         Limiter {
             inner: Arc::new(Inner {
-                store,
-                clock: Box::new(clock),
-                barrier_changed: Notify::new(),
+                store: Arc::new(store),
+                clock: Arc::new(clock),
+                barrier_changed: Arc::new(Notify::new()),
                 lease_prefix,
                 lease_seq: AtomicU64::new(0),
             }),
@@ -101,6 +104,19 @@ impl<S: Store> Limiter<S> {
     /// The current time on this limiter's clock.
     pub fn now(&self) -> Nanos {
         self.inner.clock.now()
+    }
+
+    /// The same store, clock and barrier wake-ups, for async callers: what the server's
+    /// direct acquires, leases and barriers use with the embedded engine.
+    pub fn to_async(&self) -> AsyncLimiter
+    where
+        S: 'static,
+    {
+        AsyncLimiter::with_parts(
+            Arc::clone(&self.inner.store) as Arc<dyn crate::AsyncStore>,
+            Arc::clone(&self.inner.clock),
+            Arc::clone(&self.inner.barrier_changed),
+        )
     }
 
     /// Declares or redefines the limit `key`. Redefining keeps its usage: a lower limit applies
@@ -173,21 +189,7 @@ impl<S: Store> Limiter<S> {
         entries: &[AcquireEntry<'_>],
         max_wait: Duration,
     ) -> Result<Acquired, Error> {
-        let deadline = Instant::now() + max_wait;
-        loop {
-            let answer = self.try_acquire(entries)?;
-            if answer.allowed {
-                return Ok(answer);
-            }
-            let wait = answer
-                .retry_after()
-                .as_duration()
-                .max(Duration::from_nanos(1));
-            if Instant::now() + wait > deadline {
-                return Ok(answer);
-            }
-            tokio::time::sleep(wait).await;
-        }
+        waits::acquire(&*self.inner.store, &*self.inner.clock, entries, max_wait).await
     }
 
     /// Gives units back to each entry's key (a run that did not use what it took).
@@ -323,33 +325,14 @@ impl<S: Store> Limiter<S> {
     /// # Ok(()) }
     /// ```
     pub async fn wait_barrier(&self, key: &str, max_wait: Duration) -> Result<bool, Error> {
-        check_key(key)?;
-        let deadline = Instant::now() + max_wait;
-        let status = self.inner.store.barrier_arrive(key, self.now())?;
-        self.inner.barrier_changed.notify_waiters();
-        if status.released {
-            return Ok(true);
-        }
-        loop {
-            let notified = self.inner.barrier_changed.notified();
-            tokio::pin!(notified);
-            // Register before reading, so an arrival between the read and the wait wakes us.
-            notified.as_mut().enable();
-            let status = self.inner.store.barrier_status(key, self.now())?;
-            if status.released {
-                return Ok(true);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(false);
-            }
-            let expires_in = (status.expires_at - self.now()).as_duration();
-            let wake = (now + BARRIER_RECHECK).min(deadline).min(now + expires_in);
-            tokio::select! {
-                () = &mut notified => {}
-                () = tokio::time::sleep_until(wake) => {}
-            }
-        }
+        waits::barrier(
+            &*self.inner.store,
+            &*self.inner.clock,
+            &self.inner.barrier_changed,
+            key,
+            max_wait,
+        )
+        .await
     }
 
     /// Forgets idle dynamic keys and expired barriers now; returns how many.
