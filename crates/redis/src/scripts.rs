@@ -89,8 +89,13 @@ const CROSS_SLOT: &str = "'allow-cross-slot-keys'";
 
 /// How each function is registered, around its body (`{name}` and `{flags}` filled in): it first
 /// calls lib.lua's `prepare`, which makes what Redis 7.0 cannot make while loading a library.
-const REGISTER_HEAD: &str = "redis.register_function{ function_name = '{name}', flags = { {flags} }, callback = function(KEYS, ARGV)\nprepare()\n";
+const REGISTER_HEAD: &str = concat!(
+    "redis.register_function{ function_name = '{name}', flags = { {flags} },\n",
+    "callback = function(KEYS, ARGV)\nprepare()\n"
+);
 const REGISTER_TAIL: &str = "\nend }\n";
+/// The library's first line after its shebang.
+const HEADER: &str = "-- Tollgate's Redis Functions: crates/redis/src/scripts.rs assembles this from scripts/*.lua\n";
 
 /// The oldest servers with Redis Functions (and the `FUNCTION`/`FCALL` commands and flags the
 /// library uses): Redis 7.0; Valkey 7.2, its first release (forked from Redis 7.2.4).
@@ -117,16 +122,18 @@ const fn fnv1a(parts: &[&str]) -> u64 {
 
 /// The hash naming the library: every source and flag, and how they are put together.
 const HASH: u64 = {
-    let mut parts: [&str; 4 + 3 * FUNCTIONS.len()] = [""; 4 + 3 * FUNCTIONS.len()];
-    parts[0] = LIB;
-    parts[1] = QUEUE_LIB;
-    parts[2] = REGISTER_HEAD;
-    parts[3] = REGISTER_TAIL;
+    const N: usize = 5 + 3 * FUNCTIONS.len();
+    let mut parts: [&str; N] = [""; N];
+    parts[0] = HEADER;
+    parts[1] = LIB;
+    parts[2] = QUEUE_LIB;
+    parts[3] = REGISTER_HEAD;
+    parts[4] = REGISTER_TAIL;
     let mut i = 0;
     while i < FUNCTIONS.len() {
-        parts[4 + 3 * i] = FUNCTIONS[i].0;
-        parts[5 + 3 * i] = FUNCTIONS[i].1;
-        parts[6 + 3 * i] = FUNCTIONS[i].2;
+        parts[5 + 3 * i] = FUNCTIONS[i].0;
+        parts[6 + 3 * i] = FUNCTIONS[i].1;
+        parts[7 + 3 * i] = FUNCTIONS[i].2;
         i += 1;
     }
     fnv1a(&parts)
@@ -143,10 +150,7 @@ static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
     // 48 bits of the hash: short names, and a collision between two builds that both run
     // against one Redis is out of reach.
     let name = format!("tollgate_{:012x}", HASH >> 16);
-    let mut source = format!(
-        "#!lua name={name}\n-- Tollgate's Redis Functions (crates/redis/src/scripts.rs assembles this \
-         from crates/redis/src/scripts/*.lua)\n{LIB}\n{QUEUE_LIB}\n"
-    );
+    let mut source = format!("#!lua name={name}\n{HEADER}{LIB}\n{QUEUE_LIB}\n");
     let mut functions = Vec::with_capacity(FUNCTIONS.len());
     for (op, body, flags) in FUNCTIONS {
         let full = format!("{name}_{op}");

@@ -484,3 +484,77 @@ async fn a_clock_stepping_back_never_admits_extra() {
         }
     }
 }
+
+/// A fake server that answers as Redis `version` would to the commands the store sends: `INFO`
+/// with that version, `FCALL` and `FUNCTION` unknown (as before 7.0), anything else `+OK`.
+fn old_server(version: &'static str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "redis://127.0.0.1:{}/",
+        listener.local_addr().unwrap().port()
+    );
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut out = stream.try_clone().unwrap();
+                let mut lines = BufReader::new(stream);
+                let mut line = String::new();
+                let mut read_line = |line: &mut String| {
+                    line.clear();
+                    lines.read_line(line).ok().filter(|n| *n > 0).map(|_| ())
+                };
+                // Commands are arrays of bulk strings: *N, then $len and the bytes, N times.
+                while read_line(&mut line).is_some() {
+                    let n: usize = line.trim()[1..].parse().unwrap_or(0);
+                    let mut args = Vec::new();
+                    for _ in 0..n {
+                        read_line(&mut line).unwrap();
+                        read_line(&mut line).unwrap();
+                        args.push(line.trim_end_matches("\r\n").to_owned());
+                    }
+                    let name = args
+                        .first()
+                        .map(|a| a.to_ascii_uppercase())
+                        .unwrap_or_default();
+                    let reply = match name.as_str() {
+                        "INFO" => {
+                            let info = format!("# Server\r\nredis_version:{version}\r\n");
+                            format!("${}\r\n{info}\r\n", info.len())
+                        }
+                        "FCALL" | "FUNCTION" => format!(
+                            "-ERR unknown command '{}', with args beginning with: \r\n",
+                            args[0]
+                        ),
+                        "PING" => "+PONG\r\n".to_owned(),
+                        _ => "+OK\r\n".to_owned(),
+                    };
+                    if out.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_server_older_than_redis_7_is_refused_naming_its_version() {
+    let store = RedisStore::open(&old_server("6.2.14")).unwrap();
+    let e = store.ping().await.unwrap_err();
+    assert!(!e.is_transient(), "{e}");
+    let message = e.to_string();
+    assert!(
+        message.contains("Redis 6.2.14") && message.contains("Redis 7.0 or later"),
+        "{message}"
+    );
+    // A call finds FCALL unknown, checks the version, and says the same.
+    let e = store
+        .acquire(&[AcquireEntry::dynamic("k", gcra("1/s", 1), 1)], NOW)
+        .await
+        .unwrap_err();
+    assert!(!e.is_transient(), "{e}");
+    assert!(e.to_string().contains("Redis 6.2.14"), "{e}");
+}

@@ -6,7 +6,7 @@
 --
 -- The queue's Redis keys (Q is the prefix, e.g. "tollgate:q:{tollgate}:"; the hash tag puts
 -- them all in one slot) are built here, not passed as KEYS: which runs a lease touches is
--- only known inside the script. That is why, in a Redis Cluster, the queue needs every key of
+-- only known inside the function. That is why, in a Redis Cluster, the queue needs every key of
 -- the store in one slot (the store's cluster mode: the prefix is "{name}", the first hash tag
 -- of every key; README, "Redis Cluster").
 --   Q..'seq'                   counter: enqueue order; run ids are "r<seq in hex>"
@@ -42,7 +42,7 @@
 -- units are consumed for the coming attempt), held (concurrency keys held, one per line), le
 -- (lease expiry µs), wk (worker id), wa (when a woken run became eligible, for the lag).
 --
--- Every script returns its effects for the node's metrics: TR (transitions: task, name),
+-- Every function returns its effects for the node's metrics: TR (transitions: task, name),
 -- DEC (decisions: task, spec_index, "a" allowed | "d" denied) and LAG (dispatch lags, µs).
 
 local Q, NOW, SLACK
@@ -429,7 +429,7 @@ local function expire(id)
   end
 end
 
--- The version of the queue's layout that the scripts read and write.
+-- The version of the queue's layout that the functions read and write.
 local SCHEMA = '2'
 
 -- Brings a deployment written by an earlier version up to date, once (Q..'schema' says which
@@ -458,7 +458,7 @@ local function migrate()
 end
 
 -- Fires due timers and lease expiries, at most `budget` of each.
--- Every writing script calls it first, so it also brings data written by an earlier version up
+-- Every writing function calls it first, so it also brings data written by an earlier version up
 -- to date before anything reads it (migrate: one GET when there is nothing to do).
 local function process_due(budget)
   migrate()
@@ -525,7 +525,7 @@ local function view(id)
   return out
 end
 
--- The reply of every queue script: { status, effects, payload... }.
+-- The reply of every queue function: { status, effects, payload... }.
 local function reply(status, payload)
   publish_ready()
   local out = { status, { TR, DEC, LAG } }
