@@ -132,6 +132,11 @@ for i = 1, n do
       wake_rate(wk)
     end
   end
-  views[#views + 1] = view(id)
+  -- A new run is never waiting: its view is what was just written.
+  local written = {}
+  for j = 1, #all, 2 do
+    written[all[j]] = all[j + 1]
+  end
+  views[#views + 1] = view_from(id, written)
 end
 return reply('ok', views)

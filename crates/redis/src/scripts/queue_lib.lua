@@ -525,6 +525,16 @@ local function view(id)
   return out
 end
 
+-- The view of run id from fields this call has just written (field -> value), without reading
+-- them back: for a run that is not waiting, the one case where view derives a field.
+local function view_from(id, fields)
+  local out = { id }
+  for i = 1, VIEW_WQ - 1 do
+    out[#out + 1] = fields[VIEW[i]] or false
+  end
+  return out
+end
+
 -- The reply of every queue function: { status, effects, payload... }.
 local function reply(status, payload)
   publish_ready()

@@ -18,7 +18,10 @@ init(ARGV[1], ARGV[2], ARGV[3])
 -- worker call after its lease lapsed finds the run requeued, whether a sweep ran or not.
 process_due(256)
 local op, id, attempt, text, retry = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8] == '1'
-local r = redis.call('HMGET', rk(id), 'task', 'seq', 'state', 'attempt', 'max', 'lt', 'wq')
+-- The fields every op needs, then the rest of the view's: a complete answers from them.
+local READ = { 'task', 'seq', 'state', 'attempt', 'max', 'lt', 'wq', 'input', 'meta', 'wo', 'ea',
+  'sr', 'err', 'out', 'ca', 'ua', 'le', 'wk' }
+local r = redis.call('HMGET', rk(id), unpack(READ))
 local task, seq, state = r[1], r[2], r[3]
 if not task then
   return reply('unknown')
@@ -63,13 +66,26 @@ if op == 'heartbeat' then
   redis.call('ZADD', Q .. 'leases', fmt(until_us), id)
 elseif op == 'complete' then
   release_slots(id)
-  set_state(id, task, seq, state, 'succeeded')
+  index_state(id, task, seq, state, 'succeeded')
+  local now = fmt(NOW)
   if text ~= '' then
-    redis.call('HSET', rk(id), 'out', text)
+    redis.call('HSET', rk(id), 'state', 'succeeded', 'ua', now, 'out', text)
+  else
+    redis.call('HSET', rk(id), 'state', 'succeeded', 'ua', now)
   end
   redis.call('HDEL', rk(id), 'err', 'res', 'le')
   redis.call('ZREM', Q .. 'leases', id)
   note(task, 'succeeded')
+  -- The view from what was read and written: a succeeded run derives nothing.
+  local f = {}
+  for i, name in ipairs(READ) do
+    f[name] = r[i]
+  end
+  f.state, f.ua, f.err, f.le = 'succeeded', now, false, false
+  if text ~= '' then
+    f.out = text
+  end
+  return reply('ok', { view_from(id, f) })
 elseif op == 'fail' then
   if retry and tonumber(r[4]) < tonumber(r[5]) then
     release_slots(id)
