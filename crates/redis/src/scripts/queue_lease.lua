@@ -25,10 +25,18 @@ local budget = 2000
 
 process_due(256)
 
--- Tries to start run id now: concurrency first (nothing consumed when full), then rate units
--- (unless already reserved), then takes its slots. Returns 'ok' | nil.
-local function admit(id)
-  local r = redis.call('HMGET', rk(id), 'task', 'pol', 'rate', 'conc', 'res', 'held')
+-- A run's fields, read once per run looked at: what admitting and starting it need, and what
+-- the worker is handed.
+local ROW = { 'task', 'pol', 'rate', 'conc', 'res', 'held', 'state', 'seq', 'lt', 'wa', 'attempt',
+  'input', 'meta', 'wo', 'wq', 'ea' }
+-- Where ROW's fields are in a row (1 to 6 are read by name in admit).
+local R_STATE, R_SEQ, R_LT, R_WA, R_ATTEMPT, R_INPUT, R_META, R_WO, R_WQ, R_EA =
+  7, 8, 9, 10, 11, 12, 13, 14, 15, 16
+
+-- Tries to start run id (whose ROW is r) now: concurrency first (nothing consumed when full),
+-- then rate units (unless already reserved), then takes its slots. Returns 'ok' and whether
+-- its rate units were consumed here (start marks them reserved) | nil.
+local function admit(id, r)
   local task, E, C = r[1], rate_entries(r[3]), conc_entries(r[4])
   local held = lines(r[6])
   local rate_due = r[5] ~= '1' and r[2] == 'r' and #E > 0
@@ -61,47 +69,67 @@ local function admit(id)
       fail_run(id, i)
       return nil
     end
-    redis.call('HSET', rk(id), 'res', '1')
   end
   for _, c in ipairs(C) do
     if not contains(held, c.key) then
       add_held(id, c.key)
     end
   end
-  return 'ok'
+  return 'ok', rate_due
 end
 
+-- Tasks whose list of runs that waited was found empty in this call: it stays empty unless a
+-- run is parked or failed (freeing slots can make a waiting run ready), which forgets them all.
+local rf_empty = {}
+
+-- The next run of task admitted now, its ROW and whether admitting it consumed rate units.
 local function next_admitted(task)
   while budget > 0 do
-    local id = redis.call('LPOP', Q .. 'rf:' .. task) or redis.call('LPOP', Q .. 'rn:' .. task)
+    local id
+    if not rf_empty[task] then
+      id = redis.call('LPOP', Q .. 'rf:' .. task)
+      rf_empty[task] = not id
+    end
+    id = id or redis.call('LPOP', Q .. 'rn:' .. task)
     if not id then
       return nil
     end
     budget = budget - 1
-    if redis.call('HGET', rk(id), 'state') == 'queued' and admit(id) then
-      return id
+    local r = redis.call('HMGET', rk(id), unpack(ROW))
+    if r[R_STATE] == 'queued' then
+      local ok, consumed = admit(id, r)
+      if ok then
+        return id, r, consumed
+      end
+      rf_empty = {}
     end
   end
   return nil
 end
 
--- Starts run id for the worker; returns what the worker is handed: { id, task, input, meta,
--- attempt, lease expiry (µs) }, read in the same HMGET as what the start needs.
-local function start(id)
-  local r = redis.call('HMGET', rk(id), 'task', 'seq', 'state', 'lt', 'wa', 'attempt', 'input',
-    'meta')
-  local until_us = fmt(NOW + tonumber(r[4]))
-  local attempt = fmt(tonumber(r[6]) + 1)
-  index_state(id, r[1], r[2], r[3], 'running')
-  redis.call('HSET', rk(id), 'state', 'running', 'ua', fmt(NOW), 'attempt', attempt, 'wk', worker,
-    'le', until_us)
-  redis.call('HDEL', rk(id), 'wo', 'wq', 'ea', 'wa')
+-- Starts run id (whose ROW is r) for the worker, its rate units reserved when admitting it
+-- consumed them; returns what the worker is handed: { id, task, input, meta, attempt, lease
+-- expiry (µs) }.
+local function start(id, r, consumed)
+  local until_us = fmt(NOW + tonumber(r[R_LT]))
+  local attempt = fmt(tonumber(r[R_ATTEMPT]) + 1)
+  index_state(id, r[1], r[R_SEQ], r[R_STATE], 'running')
+  if consumed then
+    redis.call('HSET', rk(id), 'state', 'running', 'ua', fmt(NOW), 'attempt', attempt, 'wk',
+      worker, 'le', until_us, 'res', '1')
+  else
+    redis.call('HSET', rk(id), 'state', 'running', 'ua', fmt(NOW), 'attempt', attempt, 'wk',
+      worker, 'le', until_us)
+  end
+  if r[R_WO] or r[R_WQ] or r[R_EA] or r[R_WA] then
+    redis.call('HDEL', rk(id), 'wo', 'wq', 'ea', 'wa')
+  end
   redis.call('ZADD', Q .. 'leases', until_us, id)
   note(r[1], 'leased')
-  if r[5] then
-    LAG[#LAG + 1] = fmt(sat(NOW - tonumber(r[5])))
+  if r[R_WA] then
+    LAG[#LAG + 1] = fmt(sat(NOW - tonumber(r[R_WA])))
   end
-  return { id, r[1], r[7] or false, r[8] or false, attempt, until_us }
+  return { id, r[1], r[R_INPUT] or false, r[R_META] or false, attempt, until_us }
 end
 
 local out = {}
@@ -110,9 +138,9 @@ local left = #tasks
 while #out < max and left > 0 and budget > 0 do
   for i, task in ipairs(tasks) do
     if #out < max and not exhausted[i] then
-      local id = next_admitted(task)
+      local id, r, consumed = next_admitted(task)
       if id then
-        out[#out + 1] = start(id)
+        out[#out + 1] = start(id, r, consumed)
       else
         exhausted[i] = true
         left = left - 1
