@@ -239,15 +239,18 @@ impl RedisEngine {
             .and_then(int)
             .ok_or_else(|| self.inner.store.corrupt("put a task answered no version"))?
             .to_string();
-        self.inner.tasks.lock().insert(
-            name.to_owned(),
-            Cached {
-                text,
-                version,
-                task: Arc::clone(&task),
-            },
-        );
+        self.remember(name, text, version, &task);
         Ok(task)
+    }
+
+    /// Keeps `task`, compiled from definition `text` whose version is `version`.
+    fn remember(&self, name: &str, text: String, version: String, task: &Arc<Task>) {
+        let cached = Cached {
+            text,
+            version,
+            task: Arc::clone(task),
+        };
+        self.inner.tasks.lock().insert(name.to_owned(), cached);
     }
 
     async fn compile(&self, name: &str, spec: TaskSpec) -> Result<Task, Error> {
@@ -272,14 +275,7 @@ impl RedisEngine {
         // (`remove_limit` refuses), so this fails only if another node removed one while this
         // task was being defined: the enqueue is then rejected naming the missing limit.
         let task = Arc::new(self.compile(name, spec).await?);
-        self.inner.tasks.lock().insert(
-            name.to_owned(),
-            Cached {
-                text,
-                version,
-                task: Arc::clone(&task),
-            },
-        );
+        self.remember(name, text, version, &task);
         Ok(task)
     }
 
