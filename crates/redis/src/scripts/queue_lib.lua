@@ -432,11 +432,21 @@ end
 -- The version of the queue's layout that the functions read and write.
 local SCHEMA = '2'
 
+-- Prefixes this load of the library has found (or made) current: the schema is read once per
+-- prefix per load, not on every call (a load starts empty: after a restart, FUNCTION LOAD or a
+-- failover it is read again). Data an older version writes after that is not looked at again;
+-- nodes of versions with different layouts cannot share a prefix anyway (docs/design.md §8.4).
+local CURRENT = {}
+
 -- Brings a deployment written by an earlier version up to date, once (Q..'schema' says which
 -- version its data has): version 1 kept no 'uses' and 'newest', so they are rebuilt from the
 -- runs not yet ended, oldest first, so that the newest definition of each dynamic key wins.
 local function migrate()
+  if CURRENT[Q] then
+    return
+  end
   if redis.call('GET', Q .. 'schema') == SCHEMA then
+    CURRENT[Q] = true
     return
   end
   redis.call('DEL', Q .. 'uses', Q .. 'newest')
@@ -455,6 +465,7 @@ local function migrate()
     register(own_rate_entries(r[1]), own_conc_entries(r[2]))
   end
   redis.call('SET', Q .. 'schema', SCHEMA)
+  CURRENT[Q] = true
 end
 
 -- Fires due timers and lease expiries, at most `budget` of each.
