@@ -101,36 +101,74 @@ local function lines(s)
   return out
 end
 
--- A run's rate entries as it was rendered (its own definitions of dynamic keys).
-local function own_rate_entries(s)
-  local out = {}
-  for _, line in ipairs(lines(s)) do
-    local ns, units, spec, guard, st, key, idx = string.match(line,
-      '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)$')
-    out[#out + 1] = {
-      ns = ns, units = tonumber(units), spec = spec, guard = guard, st = st, key = key,
-      idx = idx, wk = 'r' .. ns .. ':' .. key,
-    }
+-- Parsed entry lists by the text they were parsed from, shared by every run of a definition
+-- (and kept across calls, as parsed specs are): never changed once made, so callers that adjust
+-- an entry copy it (rate_entries, conc_entries). Starts over past 1000 texts.
+local PARSED, PARSED_N = {}, 0
+
+local function parsed(s, parse)
+  if not s or s == '' then
+    return {}
   end
+  local hit = PARSED[s]
+  if hit then
+    return hit
+  end
+  local out = {}
+  for line in string.gmatch(s, '[^\n]+') do
+    out[#out + 1] = parse(line)
+  end
+  if PARSED_N >= 1000 then
+    PARSED, PARSED_N = {}, 0
+  end
+  PARSED[s] = out
+  PARSED_N = PARSED_N + 1
   return out
 end
 
--- A run's concurrency entries as it was rendered.
+local function parse_rate_line(line)
+  local ns, units, spec, guard, st, key, idx = string.match(line,
+    '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)$')
+  return {
+    ns = ns, units = tonumber(units), spec = spec, guard = guard, st = st, key = key,
+    idx = idx, wk = 'r' .. ns .. ':' .. key,
+  }
+end
+
+local function parse_conc_line(line)
+  local limit, key = string.match(line, '^([^\t]*)\t(.*)$')
+  return { limit = tonumber(limit), key = key, wk = 'c:' .. key }
+end
+
+-- A run's rate entries as it was rendered (its own definitions of dynamic keys). Read only.
+local function own_rate_entries(s)
+  return parsed(s, parse_rate_line)
+end
+
+-- A run's concurrency entries as it was rendered. Read only.
 local function own_conc_entries(s)
-  local out = {}
-  for _, line in ipairs(lines(s)) do
-    local limit, key = string.match(line, '^([^\t]*)\t(.*)$')
-    out[#out + 1] = { limit = tonumber(limit), key = key, wk = 'c:' .. key }
+  return parsed(s, parse_conc_line)
+end
+
+-- A copy of entry e with field k set to v.
+local function with(e, k, v)
+  local c = {}
+  for f, x in pairs(e) do
+    c[f] = x
   end
-  return out
+  c[k] = v
+  return c
 end
 
 -- A run's rate entries as they apply now: a dynamic key with its newest definition.
 local function rate_entries(s)
-  local out = own_rate_entries(s)
-  for _, e in ipairs(out) do
+  local own = own_rate_entries(s)
+  local out = {}
+  for i, e in ipairs(own) do
     if e.ns == 'd' then
-      e.spec = redis.call('HGET', Q .. 'newest', e.wk) or e.spec
+      out[i] = with(e, 'spec', redis.call('HGET', Q .. 'newest', e.wk) or e.spec)
+    else
+      out[i] = e
     end
   end
   return out
@@ -138,12 +176,11 @@ end
 
 -- A run's concurrency entries as they apply now: each key with its newest limit.
 local function conc_entries(s)
-  local out = own_conc_entries(s)
-  for _, c in ipairs(out) do
+  local own = own_conc_entries(s)
+  local out = {}
+  for i, c in ipairs(own) do
     local newest = redis.call('HGET', Q .. 'newest', c.wk)
-    if newest then
-      c.limit = tonumber(newest)
-    end
+    out[i] = newest and with(c, 'limit', tonumber(newest)) or c
   end
   return out
 end
