@@ -11,18 +11,14 @@ use tollgate::{AcquireEntry, AsyncStore};
 use tollgate_core::{Barrier, Concurrency, Gcra, Limit, Nanos, Period, RateLimit, SlidingWindow};
 use tollgate_redis::RedisStore;
 
-#[tokio::test]
-async fn a_redis_restart_gives_transient_errors_then_works_again() {
-    let Some(mut redis) =
-        common::own_redis("a_redis_restart_gives_transient_errors_then_works_again")
-    else {
-        return;
-    };
-    let store = RedisStore::builder(&redis.url)
+/// A store on `url` (fresh prefix, caller time, connect and response timeouts `timeout`) with
+/// limit "api" declared (gcra 100/s), the time it was declared at, and that limit.
+async fn store_with_api(url: &str, timeout: Duration) -> (RedisStore, Nanos, RateLimit) {
+    let store = RedisStore::builder(url)
         .prefix(common::fresh_prefix())
         .use_server_time(false)
-        .connect_timeout(Duration::from_millis(300))
-        .response_timeout(Duration::from_millis(300))
+        .connect_timeout(timeout)
+        .response_timeout(timeout)
         .build()
         .unwrap();
     let now = Nanos::from_secs(1_700_000_000);
@@ -31,6 +27,17 @@ async fn a_redis_restart_gives_transient_errors_then_works_again() {
         .put_limit("api", Limit::Rate(limit), now)
         .await
         .unwrap();
+    (store, now, limit)
+}
+
+#[tokio::test]
+async fn a_redis_restart_gives_transient_errors_then_works_again() {
+    let Some(mut redis) =
+        common::own_redis("a_redis_restart_gives_transient_errors_then_works_again")
+    else {
+        return;
+    };
+    let (store, now, limit) = store_with_api(&redis.url, Duration::from_millis(300)).await;
     for _ in 0..4 {
         assert!(
             store
@@ -114,19 +121,8 @@ async fn a_hung_redis_never_blocks_the_runtime_thread() {
     let Some(redis) = common::own_redis("a_hung_redis_never_blocks_the_runtime_thread") else {
         return;
     };
-    let store = RedisStore::builder(&redis.url)
-        .prefix(common::fresh_prefix())
-        .use_server_time(false)
-        .response_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let now = Nanos::from_secs(1_700_000_000);
-    let limit = RateLimit::Gcra(Gcra::new("100/s".parse().unwrap(), 100).unwrap());
     // Connected and working before Redis hangs.
-    store
-        .put_limit("api", Limit::Rate(limit), now)
-        .await
-        .unwrap();
+    let (store, now, _) = store_with_api(&redis.url, Duration::from_secs(2)).await;
 
     redis.pause();
     let other = tokio::spawn(tokio::time::sleep(Duration::from_millis(20)));
