@@ -371,8 +371,8 @@ impl Worker {
     /// counted), and answers what it did.
     ///
     /// Transient errors (the server briefly unreachable, 503) are retried with capped
-    /// backoff; a lease call in flight at shutdown is dropped (a run the server leased just
-    /// then comes back when its lease lapses: delivery is at least once).
+    /// backoff. A lease call in flight at shutdown is awaited (a long poll answers within the
+    /// poll wait), for at most the grace period, and the runs it brings are released at once.
     ///
     /// # Errors
     /// [`WorkerError::NoTasks`]; [`WorkerError::Register`] when the server refuses a task
@@ -401,25 +401,27 @@ impl Worker {
         let mut backoff = Backoff::new();
         tracing::info!(worker = %self.id, slots = self.slots, tasks = ?names, "worker started");
 
-        'lease: loop {
+        let in_flight = 'lease: loop {
             while let Some(done) = running.try_join_next() {
                 summary.record(done);
             }
             let free = self.slots.saturating_sub(running.len());
             if free == 0 {
                 tokio::select! {
-                    () = &mut shutdown => break 'lease,
+                    () = &mut shutdown => break 'lease None,
                     Some(done) = running.join_next() => summary.record(done),
                 }
                 continue;
             }
             let max = u32::try_from(free).unwrap_or(u32::MAX);
-            let lease = self
-                .client
-                .worker_lease(&self.id, &names, max, Some(self.poll_wait));
+            let mut lease =
+                Box::pin(
+                    self.client
+                        .worker_lease(&self.id, &names, max, Some(self.poll_wait)),
+                );
             let leased = tokio::select! {
-                () = &mut shutdown => break 'lease,
-                leased = lease => leased,
+                () = &mut shutdown => break 'lease Some(lease),
+                leased = &mut lease => leased,
             };
             match leased {
                 Ok(runs) => {
@@ -431,10 +433,7 @@ impl Worker {
                             tracing::warn!(run = %run.id, task = %run.task, "leased a run of a task this worker does not serve; releasing it");
                             let client = self.client.clone();
                             running.spawn(async move {
-                                match client.release(&run.id, Some(run.attempt)).await {
-                                    Ok(_) => Outcome::Released,
-                                    Err(_) => Outcome::Lost,
-                                }
+                                release_run(&client, &run.id, run.attempt).await
                             });
                             continue;
                         };
@@ -454,7 +453,7 @@ impl Worker {
                         tracing::warn!(worker = %self.id, error = %e, "tasks unknown to the server; defining them again");
                         match self.register_all(shutdown.as_mut()).await {
                             Ok(true) => continue,
-                            Ok(false) => break 'lease,
+                            Ok(false) => break 'lease None,
                             Err(e) => {
                                 tracing::error!(worker = %self.id, error = %e, "defining tasks again failed")
                             }
@@ -463,15 +462,29 @@ impl Worker {
                     let wait = backoff.next();
                     tracing::warn!(worker = %self.id, error = %e, retry_in = ?wait, "leasing failed");
                     tokio::select! {
-                        () = &mut shutdown => break 'lease,
+                        () = &mut shutdown => break 'lease None,
                         () = tokio::time::sleep(wait) => {}
                     }
                 }
             }
-        }
+        };
 
         tracing::info!(worker = %self.id, in_flight = running.len(), grace = ?self.grace, "worker shutting down");
-        let grace_over = tokio::time::sleep(self.grace);
+        let grace_deadline = Instant::now() + self.grace;
+        if let Some(lease) = in_flight {
+            // The server may have leased runs to the call in flight just as shutdown began: its
+            // answer comes within the poll wait. Wait for it (within the grace) and hand those
+            // runs back at once rather than leaving them to lapse.
+            if let Ok(Ok(runs)) = tokio::time::timeout_at(grace_deadline, lease).await {
+                for run in runs {
+                    summary.leased += 1;
+                    tracing::info!(run = %run.id, "leased as shutdown began; releasing it");
+                    let client = self.client.clone();
+                    running.spawn(async move { release_run(&client, &run.id, run.attempt).await });
+                }
+            }
+        }
+        let grace_over = tokio::time::sleep_until(grace_deadline);
         tokio::pin!(grace_over);
         let mut released = false;
         loop {

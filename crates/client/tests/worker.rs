@@ -238,6 +238,51 @@ async fn shutdown_releases_a_run_that_outlasts_the_grace_without_counting_an_att
     assert_eq!((leased[0].id.as_str(), leased[0].attempt), (id.as_str(), 1));
 }
 
+/// A run the server leases to the call in flight as shutdown begins is released at once, not
+/// left leased to nobody until its lease lapses (costing an attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_leased_to_the_poll_in_flight_at_shutdown_is_released() {
+    let server = Server::start(SystemClock::new()).await;
+    let c = &server.client;
+    let running = start(
+        worker(c, "w1")
+            .poll_wait(Duration::from_secs(3))
+            .grace(Duration::from_secs(5))
+            .register(
+                Task::builder("job").lease_timeout(Duration::from_secs(60)),
+                |_| async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Ok(None)
+                },
+            )
+            .build(),
+    );
+    let queue = server.state.queue();
+    until("the worker's lease call waits on the server", || async {
+        let waiting = queue.lease_calls().map_or(0, |n| n.load(Ordering::Relaxed));
+        (waiting > 0).then_some(())
+    })
+    .await;
+    let (stop_tx, handle) = running;
+    let _ = stop_tx.send(());
+    // Let the worker see the shutdown before the run exists, so that the poll in flight is
+    // the one that leases it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let id = c.enqueue("job", &json!({}), None).await.unwrap().id;
+    let summary = tokio::time::timeout(DEADLINE, handle)
+        .await
+        .expect("the worker stops")
+        .expect("the worker did not panic")
+        .expect("the worker ran");
+    assert_eq!(
+        (summary.leased, summary.released, summary.lost),
+        (1, 1, 0),
+        "{summary:?}"
+    );
+    let run = c.get_run(&id).await.unwrap();
+    assert_eq!(run.state, RunState::Queued, "{run:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_failure_is_retried_or_final_as_the_handler_says() {
     let server = Server::start(SystemClock::new()).await;
