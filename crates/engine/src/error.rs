@@ -160,6 +160,25 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         self.transient
     }
+
+    /// The same failure for one more caller: its message with the causes' appended, and its
+    /// transience (a cause cannot be cloned). For a store that answers many callers with the
+    /// outcome of one call (a batch).
+    #[must_use]
+    pub fn clone_message(&self) -> StoreError {
+        let mut message = self.message.clone();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            message.push_str(": ");
+            message.push_str(&c.to_string());
+            cause = c.source();
+        }
+        StoreError {
+            message,
+            transient: self.transient,
+            source: None,
+        }
+    }
 }
 
 /// Longest key, in bytes.

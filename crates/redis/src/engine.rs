@@ -11,6 +11,7 @@
 //! and lease expiries when they fall due (safe on every node at once), and a subscriber that
 //! wakes this node's long-polling workers when any node makes a run ready.
 
+mod batch;
 mod run_queue;
 
 use std::collections::{BTreeMap, HashMap};
@@ -32,6 +33,7 @@ use tollgate_core::{Limit, Nanos, Period};
 
 use crate::keys::Kind;
 use crate::store::RedisStore;
+use batch::Batcher;
 
 use tollgate::LeaseAttempt;
 use tollgate::LimitSpecExt;
@@ -71,7 +73,28 @@ struct Inner {
     closed: Arc<AtomicBool>,
     /// Woken when `closed` is set (the subscriber waits on it).
     closing: Arc<Notify>,
+    /// Single-run enqueues, coalesced into enqueue script calls.
+    enqueues: Batcher<Vec<String>, Option<RunView>>,
+    /// Heartbeats, completes, fails, releases and cancels, coalesced into run script calls.
+    run_ops: Batcher<RunOp, (String, Vec<Value>)>,
 }
+
+/// One op of `queue_run.lua`.
+struct RunOp {
+    op: &'static str,
+    id: String,
+    attempt: Option<u32>,
+    text: String,
+    retry: bool,
+}
+
+/// The most items one batched script call carries: a call holds Redis for its whole duration
+/// (about 20–40 µs per run), so a batch is kept to a couple of milliseconds.
+const MAX_BATCH: usize = 64;
+
+/// How many batched calls of one kind a node has in flight at once; calls made meanwhile wait
+/// for the next batch.
+const BATCHES_IN_FLIGHT: usize = 2;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -109,7 +132,21 @@ impl RedisEngine {
     /// Redis is down).
     pub fn new(store: RedisStore, clock: impl Clock + 'static) -> RedisEngine {
         let q = format!("{0}:q:{{{0}}}:", store.prefix());
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me: &Weak<Inner>| Inner {
+            enqueues: {
+                let me = me.clone();
+                Batcher::spawn(MAX_BATCH, BATCHES_IN_FLIGHT, move |runs| {
+                    let me = me.clone();
+                    async move { RedisEngine::upgrade(&me)?.insert_batch(runs).await }
+                })
+            },
+            run_ops: {
+                let me = me.clone();
+                Batcher::spawn(MAX_BATCH, BATCHES_IN_FLIGHT, move |ops| {
+                    let me = me.clone();
+                    async move { RedisEngine::upgrade(&me)?.run_ops(ops).await }
+                })
+            },
             limits: AsyncLimiter::new(Arc::new(store.clone()), clock),
             store,
             q,
@@ -372,10 +409,8 @@ impl RedisEngine {
         };
         for _ in 0..STALE_RETRIES {
             let args = self.run_args(&t, &version, &input, &additional_metadata, None)?;
-            if let Some(mut views) = self.insert(vec![args]).await? {
-                return views
-                    .pop()
-                    .ok_or_else(|| self.inner.store.corrupt("enqueue answered no run"));
+            if let Some(view) = self.inner.enqueues.call(args).await? {
+                return Ok(view);
             }
             (t, version) = self.read_task(task).await?.ok_or_else(unknown)?;
         }
@@ -546,6 +581,57 @@ impl RedisEngine {
             .map(Some)
     }
 
+    /// The engine of a batcher's task, or the error its callers get once it is gone.
+    fn upgrade(me: &Weak<Inner>) -> Result<RedisEngine, Error> {
+        me.upgrade()
+            .map(|inner| RedisEngine { inner })
+            .ok_or_else(|| {
+                Error::Store(StoreError::transient(
+                    "the Redis engine is closing; try again on another node",
+                    None,
+                ))
+            })
+    }
+
+    /// Independent single-run enqueues stored in one call: a view each, or `None` for every one
+    /// when a task was redefined meanwhile (each caller renders its run again; nothing is stored).
+    async fn insert_batch(&self, runs: Vec<Vec<String>>) -> Result<Vec<Option<RunView>>, Error> {
+        let n = runs.len();
+        match self.insert(runs).await? {
+            Some(views) => Ok(views.into_iter().map(Some).collect()),
+            None => Ok((0..n).map(|_| None).collect()),
+        }
+    }
+
+    /// Run ops applied in one call, in order: each one's status and payload.
+    async fn run_ops(&self, ops: Vec<RunOp>) -> Result<Vec<(String, Vec<Value>)>, Error> {
+        let mut args = self.script_args();
+        args.reserve(1 + 5 * ops.len());
+        args.push(ops.len().to_string());
+        for op in ops {
+            args.extend([
+                op.op.to_owned(),
+                op.id,
+                op.attempt.map(|a| a.to_string()).unwrap_or_default(),
+                op.text,
+                if op.retry { "1" } else { "0" }.to_owned(),
+            ]);
+        }
+        let (status, items) = self.queue_call("update runs", Script::Run, &args).await?;
+        self.expect_ok("update runs", &status)?;
+        items
+            .into_iter()
+            .map(|answer| match answer {
+                Value::Array(mut parts) if !parts.is_empty() => {
+                    let rest = parts.split_off(1);
+                    let status = text_of(&parts[0]).unwrap_or_default();
+                    Ok((status, rest))
+                }
+                other => Err(self.inner.store.bad_reply("update runs", &other)),
+            })
+            .collect()
+    }
+
     /// Leases up to `max` runs of `tasks` for `worker_id`. Returns as soon as it holds at least
     /// one run; waits up to `wait` only while it has none, woken when any node makes a run
     /// ready (and looking at Redis every poll interval, in case a wakeup was lost). `stop` cuts
@@ -619,15 +705,17 @@ impl RedisEngine {
         text: &str,
         retry: bool,
     ) -> Result<RunView, Error> {
-        let mut args = self.script_args();
-        args.extend([
-            op.to_owned(),
-            id.to_owned(),
-            attempt.map(|a| a.to_string()).unwrap_or_default(),
-            text.to_owned(),
-            if retry { "1" } else { "0" }.to_owned(),
-        ]);
-        let (status, items) = self.queue_call(op, Script::Run, &args).await?;
+        let (status, items) = self
+            .inner
+            .run_ops
+            .call(RunOp {
+                op,
+                id: id.to_owned(),
+                attempt,
+                text: text.to_owned(),
+                retry,
+            })
+            .await?;
         match status.as_str() {
             "ok" => items.first().map(|v| self.view(v)).unwrap_or_else(|| {
                 Err(self

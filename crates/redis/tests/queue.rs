@@ -601,3 +601,128 @@ async fn a_worker_call_after_its_lease_lapsed_finds_the_run_requeued() {
         "its lease was extended"
     );
 }
+
+/// Script calls made so far on `url`'s Redis (FCALL, from INFO commandstats).
+async fn fcalls(url: &str) -> u64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Calls made while Redis is busy are coalesced into one script call (engine/batch.rs), and
+/// every caller still gets the answer of its own call: views, conflicts and unknown runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_share_script_calls_and_each_gets_its_own_answer() {
+    let test = "concurrent_calls_share_script_calls_and_each_gets_its_own_answer";
+    let Some(redis) = common::own_redis(test) else {
+        return;
+    };
+    let clock = FakeClock::new(T0);
+    let store = RedisStore::builder(&redis.url)
+        .prefix(common::fresh_prefix())
+        .use_server_time(false)
+        .build()
+        .unwrap();
+    let e = &RedisEngine::new(store, clock.clone());
+    task(e, "job", json!({})).await;
+
+    let before = fcalls(&redis.url).await;
+    let enqueued = futures_util::future::join_all(
+        (0..200).map(|i| e.enqueue("job", json!({ "i": i }), json!({}))),
+    )
+    .await;
+    let enqueue_calls = fcalls(&redis.url).await - before;
+    let mut ids = Vec::new();
+    for (i, run) in enqueued.into_iter().enumerate() {
+        let run = run.unwrap();
+        assert_eq!(run.state, RunState::Queued);
+        assert_eq!(
+            run.input,
+            json!({ "i": i }),
+            "each enqueue answers its own run"
+        );
+        ids.push(run.id);
+    }
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), 200);
+    assert!(
+        enqueue_calls < 50,
+        "200 enqueues took {enqueue_calls} script calls"
+    );
+
+    let leased = lease(e, "job", 200).await;
+    assert_eq!(leased.len(), 200);
+    // Per run i: 0..100 complete with output i; 100..150 complete with a wrong attempt;
+    // 150..200 heartbeat; and 20 completes of runs that do not exist.
+    let before = fcalls(&redis.url).await;
+    let answers =
+        futures_util::future::join_all(ids.iter().enumerate().map(|(i, id)| async move {
+            match i {
+                0..100 => e.complete(id, Some(1), Some(json!(i))).await,
+                100..150 => e.complete(id, Some(2), None).await,
+                _ => e.heartbeat(id, Some(1)).await,
+            }
+        }))
+        .await;
+    let unknown = futures_util::future::join_all(
+        (0..20).map(|i| async move { e.complete(&format!("nope{i}"), None, None).await }),
+    )
+    .await;
+    let op_calls = fcalls(&redis.url).await - before;
+    for (i, answer) in answers.into_iter().enumerate() {
+        match i {
+            0..100 => {
+                let run = answer.unwrap();
+                assert_eq!(
+                    (run.id.as_str(), run.state),
+                    (ids[i].as_str(), RunState::Succeeded)
+                );
+                assert_eq!(run.output, Some(json!(i)));
+            }
+            100..150 => assert!(
+                matches!(
+                    answer,
+                    Err(Error::InvalidState {
+                        state: "running",
+                        action: "complete",
+                        ..
+                    })
+                ),
+                "{answer:?}"
+            ),
+            _ => {
+                let run = answer.unwrap();
+                assert_eq!(
+                    (run.id.as_str(), run.state),
+                    (ids[i].as_str(), RunState::Running)
+                );
+            }
+        }
+    }
+    for answer in unknown {
+        assert!(
+            matches!(answer, Err(Error::UnknownRun { .. })),
+            "{answer:?}"
+        );
+    }
+    assert!(op_calls < 60, "220 run ops took {op_calls} script calls");
+    for (i, id) in ids.iter().enumerate() {
+        let want = if i < 100 {
+            RunState::Succeeded
+        } else {
+            RunState::Running
+        };
+        assert_eq!(state(e, id).await, want, "run {i}");
+    }
+    let m = e.metrics();
+    assert_eq!(m.tasks["job"].transition(Transition::Enqueued), 200);
+    assert_eq!(m.tasks["job"].transition(Transition::Succeeded), 100);
+}
