@@ -3,7 +3,8 @@
 //!
 //! The same rules as the embedded [`tollgate::Engine`] (docs/design.md §3), with the queue's state
 //! machine ported to Lua (`scripts/queue_*.lua`): every operation is one script call, atomic
-//! in Redis, so nodes never step on each other. A lease decides a run's limits and takes its
+//! in Redis, so nodes never step on each other (operations made while Redis is busy share one
+//! call: [`batch`]). A lease decides a run's limits and takes its
 //! lease in the same script: no node consumes units for a run another node took.
 //!
 //! Each node keeps only caches and counters: compiled tasks (checked against Redis on every
@@ -93,8 +94,9 @@ struct RunOp {
 const MAX_BATCH: usize = 64;
 
 /// How many batched calls of one kind a node has in flight at once; calls made meanwhile wait
-/// for the next batch.
-const BATCHES_IN_FLIGHT: usize = 2;
+/// for the next batch. One measured best (docs/design.md §9.1): the batches grow while Redis
+/// works, and each pays the fixed part of a call once.
+const BATCHES_IN_FLIGHT: usize = 1;
 
 impl Drop for Inner {
     fn drop(&mut self) {

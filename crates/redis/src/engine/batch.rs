@@ -1,5 +1,5 @@
 //! [`Batcher`]: calls made while others are in flight are coalesced into one script call, as
-//! a database's group commit does (docs/design.md §8, "Batched script calls").
+//! a database's group commit does (docs/design.md §9.1, "Batched calls").
 //!
 //! Every queue script call pays a fixed part in Redis besides its runs' own work (the function
 //! call, the due timers and leases it looks at first, its reply and effects) and one round trip
