@@ -20,16 +20,32 @@
 
 init(ARGV[1], ARGV[2], ARGV[3])
 local n = tonumber(ARGV[4])
+-- Each task's version, read once per call (a batch of enqueues is mostly of one task).
+local versions = {}
 for i = 1, n do
   local b = 5 + 13 * (i - 1)
   local task, want = ARGV[b], ARGV[b + 12]
-  local have = redis.call('HGET', Q .. 'taskv', task)
-  if not have and redis.call('HEXISTS', Q .. 'tasks', task) == 1 then
-    have = '0'
+  local have = versions[task]
+  if not have then
+    have = redis.call('HGET', Q .. 'taskv', task)
+    if not have then
+      have = redis.call('HEXISTS', Q .. 'tasks', task) == 1 and '0' or false
+    end
+    versions[task] = have
   end
   if have ~= want then
     return reply('stale', { task })
   end
+end
+-- Each declared limit's definition, read once per call: nothing here changes one.
+local defs = {}
+local function definition(guard)
+  local def = defs[guard]
+  if def == nil then
+    def = redis.call('GET', guard) or false
+    defs[guard] = def
+  end
+  return def
 end
 -- What is due at NOW (timers, lapsed leases) happens first, as in every queue call: a
 -- worker call after its lease lapsed finds the run requeued, whether a sweep ran or not.
@@ -52,7 +68,7 @@ for i = 1, n do
     -- A declared limit is known now: units it can never hold fail the run at once.
     for _, e in ipairs(E) do
       if e.ns == 's' and state == 'queued' then
-        local def = redis.call('GET', e.guard)
+        local def = definition(e.guard)
         if def and is_rate(algo_of(def)) then
           local L = parse_limit(def)
           if L and e.units > capacity(L) then
