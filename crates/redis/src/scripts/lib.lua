@@ -699,13 +699,13 @@ local function has_live_lease(key, now)
   return redis.call('ZCOUNT', key, '(' .. fmt(now), '+inf') > 0
 end
 
--- Resolves key i of an acquire or refund from what its keys hold: def, the static definition
--- (ns "s"; nil when none), and raw, the stored rate state (nil when none): its limit L, and its
--- prior state s with the limit old that wrote it (both nil when there is none); or nil, nil, nil
--- and an error reply. guard: the dynamic key's lease set (ns "d"), which must hold no live lease.
-local function resolve_from(i, ns, def, guard, raw, spec, now)
+-- Resolves key i of an acquire or refund: its limit L, and its prior state s with the limit
+-- old that wrote it (both nil when there is none); or nil, nil, nil and an error reply.
+-- guard: the static definition key or the dynamic lease set; state_key: the rate state.
+local function resolve(i, ns, guard, state_key, spec, now)
   local L
   if ns == 's' then
+    local def = redis.call('GET', guard)
     if not def then
       return nil, nil, nil, { -1, i, 'unknown', '' }
     end
@@ -725,21 +725,11 @@ local function resolve_from(i, ns, def, guard, raw, spec, now)
   if not L then
     return nil, nil, nil, { -1, i, 'corrupt', 'definition' }
   end
-  local old, s = parse_state(raw)
+  local old, s = parse_state(redis.call('GET', state_key))
   if old == false then
     return nil, nil, nil, { -1, i, 'corrupt', 'state' }
   end
   return L, old, s
-end
-
--- resolve_from, reading the keys: guard is the static definition key or the dynamic lease set,
--- state_key the rate state.
-local function resolve(i, ns, guard, state_key, spec, now)
-  local def
-  if ns == 's' then
-    def = redis.call('GET', guard) or nil
-  end
-  return resolve_from(i, ns, def, guard, redis.call('GET', state_key) or nil, spec, now)
 end
 
 -- Decides every key of one acquire at once and writes only if all are admitted: the one
@@ -749,48 +739,11 @@ end
 -- decision (lib's decide: { allowed, limit, remaining, retry_after_ns, reset_after_ns }), or
 -- nil and { -1, i, code, detail } for the first key in order that cannot be decided (resolve's
 -- codes, or "capacity" with the most the limit admits at once).
---
--- Every definition and state is read by one MGET (the keys of one acquire share a slot; MGET
--- answers nil for a key that holds no string): one command however many keys, where a GET per
--- key cost a Redis call each.
 local function acquire_keys(E, now, slack)
-  local names, at = {}, {}
-  for i = 1, #E do
-    local e = E[i]
-    if e.ns == 's' then
-      names[#names + 1] = e.guard
-    end
-    names[#names + 1] = e.st
-    at[i] = #names
-  end
-  local got = redis.call('MGET', unpack(names))
-  -- MGET also answers nil for a key that holds something else (data Tollgate did not write):
-  -- one EXISTS over the nil answers tells, so such a key is named, never overwritten.
-  local missing = {}
-  for j = 1, #names do
-    if not got[j] then
-      missing[#missing + 1] = names[j]
-    end
-  end
-  if #missing > 0 and redis.call('EXISTS', unpack(missing)) > 0 then
-    for i = 1, #E do
-      local e = E[i]
-      if not got[at[i]] and redis.call('EXISTS', e.st) == 1 then
-        return nil, { -1, i, 'corrupt', 'state' }
-      end
-      if e.ns == 's' and not got[at[i] - 1] and redis.call('EXISTS', e.guard) == 1 then
-        return nil, { -1, i, 'corrupt', 'definition' }
-      end
-    end
-  end
   local limits, nexts, D, allowed = {}, {}, {}, true
   for i = 1, #E do
     local e = E[i]
-    local def
-    if e.ns == 's' then
-      def = got[at[i] - 1] or nil
-    end
-    local L, old, prior, err = resolve_from(i, e.ns, def, e.guard, got[at[i]] or nil, e.spec, now)
+    local L, old, prior, err = resolve(i, e.ns, e.guard, e.st, e.spec, now)
     if err then
       return nil, err
     end
