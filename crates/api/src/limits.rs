@@ -117,6 +117,13 @@ impl LimitParams {
 #[derive(Default)]
 pub(crate) struct Seen(Vec<&'static str>);
 
+impl Seen {
+    /// Whether field `name` has been read.
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.0.contains(&name)
+    }
+}
+
 /// Reads an optional field's value into `slot` (`null` reads as absent, as with the derive).
 pub(crate) fn read<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
     slot: &mut Option<T>,

@@ -79,8 +79,9 @@ pub struct RateLimitUse {
 }
 
 impl RateLimitUse {
-    /// The fields' names, in the order they are written.
-    pub const FIELDS: [&'static str; 12] = [
+    /// The fields' names, in the order they are written; `duration`, Hatchet's name for
+    /// `period`, is read as `period` and written back as it.
+    pub const FIELDS: [&'static str; 13] = [
         "static_key",
         "dynamic_key",
         "units",
@@ -93,6 +94,7 @@ impl RateLimitUse {
         "align",
         "capacity",
         "refill",
+        "duration",
     ];
 
     /// The definition fields that are set, by name (they apply to dynamic keys only).
@@ -137,6 +139,24 @@ impl<'de> Deserialize<'de> for RateLimitUse {
                         }
                         "units" => read(&mut r.units, "units", &mut map, &mut seen)?,
                         "limit" => read(&mut r.limit, "limit", &mut map, &mut seen)?,
+                        // Hatchet's SDKs write a rate limit's period as `duration`.
+                        "duration" | "period" => {
+                            let other = if key == "duration" {
+                                "period"
+                            } else {
+                                "duration"
+                            };
+                            if seen.has(other) {
+                                return Err(de::Error::custom(
+                                    "give `period` or `duration` (Hatchet's name for it), not both",
+                                ));
+                            }
+                            if key == "duration" {
+                                read(&mut r.params.period, "duration", &mut map, &mut seen)?;
+                            } else if !r.params.read(key, &mut map, &mut seen)? {
+                                return Err(de::Error::unknown_field(key, &RateLimitUse::FIELDS));
+                            }
+                        }
                         _ => {
                             if !r.params.read(key, &mut map, &mut seen)? {
                                 return Err(de::Error::unknown_field(key, &RateLimitUse::FIELDS));

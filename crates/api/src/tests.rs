@@ -155,7 +155,8 @@ fn limit_parameters_are_read_as_the_derived_readers_did() {
     assert_eq!(
         err(task(json!({"dynamic_key": "input.a", "ttl": "1s"}))),
         "unknown field `ttl`, expected one of `static_key`, `dynamic_key`, `units`, `limit`, \
-         `algorithm`, `rate`, `period`, `burst`, `precision`, `align`, `capacity`, `refill`"
+         `algorithm`, `rate`, `period`, `burst`, `precision`, `align`, `capacity`, `refill`, \
+         `duration`"
     );
     assert_eq!(err(entry(json!({"units": 1}))), "missing field `key`");
     assert_eq!(
@@ -183,6 +184,40 @@ fn limit_parameters_are_read_as_the_derived_readers_did() {
     // An entry whose definition fields are all absent names a declared limit.
     let bare: AcquireEntry = serde_json::from_value(json!({"key": "a", "rate": null})).unwrap();
     assert_eq!(bare.definition, None);
+}
+
+/// Hatchet's SDKs name a rate limit's period `duration`: read as `period`, written back as it;
+/// both at once is an error, whichever comes first.
+#[test]
+fn a_task_rate_limit_takes_hatchets_duration_for_period() {
+    let r: RateLimitUse = serde_json::from_value(
+        json!({"dynamic_key": "input.user", "limit": 10, "duration": "MINUTE"}),
+    )
+    .unwrap();
+    assert_eq!(r.params.period.as_deref(), Some("MINUTE"));
+    assert_eq!(
+        serde_json::to_value(&r).unwrap(),
+        json!({"dynamic_key": "input.user", "limit": 10, "period": "MINUTE"})
+    );
+    for both in [
+        r#"{"dynamic_key": "k", "limit": 1, "duration": "1s", "period": "1s"}"#,
+        r#"{"dynamic_key": "k", "limit": 1, "period": "1s", "duration": "1s"}"#,
+    ] {
+        let e = serde_json::from_str::<RateLimitUse>(both)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("give `period` or `duration` (Hatchet's name for it), not both"),
+            "{e}"
+        );
+    }
+    let twice = serde_json::from_str::<RateLimitUse>(r#"{"duration": "1s", "duration": "2s"}"#);
+    assert!(
+        twice
+            .unwrap_err()
+            .to_string()
+            .starts_with("duplicate field `duration`")
+    );
 }
 
 #[test]
