@@ -155,8 +155,13 @@ pub struct EventRun {
     pub id: String,
     /// Its task.
     pub task: String,
-    /// Its state (`queued`, or `skipped` over its limits under `on_limit: skip`).
+    /// Its state: `queued`; `skipped` over its limits under `on_limit: skip`; `failed` when its
+    /// expressions cannot be evaluated for this event (or it asks more units than a limit holds).
     pub state: RunState,
+    /// Why a `failed` run failed (`invalid_expression: …`, `insufficient_capacity: …`);
+    /// absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `POST /v1/events`'s answer (`202`).

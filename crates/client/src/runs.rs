@@ -159,11 +159,12 @@ impl Client {
     }
 
     /// `POST /v1/events`: one run of every task triggered by event `name`, with `data` as
-    /// input. Answers the runs started (none when no task listens).
+    /// input. Answers the runs started (none when no task listens), each standing alone: a
+    /// task whose CEL cannot be evaluated for `data` gets a `failed` run whose `error` says why,
+    /// and the others are enqueued.
     ///
     /// # Errors
-    /// [`Error::Api`] 422 `invalid_expression` when a triggered task's CEL cannot be evaluated
-    /// for `data` (no run of the event is kept then).
+    /// [`Error::Api`] for a bad event name; transient errors when the store is unavailable.
     pub async fn send_event(
         &self,
         name: &str,

@@ -440,11 +440,12 @@ impl RedisEngine {
         ))
     }
 
-    /// Enqueues one run of every task triggered by event `name`: all of them, or none when one
-    /// task's expressions fail for this event.
+    /// Enqueues one run of every task triggered by event `name`, in one call (all stored or
+    /// none). Each task's run stands alone: one whose expressions fail is stored as failed, its
+    /// error naming the expression and what CEL said, and the others proceed.
     ///
     /// # Errors
-    /// [`Error::Expression`]; store failures.
+    /// Store failures.
     pub async fn emit(
         &self,
         name: &str,
@@ -493,7 +494,11 @@ impl RedisEngine {
             additional_metadata: meta,
             event,
         };
-        let (rendered, failure) = task.render_for_enqueue(&ctx)?;
+        let (rendered, failure) = if ctx.event.is_some() {
+            task.render_for_event(&ctx)
+        } else {
+            task.render_for_enqueue(&ctx)?
+        };
         let failure = failure.unwrap_or_default();
         // One entry per distinct key (the stores sum the units of entries naming one key).
         let mut rate: Vec<(bool, String, u64, String, usize)> = Vec::new();

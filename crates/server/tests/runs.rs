@@ -105,43 +105,6 @@ async fn an_event_starts_a_run_of_every_task_it_triggers() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn an_event_whose_expressions_fail_names_the_task_and_keeps_no_run() {
-    let server = Server::start(fake_clock()).await;
-    server
-        .define_task("a-plain", json!({"triggers": ["company.updated"]}))
-        .await;
-    server
-        .define_task(
-            "b-limited",
-            json!({"triggers": ["company.updated"],
-                   "rate_limits": [{"dynamic_key": "event.data.company_id", "limit": 1, "period": "4h"}]}),
-        )
-        .await;
-    let r = server
-        .post(
-            "/v1/events",
-            json!({"name": "company.updated", "data": {"name": "no id"}}),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (422, "invalid_expression"),
-        "{:?}",
-        r.body
-    );
-    assert_eq!(r.body["error"]["field"], "rate_limits[0].dynamic_key");
-    let message = r.body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("\"b-limited\""), "{message}");
-    assert!(message.contains("event.data.company_id"), "{message}");
-    assert_eq!(
-        server.get("/v1/runs").await.body,
-        json!({"runs": []}),
-        "all or nothing: a-plain's run was not kept either"
-    );
-    server.stop().await;
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_lease_returns_at_once_when_a_run_is_there_and_waits_only_while_none_is() {
     let server = paused().await;

@@ -144,41 +144,6 @@ async fn an_unknown_task_is_404() {
     server.stop().await;
 }
 
-/// Hatchet users write a rate limit's period as `duration`: taken as `period`, shown as it, and
-/// applied (a limit of 1 per minute admits one run, the next waits); both at once is a 400.
-#[tokio::test]
-async fn a_rate_limit_given_with_hatchets_duration_is_kept_as_its_period() {
-    let server = server().await;
-    let t = server
-        .define_task(
-            "hatchet",
-            json!({"rate_limits": [{"dynamic_key": "input.user", "limit": 1, "duration": "MINUTE"}]}),
-        )
-        .await;
-    assert_eq!(
-        t["spec"]["rate_limits"],
-        json!([{"dynamic_key": "input.user", "limit": 1, "period": "MINUTE"}])
-    );
-    let first = server.enqueue("hatchet", json!({"user": "u1"})).await;
-    let second = server.enqueue("hatchet", json!({"user": "u1"})).await;
-    let leased = server.lease(&["hatchet"], 10, 0).await;
-    assert_eq!(leased.len(), 1, "{leased:?}");
-    assert_eq!(leased[0]["id"], first["id"]);
-    assert_eq!(
-        server.run(second["id"].as_str().unwrap()).await["state"],
-        "waiting"
-    );
-    let r = server
-        .put(
-            "/v1/tasks/both",
-            json!({"rate_limits": [{"dynamic_key": "input.user", "limit": 1, "duration": "1m", "period": "1m"}]}),
-        )
-        .await;
-    assert_eq!((r.status, r.code()), (400, "invalid_field"), "{:?}", r.body);
-    let message = r.body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("not both"), "{message}");
-}
-
 #[tokio::test]
 async fn every_definition_error_names_its_status_code_and_field() {
     let server = server().await;

@@ -328,7 +328,9 @@ class Tollgate:
 
     def send_event(self, name: str, data: Any, *, additional_metadata: Any = None) -> list[dict[str, Any]]:
         """Starts one run of every task triggered by event ``name``; answers those runs
-        (``id``, ``task``, ``state``), none when no task listens."""
+        (``id``, ``task``, ``state``, and ``error`` on a run that failed at once, e.g. a key
+        expression this event cannot evaluate: the other tasks' runs proceed), none when no
+        task listens."""
         return self._send(core.op_send_event(name, data, additional_metadata))
 
     def run(self, run_id: str) -> dict[str, Any]:

@@ -252,11 +252,12 @@ impl<S: Store + 'static> Engine<S> {
         .await
     }
 
-    /// Enqueues one run of every task triggered by event `name`, with `data` as input.
+    /// Enqueues one run of every task triggered by event `name`, with `data` as input. Each
+    /// task's run stands alone: one whose expressions fail is stored as failed, its error
+    /// naming the expression and what CEL said, and the others proceed.
     ///
     /// # Errors
-    /// [`Error::Expression`] for a run whose expressions fail (no run of the event is kept
-    /// then); store failures.
+    /// Store failures (then no run of the event is kept).
     pub async fn emit(
         &self,
         name: &str,
@@ -272,9 +273,8 @@ impl<S: Store + 'static> Engine<S> {
                 .collect();
             names.sort();
             let event = serde_json::json!({"name": name, "data": data});
-            // Every run is rendered before any is stored: one task's failing expression must
-            // not leave the other tasks' runs behind (stored, journaled, and leased) while the
-            // caller is told the event was rejected.
+            // Every run is rendered before any is stored; a run whose expression fails is
+            // stored as failed (Task::render_for_event), so rendering itself cannot fail here.
             let prepared = names
                 .iter()
                 .map(|task| {

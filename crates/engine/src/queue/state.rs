@@ -258,7 +258,11 @@ impl QueueState {
             additional_metadata: &additional_metadata,
             event: event.as_ref(),
         };
-        let (rendered, failure) = task.render_for_enqueue(&ctx)?;
+        let (rendered, failure) = if ctx.event.is_some() {
+            task.render_for_event(&ctx)
+        } else {
+            task.render_for_enqueue(&ctx)?
+        };
         Ok(Prepared {
             task,
             rendered,

@@ -351,6 +351,20 @@ impl Task {
         }
     }
 
+    /// As [`Task::render_for_enqueue`], for a run an event starts: there an expression that
+    /// fails fails this run alone (its error, `invalid_expression: …`, names the field, the
+    /// expression and what CEL said) instead of rejecting the event, so the runs of the other
+    /// tasks the event triggers proceed (docs/design.md §3.2).
+    pub fn render_for_event(&self, ctx: &RunContext<'_>) -> (Rendered, Option<String>) {
+        match self.render_for_enqueue(ctx) {
+            Ok(rendered) => rendered,
+            Err(e) => (
+                Rendered::default(),
+                Some(format!("invalid_expression: {e}")),
+            ),
+        }
+    }
+
     /// Evaluates every expression once for a run, at enqueue. Only the variables the task's
     /// expressions name are converted from JSON.
     ///

@@ -7,18 +7,18 @@
 //! ```json
 //! {"runs": [{"id": "18c2…-1", "task": "sync-company", "state": "queued"}]}
 //! ```
-//! Each run's input is `data`, and its expressions see `event` as `{"name", "data"}`. A run
-//! over its limits under `on_limit: skip` is listed with state `skipped`. An event no task
-//! listens to answers `{"runs": []}`. If any triggered task's expressions cannot be evaluated
-//! for this event, the answer is 422 `invalid_expression` naming the task, the field and the
-//! expression, and no run of the event is kept.
+//! Each run's input is `data`, and its expressions see `event` as `{"name", "data"}`. Each
+//! triggered task's run stands alone: a run over its limits under `on_limit: skip` is listed
+//! with state `skipped`; one whose expressions cannot be evaluated for this event is stored as
+//! `failed` and listed with its `error` (`invalid_expression: rate_limits[0].dynamic_key:
+//! expression "event.data.id" failed: …`), and the other tasks' runs proceed. An event no task
+//! listens to answers `{"runs": []}`.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use serde_json::{Value, json};
-use tollgate::{MAX_KEY_LEN, RunContext};
+use tollgate::MAX_KEY_LEN;
 use tollgate_api::{ErrorCode, EventAnswer, EventRequest, EventRun};
 
 use crate::api::runs::metadata;
@@ -44,63 +44,18 @@ async fn emit(
         .with_field("name"));
     }
     let additional_metadata = metadata(req.additional_metadata);
-    let runs = match state
+    let runs = state
         .queue()
-        .emit(&name, req.data.clone(), additional_metadata.clone())
-        .await
-    {
-        Ok(runs) => runs,
-        Err(e @ tollgate::Error::Expression { .. }) => {
-            return Err(expression_error(&state, &name, &req.data, &additional_metadata, e).await);
-        }
-        Err(e) => return Err(e.into()),
-    };
+        .emit(&name, req.data, additional_metadata)
+        .await?;
     let runs = runs
         .into_iter()
         .map(|r| EventRun {
             id: r.id,
             task: r.task,
             state: r.state,
+            error: r.error,
         })
         .collect();
     Ok((StatusCode::ACCEPTED, Json(EventAnswer { runs })))
-}
-
-/// The engine's error names the field but not which of the triggered tasks it belongs to:
-/// render them again, as the engine did, to say which one failed. Only on this error path.
-async fn expression_error(
-    state: &AppState,
-    name: &str,
-    data: &Value,
-    additional_metadata: &Value,
-    e: tollgate::Error,
-) -> ApiError {
-    let event = json!({"name": name, "data": data});
-    let ctx = RunContext::new(data)
-        .with_metadata(additional_metadata)
-        .with_event(&event);
-    let failing = state
-        .queue()
-        .tasks()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|t| t.triggers.iter().any(|t| t == name))
-        .find(|t| {
-            matches!(
-                t.render(&ctx),
-                Err(tollgate::RenderError::Expression { .. })
-            )
-        });
-    let api = ApiError::from(e);
-    let Some(task) = failing else { return api };
-    let named = ApiError::new(
-        api.status(),
-        api.code().clone(),
-        format!("task {:?}: {}", task.name, api.message()),
-    );
-    match api.field() {
-        Some(field) => named.with_field(field.to_owned()),
-        None => named,
-    }
 }

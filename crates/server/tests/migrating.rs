@@ -1,0 +1,174 @@
+//! What users moving from Hatchet, Inngest, Celery and Dramatiq expect (issue 13, README
+//! "Coming from another job system"), end to end against the real server in every mode: in
+//! memory, on SQLite (a data directory of its own) and on Redis (`REDIS_URL` or a
+//! `redis-server` of the test's own; skipped loudly without one, failed under `CI=true`).
+
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
+mod common;
+#[path = "../../redis/tests/common/mod.rs"]
+mod redis_common;
+
+use common::Server;
+use serde_json::json;
+use tollgate::SystemClock;
+use tollgate_redis::RedisStore;
+use tollgate_server::{AppState, Settings};
+
+/// One server in one mode, with what it needs kept alive.
+struct Mode {
+    name: &'static str,
+    server: Server,
+    _dir: Option<tempfile::TempDir>,
+    _redis: Option<redis_common::TestRedis>,
+}
+
+/// The server in memory, on SQLite and (when there is a Redis) on Redis.
+async fn each_mode(test: &str) -> Vec<Mode> {
+    let mut modes = vec![Mode {
+        name: "memory",
+        server: Server::start(SystemClock::new()).await,
+        _dir: None,
+        _redis: None,
+    }];
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = AppState::open(dir.path(), Settings::default()).unwrap();
+    modes.push(Mode {
+        name: "sqlite",
+        server: Server::with_state(sqlite).await,
+        _dir: Some(dir),
+        _redis: None,
+    });
+    if let Some(redis) = redis_common::redis(test) {
+        let store = RedisStore::builder(&redis.url)
+            .prefix(redis_common::fresh_prefix())
+            .build()
+            .unwrap();
+        modes.push(Mode {
+            name: "redis",
+            server: Server::with_state(AppState::redis(store, Settings::default())).await,
+            _dir: None,
+            _redis: Some(redis),
+        });
+    }
+    modes
+}
+
+/// Hatchet users write a rate limit's period as `duration`: taken as `period`, shown as it, and
+/// applied (a limit of 1 per minute admits one run, the next waits); both at once is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_given_with_hatchets_duration_is_kept_as_its_period() {
+    for Mode { name, server, .. } in
+        each_mode("a_rate_limit_given_with_hatchets_duration_is_kept_as_its_period").await
+    {
+        let t = server
+            .define_task(
+                "hatchet",
+                json!({"rate_limits": [{"dynamic_key": "input.user", "limit": 1, "duration": "MINUTE"}]}),
+            )
+            .await;
+        assert_eq!(
+            t["spec"]["rate_limits"],
+            json!([{"dynamic_key": "input.user", "limit": 1, "period": "MINUTE"}]),
+            "{name}"
+        );
+        let first = server.enqueue("hatchet", json!({"user": "u1"})).await;
+        let second = server.enqueue("hatchet", json!({"user": "u1"})).await;
+        let leased = server.lease(&["hatchet"], 10, 0).await;
+        assert_eq!(leased.len(), 1, "{name}: {leased:?}");
+        assert_eq!(leased[0]["id"], first["id"], "{name}");
+        let second = server.run(second["id"].as_str().unwrap()).await;
+        assert_eq!(second["state"], "waiting", "{name}: {second:?}");
+        let r = server
+            .put(
+                "/v1/tasks/both",
+                json!({"rate_limits": [{"dynamic_key": "input.user", "limit": 1, "duration": "1m", "period": "1m"}]}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "invalid_field"),
+            "{name}: {:?}",
+            r.body
+        );
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("not both"), "{name}: {message}");
+        server.stop().await;
+    }
+}
+
+/// Each task an event triggers stands alone: the one whose key expression cannot be evaluated
+/// for this event gets a failed run naming the expression and what CEL said; the others are
+/// enqueued and run. A direct enqueue with the same failing expression is still a 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_expression_fails_for_one_task_fails_that_run_and_keeps_the_others() {
+    for Mode { name, server, .. } in each_mode(
+        "an_event_whose_expression_fails_for_one_task_fails_that_run_and_keeps_the_others",
+    )
+    .await
+    {
+        server
+            .define_task("a-plain", json!({"triggers": ["company.updated"]}))
+            .await;
+        server
+            .define_task(
+                "b-limited",
+                json!({"triggers": ["company.updated"],
+                       "rate_limits": [{"dynamic_key": "event.data.company_id", "limit": 1, "period": "4h"}]}),
+            )
+            .await;
+        let r = server
+            .post(
+                "/v1/events",
+                json!({"name": "company.updated", "data": {"name": "no id"}}),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{name}: {:?}", r.body);
+        let mut runs = r.body["runs"].as_array().unwrap().clone();
+        runs.sort_by_key(|r| r["task"].as_str().unwrap().to_owned());
+        assert_eq!(runs.len(), 2, "{name}: {runs:?}");
+        assert_eq!(
+            (&runs[0]["task"], &runs[0]["state"]),
+            (&json!("a-plain"), &json!("queued")),
+            "{name}"
+        );
+        assert!(runs[0].get("error").is_none(), "{name}: {runs:?}");
+        assert_eq!(
+            (&runs[1]["task"], &runs[1]["state"]),
+            (&json!("b-limited"), &json!("failed")),
+            "{name}"
+        );
+        let error = runs[1]["error"].as_str().unwrap();
+        assert!(
+            error.starts_with(
+                "invalid_expression: rate_limits[0].dynamic_key: expression \"event.data.company_id\""
+            ),
+            "{name}: {error}"
+        );
+        assert!(error.contains("company_id"), "{name}: {error}");
+        // Both are kept: the failed run shows its error, the other is leased.
+        let failed = server.run(runs[1]["id"].as_str().unwrap()).await;
+        assert_eq!(
+            (failed["state"].clone(), failed["error"].clone()),
+            (json!("failed"), json!(error)),
+            "{name}"
+        );
+        let leased = server.lease(&["a-plain", "b-limited"], 10, 0).await;
+        assert_eq!(leased.len(), 1, "{name}: {leased:?}");
+        assert_eq!(leased[0]["id"], runs[0]["id"], "{name}");
+        // A direct enqueue still refuses the run.
+        let r = server
+            .post(
+                "/v1/tasks/b-limited/runs",
+                json!({"input": {"name": "no id"}}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (422, "invalid_expression"),
+            "{name}: {:?}",
+            r.body
+        );
+        server.stop().await;
+    }
+}
