@@ -619,11 +619,11 @@ async fn an_expression_error_says_what_failed_once() {
     );
 }
 
-// An event whose expressions fail for one task used to keep the runs of the tasks before it
-// (stored, journaled, leasable, their skip-policy units consumed) while the caller was told
-// the event was rejected.
+// Each task an event triggers gets a run of its own (docs/design.md §3.2): an expression that
+// fails for one task fails that task's run with the reason, and the other tasks' runs go on as
+// if it were not there. The event itself is accepted.
 #[tokio::test(start_paused = true)]
-async fn an_event_failing_for_one_task_keeps_no_run_and_consumes_nothing() {
+async fn an_event_failing_for_one_task_fails_that_run_and_keeps_the_others() {
     let e = engine();
     limit(&e, "one", json!({"rate": "1/h"})).await;
     task(
@@ -640,15 +640,27 @@ async fn an_event_failing_for_one_task_keeps_no_run_and_consumes_nothing() {
                "rate_limits": [{"dynamic_key": "event.data.company_id", "limit": 1, "period": "4h"}]}),
     )
     .await;
-    let err = e
+    let runs = e
         .emit("company.updated", json!({"name": "no id"}), json!({}))
         .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Expression { .. }), "{err}");
-    assert!(e.runs(None, None, 10).is_empty(), "no run was kept");
-    // "one" was not consumed by the rejected event: a-skips' next run is not skipped.
-    let r = e.enqueue("a-skips", json!({}), json!({})).await.unwrap();
-    assert_eq!(r.state, RunState::Queued);
+        .unwrap();
+    let states: Vec<(String, RunState)> = runs.iter().map(|r| (r.task.clone(), r.state)).collect();
+    assert_eq!(
+        states,
+        [
+            ("a-skips".to_owned(), RunState::Queued),
+            ("b-needs-id".to_owned(), RunState::Failed)
+        ]
+    );
+    let error = runs[1].error.as_deref().unwrap_or_default();
+    assert!(
+        error.starts_with(
+            "invalid_expression: rate_limits[0].dynamic_key: expression \"event.data.company_id\""
+        ),
+        "{error}"
+    );
+    assert_eq!(e.runs(None, None, 10).len(), 2, "both runs are kept");
+    // a-skips' run took "one"'s only unit: its next run is skipped, b's goes on.
     let runs = e
         .emit("company.updated", json!({"company_id": "c1"}), json!({}))
         .await
