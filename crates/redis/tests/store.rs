@@ -318,7 +318,120 @@ async fn data_tollgate_did_not_write_is_a_permanent_error_not_a_panic() {
     assert!(!err.is_transient(), "{err}");
 }
 
-/// A sliding window's state is "<spec>|<MessagePack array>": bytes that do not decode, or
+/// How many times Redis ran `command` (scripts' calls included), from `INFO commandstats`.
+fn calls_of(con: &mut redis::Connection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The Redis key of `kind` ("def", "sr", ...) among the store's keys.
+fn key_of(con: &mut redis::Connection, prefix: &str, kind: &str) -> String {
+    redis_keys(con, prefix)
+        .into_iter()
+        .find(|k| k[prefix.len() + 1..].starts_with(&format!("{kind}:")))
+        .unwrap()
+}
+
+/// A declared limit's state carries the limit's spec now (docs/design.md §9), so an acquire on a
+/// key in use reads one key and writes one, as a bare GCRA does: the definition is read only
+/// when there is no state. A redefinition reaches the state at once, and the next decision
+/// converts the usage under the new limit.
+#[tokio::test]
+async fn a_declared_key_in_use_is_decided_without_reading_its_definition() {
+    let Some(redis) =
+        common::redis("a_declared_key_in_use_is_decided_without_reading_its_definition")
+    else {
+        return;
+    };
+    let store = redis.store();
+    let mut con = raw(&redis);
+    let one = [AcquireEntry::new("api", 1)];
+    store
+        .put_limit("api", Limit::Rate(gcra("1/s", 5)), NOW)
+        .await
+        .unwrap();
+    let gets = calls_of(&mut con, "get");
+    let d = store.acquire(&one, NOW).await.unwrap();
+    assert_eq!((d.allowed, d.decisions[0].remaining), (true, 4));
+    assert_eq!(
+        calls_of(&mut con, "get") - gets,
+        2,
+        "no state yet: state and definition"
+    );
+    let gets = calls_of(&mut con, "get");
+    let d = store.acquire(&one, NOW).await.unwrap();
+    assert_eq!((d.allowed, d.decisions[0].remaining), (true, 3));
+    assert_eq!(calls_of(&mut con, "get") - gets, 1, "the state alone");
+    // Redefined with twice the burst: the two units used are kept, and the state knows.
+    store
+        .put_limit("api", Limit::Rate(gcra("1/s", 10)), NOW)
+        .await
+        .unwrap();
+    let gets = calls_of(&mut con, "get");
+    let d = store.acquire(&one, NOW).await.unwrap();
+    assert_eq!(
+        (d.allowed, d.decisions[0].limit, d.decisions[0].remaining),
+        (true, 10, 7)
+    );
+    assert_eq!(calls_of(&mut con, "get") - gets, 1, "the state alone");
+}
+
+/// States written before the state knew its limit's spec ("<spec>|<state>", no '@') may lag a
+/// redefinition: they are decided under the definition, read as before, and then rewritten.
+#[tokio::test]
+async fn a_state_written_before_it_knew_its_limit_is_decided_under_the_definition() {
+    let Some(redis) =
+        common::redis("a_state_written_before_it_knew_its_limit_is_decided_under_the_definition")
+    else {
+        return;
+    };
+    let store = redis.store();
+    let mut con = raw(&redis);
+    let one = [AcquireEntry::new("api", 1)];
+    store
+        .put_limit("api", Limit::Rate(gcra("1/s", 5)), NOW)
+        .await
+        .unwrap();
+    store
+        .acquire(&[AcquireEntry::new("api", 2)], NOW)
+        .await
+        .unwrap();
+    let (def, st) = (
+        key_of(&mut con, store.prefix(), "def"),
+        key_of(&mut con, store.prefix(), "sr"),
+    );
+    let state: String = redis::cmd("GET").arg(&st).query(&mut con).unwrap();
+    let old_spec: String = redis::cmd("GET").arg(&def).query(&mut con).unwrap();
+    assert!(state.starts_with(&format!("@{old_spec}|")), "{state}");
+    // What an earlier build left: the state without '@', and a definition it redefined alone.
+    let () = redis::cmd("SET")
+        .arg(&st)
+        .arg(&state[1..])
+        .arg("KEEPTTL")
+        .query(&mut con)
+        .unwrap();
+    let new_spec = old_spec.replacen(" 5 ", " 10 ", 1);
+    assert_ne!(new_spec, old_spec);
+    let () = redis::cmd("SET")
+        .arg(&def)
+        .arg(&new_spec)
+        .query(&mut con)
+        .unwrap();
+    let gets = calls_of(&mut con, "get");
+    let d = store.acquire(&one, NOW).await.unwrap();
+    assert_eq!(
+        (d.allowed, d.decisions[0].limit, d.decisions[0].remaining),
+        (true, 10, 7)
+    );
+    assert_eq!(calls_of(&mut con, "get") - gets, 2, "state and definition");
+    let state: String = redis::cmd("GET").arg(&st).query(&mut con).unwrap();
+    assert!(state.starts_with(&format!("@{new_spec}|")), "{state}");
+}
+
+/// A sliding window's state is "@<spec>|<MessagePack array>": bytes that do not decode, or
 /// decode to something else, are named as unreadable state, never a script error or a panic.
 #[tokio::test]
 async fn an_unreadable_sliding_window_state_is_named_as_such() {
@@ -340,7 +453,7 @@ async fn an_unreadable_sliding_window_state_is_named_as_such() {
     let keys = redis_keys(&mut con, store.prefix());
     let state: Vec<u8> = redis::cmd("GET").arg(&keys[0]).query(&mut con).unwrap();
     let bar = state.iter().position(|b| *b == b'|').unwrap();
-    assert!(state.starts_with(b"sw "), "{state:?}");
+    assert!(state.starts_with(b"@sw "), "{state:?}");
     // Two buckets: a MessagePack array of four integers.
     assert_eq!(state[bar + 1], 0x94, "{state:?}");
     for garbled in [

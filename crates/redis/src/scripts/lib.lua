@@ -16,7 +16,11 @@
 --   "tb <limit> <period_ns> <capacity> <interval_us>"     token bucket: gcra, burst = capacity
 --   "conc <limit> <lease_ttl_ns> <lease_ttl_us>"          concurrency
 --   "bar <parties> <ttl_ns>"                              barrier
--- A rate state is stored as "<spec of the limit that wrote it>|<state>", where state is
+-- A rate state is stored as "@<spec of the limit that wrote it>|<state>" or, once its static
+-- limit was redefined and before the next decision converts it, "@<the limit's spec now>><spec
+-- of the limit that wrote it>|<state>". The '@' says the state knows its static limit's
+-- current spec (put_limit_def keeps it so), which spares a decision the read of the
+-- definition; states written before it ("<spec>|<state>") make that read (resolve). The state is
 --   sw: a MessagePack array <index>, <units>, <index>, <units>, ... (non-empty buckets,
 --       ascending; a Lua flat array once parsed)
 --   fw: "<window_end> <used>"
@@ -36,7 +40,7 @@ local function prepare()
   end
   INT = string.format('%d', 2 ^ 53) == '9007199254740992' and '%d' or '%.0f'
   DUR = INT .. '%03d'
-  STATE = '%s|' .. INT .. ' ' .. INT
+  STATE = '@%s|' .. INT .. ' ' .. INT
   -- One key's decision in an acquire's answer: allowed limit remaining retry_after reset_after.
   DECISION = '%d ' .. INT .. ' ' .. INT .. ' %s %s'
 end
@@ -641,41 +645,64 @@ local function adopt(L, old, s, now)
   return seeded(L, cap - math.min(left, cap), now)
 end
 
+-- Where the header of a stored state ends: the part after "@<spec now>>" or "@", or the whole of
+-- a state written before the '@' form; and the limit's spec now when the header names one.
+local function state_body(raw)
+  if string.byte(raw, 1) ~= 64 then -- '@'
+    return raw, nil, false
+  end
+  local bar = string.find(raw, '|', 2, true)
+  local gt = string.find(raw, '>', 2, true)
+  if gt and bar and gt < bar then
+    return string.sub(raw, gt + 1), string.sub(raw, 2, gt - 1), true
+  end
+  return string.sub(raw, 2), nil, true
+end
+
 -- A stored rate state: the limit that wrote it and the state; nil when there is none; false
--- when the stored value is not a rate state.
+-- when the stored value is not a rate state. Then whether the state knows its static limit's
+-- spec now (the '@' form), and that spec when it differs from the writer's.
 local function parse_state(raw)
   if not raw then
     return nil
   end
   -- fw and gcra states in one match (the common case); a sliding window's below.
-  local spec, a, b = string.match(raw, '^([^|]*)|(%d+) (%d+)$')
+  local spec, a, b = string.match(raw, '^@([^|>]*)|(%d+) (%d+)$')
   if spec then
     local L = parse_limit(spec)
     if L and L.a ~= 'sw' then
-      return L, { tonumber(a), tonumber(b) }
+      return L, { tonumber(a), tonumber(b) }, true, nil
     end
   end
-  local bar = string.find(raw, '|', 1, true)
+  local body, now_spec, knows = state_body(raw)
+  spec, a, b = string.match(body, '^([^|]*)|(%d+) (%d+)$')
+  if spec then
+    local L = parse_limit(spec)
+    if L and L.a ~= 'sw' then
+      return L, { tonumber(a), tonumber(b) }, knows, now_spec
+    end
+  end
+  local bar = string.find(body, '|', 1, true)
   if not bar then
     return false
   end
-  local L = parse_limit(string.sub(raw, 1, bar - 1))
+  local L = parse_limit(string.sub(body, 1, bar - 1))
   if not L or L.a ~= 'sw' then
     -- Not a limit, or an fw or gcra state that did not match above.
     return false
   end
-  local ok, t = pcall(cmsgpack.unpack, string.sub(raw, bar + 1))
+  local ok, t = pcall(cmsgpack.unpack, string.sub(body, bar + 1))
   if not ok or type(t) ~= 'table' or #t < 2 or #t % 2 ~= 0 or type(t[1]) ~= 'number' then
     return false
   end
-  return L, t
+  return L, t, knows, now_spec
 end
 
 local function encode_state(L, s)
   if L.a == 'sw' then
     -- MessagePack (Redis's cmsgpack, in C): integers stay exact below 2^53, and parsing and
     -- writing 61 buckets costs a tenth of what text did.
-    return L.spec .. '|' .. cmsgpack.pack(s)
+    return '@' .. L.spec .. '|' .. cmsgpack.pack(s)
   end
   return string.format(STATE, L.spec, s[1], s[2])
 end
@@ -702,18 +729,28 @@ end
 -- Resolves key i of an acquire or refund: its limit L, and its prior state s with the limit
 -- old that wrote it (both nil when there is none); or nil, nil, nil and an error reply.
 -- guard: the static definition key or the dynamic lease set; state_key: the rate state.
+-- A static key whose state knows the limit's spec now (the '@' form) is decided without
+-- reading its definition: two commands per key, as a bare GCRA does.
 local function resolve(i, ns, guard, state_key, spec, now)
+  local old, s, knows, now_spec = parse_state(redis.call('GET', state_key))
+  if old == false then
+    return nil, nil, nil, { -1, i, 'corrupt', 'state' }
+  end
   local L
   if ns == 's' then
-    local def = redis.call('GET', guard)
-    if not def then
-      return nil, nil, nil, { -1, i, 'unknown', '' }
-    end
-    L = parse_limit(def)
-    if not L then
-      local a = algo_of(def)
-      if not is_rate(a) then
-        return nil, nil, nil, { -1, i, 'wrong', a or '' }
+    if knows then
+      L = now_spec and parse_limit(now_spec) or old
+    else
+      local def = redis.call('GET', guard)
+      if not def then
+        return nil, nil, nil, { -1, i, 'unknown', '' }
+      end
+      L = parse_limit(def)
+      if not L then
+        local a = algo_of(def)
+        if not is_rate(a) then
+          return nil, nil, nil, { -1, i, 'wrong', a or '' }
+        end
       end
     end
   else
@@ -724,10 +761,6 @@ local function resolve(i, ns, guard, state_key, spec, now)
   end
   if not L then
     return nil, nil, nil, { -1, i, 'corrupt', 'definition' }
-  end
-  local old, s = parse_state(redis.call('GET', state_key))
-  if old == false then
-    return nil, nil, nil, { -1, i, 'corrupt', 'state' }
   end
   return L, old, s
 end
@@ -778,8 +811,14 @@ local function put_limit_def(def, st, ls, lh, new)
   local old = redis.call('GET', def)
   if not old or kind(old) ~= kind(new) or kind(new) == 'bar' then
     redis.call('DEL', st, ls, lh)
+  elseif old ~= new and kind(new) == 'rate' then
+    -- A rate state keeps the limit it was written under (the next decision converts it) and
+    -- learns the spec now, which resolve reads instead of the definition.
+    local raw = redis.call('GET', st)
+    if raw then
+      redis.call('SET', st, '@' .. new .. '>' .. (state_body(raw)), 'KEEPTTL')
+    end
   end
-  -- A rate state keeps the limit it was written under: the next decision converts it.
   redis.call('SET', def, new)
 end
 
