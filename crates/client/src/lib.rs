@@ -55,6 +55,30 @@
 //! # }
 //! ```
 //!
+//! # Lease guards
+//!
+//! [`Client::lease_guard`] takes a concurrency slot and answers a [`LeaseGuard`] (or the denied
+//! [`Lease`], with its `retry_after_ms`): the HTTP counterpart of the embedded engine's
+//! `LeaseGuard`. A task renews it every third of its time to live; dropping it releases the
+//! slot ([`LeaseGuard::release`] does it and waits for the answer); a lease the server no
+//! longer holds, or that could not be renewed before it lapsed, shows as
+//! [`LeaseGuard::is_lost`] and resolves [`LeaseGuard::lost`] with a [`LeaseLost`].
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use tollgate_client::{Client, LeaseRequest};
+//!
+//! let client = Client::new("http://127.0.0.1:7070")?;
+//! let request = LeaseRequest::new("db").ttl(Duration::from_secs(10)).holder("report-job");
+//! if let Ok(guard) = client.lease_guard(&request).await? {
+//!     // … work for minutes: the lease is renewed every 3.3 s …
+//!     assert!(!guard.is_lost());
+//! } // dropped: released
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Requests are plain HTTP/1.1 (no TLS built in: with an `https` server, pass a
 //! `reqwest::Client` with TLS enabled to [`ClientBuilder::http_client`]).
 //!
@@ -66,6 +90,8 @@
 //!   [`Error::Api`] with its [`ErrorCode`]; transport failures as their own variants.
 //! - `limits.rs`: health, limits CRUD, acquire and batch acquire.
 //! - `leases.rs`: concurrency leases and barriers.
+//! - `lease_guard.rs`: [`LeaseGuard`], a lease renewed in the background and released when
+//!   dropped ([`Client::lease_guard`], [`LeaseLost`]).
 //! - `runs.rs`: tasks, enqueue, events, worker leases, run outcomes and queries ([`Task`],
 //!   [`RunFilter`]).
 //! - `task_builder.rs`: [`Task::builder`] → [`TaskBuilder`], a [`TaskSpec`] written in Rust.
@@ -81,6 +107,7 @@
 
 mod client;
 mod error;
+mod lease_guard;
 mod leases;
 mod limits;
 mod runs;
@@ -89,6 +116,7 @@ mod worker;
 
 pub use client::{Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT};
 pub use error::Error;
+pub use lease_guard::{DEFAULT_GUARD_TTL, LeaseGuard, LeaseLost};
 pub use limits::BatchResult;
 pub use runs::{RunFilter, Task};
 pub use task_builder::{DEFAULT_LEASE_TIMEOUT, TaskBuilder};

@@ -47,6 +47,40 @@ impl Server {
         }
     }
 
+    /// Stops the server, leaves the port closed for `down`, and serves the same state on the
+    /// same port again: an outage that loses nothing.
+    pub async fn restart_after(self, down: std::time::Duration) -> Server {
+        let (base, state, client) = (self.base.clone(), self.state.clone(), self.client.clone());
+        let addr = base.trim_start_matches("http://").to_owned();
+        self.stop().await;
+        tokio::time::sleep(down).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(&addr).await {
+                Ok(listener) => break listener,
+                Err(e) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "rebinding {addr}: {e}"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = tollgate_server::run(listener, state.clone(), async {
+            let _ = stopped.await;
+        });
+        let task = tokio::spawn(async move { serving.await.map_err(|e| format!("{e:#}")) });
+        Server {
+            client,
+            base,
+            state,
+            stop: Some(stop),
+            task,
+        }
+    }
+
     /// Signals shutdown and waits for `run` to return.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
