@@ -48,6 +48,83 @@ pub struct TaskSpec {
     /// How long a lease lasts without a heartbeat, as a period string (default `30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_timeout: Option<String>,
+    /// Runs over this rate wait, evenly spaced: Celery's task `rate_limit` (`"10/m"`) shared by
+    /// every worker, or Inngest's `throttle` (`{"limit", "period", "burst"?, "key"?}`). A gcra
+    /// limit of the task's own (two tasks never share it), added to `rate_limits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<Throttle>,
+}
+
+/// A task's `throttle`: a rate string (`"10/m"`, Celery's form) or Inngest's object. Either is
+/// gcra with a burst of 1 unless `burst` says otherwise: `{"limit": 10, "period": "1h"}` starts
+/// one run every 6 minutes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Throttle {
+    /// `"10/m"`: one limit for the whole task.
+    Rate(String),
+    /// `{"limit": 10, "period": "1m", "burst": 2, "key": "event.data.user_id"}`.
+    Spec(ThrottleSpec),
+}
+
+/// Inngest's throttle object.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleSpec {
+    /// Runs per `period`.
+    pub limit: u64,
+    /// A period string (`"1m"`, `"1h"`).
+    pub period: String,
+    /// Runs that may start back to back (default 1: evenly spaced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// A CEL expression: one limit per value (per user, per account) within the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl Serialize for Throttle {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Throttle::Rate(r) => s.serialize_str(r),
+            Throttle::Spec(spec) => spec.serialize(s),
+        }
+    }
+}
+
+// By hand rather than `#[serde(untagged)]`: an object's own errors (an unknown field, a missing
+// `period`) reach the caller instead of "did not match any variant".
+impl<'de> Deserialize<'de> for Throttle {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Throttle, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Throttle;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    r#"a rate string ("10/m") or an object {"limit", "period", "burst"?, "key"?}"#,
+                )
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Throttle, E> {
+                Ok(Throttle::Rate(s.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Throttle, A::Error> {
+                ThrottleSpec::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(Throttle::Spec)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Where a dynamic key's limit applies: one budget for every task rendering the key (the
+/// default, as in Hatchet), or one per task (as Inngest's per-function limits).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyScope {
+    /// Every task rendering the key shares its limit.
+    #[default]
+    Global,
+    /// The key is the task's own: the same key rendered by another task is another limit.
+    Task,
 }
 
 /// What a task does with a run that a limit does not admit now.
@@ -76,12 +153,14 @@ pub struct RateLimitUse {
     pub limit: Option<NumberOrExpr>,
     /// The rest of a dynamic key's definition (`algorithm`, `rate`, `period`, `burst`, …).
     pub params: LimitParams,
+    /// Whether a dynamic key is shared by every task (default) or the task's own.
+    pub scope: Option<KeyScope>,
 }
 
 impl RateLimitUse {
     /// The fields' names, in the order they are written; `duration`, Hatchet's name for
     /// `period`, is read as `period` and written back as it.
-    pub const FIELDS: [&'static str; 13] = [
+    pub const FIELDS: [&'static str; 14] = [
         "static_key",
         "dynamic_key",
         "units",
@@ -94,6 +173,7 @@ impl RateLimitUse {
         "align",
         "capacity",
         "refill",
+        "scope",
         "duration",
     ];
 
@@ -116,6 +196,7 @@ impl Serialize for RateLimitUse {
         write(&mut map, "limit", &self.limit)?;
         self.params.write_head(&mut map)?;
         self.params.write_tail(&mut map)?;
+        write(&mut map, "scope", &self.scope)?;
         map.end()
     }
 }
@@ -139,6 +220,7 @@ impl<'de> Deserialize<'de> for RateLimitUse {
                         }
                         "units" => read(&mut r.units, "units", &mut map, &mut seen)?,
                         "limit" => read(&mut r.limit, "limit", &mut map, &mut seen)?,
+                        "scope" => read(&mut r.scope, "scope", &mut map, &mut seen)?,
                         // Hatchet's SDKs write a rate limit's period as `duration`.
                         "duration" | "period" => {
                             let other = if key == "duration" {
@@ -323,6 +405,7 @@ fn shown_spec<S: Serializer>(spec: &TaskSpec, s: S) -> Result<S::Ok, S::Error> {
         triggers: &'a [String],
         max_attempts: u32,
         lease_timeout: std::borrow::Cow<'a, str>,
+        throttle: &'a Option<Throttle>,
     }
     Shown {
         rate_limits: &spec.rate_limits,
@@ -335,6 +418,7 @@ fn shown_spec<S: Serializer>(spec: &TaskSpec, s: S) -> Result<S::Ok, S::Error> {
             Some(t) => std::borrow::Cow::Borrowed(t.as_str()),
             None => std::borrow::Cow::Owned(format!("{}s", crate::DEFAULT_LEASE_TIMEOUT.as_secs())),
         },
+        throttle: &spec.throttle,
     }
     .serialize(s)
 }
@@ -370,6 +454,45 @@ mod tests {
         assert_eq!(
             serde_json::to_value(NumberOrExpr::from("input.w")).unwrap(),
             json!("input.w")
+        );
+    }
+
+    #[test]
+    fn a_throttle_is_a_rate_string_or_inngests_object_and_reads_back_as_written() {
+        for v in [
+            json!({"throttle": "10/m"}),
+            json!({"throttle": {"limit": 10, "period": "1h"}}),
+            json!({"throttle": {"limit": 10, "period": "1h", "burst": 2, "key": "input.user"}}),
+        ] {
+            let spec: TaskSpec = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(serde_json::to_value(&spec).unwrap(), v);
+        }
+        let read = |v| {
+            serde_json::from_value::<TaskSpec>(v)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = read(json!({"throttle": {"limit": 10, "period": "1h", "rate": "1/s"}}));
+        assert!(e.contains("unknown field `rate`"), "{e}");
+        let e = read(json!({"throttle": {"limit": 10}}));
+        assert!(e.contains("missing field `period`"), "{e}");
+        let e = read(json!({"throttle": 10}));
+        assert!(e.contains(r#"a rate string ("10/m") or an object"#), "{e}");
+    }
+
+    #[test]
+    fn a_rate_limit_entry_takes_a_scope() {
+        let spec: TaskSpec = serde_json::from_value(json!({"rate_limits": [
+            {"dynamic_key": "input.user", "limit": 1, "period": "1s", "scope": "task"}]}))
+        .unwrap();
+        assert_eq!(spec.rate_limits[0].scope, Some(KeyScope::Task));
+        let e = serde_json::from_value::<TaskSpec>(json!({"rate_limits": [
+            {"dynamic_key": "input.user", "limit": 1, "period": "1s", "scope": "worker"}]}))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("unknown variant `worker`, expected `global` or `task`"),
+            "{e}"
         );
     }
 

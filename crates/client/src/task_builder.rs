@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use tollgate_api::{
-    ConcurrencyUse, ErrorCode, IdempotencyUse, LimitParams, NumberOrExpr, OnLimit, RateLimitUse,
-    TaskSpec,
+    ConcurrencyUse, ErrorCode, IdempotencyUse, KeyScope, LimitParams, NumberOrExpr, OnLimit,
+    RateLimitUse, TaskSpec, Throttle, ThrottleSpec,
 };
 
 use crate::client::Client;
@@ -169,6 +169,41 @@ impl TaskBuilder {
     pub fn align(self, align: impl Into<String>) -> TaskBuilder {
         let align = align.into();
         self.last("align", |l| l.params.align = Some(align))
+    }
+
+    /// The last (dynamic) rate limit's key is the task's own (`"scope": "task"`): the same key
+    /// rendered by another task is another limit, as Inngest's per-function limits are. Keys
+    /// are shared by every task by default, as in Hatchet.
+    #[must_use]
+    pub fn scope_task(self) -> TaskBuilder {
+        self.last("scope_task", |l| l.scope = Some(KeyScope::Task))
+    }
+
+    /// Runs of this task start at most at `rate` (`"10/m"`), evenly spaced, across every
+    /// worker: Celery's task `rate_limit`, made global. Runs over it wait.
+    #[must_use]
+    pub fn throttle(mut self, rate: impl Into<String>) -> TaskBuilder {
+        self.spec.throttle = Some(Throttle::Rate(rate.into()));
+        self
+    }
+
+    /// Inngest's `throttle`: `limit` runs per `period`, `burst` of them back to back (Inngest's
+    /// default is 1), one budget per value of `key_cel` when given. Runs over it wait.
+    #[must_use]
+    pub fn throttle_per(
+        mut self,
+        limit: u64,
+        period: impl Into<String>,
+        burst: Option<u64>,
+        key_cel: Option<&str>,
+    ) -> TaskBuilder {
+        self.spec.throttle = Some(Throttle::Spec(ThrottleSpec {
+            limit,
+            period: period.into(),
+            burst,
+            key: key_cel.map(str::to_owned),
+        }));
+        self
     }
 
     /// What happens to a run its limits do not admit now: parked until they do

@@ -399,3 +399,46 @@ async fn the_worker_long_poll_outlasts_the_client_timeout_and_wakes_on_enqueue()
     );
     server.stop().await;
 }
+
+/// A throttle and a key of the task's own, written with the builder, reach the server as
+/// written and apply: the throttle admits one run an hour, a task-scoped key is not shared.
+#[tokio::test]
+async fn throttles_and_task_scoped_keys_are_written_with_the_builder() {
+    let server = Server::start(fake_clock()).await;
+    let c = &server.client;
+    for name in ["a", "b"] {
+        let builder = tollgate_client::Task::builder(name)
+            .dynamic_limit("input.user", 1, 1, "1h")
+            .scope_task()
+            .throttle("2/h");
+        assert!(builder.problems().is_empty(), "{:?}", builder.problems());
+        let defined = c.put_task(name, builder.spec()).await.unwrap();
+        assert_eq!(defined.spec.rate_limits, builder.spec().rate_limits);
+        assert_eq!(defined.spec.throttle, builder.spec().throttle);
+        assert_eq!(
+            serde_json::to_value(&defined.spec).unwrap()["throttle"],
+            json!("2/h")
+        );
+        for user in ["u1", "u1", "u2"] {
+            c.enqueue(name, &json!({"user": user}), None).await.unwrap();
+        }
+    }
+    let leased = c
+        .worker_lease("w", &tasks(&["a", "b"]), 10, None)
+        .await
+        .unwrap();
+    let mut got: Vec<String> = leased
+        .iter()
+        .map(|r| format!("{}/{}", r.task, r.input["user"].as_str().unwrap()))
+        .collect();
+    got.sort();
+    // Each task's own u1 key admits one run; its throttle (burst 1) one run at once.
+    assert_eq!(got, ["a/u1", "b/u1"]);
+    let inngest =
+        tollgate_client::Task::builder("c").throttle_per(10, "1h", Some(2), Some("input.user"));
+    let defined = c.put_task("c", inngest.spec()).await.unwrap();
+    assert_eq!(
+        serde_json::to_value(&defined.spec).unwrap()["throttle"],
+        json!({"limit": 10, "period": "1h", "burst": 2, "key": "input.user"})
+    );
+}

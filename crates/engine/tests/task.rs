@@ -831,3 +831,114 @@ fn limits_of_other_kinds_are_not_rate_limits() {
     let e = compile(json!({"rate_limits": [{"static_key": "slots", "units": 1}]})).unwrap_err();
     assert!(e.message.contains("concurrency"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Keys of the task's own: `"scope": "task"` and `throttle` (docs/design.md §3.1)
+
+#[test]
+fn a_task_scoped_key_is_the_tasks_own() {
+    let entry = json!({"rate_limits": [
+        {"dynamic_key": "input.user", "limit": 1, "period": "1s", "scope": "task"},
+        {"dynamic_key": "input.user", "limit": 1, "period": "1s", "scope": "global"},
+        {"dynamic_key": "input.user", "limit": 1, "period": "1s"}]});
+    let spec: TaskSpec = serde_json::from_value(entry).unwrap();
+    let keys = |name: &str| -> Vec<String> {
+        let t = Task::compile(name, spec.clone(), &declared).unwrap();
+        render(&t, json!({"user": "u1"}))
+            .unwrap()
+            .rate
+            .into_iter()
+            .map(|r| r.key)
+            .collect()
+    };
+    assert_eq!(keys("a"), ["task:a:u1", "u1", "u1"]);
+    assert_eq!(keys("b"), ["task:b:u1", "u1", "u1"]);
+}
+
+#[test]
+fn a_throttle_is_a_gcra_limit_of_the_task_with_a_burst_of_one() {
+    let one = |throttle: Value, input: Value| {
+        let t = task(json!({"rate_limits": [{"static_key": "test-limit"}], "throttle": throttle}));
+        let run = render(&t, input).unwrap();
+        assert_eq!(run.rate.len(), 2, "rate_limits, then the throttle");
+        assert_eq!(run.rate[1].spec_index, 1);
+        assert_eq!(run.rate[1].units, 1);
+        (
+            run.rate[1].key.clone(),
+            run.rate[1].dynamic.clone().unwrap(),
+        )
+    };
+    // Celery's form: one limit for the task, evenly spaced.
+    let (key, spec) = one(json!("10/m"), json!({}));
+    assert_eq!(key, "task:sync-company:throttle");
+    assert_eq!(
+        spec,
+        LimitSpec::from_limit(&limit(
+            json!({"algorithm": "gcra", "rate": "10/m", "burst": 1})
+        ))
+    );
+    // Inngest's: limit 10 per hour is one run every 6 minutes; per key when given.
+    let (key, spec) = one(
+        json!({"limit": 10, "period": "1h", "key": "input.user"}),
+        json!({"user": "u1"}),
+    );
+    assert_eq!(key, "task:sync-company:throttle:u1");
+    let Limit::Rate(RateLimit::Gcra(g)) = spec.to_limit().unwrap() else {
+        panic!("{spec:?}")
+    };
+    assert_eq!(
+        (g.burst(), g.emission_interval()),
+        (1, tollgate_core::Nanos::from_secs(360))
+    );
+    let (_, spec) = one(json!({"limit": 10, "period": "1h", "burst": 3}), json!({}));
+    assert_eq!(
+        spec,
+        LimitSpec::from_limit(&limit(
+            json!({"algorithm": "gcra", "limit": 10, "period": "1h", "burst": 3})
+        ))
+    );
+}
+
+#[test]
+fn throttle_and_scope_errors_name_their_field() {
+    let err = |spec: Value| compile(spec).map(drop).unwrap_err();
+    let e = err(json!({"throttle": "10/m", "on_limit": "skip"}));
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        ("invalid_field", "throttle"),
+        "{e}"
+    );
+    assert!(e.message.contains("on_limit \"skip\" drops them"), "{e}");
+    let e = err(json!({"throttle": "ten a minute"}));
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        ("invalid_rate", "throttle.rate"),
+        "{e}"
+    );
+    let e = err(json!({"throttle": {"limit": 10, "period": "soon"}}));
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        ("invalid_period", "throttle.period"),
+        "{e}"
+    );
+    let e = err(json!({"throttle": {"limit": 10, "period": "1m", "key": "input."}}));
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        ("invalid_expression", "throttle.key"),
+        "{e}"
+    );
+    let e = err(json!({"rate_limits": [{"static_key": "test-limit", "scope": "task"}]}));
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        ("invalid_field", "rate_limits[0].scope"),
+        "{e}"
+    );
+    // A key expression that fails names the throttle's field.
+    let t = task(json!({"throttle": {"limit": 1, "period": "1s", "key": "input.user"}}));
+    expression_error(
+        render(&t, json!({})).unwrap_err(),
+        "throttle.key",
+        "input.user",
+        "No such key",
+    );
+}

@@ -172,3 +172,114 @@ async fn an_event_whose_expression_fails_for_one_task_fails_that_run_and_keeps_t
         server.stop().await;
     }
 }
+
+/// Celery's `rate_limit="1/h"` as `"throttle": "1/h"`: one rate for the task across every worker
+/// (two workers lease one run between them; the rest wait with their instant), the task's own
+/// (another task with the same throttle has its own budget), shown back as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_celery_throttle_is_one_rate_for_the_task_across_workers() {
+    for Mode { name, server, .. } in
+        each_mode("a_celery_throttle_is_one_rate_for_the_task_across_workers").await
+    {
+        let t = server.define_task("send", json!({"throttle": "1/h"})).await;
+        assert_eq!(t["spec"]["throttle"], json!("1/h"), "{name}: {t}");
+        server
+            .define_task("other", json!({"throttle": "1/h"}))
+            .await;
+        let runs = server.enqueue_n("send", 3, json!({})).await;
+        let other = server.enqueue("other", json!({})).await;
+        let mut leased = server.lease_as("w1", &["send"], 10, 0).await;
+        leased.extend(server.lease_as("w2", &["send"], 10, 0).await);
+        assert_eq!(common::ids(&leased), runs[..1], "{name}: {leased:?}");
+        let waiting = server.run(&runs[1]).await;
+        assert_eq!(waiting["state"], "waiting", "{name}: {waiting}");
+        let now = waiting["created_at_ms"].as_u64().unwrap();
+        let eligible = waiting["eligible_at_ms"].as_u64().unwrap();
+        assert!(
+            (now + 3_590_000..=now + 3_610_000).contains(&eligible),
+            "{name}: the next slot is an hour on: {waiting}"
+        );
+        let leased = server.lease(&["other"], 10, 0).await;
+        assert_eq!(leased.len(), 1, "{name}: {leased:?}");
+        assert_eq!(leased[0]["id"], other["id"], "{name}");
+        server.stop().await;
+    }
+}
+
+/// Inngest's `throttle` with a `key` and a dynamic rate limit with `"scope": "task"`: one budget
+/// per key within the task, none shared with another task rendering the same key, while a
+/// global key (Hatchet's default) is shared. A throttle with `on_limit: "skip"` is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_a_tasks_own_are_never_shared_with_another_task() {
+    for Mode { name, server, .. } in
+        each_mode("keys_of_a_tasks_own_are_never_shared_with_another_task").await
+    {
+        let per_user = json!({"dynamic_key": "input.user", "limit": 1, "period": "1h"});
+        let mut own = per_user.clone();
+        own["scope"] = json!("task");
+        for (task, spec) in [
+            (
+                "throttled-a",
+                json!({"throttle": {"limit": 1, "period": "1h", "key": "input.user"}}),
+            ),
+            (
+                "throttled-b",
+                json!({"throttle": {"limit": 1, "period": "1h", "key": "input.user"}}),
+            ),
+            ("own-a", json!({"rate_limits": [own.clone()]})),
+            ("own-b", json!({"rate_limits": [own]})),
+            ("shared-a", json!({"rate_limits": [per_user.clone()]})),
+            ("shared-b", json!({"rate_limits": [per_user]})),
+        ] {
+            server.define_task(task, spec).await;
+            for user in ["u1", "u1", "u2"] {
+                server.enqueue(task, json!({"user": user})).await;
+            }
+        }
+        let leased = |runs: Vec<serde_json::Value>| {
+            let mut v: Vec<String> = runs
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}/{}",
+                        r["task"].as_str().unwrap(),
+                        r["input"]["user"].as_str().unwrap()
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let got = leased(
+            server
+                .lease(&["throttled-a", "throttled-b", "own-a", "own-b"], 100, 0)
+                .await,
+        );
+        let expected: Vec<String> = ["own-a", "own-b", "throttled-a", "throttled-b"]
+            .iter()
+            .flat_map(|t| [format!("{t}/u1"), format!("{t}/u2")])
+            .collect();
+        assert_eq!(got, expected, "{name}");
+        // One budget per user for the two tasks sharing a global key: one run of each user,
+        // of whichever task.
+        let mut users: Vec<String> = leased(server.lease(&["shared-a", "shared-b"], 100, 0).await)
+            .iter()
+            .map(|r| r.split('/').nth(1).unwrap().to_owned())
+            .collect();
+        users.sort();
+        assert_eq!(users, ["u1", "u2"], "{name}");
+        let r = server
+            .put(
+                "/v1/tasks/skipping",
+                json!({"throttle": "1/s", "on_limit": "skip"}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code(), r.body["error"]["field"].as_str()),
+            (400, "invalid_field", Some("throttle")),
+            "{name}: {:?}",
+            r.body
+        );
+        server.stop().await;
+    }
+}

@@ -39,13 +39,17 @@ mod spec;
 
 pub use expr::Expr;
 pub use render::{RenderError, Rendered, RenderedConcurrency, RenderedLimit, RunContext};
-pub use spec::{ConcurrencyUse, IdempotencyUse, NumberOrExpr, OnLimit, RateLimitUse, TaskSpec};
+pub use spec::{
+    ConcurrencyUse, IdempotencyUse, KeyScope, NumberOrExpr, OnLimit, RateLimitUse, TaskSpec,
+    Throttle, ThrottleSpec,
+};
 
 use tollgate_core::{Limit, MAX_CONCURRENCY, MAX_LIMIT, Period, RateLimit};
 
 use crate::error::{Error, check_key};
 use crate::spec::{LimitSpec, LimitSpecExt, SpecError};
 use expr::{Scope, Uses};
+use tollgate_api::LimitParams;
 
 /// Attempts of a run when the task does not say.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = tollgate_api::DEFAULT_MAX_ATTEMPTS;
@@ -138,13 +142,18 @@ fn eval<T>(
 }
 
 /// Renders a key and checks it as the stores will.
+/// Evaluates a key expression; the key is `prefix` (a task's scope, or `""`) and the value.
 fn render_key(
     e: &Expr,
+    prefix: &str,
     scope: &Scope,
     field: impl FnOnce() -> String,
 ) -> Result<String, RenderError> {
     eval(e, scope, field, |v| {
-        let key = expr::to_key(v)?;
+        let mut key = expr::to_key(v)?;
+        if !prefix.is_empty() {
+            key.insert_str(0, prefix);
+        }
         match check_key(&key) {
             Ok(()) => Ok(key),
             Err(Error::InvalidKey { key, reason }) => {
@@ -170,11 +179,21 @@ enum CompiledRate {
         units: Amount,
     },
     Dynamic {
-        key: Expr,
+        /// `None`: the key is `scope` itself (a throttle without `key`).
+        key: Option<Expr>,
+        /// Put before the rendered key: `""` for a global key, `task:<name>:` for a key of the
+        /// task's own (`"scope": "task"`, a throttle), so two tasks never share it.
+        scope: Box<str>,
         units: Amount,
         // Boxed: a definition is far larger than a static key's entry.
         limit: Box<DynamicLimit>,
     },
+}
+
+/// The prefix of the keys a task keeps to itself (`"scope": "task"`, `throttle`): `task:<name>:`.
+/// docs/design.md §3.1.
+fn task_scope(task: &str) -> String {
+    format!("task:{task}:")
 }
 
 #[derive(Clone, Debug)]
@@ -228,20 +247,37 @@ impl Task {
         check_key(name).map_err(|e| spec_error("invalid_field", "name", e.to_string()))?;
         let mut uses = Uses::default();
 
-        let mut rate = Vec::with_capacity(spec.rate_limits.len());
+        let mut rate = Vec::with_capacity(spec.rate_limits.len() + 1);
         for (i, r) in spec.rate_limits.iter().enumerate() {
-            let compiled = compile_rate(r, &format!("rate_limits[{i}]"), limits)?;
-            uses = uses.union(match &compiled {
+            rate.push(compile_rate(r, &format!("rate_limits[{i}]"), name, limits)?);
+        }
+        if let Some(t) = &spec.throttle {
+            if spec.on_limit == Some(OnLimit::Skip) {
+                return Err(spec_error(
+                    "invalid_field",
+                    "throttle",
+                    "a throttle makes runs over its rate wait, and on_limit \"skip\" drops them: \
+                     drop one of the two (a rate_limits entry with on_limit \"skip\" drops runs over a rate)",
+                ));
+            }
+            rate.push(compile_throttle(t, name)?);
+        }
+        for compiled in &rate {
+            uses = uses.union(match compiled {
                 CompiledRate::Static { units, .. } => units.uses(),
-                CompiledRate::Dynamic { key, units, limit } => {
+                CompiledRate::Dynamic {
+                    key, units, limit, ..
+                } => {
                     let limit = match &**limit {
                         DynamicLimit::Const { .. } => Uses::default(),
                         DynamicLimit::Expr { limit, .. } => limit.uses(),
                     };
-                    key.uses().union(units.uses()).union(limit)
+                    key.as_ref()
+                        .map_or(Uses::default(), Expr::uses)
+                        .union(units.uses())
+                        .union(limit)
                 }
             });
-            rate.push(compiled);
         }
 
         let mut concurrency = Vec::with_capacity(spec.concurrency.len());
@@ -381,14 +417,32 @@ impl Task {
         let mut over_capacity = None;
         let mut rate = Vec::with_capacity(self.rate.len());
         for (i, r) in self.rate.iter().enumerate() {
-            let field = |name: &str| format!("rate_limits[{i}].{name}");
+            // The entries of `rate_limits`, then the throttle's.
+            let throttle = i >= self.spec.rate_limits.len();
+            let field = |name: &str| {
+                if throttle {
+                    format!("throttle.{name}")
+                } else {
+                    format!("rate_limits[{i}].{name}")
+                }
+            };
             let (key, dynamic, units) = match r {
                 CompiledRate::Static { key, units } => {
                     let units = units.render(&scope, u64::from(u32::MAX), || field("units"))?;
                     (key.clone(), None, units)
                 }
-                CompiledRate::Dynamic { key, units, limit } => {
-                    let key = render_key(key, &scope, || field("dynamic_key"))?;
+                CompiledRate::Dynamic {
+                    key,
+                    scope: prefix,
+                    units,
+                    limit,
+                } => {
+                    let key = match key {
+                        None => prefix.to_string(),
+                        Some(key) => render_key(key, prefix, &scope, || {
+                            field(if throttle { "key" } else { "dynamic_key" })
+                        })?,
+                    };
                     let units = units.render(&scope, u64::from(u32::MAX), || field("units"))?;
                     let (spec, capacity) = match &**limit {
                         DynamicLimit::Const { spec, capacity } => (spec.clone(), *capacity),
@@ -435,7 +489,7 @@ impl Task {
 
         let mut concurrency = Vec::with_capacity(self.concurrency.len());
         for (i, c) in self.concurrency.iter().enumerate() {
-            let key = render_key(&c.key, &scope, || format!("concurrency[{i}].key"))?;
+            let key = render_key(&c.key, "", &scope, || format!("concurrency[{i}].key"))?;
             let limit = c.limit.render(&scope, u64::from(MAX_CONCURRENCY), || {
                 format!("concurrency[{i}].limit")
             })?;
@@ -449,7 +503,9 @@ impl Task {
 
         let idempotency_key = match &self.idempotency {
             None => None,
-            Some((key, _)) => Some(render_key(key, &scope, || "idempotency.key".to_owned())?),
+            Some((key, _)) => Some(render_key(key, "", &scope, || {
+                "idempotency.key".to_owned()
+            })?),
         };
 
         match over_capacity {
@@ -467,9 +523,60 @@ fn parse_period(s: &str, field: &str) -> Result<Period, SpecError> {
     Period::parse(s).map_err(|e| spec_error("invalid_period", field, e.to_string()))
 }
 
+/// A task's `throttle`: a gcra limit of the task's own, burst 1 unless given, one unit a run.
+fn compile_throttle(t: &Throttle, task: &str) -> Result<CompiledRate, SpecError> {
+    let (params, limit, key) = match t {
+        Throttle::Rate(rate) => (
+            LimitParams {
+                rate: Some(rate.clone()),
+                ..LimitParams::default()
+            },
+            None,
+            None,
+        ),
+        Throttle::Spec(spec) => (
+            LimitParams {
+                period: Some(spec.period.clone()),
+                burst: spec.burst,
+                ..LimitParams::default()
+            },
+            Some(spec.limit),
+            spec.key.as_deref(),
+        ),
+    };
+    let template = LimitSpec {
+        limit,
+        params: LimitParams {
+            algorithm: Some("gcra".to_owned()),
+            burst: params.burst.or(Some(1)),
+            ..params
+        },
+        ..LimitSpec::default()
+    };
+    let rate_limit = template.to_rate_limit().map_err(|e| e.within("throttle"))?;
+    let scope = format!("{}throttle", task_scope(task));
+    let (key, scope) = match key {
+        None => (None, scope),
+        Some(source) => (
+            Some(Expr::compile(source).map_err(|e| e.within("throttle.key"))?),
+            format!("{scope}:"),
+        ),
+    };
+    Ok(CompiledRate::Dynamic {
+        key,
+        scope: scope.into_boxed_str(),
+        units: Amount::Const(1),
+        limit: Box::new(DynamicLimit::Const {
+            spec: LimitSpec::from_limit(&Limit::Rate(rate_limit)),
+            capacity: rate_limit.capacity(),
+        }),
+    })
+}
+
 fn compile_rate(
     r: &RateLimitUse,
     prefix: &str,
+    task: &str,
     limits: &dyn Fn(&str) -> Option<Limit>,
 ) -> Result<CompiledRate, SpecError> {
     let field = |name: &str| format!("{prefix}.{name}");
@@ -498,6 +605,14 @@ fn compile_rate(
             "a rate limit needs static_key (a declared limit) or dynamic_key (a CEL expression)",
         )),
         (Some(key), None) => {
+            if r.scope == Some(KeyScope::Task) {
+                return Err(spec_error(
+                    "invalid_field",
+                    field("scope"),
+                    "scope applies to dynamic_key only; a static_key is one declared limit, \
+                     shared by every task that names it",
+                ));
+            }
             if let Some(name) = r.definition_fields().next() {
                 return Err(spec_error(
                     "invalid_field",
@@ -576,7 +691,11 @@ fn compile_rate(
                 }
             };
             Ok(CompiledRate::Dynamic {
-                key,
+                key: Some(key),
+                scope: match r.scope.unwrap_or_default() {
+                    KeyScope::Global => "".into(),
+                    KeyScope::Task => task_scope(task).into_boxed_str(),
+                },
                 units,
                 limit: Box::new(limit),
             })
