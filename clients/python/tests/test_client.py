@@ -58,6 +58,15 @@ def test_limits_are_declared_read_listed_and_deleted(tg: Tollgate, uid: str) -> 
 def test_a_number_for_a_period_is_seconds(tg: Tollgate, uid: str) -> None:
     assert tg.put_limit(f"{uid}-a", limit=3, period=1.5)["period"] == "1s500ms"
     assert tg.put_limit(f"{uid}-db", algorithm="concurrency", limit=2, lease_ttl=30)["lease_ttl"] == "30s"
+    # A task's rate limit takes Hatchet's ``duration`` for its period: seconds there too.
+    spec = tg.put_task(
+        f"{uid}-hatchet",
+        rate_limits=[
+            {"dynamic_key": "input.user_id", "limit": 10, "duration": 60},
+            {"dynamic_key": "input.org_id", "limit": 100, "duration": "HOUR"},
+        ],
+    )["spec"]
+    assert [r["period"] for r in spec["rate_limits"]] == ["60s", "HOUR"]
 
 
 def test_dynamic_keys_are_listed_with_their_total(tg: Tollgate, uid: str) -> None:
