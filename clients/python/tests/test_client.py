@@ -293,6 +293,37 @@ def test_tasks_runs_and_events(tg: Tollgate, uid: str) -> None:
     assert len(tg.runs(task=task, limit=1)) == 1
 
 
+def test_an_event_a_task_cannot_evaluate_fails_that_run_and_the_others_proceed(
+    tg: Tollgate, uid: str
+) -> None:
+    event = f"{uid}/company.updated"
+    plain, limited = f"{uid}-a-plain", f"{uid}-b-limited"
+    tg.put_task(plain, triggers=[event])
+    tg.put_task(
+        limited,
+        triggers=[event],
+        rate_limits=[{"dynamic_key": "event.data.company_id", "limit": 1, "period": "4h"}],
+    )
+    # Not an error: the answer lists every run, the one that could not be rendered as failed.
+    runs = {r["task"]: r for r in tg.send_event(event, {"name": "no id"})}
+    assert set(runs) == {plain, limited}
+    assert runs[plain]["state"] == "queued" and "error" not in runs[plain]
+    assert runs[limited]["state"] == "failed"
+    assert runs[limited]["error"].startswith(
+        'invalid_expression: rate_limits[0].dynamic_key: expression "event.data.company_id"'
+    )
+    stored = tg.run(runs[limited]["id"])
+    assert (stored["state"], stored["error"]) == ("failed", runs[limited]["error"])
+    assert tg.run(runs[plain]["id"])["state"] == "queued"
+    # A direct enqueue with input the task's CEL cannot evaluate is still refused, nothing kept.
+    other = f"{uid}-c-input"
+    tg.put_task(other, rate_limits=[{"dynamic_key": "input.company_id", "limit": 1, "period": "4h"}])
+    with pytest.raises(UnprocessableError) as e:
+        tg.enqueue(other, {"name": "no id"})
+    assert e.value.code == "invalid_expression"
+    assert tg.runs(task=other) == []
+
+
 def test_worker_calls(tg: Tollgate, uid: str) -> None:
     task = f"{uid}-work"
     tg.put_task(task, max_attempts=3)
