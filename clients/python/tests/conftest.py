@@ -10,6 +10,8 @@ loudly, except under ``CI=true``, where they fail.
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import shutil
 import socket
@@ -21,6 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import pytest
@@ -116,6 +119,46 @@ def tg(server: Server) -> Iterator[Tollgate]:
 def uid() -> str:
     """A prefix that keeps this test's keys and task names apart from the others'."""
     return uuid.uuid4().hex[:10]
+
+
+# -- a stand-in server, for answers the real one does not give on demand ---------------------
+
+
+class Scripted(http.server.BaseHTTPRequestHandler):
+    """A stand-in server answering what a test scripts: ``(status, body)`` in turn."""
+
+    answers: ClassVar[list[tuple[int, bytes]]] = []
+    seen: ClassVar[list[str]] = []
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        self.rfile.read(length)
+        type(self).seen.append(f"{self.command} {self.path}")
+        status, body = type(self).answers.pop(0) if type(self).answers else (500, b"{}")
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def scripted() -> Iterator[tuple[str, type[Scripted]]]:
+    handler: type[Scripted] = type("Handler", (Scripted,), {"answers": [], "seen": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    httpd.shutdown()
+
+
+UNAVAILABLE = json.dumps(
+    {"error": {"code": "store_unavailable", "message": "redis is down", "transient": True}}
+).encode()
 
 
 # -- Redis ------------------------------------------------------------------------------------

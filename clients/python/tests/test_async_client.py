@@ -20,7 +20,7 @@ from tollgate import (
     TollgateError,
 )
 
-from .conftest import Server, free_port
+from .conftest import UNAVAILABLE, Scripted, Server, free_port
 
 
 def test_the_async_client_has_the_sync_clients_methods() -> None:
@@ -148,5 +148,24 @@ def test_an_unreachable_server(uid: str) -> None:
                 await tg.acquire("k")
             assert time.monotonic() - start < 10
             assert e.value.transient
+
+    asyncio.run(main())
+
+
+def test_the_url_from_the_environment_and_a_transient_503_retried(
+    monkeypatch: pytest.MonkeyPatch, scripted: tuple[str, type[Scripted]]
+) -> None:
+    url, handler = scripted
+    handler.answers = [(503, UNAVAILABLE), (503, UNAVAILABLE), (200, b'{"status": "ok"}')]
+
+    async def main() -> None:
+        monkeypatch.delenv("TOLLGATE_SERVER", raising=False)
+        async with AsyncTollgate() as default:
+            assert (default.url, default.timeout) == ("http://127.0.0.1:7070", 30.0)
+        monkeypatch.setenv("TOLLGATE_SERVER", url)
+        async with AsyncTollgate(timeout=5.0) as tg:
+            assert tg.url == url
+            assert await tg.healthz() == {"status": "ok"}
+        assert handler.seen == ["GET /healthz"] * 3
 
     asyncio.run(main())

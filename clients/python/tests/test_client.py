@@ -4,11 +4,8 @@ errors by status, and the client's own checks of bad input."""
 from __future__ import annotations
 
 import http.server
-import json
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any, ClassVar
 
 import pytest
 
@@ -29,7 +26,7 @@ from tollgate import (
     UnprocessableError,
 )
 
-from .conftest import Server, free_port
+from .conftest import UNAVAILABLE, Scripted, Server, free_port
 
 # -- limits -----------------------------------------------------------------------------------
 
@@ -58,6 +55,15 @@ def test_limits_are_declared_read_listed_and_deleted(tg: Tollgate, uid: str) -> 
 def test_a_number_for_a_period_is_seconds(tg: Tollgate, uid: str) -> None:
     assert tg.put_limit(f"{uid}-a", limit=3, period=1.5)["period"] == "1s500ms"
     assert tg.put_limit(f"{uid}-db", algorithm="concurrency", limit=2, lease_ttl=30)["lease_ttl"] == "30s"
+    # A task's rate limit takes Hatchet's ``duration`` for its period: seconds there too.
+    spec = tg.put_task(
+        f"{uid}-hatchet",
+        rate_limits=[
+            {"dynamic_key": "input.user_id", "limit": 10, "duration": 60},
+            {"dynamic_key": "input.org_id", "limit": 100, "duration": "HOUR"},
+        ],
+    )["spec"]
+    assert [r["period"] for r in spec["rate_limits"]] == ["60s", "HOUR"]
 
 
 def test_dynamic_keys_are_listed_with_their_total(tg: Tollgate, uid: str) -> None:
@@ -284,6 +290,37 @@ def test_tasks_runs_and_events(tg: Tollgate, uid: str) -> None:
     assert len(tg.runs(task=task, limit=1)) == 1
 
 
+def test_an_event_a_task_cannot_evaluate_fails_that_run_and_the_others_proceed(
+    tg: Tollgate, uid: str
+) -> None:
+    event = f"{uid}/company.updated"
+    plain, limited = f"{uid}-a-plain", f"{uid}-b-limited"
+    tg.put_task(plain, triggers=[event])
+    tg.put_task(
+        limited,
+        triggers=[event],
+        rate_limits=[{"dynamic_key": "event.data.company_id", "limit": 1, "period": "4h"}],
+    )
+    # Not an error: the answer lists every run, the one that could not be rendered as failed.
+    runs = {r["task"]: r for r in tg.send_event(event, {"name": "no id"})}
+    assert set(runs) == {plain, limited}
+    assert runs[plain]["state"] == "queued" and "error" not in runs[plain]
+    assert runs[limited]["state"] == "failed"
+    assert runs[limited]["error"].startswith(
+        'invalid_expression: rate_limits[0].dynamic_key: expression "event.data.company_id"'
+    )
+    stored = tg.run(runs[limited]["id"])
+    assert (stored["state"], stored["error"]) == ("failed", runs[limited]["error"])
+    assert tg.run(runs[plain]["id"])["state"] == "queued"
+    # A direct enqueue with input the task's CEL cannot evaluate is still refused, nothing kept.
+    other = f"{uid}-c-input"
+    tg.put_task(other, rate_limits=[{"dynamic_key": "input.company_id", "limit": 1, "period": "4h"}])
+    with pytest.raises(UnprocessableError) as e:
+        tg.enqueue(other, {"name": "no id"})
+    assert e.value.code == "invalid_expression"
+    assert tg.runs(task=other) == []
+
+
 def test_worker_calls(tg: Tollgate, uid: str) -> None:
     task = f"{uid}-work"
     tg.put_task(task, max_attempts=3)
@@ -408,49 +445,14 @@ def test_metrics_and_health(tg: Tollgate) -> None:
 # -- transient errors, with a stand-in server -------------------------------------------------
 
 
-class _Scripted(http.server.BaseHTTPRequestHandler):
-    answers: ClassVar[list[tuple[int, bytes]]] = []
-    seen: ClassVar[list[str]] = []
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        self.rfile.read(length)
-        type(self).seen.append(f"{self.command} {self.path}")
-        status, body = type(self).answers.pop(0) if type(self).answers else (500, b"{}")
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = do_DELETE = _answer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def scripted() -> Iterator[tuple[str, type[_Scripted]]]:
-    handler: type[_Scripted] = type("Handler", (_Scripted,), {"answers": [], "seen": []})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
-    httpd.shutdown()
-
-
-UNAVAILABLE = json.dumps(
-    {"error": {"code": "store_unavailable", "message": "redis is down", "transient": True}}
-).encode()
-
-
-def test_a_transient_503_is_retried_within_the_timeout(scripted: tuple[str, type[_Scripted]]) -> None:
+def test_a_transient_503_is_retried_within_the_timeout(scripted: tuple[str, type[Scripted]]) -> None:
     url, handler = scripted
     handler.answers = [(503, UNAVAILABLE), (503, UNAVAILABLE), (200, b'{"status": "ok"}')]
     assert Tollgate(url, timeout=5.0).healthz() == {"status": "ok"}
     assert handler.seen == ["GET /healthz"] * 3
 
 
-def test_a_503_that_lasts_is_raised_once_the_timeout_is_spent(scripted: tuple[str, type[_Scripted]]) -> None:
+def test_a_503_that_lasts_is_raised_once_the_timeout_is_spent(scripted: tuple[str, type[Scripted]]) -> None:
     url, handler = scripted
     handler.answers = [(503, UNAVAILABLE)] * 100
     start = time.monotonic()
@@ -461,7 +463,7 @@ def test_a_503_that_lasts_is_raised_once_the_timeout_is_spent(scripted: tuple[st
     assert len(handler.seen) >= 2
 
 
-def test_a_proxy_refusal_is_typed_by_status(scripted: tuple[str, type[_Scripted]]) -> None:
+def test_a_proxy_refusal_is_typed_by_status(scripted: tuple[str, type[Scripted]]) -> None:
     url, handler = scripted
     handler.answers = [(401, b"<html>login</html>"), (403, b"no"), (502, b"bad gateway")]
     client = Tollgate(url, headers={"authorization": "Bearer t"})
@@ -486,8 +488,8 @@ def test_an_unreachable_server_is_a_connection_error() -> None:
 
 def test_a_refused_connection_is_retried_until_the_server_is_up() -> None:
     port = free_port()
-    handler: type[_Scripted] = type(
-        "Handler", (_Scripted,), {"answers": [(200, b'{"status": "ok"}')], "seen": []}
+    handler: type[Scripted] = type(
+        "Handler", (Scripted,), {"answers": [(200, b'{"status": "ok"}')], "seen": []}
     )
     started: list[http.server.ThreadingHTTPServer] = []
 

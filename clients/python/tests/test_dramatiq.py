@@ -10,7 +10,9 @@ recorded intervals show they were; otherwise it asserts the guarantee alone.
 
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -25,6 +27,7 @@ import pytest
 
 pytest.importorskip("dramatiq")
 import dramatiq
+import dramatiq.rate_limits as theirs
 import redis
 from dramatiq import Message
 from dramatiq.broker import MessageProxy
@@ -280,6 +283,19 @@ def test_barriers_time_out_and_missing_ones_are_errors(tg: Tollgate, uid: str) -
     assert brief.create(parties=2)  # the expired one is gone: a new one is created
 
 
+def test_the_limiters_take_dramatiqs_signatures() -> None:
+    def shape(fn: Any) -> list[tuple[str, Any, Any]]:
+        return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+    # Moving over is an import change: the same parameters, kinds and defaults (ms and s alike).
+    for name in ("ConcurrentRateLimiter", "WindowRateLimiter", "BucketRateLimiter", "Barrier"):
+        assert shape(getattr(theirs, name).__init__) == shape(globals()[name].__init__), name
+    assert shape(theirs.RateLimiter.acquire) == shape(ConcurrentRateLimiter.acquire)
+    assert shape(theirs.Barrier.create) == shape(Barrier.create)
+    assert shape(theirs.Barrier.wait) == shape(Barrier.wait)
+    assert RateLimitExceeded is dramatiq.RateLimitExceeded
+
+
 def test_the_limiters_check_their_arguments(tg: Tollgate, uid: str, server: Server) -> None:
     class RedisBackendStandIn:
         pass
@@ -347,7 +363,9 @@ def test_a_denied_message_is_enqueued_again_without_a_retry(stub: StubBroker, tg
     assert second.options["store_results"] is False  # this delivery stores no result
 
 
-def test_when_tollgate_is_unreachable_closed_delays_and_open_runs(stub: StubBroker, uid: str) -> None:
+def test_when_tollgate_is_unreachable_closed_delays_and_open_runs(
+    stub: StubBroker, uid: str, caplog: pytest.LogCaptureFixture
+) -> None:
     down = Tollgate(f"http://127.0.0.1:{free_port()}", timeout=0.2)
     closed, lenient = RateLimits(client=down), RateLimits(client=down, on_error="open")
     stub.add_middleware(closed)
@@ -356,12 +374,17 @@ def test_when_tollgate_is_unreachable_closed_delays_and_open_runs(stub: StubBrok
     def job() -> None: ...
 
     message = _deliver(stub, job)
-    with pytest.raises(SkipMessage):
-        closed.before_process_message(stub, message)
-    (again,) = [Message.decode(m) for m in stub.queues[f"{job.queue_name}.DQ"].queue]
-    assert again.options["tollgate_unreachable"] == 1
-    assert 500 <= again.options["eta"] - time.time() * 1000 <= 1500  # the first backoff, 1 s
-    lenient.before_process_message(stub, _deliver(stub, job))  # no SkipMessage: it runs
+    with caplog.at_level(logging.WARNING, logger="tollgate.dramatiq"):
+        with pytest.raises(SkipMessage):
+            closed.before_process_message(stub, message)
+        (again,) = [Message.decode(m) for m in stub.queues[f"{job.queue_name}.DQ"].queue]
+        assert again.options["tollgate_unreachable"] == 1
+        assert 500 <= again.options["eta"] - time.time() * 1000 <= 1500  # the first backoff, 1 s
+        lenient.before_process_message(stub, _deliver(stub, job))  # no SkipMessage: it runs
+    # Either way it is logged.
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("Tollgate unreachable" in m and "on_error='closed'" in m for m in messages)
+    assert any("Tollgate unreachable" in m and "on_error='open'" in m for m in messages)
 
 
 def test_errors_that_are_not_about_reaching_tollgate_fail_the_message(

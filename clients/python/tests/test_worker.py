@@ -265,6 +265,26 @@ def test_stopping_an_idle_worker_ends_its_long_poll(tg: Tollgate, uid: str) -> N
     time.sleep(0.3)  # the lease call is now waiting on the server
     start = time.monotonic()
     stats = r.stop()
-    # Not the 50 s the poll asked the server for: stop() closes the poll's connection.
+    # Not the 50 s the poll asked the server for: stop() does not wait for the poll.
     assert time.monotonic() - start < 25
     assert stats == WorkerStats()
+
+
+def test_a_run_the_abandoned_poll_brings_back_after_a_stop_is_handed_back(tg: Tollgate, uid: str) -> None:
+    task = f"{uid}-late"
+    tg.put_task(task, lease_timeout="30s", max_attempts=3)
+    started: list[str] = []
+    worker = Worker(tg, poll_wait=20.0)
+    worker.register(task, lambda run: started.append(run["id"]))
+    r = Running(worker)
+    time.sleep(0.3)  # the lease call is now waiting on the server
+    assert r.stop() == WorkerStats()
+    # The poll is still on the server: a run enqueued now is leased to it, never started, and
+    # handed back at once (queued, no attempt counted) rather than left to lapse.
+    late = tg.enqueue(task, {})["id"]
+    leased = f'tollgate_run_transitions_total{{task="{task}",transition="leased"}} 1'
+    wait_for(lambda: leased in tg.metrics().splitlines(), "the abandoned poll to lease the run", 10.0)
+    wait_for(lambda: tg.run(late)["state"] == "queued", "the run handed back", 10.0)
+    run = tg.run(late)
+    assert (run["state"], run["attempt"], run["worker_id"]) == ("queued", 0, None)
+    assert started == []

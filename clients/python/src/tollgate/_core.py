@@ -37,6 +37,8 @@ Entry = Union[str, tuple[str, int], Mapping[str, Any]]
 
 # Fields that hold a period: a number there is seconds and is sent as whole milliseconds.
 _PERIOD_FIELDS = ("period", "lease_ttl", "lease_timeout")
+# A task's rate limit entry also takes Hatchet's name for its period, ``duration``.
+_RATE_LIMIT_PERIOD_FIELDS = (*_PERIOD_FIELDS, "duration")
 
 
 def base_url(url: str | None) -> str:
@@ -90,9 +92,9 @@ def period(value: Any, name: str) -> Any:
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 
-def with_periods(body: Mapping[str, Any], where: str) -> Body:
+def with_periods(body: Mapping[str, Any], where: str, fields: Sequence[str] = _PERIOD_FIELDS) -> Body:
     out = dict(body)
-    for name in _PERIOD_FIELDS:
+    for name in fields:
         if name in out:
             out[name] = period(out[name], f"{where}{name}")
     return out
@@ -502,7 +504,9 @@ def op_put_task(name: str, spec: Mapping[str, Any]) -> Op[dict[str, Any]]:
         items = body.get(list_name)
         if isinstance(items, list):
             body[list_name] = [
-                with_periods(x, f"{list_name}[{i}].") if isinstance(x, Mapping) else x
+                with_periods(x, f"{list_name}[{i}].", _RATE_LIMIT_PERIOD_FIELDS)
+                if isinstance(x, Mapping)
+                else x
                 for i, x in enumerate(items)
             ]
     idem = body.get("idempotency")

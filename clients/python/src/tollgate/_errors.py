@@ -114,7 +114,8 @@ class PayloadTooLargeError(TollgateError):
 class UnprocessableError(TollgateError):
     """422: well-formed but impossible: ``wrong_algorithm``, ``insufficient_capacity``,
     ``unknown_limit`` (a task's ``static_key``), ``unknown_task`` (a lease's ``tasks[i]``),
-    ``invalid_expression`` (a run's input its task's CEL cannot evaluate)."""
+    ``invalid_expression`` (an enqueued run's input its task's CEL cannot evaluate; an event's
+    run is stored as ``failed`` with that error instead, see :meth:`Tollgate.send_event`)."""
 
     STATUS = 422
 

@@ -311,7 +311,9 @@ class Tollgate:
     def put_task(self, name: str, **spec: Any) -> dict[str, Any]:
         """Defines or redefines a task; the keyword arguments are the HTTP body
         (``rate_limits``, ``concurrency``, ``on_limit``, ``idempotency``, ``triggers``,
-        ``max_attempts``, ``lease_timeout``). Answers ``{"name", "spec", "depth"}``."""
+        ``max_attempts``, ``lease_timeout``). Period fields take strings or seconds, a rate
+        limit's ``duration`` (Hatchet's name for ``period``) too. Answers ``{"name", "spec",
+        "depth"}``."""
         return self._send(core.op_put_task(name, spec))
 
     def get_task(self, name: str) -> dict[str, Any]:
@@ -323,14 +325,18 @@ class Tollgate:
         return self._send(core.op_tasks())
 
     def enqueue(self, task: str, input: Any, *, additional_metadata: Any = None) -> dict[str, Any]:
-        """Enqueues a run of ``task``; answers the run as the server does (``id``, ``state``…)."""
+        """Enqueues a run of ``task``; answers the run as the server does (``id``, ``state``…).
+        Input the task's expressions cannot evaluate is refused (:class:`UnprocessableError`
+        ``invalid_expression``) and nothing is stored."""
         return self._send(core.op_enqueue(task, input, additional_metadata))
 
     def send_event(self, name: str, data: Any, *, additional_metadata: Any = None) -> list[dict[str, Any]]:
-        """Starts one run of every task triggered by event ``name``; answers those runs
-        (``id``, ``task``, ``state``, and ``error`` on a run that failed at once, e.g. a key
-        expression this event cannot evaluate: the other tasks' runs proceed), none when no
-        task listens."""
+        """Starts one run of every task triggered by event ``name``; answers every one of those
+        runs (``id``, ``task``, ``state``), none when no task listens. Each run stands alone: a
+        task whose expressions cannot be evaluated for this event gets a run stored as
+        ``failed``, listed with its ``error`` (``"invalid_expression: <field>: expression …"``),
+        and the other tasks' runs proceed; that is an answer, not a raised error. (A run that
+        can never fit its limits is ``failed`` with ``insufficient_capacity: …`` likewise.)"""
         return self._send(core.op_send_event(name, data, additional_metadata))
 
     def run(self, run_id: str) -> dict[str, Any]:
