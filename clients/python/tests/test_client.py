@@ -276,6 +276,18 @@ def test_tasks_runs_and_events(tg: Tollgate, uid: str) -> None:
     assert tg.get_task(task)["spec"]["max_attempts"] == 2
     assert task in {t["name"] for t in tg.tasks()}
 
+    # Celery's rate_limit, global: a throttle, as a rate string or Inngest's object (period in
+    # seconds), shown back as the server keeps it.
+    celery = tg.put_task(f"{uid}-celery", throttle="10/m")
+    assert celery["spec"]["throttle"] == "10/m"
+    inngest = tg.put_task(f"{uid}-inngest", throttle={"limit": 10, "period": 3600, "key": "input.user_id"})
+    assert inngest["spec"]["throttle"] == {"limit": 10, "period": "3600s", "key": "input.user_id"}
+    first = tg.enqueue(f"{uid}-inngest", {"user_id": "u1"})
+    second = tg.enqueue(f"{uid}-inngest", {"user_id": "u1"})
+    leased = tg.lease_runs("w", [f"{uid}-inngest"], max=10)
+    assert [r["id"] for r in leased] == [first["id"]]
+    assert tg.run(second["id"])["state"] == "waiting"
+
     run = tg.enqueue(task, {"user_id": "u1"}, additional_metadata={"tier": "pro"})
     assert (run["task"], run["state"], run["attempt"]) == (task, "queued", 0)
     assert run["additional_metadata"] == {"tier": "pro"}

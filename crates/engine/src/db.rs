@@ -107,6 +107,63 @@ pub enum Write {
     },
     /// Replace the whole rate-state snapshot (taken at a clean shutdown).
     ReplaceStates(Vec<StoredState>),
+    /// A direct concurrency lease was granted (`/v1/leases`).
+    PutLease(StoredLease),
+    /// A direct lease was renewed until `expires_at` (no effect once it is forgotten).
+    RenewLease {
+        /// Static or dynamic.
+        namespace: Namespace,
+        /// The key.
+        key: String,
+        /// The lease.
+        id: String,
+        /// Its new expiry.
+        expires_at: Nanos,
+    },
+    /// A direct lease was released.
+    ForgetLease {
+        /// Static or dynamic.
+        namespace: Namespace,
+        /// The key.
+        key: String,
+        /// The lease.
+        id: String,
+    },
+    /// A barrier was created or a party arrived: its status now. A status of an older barrier
+    /// of the key (an earlier expiry) never overwrites a newer one, and arrivals only grow.
+    PutBarrier(StoredBarrier),
+    /// Forget leases and barriers that expired by this instant.
+    ForgetExpired(Nanos),
+}
+
+/// A direct concurrency lease, kept so that it still counts after a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredLease {
+    /// Static (a declared limit) or dynamic.
+    pub namespace: Namespace,
+    /// The key.
+    pub key: String,
+    /// The lease's id in the store.
+    pub id: String,
+    /// Who holds it.
+    pub holder: String,
+    /// For a dynamic key, its concurrency definition.
+    pub spec: Option<LimitSpec>,
+    /// When it lapses unless renewed.
+    pub expires_at: Nanos,
+}
+
+/// A barrier and its arrivals, kept so that a restart keeps them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredBarrier {
+    /// The key.
+    pub key: String,
+    /// Arrivals needed.
+    pub parties: u32,
+    /// Arrivals so far.
+    pub arrived: u32,
+    /// When it expires.
+    pub expires_at: Nanos,
 }
 
 /// A key with direct use: after a crash it is treated as fully used for one period.
@@ -189,6 +246,10 @@ pub struct Loaded {
     /// The rate-state snapshot of the last clean shutdown (only meaningful when
     /// `clean_shutdown`).
     pub states: Vec<StoredState>,
+    /// Direct concurrency leases, expired ones included.
+    pub leases: Vec<StoredLease>,
+    /// Barriers, expired ones included.
+    pub barriers: Vec<StoredBarrier>,
 }
 
 /// Tells a submitter its batch is committed (or why not).
@@ -248,7 +309,13 @@ impl Db {
                  PRIMARY KEY (ns, key));
              CREATE TABLE IF NOT EXISTS states (
                  ns TEXT NOT NULL, key TEXT NOT NULL, spec TEXT NOT NULL, state TEXT NOT NULL,
-                 PRIMARY KEY (ns, key));",
+                 PRIMARY KEY (ns, key));
+             CREATE TABLE IF NOT EXISTS leases (
+                 ns TEXT NOT NULL, key TEXT NOT NULL, id TEXT NOT NULL, holder TEXT NOT NULL,
+                 spec TEXT, expires_at INTEGER NOT NULL, PRIMARY KEY (ns, key, id));
+             CREATE TABLE IF NOT EXISTS barriers (
+                 key TEXT PRIMARY KEY, parties INTEGER NOT NULL, arrived INTEGER NOT NULL,
+                 expires_at INTEGER NOT NULL);",
         )
         .map_err(|e| err(&format!("cannot prepare {}", path.display()), e))?;
         let loaded = load(&conn).map_err(|e| err(&format!("cannot read {}", path.display()), e))?;
@@ -409,11 +476,59 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
             state: serde_json::from_str(&state).map_err(json_err)?,
         });
     }
+    let mut stmt = conn.prepare("SELECT ns, key, id, holder, spec, expires_at FROM leases")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Option<String>>(4)?,
+            r.get::<_, i64>(5)?,
+        ))
+    })?;
+    for row in rows {
+        let (ns, key, id, holder, spec, expires_at) = row?;
+        loaded.leases.push(StoredLease {
+            namespace: ns_parse(&ns),
+            key,
+            id,
+            holder,
+            spec: spec
+                .map(|s| serde_json::from_str(&s))
+                .transpose()
+                .map_err(json_err)?,
+            expires_at: instant(expires_at),
+        });
+    }
+    let mut stmt = conn.prepare("SELECT key, parties, arrived, expires_at FROM barriers")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(StoredBarrier {
+            key: r.get(0)?,
+            parties: r.get(1)?,
+            arrived: r.get(2)?,
+            expires_at: instant(r.get(3)?),
+        })
+    })?;
+    for row in rows {
+        loaded.barriers.push(row?);
+    }
     loaded.last_time = meta("last_time")?
         .and_then(|v| v.parse().ok())
         .map(Nanos::from_nanos);
     loaded.clean_shutdown = meta("clean_shutdown")?.as_deref() != Some("false");
     Ok(loaded)
+}
+
+/// An instant as stored (nanoseconds since the Unix epoch in an INTEGER).
+fn instant(n: i64) -> Nanos {
+    Nanos::from_nanos(u64::try_from(n).unwrap_or(0))
+}
+
+/// An instant to store.
+#[allow(clippy::cast_possible_wrap)] // nanoseconds since 1970 fit an i64 until 2262
+fn stored(t: Nanos) -> i64 {
+    t.as_nanos() as i64
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String, String> {
@@ -458,6 +573,56 @@ fn apply(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<(), String> {
             "DELETE FROM direct_use WHERE ns = ?1 AND key = ?2",
             params![ns_name(*namespace), key],
         ),
+        Write::PutLease(l) => {
+            let spec = l.spec.as_ref().map(json).transpose()?;
+            exec(
+                tx,
+                "INSERT OR REPLACE INTO leases (ns, key, id, holder, spec, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![ns_name(l.namespace), l.key, l.id, l.holder, spec, stored(l.expires_at)],
+            )
+        }
+        Write::RenewLease {
+            namespace,
+            key,
+            id,
+            expires_at,
+        } => exec(
+            tx,
+            "UPDATE leases SET expires_at = MAX(expires_at, ?4)
+             WHERE ns = ?1 AND key = ?2 AND id = ?3",
+            params![ns_name(*namespace), key, id, stored(*expires_at)],
+        ),
+        Write::ForgetLease { namespace, key, id } => exec(
+            tx,
+            "DELETE FROM leases WHERE ns = ?1 AND key = ?2 AND id = ?3",
+            params![ns_name(*namespace), key, id],
+        ),
+        Write::PutBarrier(b) => exec(
+            tx,
+            "INSERT INTO barriers (key, parties, arrived, expires_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (key) DO UPDATE SET
+                 arrived = CASE WHEN excluded.expires_at = barriers.expires_at
+                                THEN MAX(barriers.arrived, excluded.arrived)
+                                ELSE excluded.arrived END,
+                 parties = excluded.parties,
+                 expires_at = excluded.expires_at
+             WHERE excluded.expires_at >= barriers.expires_at",
+            params![b.key, b.parties, b.arrived, stored(b.expires_at)],
+        ),
+        Write::ForgetExpired(now) => {
+            exec(
+                tx,
+                "DELETE FROM leases WHERE expires_at <= ?1",
+                params![stored(*now)],
+            )
+            .map_err(|e| format!("cannot write to the database: {e}"))?;
+            exec(
+                tx,
+                "DELETE FROM barriers WHERE expires_at <= ?1",
+                params![stored(*now)],
+            )
+        }
         Write::ReplaceStates(states) => {
             exec(tx, "DELETE FROM states", [])
                 .map_err(|e| format!("cannot write to the database: {e}"))?;
@@ -651,6 +816,85 @@ mod tests {
         let (_db, loaded) = Db::open(dir.path()).unwrap();
         assert_eq!(loaded.direct_use.len(), 3_000);
         assert!(!loaded.clean_shutdown);
+    }
+
+    fn barrier(arrived: u32, expires_at: u64) -> Write {
+        Write::PutBarrier(StoredBarrier {
+            key: "b".into(),
+            parties: 3,
+            arrived,
+            expires_at: Nanos::from_secs(expires_at),
+        })
+    }
+
+    fn lease(id: &str, expires_at: u64) -> Write {
+        Write::PutLease(StoredLease {
+            namespace: Namespace::Static,
+            key: "db".into(),
+            id: id.into(),
+            holder: "w1".into(),
+            spec: None,
+            expires_at: Nanos::from_secs(expires_at),
+        })
+    }
+
+    // Journal writes of concurrent calls can commit in either order: a barrier's arrivals only
+    // grow, an older barrier of the key never overwrites a newer one, a renewal never brings a
+    // released lease back, and lapsed leases and barriers are forgotten.
+    #[tokio::test]
+    async fn leases_and_barriers_keep_the_latest_of_writes_in_any_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(dir.path()).unwrap();
+        let now = Nanos::from_secs(1);
+        let renew = |id: &str, at: u64| Write::RenewLease {
+            namespace: Namespace::Static,
+            key: "db".into(),
+            id: id.into(),
+            expires_at: Nanos::from_secs(at),
+        };
+        let forget = |id: &str| Write::ForgetLease {
+            namespace: Namespace::Static,
+            key: "db".into(),
+            id: id.into(),
+        };
+        let writes = vec![
+            barrier(2, 100),
+            barrier(1, 100), // an arrival committed late
+            barrier(0, 50),  // an older barrier of the key
+            lease("kept", 100),
+            renew("kept", 300),
+            renew("kept", 200), // a renewal committed late
+            lease("gone", 100),
+            forget("gone"),
+            renew("gone", 300), // a renewal racing the release
+            lease("lapsed", 10),
+        ];
+        db.submit(writes, now).await.unwrap();
+        db.submit(vec![Write::ForgetExpired(Nanos::from_secs(20))], now)
+            .await
+            .unwrap();
+        drop(db);
+        let (db, loaded) = Db::open(dir.path()).unwrap();
+        assert_eq!(
+            loaded.barriers,
+            [StoredBarrier {
+                key: "b".into(),
+                parties: 3,
+                arrived: 2,
+                expires_at: Nanos::from_secs(100)
+            }]
+        );
+        let leases: Vec<(&str, Nanos)> = loaded
+            .leases
+            .iter()
+            .map(|l| (l.id.as_str(), l.expires_at))
+            .collect();
+        assert_eq!(leases, [("kept", Nanos::from_secs(300))]);
+        // A new barrier of the key (a later expiry) starts from its own arrivals.
+        db.submit(vec![barrier(1, 400)], now).await.unwrap();
+        drop(db);
+        let (_db, loaded) = Db::open(dir.path()).unwrap();
+        assert_eq!(loaded.barriers[0].arrived, 1);
     }
 
     // The writer never checkpoints below its limit (SQLite's automatic checkpoint is off), so

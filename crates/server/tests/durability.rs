@@ -437,3 +437,132 @@ async fn direct_use_is_exact_after_sigterm_and_never_over_admits_after_kill_9() 
     third.terminate().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The status of a call whose answer may have no body (a 204).
+async fn status_of(server: &Tollgate, method: reqwest::Method, path: &str) -> u16 {
+    let r = server
+        .client
+        .request(method, server.url(path))
+        .send()
+        .await
+        .expect("the server answers");
+    r.status().as_u16()
+}
+
+async fn lease(server: &Tollgate, body: Value) -> Value {
+    server
+        .expect(reqwest::Method::POST, "/v1/leases", body, 200)
+        .await
+}
+
+/// Concurrency leases and barriers taken directly are journalled (docs/design.md §8.1): after
+/// `kill -9` a held lease still holds its slot (another holder is refused) and keeps its id and
+/// expiry, so its holder renews and releases it as before; a barrier keeps its expiry and its
+/// arrivals. A clean stop keeps them too, and a release is as durable as a grant.
+#[tokio::test]
+async fn direct_leases_and_barriers_survive_kill_9_and_a_clean_stop() {
+    use reqwest::Method;
+    let dir = data_dir("leases");
+    let first = Tollgate::start(&dir).await;
+    first
+        .expect(
+            Method::PUT,
+            "/v1/limits/db",
+            json!({"algorithm": "concurrency", "limit": 1, "lease_ttl": "10m"}),
+            200,
+        )
+        .await;
+    let declared = lease(&first, json!({"key": "db", "holder": "w1"})).await;
+    assert_eq!(declared["acquired"], true, "{declared}");
+    let declared_id = declared["lease_id"].as_str().unwrap().to_owned();
+    let renewed = first
+        .expect(
+            Method::POST,
+            &format!("/v1/leases/{declared_id}/renew"),
+            json!({"ttl_ms": 1_200_000}),
+            200,
+        )
+        .await;
+    let dynamic_body = json!({"key": "jobs", "limit": 1, "ttl_ms": 600_000, "holder": "w1"});
+    let dynamic = lease(&first, dynamic_body.clone()).await;
+    assert_eq!(dynamic["acquired"], true, "{dynamic}");
+    first
+        .expect(
+            Method::POST,
+            "/v1/barriers/batch",
+            json!({"parties": 3, "ttl_ms": 600_000}),
+            200,
+        )
+        .await;
+    let waited = first
+        .expect(
+            Method::POST,
+            "/v1/barriers/batch/wait",
+            json!({"timeout_ms": 10}),
+            200,
+        )
+        .await;
+    assert_eq!(waited["released"], false);
+    let barrier = first.get("/v1/barriers/batch").await;
+    assert_eq!(barrier["arrived"], 1);
+    first.kill().await;
+
+    let second = Tollgate::start(&dir).await;
+    let refused = lease(&second, json!({"key": "db", "holder": "w2"})).await;
+    assert_eq!(
+        refused["acquired"], false,
+        "the slot is still held: {refused}"
+    );
+    let mut other = dynamic_body.clone();
+    other["holder"] = json!("w2");
+    let refused = lease(&second, other.clone()).await;
+    assert_eq!(
+        refused["acquired"], false,
+        "the slot is still held: {refused}"
+    );
+    assert_eq!(
+        second.get("/v1/barriers/batch").await,
+        barrier,
+        "arrivals and expiry kept"
+    );
+    // The holder goes on with the id it was given: renew, then release.
+    let again = second
+        .expect(
+            Method::POST,
+            &format!("/v1/leases/{declared_id}/renew"),
+            json!({"ttl_ms": 1_200_000}),
+            200,
+        )
+        .await;
+    assert!(
+        again["expires_at_ms"].as_u64() >= renewed["expires_at_ms"].as_u64(),
+        "{again} after {renewed}"
+    );
+    assert_eq!(
+        status_of(
+            &second,
+            Method::DELETE,
+            &format!("/v1/leases/{declared_id}")
+        )
+        .await,
+        204
+    );
+    let taken = lease(&second, json!({"key": "db", "holder": "w2"})).await;
+    assert_eq!(taken["acquired"], true, "{taken}");
+    second.terminate().await;
+
+    // A clean stop: the release stayed released, the new holder and the dynamic lease held.
+    let third = Tollgate::start(&dir).await;
+    let refused = lease(&third, json!({"key": "db", "holder": "w3"})).await;
+    assert_eq!(refused["acquired"], false, "w2 holds it: {refused}");
+    let refused = lease(&third, other).await;
+    assert_eq!(refused["acquired"], false, "w1 holds it: {refused}");
+    assert_eq!(
+        status_of(&third, Method::DELETE, &format!("/v1/leases/{declared_id}")).await,
+        404,
+        "released before the restart"
+    );
+    assert_eq!(third.get("/v1/barriers/batch").await, barrier);
+    third.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

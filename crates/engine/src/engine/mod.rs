@@ -3,13 +3,15 @@
 //!
 //! One file per job, so each can be read (and changed) without the others: construction and
 //! the queue API here; `journal` (every change journaled in order), `recovery` (restoring and
-//! replaying after a restart), `direct_use` (journalling direct acquires), `retention`
+//! replaying after a restart), `direct_use` (journalling direct acquires), `durable_leases`
+//! (journalling direct leases and barriers), `retention`
 //! (forgetting ended runs), `background` (the tasks an engine spawns), `run_queue` (the engine as
 //! a [`RunQueue`](crate::RunQueue); the long-poll is the one both engines share, in
 //! `crate::queue::run_queue`).
 
 mod background;
 mod direct_use;
+mod durable_leases;
 mod journal;
 mod recovery;
 mod retention;
@@ -74,7 +76,7 @@ struct Inner<S: Store> {
     ready: Notify,
     /// Woken when a timer may have moved earlier.
     timer: Arc<Notify>,
-    db: Option<Db>,
+    db: Option<Arc<Db>>,
     /// Keys with direct (`/v1/acquire`) use, for crash recovery (only with a `db`).
     /// By namespace, then key, so the acquire path looks a key up without allocating.
     direct: Mutex<FastHashMap<Namespace, FastHashMap<String, DirectEntry>>>,
@@ -109,9 +111,18 @@ impl<S: Store + 'static> Engine<S> {
 
     fn build(limiter: Limiter<S>, db: Option<Db>) -> Engine<S> {
         let prefix = format!("{:x}-", limiter.now().as_nanos() / 1_000);
+        let db = db.map(Arc::new);
+        // With a database, direct leases and barriers are journalled (docs/design.md §8.1).
+        let limits = match &db {
+            None => limiter.to_async(),
+            Some(db) => limiter.to_async_over(Arc::new(durable_leases::DurableLeases {
+                store: limiter.shared_store(),
+                db: Arc::clone(db),
+            })),
+        };
         let engine = Engine {
             inner: Arc::new(Inner {
-                limits: limiter.to_async(),
+                limits,
                 limiter,
                 state: Mutex::new(QueueState::new(prefix)),
                 ready: Notify::new(),

@@ -91,6 +91,7 @@ impl<S: Store + 'static> Engine<S> {
                 st.restore(run);
             }
             st.finish_restore(now);
+            super::durable_leases::restore(store, &loaded.leases, &loaded.barriers, now);
         }
         engine.inner.timer.notify_one();
         Ok(engine)

@@ -55,6 +55,14 @@ impl<S: Store + 'static> Engine<S> {
                 Ok(old)
             })
             .await?;
+        if let Some(db) = &self.inner.db {
+            // Direct leases and barriers that lapsed need not be taken back at a restart.
+            db.submit(
+                vec![Write::ForgetExpired(self.inner.limiter.now())],
+                self.inner.limiter.now(),
+            )
+            .await?;
+        }
         if let (Some(db), false) = (&self.inner.db, removed.is_empty()) {
             let n = removed.len();
             let writes = removed

@@ -112,11 +112,22 @@ impl<S: Store> Limiter<S> {
     where
         S: 'static,
     {
+        self.to_async_over(Arc::clone(&self.inner.store) as Arc<dyn crate::AsyncStore>)
+    }
+
+    /// As [`Limiter::to_async`], over `store`: this limiter's store as another layer sees it
+    /// (the engine's, journalling leases and barriers).
+    pub(crate) fn to_async_over(&self, store: Arc<dyn crate::AsyncStore>) -> AsyncLimiter {
         AsyncLimiter::with_parts(
-            Arc::clone(&self.inner.store) as Arc<dyn crate::AsyncStore>,
+            store,
             Arc::clone(&self.inner.clock),
             Arc::clone(&self.inner.barrier_changed),
         )
+    }
+
+    /// The store, shared.
+    pub(crate) fn shared_store(&self) -> Arc<S> {
+        Arc::clone(&self.inner.store)
     }
 
     /// Declares or redefines the limit `key`. Redefining keeps its usage: a lower limit applies
