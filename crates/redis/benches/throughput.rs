@@ -11,8 +11,10 @@
 //! too, so the ratio compares scripts, not clients — for the same wall time, in rounds that
 //! alternate floor and Tollgate so both see the same machine load.
 //! Round trips are counted on the server (`INFO commandstats`: `FCALL`, `FUNCTION`, `EVALSHA`,
-//! `EVAL` and `SCRIPT` calls, which only clients send) and divided by the acquires made. The clients' own CPU time
-//! per acquire is reported beside Redis's: on a small machine they share the cores.
+//! `EVAL` and `SCRIPT` calls, which only clients send) and divided by the acquires made, and so
+//! are the commands the scripts run inside them (`GET`, `SET`, `TIME`, …: a count that does not
+//! depend on the machine's load). The clients' own CPU time per acquire is reported beside
+//! Redis's: on a small machine they share the cores.
 //!
 //! `cargo bench -p tollgate-redis --bench throughput` (a `redis-server` of its own on a free
 //! port, or `REDIS_URL`). Knobs: `TOLLGATE_BENCH_THREADS` (default 8),
@@ -59,9 +61,10 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Client round trips the server has seen (calls of the commands only clients send: FCALL,
-/// FUNCTION, EVALSHA, EVAL, SCRIPT), and the server's time inside them in µs.
-fn round_trips(url: &str) -> (u64, u64) {
+/// What the server has counted so far: client round trips (calls of the commands only clients
+/// send: FCALL, FUNCTION, EVALSHA, EVAL, SCRIPT), the server's time inside them in µs, and the
+/// commands the scripts ran inside them (every other command but INFO, which this asks with).
+fn round_trips(url: &str) -> (u64, u64, u64) {
     let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
@@ -71,19 +74,22 @@ fn round_trips(url: &str) -> (u64, u64) {
         let v = l.split(&format!("{name}=")).nth(1)?;
         v.split(',').next()?.parse::<u64>().ok()
     };
+    let client = |l: &str| {
+        l.starts_with("cmdstat_fcall:")
+            || l.starts_with("cmdstat_function")
+            || l.starts_with("cmdstat_evalsha:")
+            || l.starts_with("cmdstat_eval:")
+            || l.starts_with("cmdstat_script")
+    };
     info.lines()
-        .filter(|l| {
-            l.starts_with("cmdstat_fcall:")
-                || l.starts_with("cmdstat_function")
-                || l.starts_with("cmdstat_evalsha:")
-                || l.starts_with("cmdstat_eval:")
-                || l.starts_with("cmdstat_script")
-        })
-        .fold((0, 0), |(calls, usec), l| {
-            (
-                calls + field(l, "calls").unwrap_or(0),
-                usec + field(l, "usec").unwrap_or(0),
-            )
+        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
+        .fold((0, 0, 0), |(calls, usec, inside), l| {
+            let n = field(l, "calls").unwrap_or(0);
+            if client(l) {
+                (calls + n, usec + field(l, "usec").unwrap_or(0), inside)
+            } else {
+                (calls, usec, inside + n)
+            }
         })
 }
 
@@ -178,9 +184,9 @@ fn main() {
         store.url()
     );
     println!(
-        "| scenario | decisions/s (median of rounds) | ratio to the floor of as many keys | round trips per acquire | Redis µs per acquire | client CPU µs per acquire |"
+        "| scenario | decisions/s (median of rounds) | ratio to the floor of as many keys | round trips per acquire | commands inside per acquire | Redis µs per acquire | client CPU µs per acquire |"
     );
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     // (name, what it does, index of the floor it is compared with)
     let scenarios: Vec<(&str, Op, usize)> = vec![
         (
@@ -208,21 +214,22 @@ fn main() {
             0,
         ),
     ];
-    type Round = (f64, f64, f64, f64);
+    type Round = (f64, f64, f64, f64, f64);
     let mut results: Vec<Vec<Round>> = vec![Vec::new(); scenarios.len()];
     for _ in 0..rounds {
         for (i, (_, op, _)) in scenarios.iter().enumerate() {
-            let (calls0, usec0) = round_trips(&url);
+            let (calls0, usec0, inside0) = round_trips(&url);
             let cpu0 = client_cpu_us();
             let (rate, n) = run(&rt, threads, seconds, op);
             let cpu1 = client_cpu_us();
-            let (calls1, usec1) = round_trips(&url);
+            let (calls1, usec1, inside1) = round_trips(&url);
             let n = n.max(1) as f64;
             results[i].push((
                 rate,
                 (calls1 - calls0) as f64 / n,
                 (usec1 - usec0) as f64 / n,
                 (cpu1 - cpu0) as f64 / n,
+                (inside1 - inside0) as f64 / n,
             ));
         }
     }
@@ -234,9 +241,10 @@ fn main() {
     for (i, (name, _, floor)) in scenarios.iter().enumerate() {
         let rate = median(i, |r| r.0);
         println!(
-            "| {name} | {rate:.0} | {:.2} | {:.3} | {:.1} | {:.1} |",
+            "| {name} | {rate:.0} | {:.2} | {:.3} | {:.1} | {:.1} | {:.1} |",
             rate / median(*floor, |r| r.0),
             median(i, |r| r.1),
+            median(i, |r| r.4),
             median(i, |r| r.2),
             median(i, |r| r.3),
         );

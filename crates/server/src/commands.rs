@@ -267,7 +267,10 @@ impl ClientCommand {
                                 tollgate::OnLimit::Skip => "skip",
                             })
                             .to_owned(),
-                        (t.spec.rate_limits.len() + t.spec.concurrency.len()).to_string(),
+                        (t.spec.rate_limits.len()
+                            + t.spec.concurrency.len()
+                            + usize::from(t.spec.throttle.is_some()))
+                        .to_string(),
                         d.queued.to_string(),
                         d.waiting.to_string(),
                         d.running.to_string(),

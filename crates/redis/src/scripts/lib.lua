@@ -666,32 +666,42 @@ local function parse_state(raw)
   if not raw then
     return nil
   end
-  -- fw and gcra states in one match (the common case); a sliding window's below.
-  local spec, a, b = string.match(raw, '^@([^|>]*)|(%d+) (%d+)$')
-  if spec then
-    local L = parse_limit(spec)
-    if L and L.a ~= 'sw' then
-      return L, { tonumber(a), tonumber(b) }, true, nil
+  local at, s1, s2 = string.byte(raw, 1, 3)
+  local knows = at == 64 -- '@'
+  -- fw and gcra states written in the '@' form, in one match (the common case); not tried on
+  -- a sliding window's, whose MessagePack would only make it backtrack.
+  if knows and not (s1 == 115 and s2 == 119) then -- "sw"
+    local spec, a, b = string.match(raw, '^@([^|>]*)|(%d+) (%d+)$')
+    if spec then
+      local L = parse_limit(spec)
+      if L and L.a ~= 'sw' then
+        return L, { tonumber(a), tonumber(b) }, true, nil
+      end
     end
   end
-  local body, now_spec, knows = state_body(raw)
-  spec, a, b = string.match(body, '^([^|]*)|(%d+) (%d+)$')
-  if spec then
-    local L = parse_limit(spec)
-    if L and L.a ~= 'sw' then
-      return L, { tonumber(a), tonumber(b) }, knows, now_spec
-    end
-  end
-  local bar = string.find(body, '|', 1, true)
+  local bar = string.find(raw, '|', 1, true)
   if not bar then
     return false
   end
-  local L = parse_limit(string.sub(body, 1, bar - 1))
-  if not L or L.a ~= 'sw' then
-    -- Not a limit, or an fw or gcra state that did not match above.
+  local head = string.sub(raw, knows and 2 or 1, bar - 1)
+  local now_spec
+  local gt = string.find(head, '>', 1, true)
+  if gt then
+    now_spec, head = string.sub(head, 1, gt - 1), string.sub(head, gt + 1)
+  end
+  local L = parse_limit(head)
+  if not L then
     return false
   end
-  local ok, t = pcall(cmsgpack.unpack, string.sub(body, bar + 1))
+  local rest = string.sub(raw, bar + 1)
+  if L.a ~= 'sw' then
+    local a, b = string.match(rest, '^(%d+) (%d+)$')
+    if not a then
+      return false
+    end
+    return L, { tonumber(a), tonumber(b) }, knows, now_spec
+  end
+  local ok, t = pcall(cmsgpack.unpack, rest)
   if not ok or type(t) ~= 'table' or #t < 2 or #t % 2 ~= 0 or type(t[1]) ~= 'number' then
     return false
   end
