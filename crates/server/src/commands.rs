@@ -78,6 +78,76 @@ pub struct PutLimit {
 pub enum TasksCommand {
     /// List tasks with their runs per state.
     Ls,
+    /// Show a task: its definition, defaults filled in, and its runs per state.
+    Get {
+        /// The task's name.
+        name: String,
+    },
+    /// Define or redefine a task: `tasks put send-email --spec '{"rate_limits": [...]}'`,
+    /// `--file task.json`, or flags alone (`tasks put digest --throttle 10/m`).
+    Put(PutTask),
+}
+
+/// `tollgate tasks put NAME`: the body of `PUT /v1/tasks/{name}` from `--spec` or `--file`,
+/// with the flags given set on it.
+#[derive(Debug, Args)]
+pub struct PutTask {
+    /// The task's name.
+    pub name: String,
+    /// The definition, as JSON (docs/http-api.md, `PUT /v1/tasks/{name}`).
+    #[arg(long, conflicts_with = "file")]
+    pub spec: Option<String>,
+    /// A file holding the definition as JSON (`-` for standard input).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<String>,
+    /// Runs start at most at this rate across every worker, evenly spaced (`10/m`): Celery's
+    /// task `rate_limit`, made global. Replaces the definition's `throttle`.
+    #[arg(long, value_name = "RATE")]
+    pub throttle: Option<String>,
+    /// What happens to a run over its limits: requeue (wait, the default) or skip.
+    #[arg(long, value_name = "POLICY")]
+    pub on_limit: Option<String>,
+    /// Attempts before a run fails for good (1 to 100).
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// How long a lease lasts without a heartbeat (`30s`).
+    #[arg(long, value_name = "PERIOD")]
+    pub lease_timeout: Option<String>,
+}
+
+impl PutTask {
+    /// The body to send: the JSON given (or `{}`), with the flags set on it.
+    fn body(&self) -> Result<tollgate_client::TaskSpec, Failure> {
+        let mut body = match (&self.spec, &self.file) {
+            (Some(text), _) => parse_json("spec", text)?,
+            (None, Some(path)) => {
+                let text = if path == "-" {
+                    std::io::read_to_string(std::io::stdin()).map_err(|e| {
+                        format!("cannot read the definition from standard input: {e}")
+                    })?
+                } else {
+                    std::fs::read_to_string(path)
+                        .map_err(|e| format!("cannot read --file {path}: {e}"))?
+                };
+                serde_json::from_str(&text)
+                    .map_err(|e| format!("--file {path} is not valid JSON ({e})"))?
+            }
+            (None, None) => json!({}),
+        };
+        let Some(fields) = body.as_object_mut() else {
+            return Err("the definition must be a JSON object".to_owned());
+        };
+        let mut set = |name: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                fields.insert(name.to_owned(), v);
+            }
+        };
+        set("throttle", self.throttle.clone().map(Value::from));
+        set("on_limit", self.on_limit.clone().map(Value::from));
+        set("max_attempts", self.max_attempts.map(Value::from));
+        set("lease_timeout", self.lease_timeout.clone().map(Value::from));
+        serde_json::from_value(body).map_err(|e| format!("invalid task definition: {e}"))
+    }
 }
 
 /// `tollgate runs …`.
@@ -231,6 +301,17 @@ impl ClientCommand {
                     format!("removed {key}\n")
                 })
             }
+            ClientCommand::Tasks(TasksCommand::Put(p)) => {
+                let spec = p.body()?;
+                ok(render_task(
+                    &client.put_task(&p.name, &spec).await.map_err(fail)?,
+                    o.json,
+                ))
+            }
+            ClientCommand::Tasks(TasksCommand::Get { name }) => ok(render_task(
+                &client.get_task(&name).await.map_err(fail)?,
+                o.json,
+            )),
             ClientCommand::Tasks(TasksCommand::Ls) => {
                 let tasks = client.list_tasks().await.map_err(fail)?;
                 if o.json {
@@ -437,6 +518,33 @@ impl PutLimit {
 }
 
 /// A run for people: its state, and why it waits and until when.
+/// A task: its definition as the server shows it (defaults filled in), then its runs per state.
+fn render_task(task: &tollgate_client::Task, json_out: bool) -> String {
+    // The wire form, which writes every field of the definition with its default.
+    let shown = tollgate_client::api::Task {
+        name: task.name.clone(),
+        spec: task.spec.clone(),
+        depth: task.depth,
+    };
+    let whole = serde_json::to_value(&shown).unwrap_or_default();
+    if json_out {
+        return format!("{whole}\n");
+    }
+    let d = task.depth;
+    format!(
+        "{}\n{}\nruns: {} queued, {} waiting, {} running, {} succeeded, {} failed, {} skipped, {} cancelled\n",
+        task.name,
+        serde_json::to_string_pretty(&whole["spec"]).unwrap_or_default(),
+        d.queued,
+        d.waiting,
+        d.running,
+        d.succeeded,
+        d.failed,
+        d.skipped,
+        d.cancelled,
+    )
+}
+
 fn render_run(run: &RunView, json_out: bool) -> String {
     if json_out {
         return format!("{}\n", serde_json::to_string(run).unwrap_or_default());

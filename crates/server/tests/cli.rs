@@ -242,3 +242,102 @@ async fn the_server_comes_from_tollgate_server_when_no_flag_is_given() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("only-here"), "{}", stdout(&out));
 }
+
+/// `tasks put` defines a task from `--spec`, a file or flags alone (a Celery-style
+/// `--throttle`), `tasks get` shows it back with its defaults; a bad definition is one line and
+/// exit 2, with the server's reason when the server refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_defined_and_shown_from_the_command_line() {
+    let url = server().await;
+    let put = tollgate(&[
+        "--server",
+        &url,
+        "tasks",
+        "put",
+        "digest",
+        "--throttle",
+        "10/m",
+    ])
+    .await;
+    assert_eq!(put.status.code(), Some(0), "{}", stderr(&put));
+    assert!(
+        stdout(&put).contains(r#""throttle": "10/m""#),
+        "{}",
+        stdout(&put)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("task.json");
+    std::fs::write(
+        &file,
+        r#"{"rate_limits": [{"dynamic_key": "input.user", "limit": 1, "duration": "1h", "scope": "task"}]}"#,
+    )
+    .unwrap();
+    let put = tollgate(&[
+        "--server",
+        &url,
+        "--json",
+        "tasks",
+        "put",
+        "per-user",
+        "--file",
+        file.to_str().unwrap(),
+        "--max-attempts",
+        "5",
+    ])
+    .await;
+    assert_eq!(put.status.code(), Some(0), "{}", stderr(&put));
+    let shown: Value = serde_json::from_str(&stdout(
+        &tollgate(&["--server", &url, "--json", "tasks", "get", "per-user"]).await,
+    ))
+    .unwrap();
+    assert_eq!(shown["spec"]["max_attempts"], 5, "{shown}");
+    assert_eq!(
+        shown["spec"]["rate_limits"][0],
+        serde_json::json!({"dynamic_key": "input.user", "limit": 1, "period": "1h", "scope": "task"})
+    );
+    let get = stdout(&tollgate(&["--server", &url, "tasks", "get", "digest"]).await);
+    assert!(
+        get.starts_with("digest\n") && get.contains("runs: 0 queued"),
+        "{get}"
+    );
+
+    for (args, says) in [
+        (
+            vec![
+                "tasks",
+                "put",
+                "t",
+                "--throttle",
+                "10/m",
+                "--on-limit",
+                "skip",
+            ],
+            "400 invalid_field",
+        ),
+        (
+            vec!["tasks", "put", "t", "--spec", "[1]"],
+            "must be a JSON object",
+        ),
+        (
+            vec!["tasks", "put", "t", "--spec", r#"{"rate_limit": []}"#],
+            "unknown field `rate_limit`",
+        ),
+        (
+            vec!["tasks", "put", "t", "--file", "/no/such/file"],
+            "cannot read --file",
+        ),
+        (vec!["tasks", "get", "nope"], "404 unknown_task"),
+    ] {
+        let mut line = vec!["--server", url.as_str()];
+        line.extend(args.iter().copied());
+        let out = tollgate(&line).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(
+            stderr(&out).lines().count(),
+            1,
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+}
