@@ -287,6 +287,10 @@ def test_tasks_runs_and_events(tg: Tollgate, uid: str) -> None:
     leased = tg.lease_runs("w", [f"{uid}-inngest"], max=10)
     assert [r["id"] for r in leased] == [first["id"]]
     assert tg.run(second["id"])["state"] == "waiting"
+    # Inngest's rateLimit: over it, a run is skipped at enqueue.
+    tg.put_task(f"{uid}-skipping", rate_limit={"limit": 1, "period": 3600})
+    assert tg.enqueue(f"{uid}-skipping", {})["state"] == "queued"
+    assert tg.enqueue(f"{uid}-skipping", {})["state"] == "skipped"
 
     run = tg.enqueue(task, {"user_id": "u1"}, additional_metadata={"tier": "pro"})
     assert (run["task"], run["state"], run["attempt"]) == (task, "queued", 0)

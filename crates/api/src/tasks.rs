@@ -21,7 +21,7 @@ use crate::runs::RunState;
 ///     "concurrency": [{"key": "input.account_id", "limit": 2}]
 /// }"#)?;
 /// assert_eq!(spec.rate_limits[0].dynamic_key.as_deref(), Some("input.user_id"));
-/// assert!(serde_json::from_str::<TaskSpec>(r#"{"rate_limit": []}"#).is_err());
+/// assert!(serde_json::from_str::<TaskSpec>(r#"{"rate_limitz": []}"#).is_err());
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -53,6 +53,12 @@ pub struct TaskSpec {
     /// limit of the task's own (two tasks never share it), added to `rate_limits`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttle: Option<Throttle>,
+    /// Runs over this rate are stored as `skipped` when enqueued, whatever `on_limit` says:
+    /// Inngest's `rateLimit`. The same forms as `throttle` (gcra, burst 1 unless given, the
+    /// task's own key), decided once, at enqueue: a run it admits keeps its units and waits
+    /// on its other limits as usual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Throttle>,
 }
 
 /// A task's `throttle`: a rate string (`"10/m"`, Celery's form) or Inngest's object. Either is
@@ -105,6 +111,11 @@ impl<'de> Deserialize<'de> for Throttle {
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Throttle, E> {
                 Ok(Throttle::Rate(s.to_owned()))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Throttle, A::Error> {
+                Err(de::Error::custom(
+                    r#"one rate is expected here ("10/m" or {"limit", "period", "burst"?, "key"?}), not a list: a task's list of limits is `rate_limits`"#,
+                ))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Throttle, A::Error> {
                 ThrottleSpec::deserialize(de::value::MapAccessDeserializer::new(map))
@@ -406,6 +417,7 @@ fn shown_spec<S: Serializer>(spec: &TaskSpec, s: S) -> Result<S::Ok, S::Error> {
         max_attempts: u32,
         lease_timeout: std::borrow::Cow<'a, str>,
         throttle: &'a Option<Throttle>,
+        rate_limit: &'a Option<Throttle>,
     }
     Shown {
         rate_limits: &spec.rate_limits,
@@ -419,6 +431,7 @@ fn shown_spec<S: Serializer>(spec: &TaskSpec, s: S) -> Result<S::Ok, S::Error> {
             None => std::borrow::Cow::Owned(format!("{}s", crate::DEFAULT_LEASE_TIMEOUT.as_secs())),
         },
         throttle: &spec.throttle,
+        rate_limit: &spec.rate_limit,
     }
     .serialize(s)
 }

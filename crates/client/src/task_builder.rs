@@ -206,6 +206,33 @@ impl TaskBuilder {
         self
     }
 
+    /// Inngest's `rateLimit`: runs enqueued over `rate` (`"10/h"`) are stored as skipped, whatever
+    /// [`TaskBuilder::on_limit`] says (`"rate_limit"`, decided once, at enqueue).
+    #[must_use]
+    pub fn skip_over_rate(mut self, rate: impl Into<String>) -> TaskBuilder {
+        self.spec.rate_limit = Some(Throttle::Rate(rate.into()));
+        self
+    }
+
+    /// [`TaskBuilder::skip_over_rate`] in Inngest's form: `limit` runs per `period`, `burst`
+    /// at once (default 1), one budget per value of `key_cel` when given.
+    #[must_use]
+    pub fn skip_over_rate_per(
+        mut self,
+        limit: u64,
+        period: impl Into<String>,
+        burst: Option<u64>,
+        key_cel: Option<&str>,
+    ) -> TaskBuilder {
+        self.spec.rate_limit = Some(Throttle::Spec(ThrottleSpec {
+            limit,
+            period: period.into(),
+            burst,
+            key: key_cel.map(str::to_owned),
+        }));
+        self
+    }
+
     /// What happens to a run its limits do not admit now: parked until they do
     /// ([`OnLimit::Requeue`], the default) or stored as skipped ([`OnLimit::Skip`]).
     #[must_use]

@@ -400,8 +400,9 @@ async fn the_worker_long_poll_outlasts_the_client_timeout_and_wakes_on_enqueue()
     server.stop().await;
 }
 
-/// A throttle and a key of the task's own, written with the builder, reach the server as
-/// written and apply: the throttle admits one run an hour, a task-scoped key is not shared.
+/// A throttle, Inngest's rate limit and a key of the task's own, written with the builder,
+/// reach the server as written and apply: the throttle admits one run an hour, a task-scoped
+/// key is not shared, a run over the rate limit is skipped.
 #[tokio::test]
 async fn throttles_and_task_scoped_keys_are_written_with_the_builder() {
     let server = Server::start(fake_clock()).await;
@@ -434,6 +435,15 @@ async fn throttles_and_task_scoped_keys_are_written_with_the_builder() {
     got.sort();
     // Each task's own u1 key admits one run; its throttle (burst 1) one run at once.
     assert_eq!(got, ["a/u1", "b/u1"]);
+    let skipping =
+        tollgate_client::Task::builder("d").skip_over_rate_per(1, "1h", None, Some("input.user"));
+    c.put_task("d", skipping.spec()).await.unwrap();
+    let first = c.enqueue("d", &json!({"user": "u1"}), None).await.unwrap();
+    let over = c.enqueue("d", &json!({"user": "u1"}), None).await.unwrap();
+    assert_eq!(
+        (first.state, over.state),
+        (RunState::Queued, RunState::Skipped)
+    );
     let inngest =
         tollgate_client::Task::builder("c").throttle_per(10, "1h", Some(2), Some("input.user"));
     let defined = c.put_task("c", inngest.spec()).await.unwrap();

@@ -294,7 +294,12 @@ fn empty_spec_means_defaults_and_serializes_back_empty() {
 #[test]
 fn unknown_fields_are_rejected_everywhere() {
     for (json, field) in [
-        (json!({"rate_limit": []}), "rate_limit"),
+        (json!({"rate_limitz": []}), "rate_limitz"),
+        // Inngest's `rate_limit` is one rate; a list is taken for `rate_limits` mistyped.
+        (
+            json!({"rate_limit": []}),
+            "a task's list of limits is `rate_limits`",
+        ),
         (
             json!({"rate_limits": [{"dynamic_key": "input.a", "limit": 1, "period": "1s", "brust": 2}]}),
             "brust",
@@ -939,6 +944,46 @@ fn throttle_and_scope_errors_name_their_field() {
         render(&t, json!({})).unwrap_err(),
         "throttle.key",
         "input.user",
+        "No such key",
+    );
+}
+
+#[test]
+fn a_rate_limit_renders_a_gate_of_the_tasks_own_decided_apart_from_rate_limits() {
+    let t = task(json!({"rate_limits": [{"static_key": "test-limit"}],
+                        "rate_limit": {"limit": 10, "period": "1h", "key": "input.company"}}));
+    let run = render(&t, json!({"company": "c1"})).unwrap();
+    assert_eq!(
+        run.rate.len(),
+        1,
+        "the gate is not among the limits a lease takes"
+    );
+    assert_eq!(run.gate.len(), 1);
+    assert_eq!(run.gate[0].key, "task:sync-company:rate_limit:c1");
+    assert_eq!(
+        run.gate[0].dynamic,
+        Some(LimitSpec::from_limit(&limit(
+            json!({"algorithm": "gcra", "limit": 10, "period": "1h", "burst": 1})
+        )))
+    );
+    let plain = task(json!({"rate_limit": "5/m", "on_limit": "skip"}));
+    assert_eq!(
+        render(&plain, json!({})).unwrap().gate[0].key,
+        "task:sync-company:rate_limit"
+    );
+    let e = compile(json!({"rate_limit": {"limit": 1, "period": "1m", "key": "input."}}))
+        .map(drop)
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        ("invalid_expression", "rate_limit.key"),
+        "{e}"
+    );
+    let t = task(json!({"rate_limit": {"limit": 1, "period": "1s", "key": "input.company"}}));
+    expression_error(
+        render(&t, json!({})).unwrap_err(),
+        "rate_limit.key",
+        "input.company",
         "No such key",
     );
 }

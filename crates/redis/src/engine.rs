@@ -479,7 +479,7 @@ impl RedisEngine {
         Err(self.stale(&stale))
     }
 
-    /// Renders a run of `task` (whose definition is `version`) into the 13 values
+    /// Renders a run of `task` (whose definition is `version`) into the 14 values
     /// queue_enqueue.lua reads.
     fn run_args(
         &self,
@@ -524,21 +524,41 @@ impl RedisEngine {
                 )),
             }
         }
+        let line = |dynamic: bool, key: &str, units: u64, spec: &str, index: usize| {
+            let (ns, guard, state) = if dynamic {
+                ("d", Kind::DynamicLeases, Kind::DynamicRate)
+            } else {
+                ("s", Kind::Def, Kind::StaticRate)
+            };
+            format!(
+                "{ns}\t{units}\t{spec}\t{}\t{}\t{key}\t{index}",
+                self.inner.store.key(guard, key),
+                self.inner.store.key(state, key)
+            )
+        };
         let rate = rate
             .iter()
-            .map(|(dynamic, key, units, spec, index)| {
-                let (ns, guard, state) = if *dynamic {
-                    ("d", Kind::DynamicLeases, Kind::DynamicRate)
-                } else {
-                    ("s", Kind::Def, Kind::StaticRate)
-                };
-                format!(
-                    "{ns}\t{units}\t{spec}\t{}\t{}\t{key}\t{index}",
-                    self.inner.store.key(guard, key),
-                    self.inner.store.key(state, key)
-                )
-            })
+            .map(|(dynamic, key, units, spec, index)| line(*dynamic, key, *units, spec, *index))
             .collect::<Vec<_>>()
+            .join("\n");
+        // The task's `rate_limit`, decided at enqueue (always a dynamic key of its own).
+        let gate = rendered
+            .gate
+            .iter()
+            .map(|g| {
+                let spec = match &g.dynamic {
+                    None => String::new(),
+                    Some(s) => crate::spec::rate(&s.to_rate_limit().map_err(Error::Spec)?),
+                };
+                Ok(line(
+                    g.dynamic.is_some(),
+                    &g.key,
+                    u64::from(g.units),
+                    &spec,
+                    g.spec_index,
+                ))
+            })
+            .collect::<Result<Vec<_>, Error>>()?
             .join("\n");
         let conc = rendered
             .concurrency
@@ -567,6 +587,7 @@ impl RedisEngine {
             idem_ms,
             failure,
             version.to_owned(),
+            gate,
         ])
     }
 

@@ -53,15 +53,22 @@ fn task_def(task: usize, variant: usize) -> serde_json::Value {
                     "period": "1m", "algorithm": "sliding_window"}]}),
         2 => json!({"concurrency": [{"key": "'c'", "limit": ([2, 1, 4][v])}],
                     "lease_timeout": (["30s", "2s", "30s"][v])}),
+        // The requeue variant also has Inngest's rate_limit: skipped at enqueue when over it,
+        // waiting on its other limits when not.
         3 => {
-            json!({"on_limit": (["skip", "requeue", "skip"][v]), "rate_limits": [{"dynamic_key": "input.user",
-                    "limit": ([1, 1, 2][v]), "period": "5s", "algorithm": "fixed_window"}]})
+            let mut d = json!({"on_limit": (["skip", "requeue", "skip"][v]), "rate_limits": [{"dynamic_key": "input.user",
+                    "limit": ([1, 1, 2][v]), "period": "5s", "algorithm": "fixed_window"}]});
+            if v == 1 {
+                d["rate_limit"] =
+                    json!({"limit": 2, "period": "4s", "burst": 2, "key": "input.user"});
+            }
+            d
         }
         4 => json!({"concurrency": [{"key": "'c'", "limit": ([2, 3, 1][v])}],
                     "rate_limits": [{"static_key": "k", "units": 1}], "lease_timeout": "30s"}),
         5 => [
             json!({"rate_limits": [{"static_key": "k2", "units": 1}], "max_attempts": 1}),
-            json!({}),
+            json!({"rate_limit": "1/s"}),
             json!({"rate_limits": [{"static_key": "k2", "units": 2}]}),
         ][v]
             .clone(),

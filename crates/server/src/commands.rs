@@ -104,6 +104,10 @@ pub struct PutTask {
     /// task `rate_limit`, made global. Replaces the definition's `throttle`.
     #[arg(long, value_name = "RATE")]
     pub throttle: Option<String>,
+    /// Runs enqueued over this rate are skipped, whatever --on-limit says (`100/h`): Inngest's
+    /// `rateLimit`. Replaces the definition's `rate_limit`.
+    #[arg(long, value_name = "RATE")]
+    pub rate_limit: Option<String>,
     /// What happens to a run over its limits: requeue (wait, the default) or skip.
     #[arg(long, value_name = "POLICY")]
     pub on_limit: Option<String>,
@@ -143,6 +147,7 @@ impl PutTask {
             }
         };
         set("throttle", self.throttle.clone().map(Value::from));
+        set("rate_limit", self.rate_limit.clone().map(Value::from));
         set("on_limit", self.on_limit.clone().map(Value::from));
         set("max_attempts", self.max_attempts.map(Value::from));
         set("lease_timeout", self.lease_timeout.clone().map(Value::from));
@@ -350,7 +355,8 @@ impl ClientCommand {
                             .to_owned(),
                         (t.spec.rate_limits.len()
                             + t.spec.concurrency.len()
-                            + usize::from(t.spec.throttle.is_some()))
+                            + usize::from(t.spec.throttle.is_some())
+                            + usize::from(t.spec.rate_limit.is_some()))
                         .to_string(),
                         d.queued.to_string(),
                         d.waiting.to_string(),

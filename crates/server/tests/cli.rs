@@ -295,6 +295,22 @@ async fn tasks_are_defined_and_shown_from_the_command_line() {
         shown["spec"]["rate_limits"][0],
         serde_json::json!({"dynamic_key": "input.user", "limit": 1, "period": "1h", "scope": "task"})
     );
+    let put = tollgate(&[
+        "--server",
+        &url,
+        "tasks",
+        "put",
+        "ingest",
+        "--rate-limit",
+        "100/h",
+    ])
+    .await;
+    assert_eq!(put.status.code(), Some(0), "{}", stderr(&put));
+    assert!(
+        stdout(&put).contains(r#""rate_limit": "100/h""#),
+        "{}",
+        stdout(&put)
+    );
     let get = stdout(&tollgate(&["--server", &url, "tasks", "get", "digest"]).await);
     assert!(
         get.starts_with("digest\n") && get.contains("runs: 0 queued"),
@@ -319,8 +335,8 @@ async fn tasks_are_defined_and_shown_from_the_command_line() {
             "must be a JSON object",
         ),
         (
-            vec!["tasks", "put", "t", "--spec", r#"{"rate_limit": []}"#],
-            "unknown field `rate_limit`",
+            vec!["tasks", "put", "t", "--spec", r#"{"rate_limitz": []}"#],
+            "unknown field `rate_limitz`",
         ),
         (
             vec!["tasks", "put", "t", "--file", "/no/such/file"],

@@ -566,3 +566,57 @@ async fn direct_leases_and_barriers_survive_kill_9_and_a_clean_stop() {
     third.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+async fn enqueue_state(server: &Tollgate, task: &str) -> Value {
+    server
+        .expect(
+            reqwest::Method::POST,
+            &format!("/v1/tasks/{task}/runs"),
+            json!({"input": {}}),
+            201,
+        )
+        .await["state"]
+        .clone()
+}
+
+/// What a task's `rate_limit` took at enqueue counts after `kill -9` too: the run that passed it
+/// is replayed into the limiter at the instant it was enqueued, so the next run is still
+/// skipped; a run the gate skipped took nothing.
+#[tokio::test]
+async fn a_rate_limit_taken_at_enqueue_still_counts_after_kill_9() {
+    use reqwest::Method;
+    let dir = data_dir("gate");
+    let first = Tollgate::start(&dir).await;
+    first
+        .expect(
+            Method::PUT,
+            "/v1/tasks/ingest",
+            json!({"rate_limit": {"limit": 2, "period": "1h", "burst": 2}}),
+            200,
+        )
+        .await;
+    assert_eq!(enqueue_state(&first, "ingest").await, "queued");
+    first.kill().await;
+
+    let second = Tollgate::start(&dir).await;
+    assert_eq!(
+        enqueue_state(&second, "ingest").await,
+        "queued",
+        "one of two is left"
+    );
+    assert_eq!(
+        enqueue_state(&second, "ingest").await,
+        "skipped",
+        "both are taken"
+    );
+    second.kill().await;
+
+    let third = Tollgate::start(&dir).await;
+    assert_eq!(
+        enqueue_state(&third, "ingest").await,
+        "skipped",
+        "both still count, the skipped run took none"
+    );
+    third.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

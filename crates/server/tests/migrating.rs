@@ -283,3 +283,56 @@ async fn keys_of_a_tasks_own_are_never_shared_with_another_task() {
         server.stop().await;
     }
 }
+
+/// Inngest's `rateLimit` as `"rate_limit"`: decided once, at enqueue, whatever `on_limit` says —
+/// a run over it is stored as skipped with the key (one budget per `key` value, the task's own);
+/// a run it admits keeps its units and then waits on its other limits as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inngest_rate_limit_skips_runs_over_it_and_lets_the_rest_wait_as_usual() {
+    for Mode { name, server, .. } in
+        each_mode("an_inngest_rate_limit_skips_runs_over_it_and_lets_the_rest_wait_as_usual").await
+    {
+        let t = server
+            .define_task(
+                "ingest",
+                json!({"rate_limit": {"limit": 1, "period": "1h", "key": "input.company"},
+                       "rate_limits": [{"dynamic_key": "input.user", "limit": 1, "period": "1h"}]}),
+            )
+            .await;
+        assert_eq!(
+            t["spec"]["rate_limit"],
+            json!({"limit": 1, "period": "1h", "key": "input.company"}),
+            "{name}"
+        );
+        let first = server
+            .enqueue("ingest", json!({"company": "c1", "user": "u1"}))
+            .await;
+        let over = server
+            .enqueue("ingest", json!({"company": "c1", "user": "u2"}))
+            .await;
+        let other = server
+            .enqueue("ingest", json!({"company": "c2", "user": "u1"}))
+            .await;
+        assert_eq!(first["state"], "queued", "{name}: {first}");
+        assert_eq!(
+            (&over["state"], &over["skip_reason"]),
+            (&json!("skipped"), &json!("rate_limited")),
+            "{name}: {over}"
+        );
+        assert_eq!(
+            over["waiting_on"], "task:ingest:rate_limit:c1",
+            "{name}: {over}"
+        );
+        assert_eq!(other["state"], "queued", "{name}: {other}");
+        // Past the gate, the per-user limit applies as usual: u1's second run waits.
+        let leased = server.lease(&["ingest"], 10, 0).await;
+        assert_eq!(common::ids(&leased), [common::id(&first)], "{name}");
+        let other = server.run(&common::id(&other)).await;
+        assert_eq!(
+            (&other["state"], &other["waiting_on"]),
+            (&json!("waiting"), &json!("u1")),
+            "{name}: {other}"
+        );
+        server.stop().await;
+    }
+}

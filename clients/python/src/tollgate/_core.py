@@ -512,9 +512,10 @@ def op_put_task(name: str, spec: Mapping[str, Any]) -> Op[dict[str, Any]]:
     idem = body.get("idempotency")
     if isinstance(idem, Mapping):
         body["idempotency"] = with_periods(idem, "idempotency.")
-    throttle = body.get("throttle")
-    if isinstance(throttle, Mapping):
-        body["throttle"] = with_periods(throttle, "throttle.")
+    for field in ("throttle", "rate_limit"):
+        rate = body.get(field)
+        if isinstance(rate, Mapping):
+            body[field] = with_periods(rate, f"{field}.")
     return Op("PUT", path("v1", "tasks", name), as_dict, body=body)
 
 

@@ -311,10 +311,10 @@ class Tollgate:
     def put_task(self, name: str, **spec: Any) -> dict[str, Any]:
         """Defines or redefines a task; the keyword arguments are the HTTP body
         (``rate_limits``, ``concurrency``, ``on_limit``, ``idempotency``, ``triggers``,
-        ``max_attempts``, ``lease_timeout``, ``throttle``: ``"10/m"`` or ``{"limit", "period",
-        "burst", "key"}``). Period fields take strings or seconds, a rate limit's ``duration``
-        (Hatchet's name for ``period``) too. Answers ``{"name", "spec",
-        "depth"}``."""
+        ``max_attempts``, ``lease_timeout``, ``throttle`` and Inngest's ``rate_limit``:
+        ``"10/m"`` or ``{"limit", "period", "burst", "key"}``). Period fields take strings or
+        seconds, a rate limit's ``duration`` (Hatchet's name for ``period``) too. Answers
+        ``{"name", "spec", "depth"}``."""
         return self._send(core.op_put_task(name, spec))
 
     def get_task(self, name: str) -> dict[str, Any]:

@@ -50,14 +50,24 @@ impl<S: Store + 'static> Engine<S> {
                     }
                 }
             } else {
-                let mut consumed: Vec<&Run> = loaded
-                    .runs
-                    .iter()
-                    .filter(|r| r.consumed_at.is_some())
-                    .collect();
-                consumed.sort_by_key(|r| (r.consumed_at, r.seq));
-                for run in consumed {
-                    replay(store, run, now);
+                // What runs consumed, in time order: their rate limits when admitted, and the
+                // task's `rate_limit` at enqueue (a run keeps its gate only when it passed).
+                let mut consumed: Vec<(Nanos, u64, bool, &Run)> = Vec::new();
+                for r in &loaded.runs {
+                    if !r.rendered.gate.is_empty() {
+                        consumed.push((r.created_at, r.seq, true, r));
+                    }
+                    if let Some(at) = r.consumed_at {
+                        consumed.push((at, r.seq, false, r));
+                    }
+                }
+                consumed.sort_by_key(|&(at, seq, gate, _)| (at, seq, !gate));
+                for (at, _, gate, run) in consumed {
+                    if gate {
+                        replay_entries(store, run.rendered.gate_entries(), at, now);
+                    } else {
+                        replay(store, run, now);
+                    }
                 }
                 // Direct use since the last snapshot is unknown: every key with direct use is
                 // treated as fully used from the latest instant the crash can have happened.
@@ -98,16 +108,41 @@ impl<S: Store + 'static> Engine<S> {
     }
 }
 
-/// Whether units `run` consumed still count against any of its limits at `now`.
+/// Whether units `run` consumed still count against any of its limits at `now`: its rate
+/// limits since `consumed_at`, or its task's `rate_limit` since it was enqueued.
 pub(super) fn consumption_counts(store: &dyn Store, run: &Run, now: Nanos) -> bool {
+    let gate = run
+        .rendered
+        .gate
+        .iter()
+        .filter_map(|r| r.entry().ok())
+        .any(|e| still_counts(store, &e, run.created_at, now));
     let Some(at) = run.consumed_at else {
-        return false;
+        return gate;
     };
-    run.rendered
+    gate || run
+        .rendered
         .rate
         .iter()
         .filter_map(|r| r.entry().ok())
         .any(|e| still_counts(store, &e, at, now))
+}
+
+/// Re-applies `entries`, consumed at `at`, where they still count.
+fn replay_entries(
+    store: &dyn Store,
+    entries: Result<Vec<AcquireEntry<'_>>, crate::SpecError>,
+    at: Nanos,
+    now: Nanos,
+) {
+    let entries: Vec<AcquireEntry<'_>> = entries
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| still_counts(store, e, at, now))
+        .collect();
+    if !entries.is_empty() {
+        let _ = store.acquire(&entries, at);
+    }
 }
 
 /// Re-applies the units `run` consumed, at the time it consumed them, where they still count.

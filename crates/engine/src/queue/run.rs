@@ -570,6 +570,7 @@ mod tests {
                     spec_index: 0,
                 }],
                 idempotency_key: None,
+                gate: Vec::new(),
             },
             policy: Some(RunPolicy::default()),
             waiting_on: None,

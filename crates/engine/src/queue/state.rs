@@ -350,6 +350,35 @@ impl QueueState {
                 self.seen.insert(k, now + period);
             }
         }
+        // The task's `rate_limit` (Inngest's) is decided now, once, whatever the policy: a run
+        // over it is skipped; one it admits keeps the units (docs/design.md §3.1).
+        // A run keeps its gate only when the gate took its units (at `created_at`): what
+        // recovery replays after a crash (engine/recovery.rs).
+        let mut gate_passed = false;
+        if run.state() == RunState::Queued && !run.rendered.gate.is_empty() {
+            match run.rendered.gate_entries().map(|e| store.acquire(&e, now)) {
+                Ok(Ok(a)) if a.allowed => gate_passed = true,
+                Ok(Ok(a)) => {
+                    let i = a.first_denied().unwrap_or(0);
+                    run.phase = RunPhase::Skipped {
+                        reason: "rate_limited".into(),
+                        key: run.rendered.gate.get(i).map(|r| r.key.clone()),
+                    };
+                }
+                Ok(Err(e)) if e.is_transient() => return Err(e),
+                Ok(Err(e)) => {
+                    run.phase = RunPhase::Failed { worker_id: None };
+                    run.error = Some(e.to_string());
+                }
+                Err(e) => {
+                    run.phase = RunPhase::Failed { worker_id: None };
+                    run.error = Some(e.to_string());
+                }
+            }
+        }
+        if !gate_passed {
+            run.rendered.gate.clear();
+        }
         // A run that may still start names its keys from now on: the newest definition of a
         // dynamic key is its own, and a key whose definition this changed is re-planned below.
         let live = run.state() == RunState::Queued;

@@ -221,6 +221,8 @@ pub struct Task {
     /// Event names that start a run.
     pub triggers: Vec<String>,
     rate: Vec<CompiledRate>,
+    /// `rate_limit`: decided at enqueue only.
+    gate: Option<CompiledRate>,
     concurrency: Vec<CompiledConcurrency>,
     idempotency: Option<(Expr, Period)>,
     uses: Uses,
@@ -260,9 +262,13 @@ impl Task {
                      drop one of the two (a rate_limits entry with on_limit \"skip\" drops runs over a rate)",
                 ));
             }
-            rate.push(compile_throttle(t, name)?);
+            rate.push(compile_throttle(t, name, "throttle")?);
         }
-        for compiled in &rate {
+        let gate = match &spec.rate_limit {
+            None => None,
+            Some(r) => Some(compile_throttle(r, name, "rate_limit")?),
+        };
+        for compiled in rate.iter().chain(&gate) {
             uses = uses.union(match compiled {
                 CompiledRate::Static { units, .. } => units.uses(),
                 CompiledRate::Dynamic {
@@ -332,6 +338,7 @@ impl Task {
             triggers: spec.triggers.clone(),
             spec,
             rate,
+            gate,
             concurrency,
             idempotency,
             uses,
@@ -508,12 +515,35 @@ impl Task {
             })?),
         };
 
+        // `rate_limit` (compiled as a constant gcra limit of the task's own, one unit a run).
+        let mut gate = Vec::new();
+        if let Some(CompiledRate::Dynamic {
+            key,
+            scope: prefix,
+            limit,
+            ..
+        }) = &self.gate
+            && let DynamicLimit::Const { spec, .. } = &**limit
+        {
+            let key = match key {
+                None => prefix.to_string(),
+                Some(key) => render_key(key, prefix, &scope, || "rate_limit.key".to_owned())?,
+            };
+            gate.push(RenderedLimit {
+                key,
+                dynamic: Some(spec.clone()),
+                units: 1,
+                spec_index: self.rate.len(),
+            });
+        }
+
         match over_capacity {
             Some(e) => Err(e),
             None => Ok(Rendered {
                 rate,
                 concurrency,
                 idempotency_key,
+                gate,
             }),
         }
     }
@@ -523,8 +553,9 @@ fn parse_period(s: &str, field: &str) -> Result<Period, SpecError> {
     Period::parse(s).map_err(|e| spec_error("invalid_period", field, e.to_string()))
 }
 
-/// A task's `throttle`: a gcra limit of the task's own, burst 1 unless given, one unit a run.
-fn compile_throttle(t: &Throttle, task: &str) -> Result<CompiledRate, SpecError> {
+/// A task's `throttle` or `rate_limit` (`field`): a gcra limit of the task's own, burst 1
+/// unless given, one unit a run, under `task:<name>:<field>[:<key>]`.
+fn compile_throttle(t: &Throttle, task: &str, field: &str) -> Result<CompiledRate, SpecError> {
     let (params, limit, key) = match t {
         Throttle::Rate(rate) => (
             LimitParams {
@@ -553,12 +584,12 @@ fn compile_throttle(t: &Throttle, task: &str) -> Result<CompiledRate, SpecError>
         },
         ..LimitSpec::default()
     };
-    let rate_limit = template.to_rate_limit().map_err(|e| e.within("throttle"))?;
-    let scope = format!("{}throttle", task_scope(task));
+    let rate_limit = template.to_rate_limit().map_err(|e| e.within(field))?;
+    let scope = format!("{}{field}", task_scope(task));
     let (key, scope) = match key {
         None => (None, scope),
         Some(source) => (
-            Some(Expr::compile(source).map_err(|e| e.within("throttle.key"))?),
+            Some(Expr::compile(source).map_err(|e| e.within(&format!("{field}.key")))?),
             format!("{scope}:"),
         ),
     };

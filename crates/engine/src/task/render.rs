@@ -56,6 +56,9 @@ pub struct Rendered {
     /// The rendered idempotency key, when the task has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The task's `rate_limit` (Inngest's): decided once, at enqueue; a run over it is skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gate: Vec<RenderedLimit>,
 }
 
 impl Rendered {
@@ -65,6 +68,14 @@ impl Rendered {
     /// As [`RenderedLimit::entry`].
     pub fn entries(&self) -> Result<Vec<AcquireEntry<'_>>, SpecError> {
         self.rate.iter().map(RenderedLimit::entry).collect()
+    }
+
+    /// The acquire entries of the task's `rate_limit`, decided at enqueue.
+    ///
+    /// # Errors
+    /// As [`RenderedLimit::entry`].
+    pub fn gate_entries(&self) -> Result<Vec<AcquireEntry<'_>>, SpecError> {
+        self.gate.iter().map(RenderedLimit::entry).collect()
     }
 }
 

@@ -7,12 +7,13 @@
 -- ARGV[2]     now in µs since the Unix epoch, or "" to use Redis TIME
 -- ARGV[3]     expiry slack in ms, added to every PEXPIRE of a rate state
 -- ARGV[4]     n: how many runs
--- then 13 values per run i, from ARGV[5 + 13(i-1)]:
+-- then 14 values per run i, from ARGV[5 + 14(i-1)]:
 --   task, on_limit ("r" requeue | "s" skip), max_attempts, lease timeout (µs), input JSON,
 --   additional_metadata JSON, event JSON ("" none), rate entries, concurrency entries (the
 --   formats of queue_lib.lua), idempotency key, idempotency period in ms ("" no idempotency),
---   failure ("" none: a reason found while rendering, e.g. insufficient capacity), and the
---   version of the task's definition the node rendered the run with
+--   failure ("" none: a reason found while rendering, e.g. insufficient capacity), the
+--   version of the task's definition the node rendered the run with, and the task's
+--   `rate_limit` as rate entries ("" none: decided here, once; a run over it is skipped)
 --
 -- Returns { "ok", effects, view of run 1, view of run 2, ... }, or { "stale", effects, task }
 -- with nothing stored when a run's task has been redefined since the node read it (the node
@@ -23,7 +24,7 @@ local n = tonumber(ARGV[4])
 -- Each task's version, read once per call (a batch of enqueues is mostly of one task).
 local versions = {}
 for i = 1, n do
-  local b = 5 + 13 * (i - 1)
+  local b = 5 + 14 * (i - 1)
   local task, want = ARGV[b], ARGV[b + 12]
   local have = versions[task]
   if not have then
@@ -52,7 +53,7 @@ end
 process_due(256)
 local views = {}
 for i = 1, n do
-  local b = 5 + 13 * (i - 1)
+  local b = 5 + 14 * (i - 1)
   local task, pol, max, lt = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local rate, conc = ARGV[b + 7], ARGV[b + 8]
   local idem_key, idem_ms, failure = ARGV[b + 9], ARGV[b + 10], ARGV[b + 11]
@@ -92,6 +93,32 @@ for i = 1, n do
       fields[#fields + 1] = idem_key
     elseif tonumber(idem_ms) > 0 then
       redis.call('SET', k, '1', 'PX', idem_ms)
+    end
+  end
+  -- The task's rate_limit (Inngest's) is decided now, once, whatever the policy: a run over
+  -- it is skipped; one it admits keeps the units.
+  local gate = ARGV[b + 13]
+  if state == 'queued' and gate ~= '' then
+    local G = own_rate_entries(gate)
+    local allowed, D = acquire_keys(G, NOW, SLACK)
+    if allowed == false then
+      local first = 1
+      for i = 1, #G do
+        if D[i][1] == 0 then
+          first = i
+          break
+        end
+      end
+      state = 'skipped'
+      fields[#fields + 1] = 'sr'
+      fields[#fields + 1] = 'rate_limited'
+      fields[#fields + 1] = 'wo'
+      fields[#fields + 1] = G[first].key
+    elseif allowed == nil then
+      state = 'failed'
+      fields[#fields + 1] = 'err'
+      fields[#fields + 1] = 'the state of limit ' .. string.format('%q', G[D[2]].key) ..
+          ' cannot be used: ' .. D[3]
     end
   end
   -- A run that may still start names its keys from now on: the newest definition of a

@@ -8,7 +8,8 @@
 //! {"name": "send-email",
 //!  "spec": {"rate_limits": [{"static_key": "test-limit", "units": 1}], "concurrency": [],
 //!           "on_limit": "requeue", "idempotency": null, "triggers": [],
-//!           "max_attempts": 3, "lease_timeout": "30s", "throttle": null},
+//!           "max_attempts": 3, "lease_timeout": "30s", "throttle": null,
+//!           "rate_limit": null},
 //!  "depth": {"queued": 2, "waiting": 0, "running": 1, "succeeded": 7, "failed": 0,
 //!            "skipped": 0, "cancelled": 0}}
 //! ```
