@@ -287,6 +287,14 @@ def test_tasks_runs_and_events(tg: Tollgate, uid: str) -> None:
     leased = tg.lease_runs("w", [f"{uid}-inngest"], max=10)
     assert [r["id"] for r in leased] == [first["id"]]
     assert tg.run(second["id"])["state"] == "waiting"
+    # Celery's countdown / eta: scheduled until due.
+    later = tg.enqueue(f"{uid}-celery", {}, delay=30)
+    assert later["state"] == "scheduled"
+    assert later["eligible_at_ms"] - later["created_at_ms"] in (30_000, 30_001)  # ms rounding
+    at = tg.enqueue(f"{uid}-celery", {}, run_at=later["eligible_at_ms"] / 1000)
+    assert (at["state"], at["eligible_at_ms"]) == ("scheduled", later["eligible_at_ms"])
+    with pytest.raises(ValueError, match="not both"):
+        tg.enqueue(f"{uid}-celery", {}, delay=1, run_at=1)
     # Inngest's rateLimit: over it, a run is skipped at enqueue.
     tg.put_task(f"{uid}-skipping", rate_limit={"limit": 1, "period": 3600})
     assert tg.enqueue(f"{uid}-skipping", {})["state"] == "queued"

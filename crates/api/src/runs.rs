@@ -10,6 +10,9 @@ use serde_json::Value;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
+    /// Enqueued with a delay (`delay_ms`, `run_at_ms`): nothing is decided until
+    /// `eligible_at_ms`, when it is admitted as a new run would be.
+    Scheduled,
     /// Ready to be leased.
     Queued,
     /// Parked until a limit allows it (`waiting_on`, `eligible_at`).
@@ -30,6 +33,7 @@ impl RunState {
     /// The snake_case name.
     pub fn as_str(self) -> &'static str {
         match self {
+            RunState::Scheduled => "scheduled",
             RunState::Queued => "queued",
             RunState::Waiting => "waiting",
             RunState::Running => "running",
@@ -49,7 +53,8 @@ impl RunState {
     }
 
     /// Every state, in lifecycle order.
-    pub const ALL: [RunState; 7] = [
+    pub const ALL: [RunState; 8] = [
+        RunState::Scheduled,
         RunState::Queued,
         RunState::Waiting,
         RunState::Running,
@@ -66,7 +71,7 @@ impl std::str::FromStr for RunState {
         RunState::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown run state {s:?}: expected one of queued, waiting, running, succeeded, failed, skipped, cancelled"))
+            .ok_or_else(|| format!("unknown run state {s:?}: expected one of scheduled, queued, waiting, running, succeeded, failed, skipped, cancelled"))
     }
 }
 
@@ -89,7 +94,7 @@ pub struct RunView {
     pub max_attempts: u32,
     /// The key a waiting run is held by.
     pub waiting_on: Option<String>,
-    /// When a waiting run becomes eligible.
+    /// When a waiting run becomes eligible, or a scheduled run is due.
     pub eligible_at_ms: Option<u64>,
     /// Why it was skipped.
     pub skip_reason: Option<String>,
@@ -133,6 +138,14 @@ pub struct EnqueueRequest {
     /// Caller-supplied metadata, kept with the run (default `{}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub additional_metadata: Option<Value>,
+    /// Start no sooner than this many milliseconds from now (Celery's `countdown`, Dramatiq's
+    /// `delay`): the run is `scheduled` until then. Not with `run_at_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// Start no sooner than this instant, Unix-epoch milliseconds (Celery's `eta`). Not with
+    /// `delay_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at_ms: Option<u64>,
 }
 
 /// `POST /v1/events`'s body: one run of every task whose `triggers` name the event.
@@ -146,6 +159,12 @@ pub struct EventRequest {
     /// Caller-supplied metadata, kept with each run (default `{}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub additional_metadata: Option<Value>,
+    /// As [`EnqueueRequest::delay_ms`], for every run the event starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// As [`EnqueueRequest::run_at_ms`], for every run the event starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at_ms: Option<u64>,
 }
 
 /// A run an event started.

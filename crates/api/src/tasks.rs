@@ -348,6 +348,7 @@ impl<'de> Deserialize<'de> for NumberOrExpr {
 #[serde(default)]
 #[allow(missing_docs)] // one count per `RunState`, named as it
 pub struct Depth {
+    pub scheduled: u64,
     pub queued: u64,
     pub waiting: u64,
     pub running: u64,
@@ -361,6 +362,7 @@ impl Depth {
     /// The count for `state`.
     pub fn get(&self, state: RunState) -> u64 {
         match state {
+            RunState::Scheduled => self.scheduled,
             RunState::Queued => self.queued,
             RunState::Waiting => self.waiting,
             RunState::Running => self.running,
@@ -374,6 +376,7 @@ impl Depth {
     /// Adds `n` runs in `state`.
     pub fn add(&mut self, state: RunState, n: u64) {
         let slot = match state {
+            RunState::Scheduled => &mut self.scheduled,
             RunState::Queued => &mut self.queued,
             RunState::Waiting => &mut self.waiting,
             RunState::Running => &mut self.running,

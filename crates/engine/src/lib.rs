@@ -74,7 +74,7 @@ pub use fast_map::FastHashMap;
 pub use limiter::{AsyncLimiter, LeaseGuard, Limiter};
 pub use metrics::{QueueMetrics, Transition};
 pub use queue::run::{LeasedRun, Run, RunPhase, RunPolicy, RunState, RunView, WaitKey};
-pub use queue::run_queue::{LeaseAttempt, LeaseQueue, QueueFuture, RunQueue};
+pub use queue::run_queue::{LeaseAttempt, LeaseQueue, QueueFuture, RunQueue, StartAt};
 pub use spec::{DEFAULT_LEASE_TTL, LimitSpec, LimitSpecExt, SpecError};
 pub use store::memory::MemoryStore;
 pub use store::{

@@ -105,6 +105,12 @@ fn check(e: &Engine, ended: &mut HashMap<String, RunView>) -> Result<(), TestCas
             RunState::Waiting => {
                 prop_assert!(r.waiting_on.is_some(), "a waiting run must say why: {r:?}")
             }
+            RunState::Scheduled => {
+                prop_assert!(
+                    r.waiting_on.is_none() && r.eligible_at_ms.is_some(),
+                    "a scheduled run says when it is due, and waits on no key: {r:?}"
+                );
+            }
             RunState::Queued
             | RunState::Running
             | RunState::Succeeded

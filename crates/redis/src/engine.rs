@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tollgate::metrics::{DecisionCount, QueueMetrics};
 use tollgate::{
     AsyncLimiter, Clock, DEFAULT_RETENTION, Error, LeasedRun, LimitSpec, OnLimit, RunContext,
-    RunState, RunView, StoreError, Task, TaskSpec, Transition, check_key,
+    RunState, RunView, StartAt, StoreError, Task, TaskSpec, Transition, check_key,
 };
 use tollgate_core::{Limit, Nanos, Period};
 
@@ -405,6 +405,22 @@ impl RedisEngine {
         input: Json,
         additional_metadata: Json,
     ) -> Result<RunView, Error> {
+        self.enqueue_at(task, input, additional_metadata, StartAt::Now)
+            .await
+    }
+
+    /// As [`RedisEngine::enqueue`], for a run that starts no sooner than `start` (`scheduled`
+    /// until then; its instant is reckoned on Redis's clock).
+    ///
+    /// # Errors
+    /// As [`RedisEngine::enqueue`].
+    pub async fn enqueue_at(
+        &self,
+        task: &str,
+        input: Json,
+        additional_metadata: Json,
+        start: StartAt,
+    ) -> Result<RunView, Error> {
         let unknown = || Error::UnknownTask {
             name: task.to_owned(),
         };
@@ -415,7 +431,7 @@ impl RedisEngine {
             None => self.read_task(task).await?.ok_or_else(unknown)?,
         };
         for _ in 0..STALE_RETRIES {
-            let args = self.run_args(&t, &version, &input, &additional_metadata, None)?;
+            let args = self.run_args(&t, &version, &input, &additional_metadata, None, start)?;
             if let Some(view) = self.inner.enqueues.call(args).await? {
                 return Ok(view);
             }
@@ -452,6 +468,21 @@ impl RedisEngine {
         data: Json,
         additional_metadata: Json,
     ) -> Result<Vec<RunView>, Error> {
+        self.emit_at(name, data, additional_metadata, StartAt::Now)
+            .await
+    }
+
+    /// As [`RedisEngine::emit`], for runs that start no sooner than `start`.
+    ///
+    /// # Errors
+    /// As [`RedisEngine::emit`].
+    pub async fn emit_at(
+        &self,
+        name: &str,
+        data: Json,
+        additional_metadata: Json,
+        start: StartAt,
+    ) -> Result<Vec<RunView>, Error> {
         let event = serde_json::json!({"name": name, "data": data});
         let mut stale = String::new();
         for _ in 0..STALE_RETRIES {
@@ -464,6 +495,7 @@ impl RedisEngine {
                         &data,
                         &additional_metadata,
                         Some(&event),
+                        start,
                     )?);
                 }
             }
@@ -479,7 +511,7 @@ impl RedisEngine {
         Err(self.stale(&stale))
     }
 
-    /// Renders a run of `task` (whose definition is `version`) into the 14 values
+    /// Renders a run of `task` (whose definition is `version`) into the 15 values
     /// queue_enqueue.lua reads.
     fn run_args(
         &self,
@@ -488,6 +520,7 @@ impl RedisEngine {
         input: &Json,
         meta: &Json,
         event: Option<&Json>,
+        start: StartAt,
     ) -> Result<Vec<String>, Error> {
         let ctx = RunContext {
             input,
@@ -588,6 +621,13 @@ impl RedisEngine {
             failure,
             version.to_owned(),
             gate,
+            // When it may start: "" at once, "+<µs>" after a delay, "@<µs>" at an instant
+            // (µs rounded up, so a run never starts early).
+            match start {
+                StartAt::Now => String::new(),
+                StartAt::After(d) => format!("+{}", d.as_micros_ceil()),
+                StartAt::At(t) => format!("@{}", t.as_micros_ceil()),
+            },
         ])
     }
 

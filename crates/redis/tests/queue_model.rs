@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::json;
-use tollgate::{Engine, Error, FakeClock, Limiter, MemoryStore, RunView};
+use tollgate::{Engine, Error, FakeClock, Limiter, MemoryStore, RunView, StartAt};
 use tollgate_core::Nanos;
 use tollgate_redis::{RedisEngine, RedisStore};
 
@@ -85,6 +85,12 @@ enum Op {
         task: usize,
         user: u8,
     },
+    /// Enqueues a run that starts no sooner than `delay_ms` from now (scheduled until then).
+    EnqueueLater {
+        task: usize,
+        user: u8,
+        delay_ms: u64,
+    },
     Lease {
         task: usize,
         max: usize,
@@ -117,6 +123,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (0..TASKS.len(), 0u8..3).prop_map(|(task, user)| Op::Enqueue { task, user }),
+        3 => (0..TASKS.len(), 0u8..3, prop_oneof![Just(0u64), Just(250), Just(1_000), Just(5_000)])
+            .prop_map(|(task, user, delay_ms)| Op::EnqueueLater { task, user, delay_ms }),
         8 => (0..TASKS.len(), 1usize..4).prop_map(|(task, max)| Op::Lease { task, max }),
         4 => any::<usize>().prop_map(Op::Complete),
         2 => (any::<usize>(), any::<bool>()).prop_map(|(run, retry)| Op::Fail { run, retry }),
@@ -204,6 +212,27 @@ impl Pair {
                     .enqueue(TASKS[*task], input.clone(), json!({}))
                     .await;
                 let b = self.redis.enqueue(TASKS[*task], input, json!({})).await;
+                prop_assert_eq!(kind(&a), kind(&b), "enqueue {:?}", op);
+                if let (Ok(a), Ok(b)) = (a, b) {
+                    prop_assert_eq!(shape(&a), shape(&b), "enqueue {:?}", op);
+                    self.runs.push((a.id, b.id));
+                }
+            }
+            Op::EnqueueLater {
+                task,
+                user,
+                delay_ms,
+            } => {
+                let input = json!({"user": format!("u{user}")});
+                let start = StartAt::After(Nanos::from_millis(*delay_ms));
+                let a = self
+                    .local
+                    .enqueue_at(TASKS[*task], input.clone(), json!({}), start)
+                    .await;
+                let b = self
+                    .redis
+                    .enqueue_at(TASKS[*task], input, json!({}), start)
+                    .await;
                 prop_assert_eq!(kind(&a), kind(&b), "enqueue {:?}", op);
                 if let (Ok(a), Ok(b)) = (a, b) {
                     prop_assert_eq!(shape(&a), shape(&b), "enqueue {:?}", op);

@@ -168,6 +168,9 @@ pub enum RunsCommand {
         /// Additional metadata, as JSON.
         #[arg(long)]
         metadata: Option<String>,
+        /// Start no sooner than this from now (`5s`, `1h30m`): the run is scheduled until then.
+        #[arg(long, value_name = "PERIOD")]
+        delay: Option<String>,
     },
     /// Show a run: its state, and why it waits and until when.
     Get {
@@ -372,13 +375,22 @@ impl ClientCommand {
                 task,
                 input,
                 metadata,
+                delay,
             }) => {
                 let input = parse_json("input", &input)?;
                 let metadata = metadata.map(|m| parse_json("metadata", &m)).transpose()?;
-                let run = client
-                    .enqueue(&task, &input, metadata.as_ref())
-                    .await
-                    .map_err(fail)?;
+                let run = match delay {
+                    None => client.enqueue(&task, &input, metadata.as_ref()).await,
+                    Some(d) => {
+                        let period = tollgate::core::Period::parse(&d)
+                            .map_err(|e| format!("--delay {d:?}: {e}"))?;
+                        let delay = Duration::from_nanos(period.as_nanos().as_nanos());
+                        client
+                            .enqueue_after(&task, &input, metadata.as_ref(), delay)
+                            .await
+                    }
+                }
+                .map_err(fail)?;
                 ok(render_run(&run, o.json))
             }
             ClientCommand::Runs(RunsCommand::Get { id }) => ok(render_run(
@@ -568,7 +580,12 @@ fn render_run(run: &RunView, json_out: bool) -> String {
         let _ = writeln!(out, "{why} {key}");
     }
     if let Some(at) = run.eligible_at_ms {
-        let _ = writeln!(out, "eligible   {}", in_ms(at));
+        let label = if run.state == tollgate_client::RunState::Scheduled {
+            "due       "
+        } else {
+            "eligible  "
+        };
+        let _ = writeln!(out, "{label} {}", in_ms(at));
     }
     if let Some(reason) = &run.skip_reason {
         let _ = writeln!(out, "skipped    {reason}");

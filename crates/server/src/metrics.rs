@@ -6,7 +6,7 @@
 //! | `tollgate_decisions_total` | `limit`, `outcome` | decisions per limit: `allowed` (units taken) or `denied` (this limit refused) |
 //! | `tollgate_decision_duration_seconds` | | time of one direct decision in the store (`/v1/acquire` without a wait) |
 //! | `tollgate_run_transitions_total` | `task`, `transition` | runs `enqueued`, `parked`, `leased`, `succeeded`, `failed`, `skipped`, `expired`, `cancelled` |
-//! | `tollgate_queue_depth` | `task`, `state` | runs `queued`, `waiting` and `running` now |
+//! | `tollgate_queue_depth` | `task`, `state` | runs `scheduled`, `queued`, `waiting` and `running` now |
 //! | `tollgate_dispatch_lag_seconds` | | from a parked run's `eligible_at` to its lease |
 //!
 //! Labels stay bounded (STYLE: never a raw key): `limit` is a declared (static) key, `dynamic`
@@ -167,7 +167,12 @@ impl fmt::Debug for EngineCollector {
 }
 
 /// Runs in these states make a task's queue.
-const QUEUE_STATES: [RunState; 3] = [RunState::Queued, RunState::Waiting, RunState::Running];
+const QUEUE_STATES: [RunState; 4] = [
+    RunState::Scheduled,
+    RunState::Queued,
+    RunState::Waiting,
+    RunState::Running,
+];
 
 impl Collector for EngineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {

@@ -570,7 +570,7 @@ async fn bad_input_gets_a_status_a_code_and_the_field() {
             "/v1/tasks/t",
             s(r#"{"rate_limit": []}"#),
             400,
-            "unknown_field",
+            "invalid_field",
             Some("rate_limit"),
         ),
         case(

@@ -311,6 +311,26 @@ async fn tasks_are_defined_and_shown_from_the_command_line() {
         "{}",
         stdout(&put)
     );
+    let later = tollgate(&[
+        "--server", &url, "runs", "enqueue", "digest", "--delay", "90s",
+    ])
+    .await;
+    assert_eq!(later.status.code(), Some(0), "{}", stderr(&later));
+    let shown = stdout(&later);
+    assert!(
+        shown.contains("state      scheduled") && shown.contains("due        in "),
+        "{shown}"
+    );
+    let bad = tollgate(&[
+        "--server", &url, "runs", "enqueue", "digest", "--delay", "soon",
+    ])
+    .await;
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("--delay \"soon\""),
+        "{}",
+        stderr(&bad)
+    );
     let get = stdout(&tollgate(&["--server", &url, "tasks", "get", "digest"]).await);
     assert!(
         get.starts_with("digest\n") && get.contains("runs: 0 queued"),

@@ -620,3 +620,37 @@ async fn a_rate_limit_taken_at_enqueue_still_counts_after_kill_9() {
     third.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A scheduled run survives `kill -9` as it was: still scheduled, due at the same instant, and
+/// leased by nobody before then.
+#[tokio::test]
+async fn a_scheduled_run_stays_scheduled_after_kill_9() {
+    use reqwest::Method;
+    let dir = data_dir("scheduled");
+    let first = Tollgate::start(&dir).await;
+    first
+        .expect(Method::PUT, "/v1/tasks/later", json!({}), 200)
+        .await;
+    let run = first
+        .expect(
+            Method::POST,
+            "/v1/tasks/later/runs",
+            json!({"input": {}, "delay_ms": 3_600_000}),
+            201,
+        )
+        .await;
+    assert_eq!(run["state"], "scheduled");
+    first.kill().await;
+
+    let second = Tollgate::start(&dir).await;
+    let id = run["id"].as_str().unwrap();
+    let after = second.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(
+        (&after["state"], &after["eligible_at_ms"]),
+        (&run["state"], &run["eligible_at_ms"]),
+        "{after}"
+    );
+    assert!(second.lease("later", 10).await.is_empty());
+    second.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

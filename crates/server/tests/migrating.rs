@@ -336,3 +336,110 @@ async fn an_inngest_rate_limit_skips_runs_over_it_and_lets_the_rest_wait_as_usua
         server.stop().await;
     }
 }
+
+/// Celery's `countdown`/`eta` and Dramatiq's `delay`: a run enqueued with `delay_ms` (or
+/// `run_at_ms`) is `scheduled`, with its due instant in `eligible_at_ms`, counted and listed
+/// as such, leased by nobody until then; a waiting long-poll gets it when it is due. Nothing
+/// is decided before: its `rate_limit` skips it only when it is due. A cancelled scheduled run
+/// never starts; `run_at_ms` in the past is at once; both fields at once is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_run_is_scheduled_until_it_is_due_and_decided_then() {
+    for Mode { name, server, .. } in
+        each_mode("a_delayed_run_is_scheduled_until_it_is_due_and_decided_then").await
+    {
+        server
+            .define_task("later", json!({"rate_limit": {"limit": 1, "period": "1h"}}))
+            .await;
+        let post = |body: serde_json::Value| server.post("/v1/tasks/later/runs", body);
+        let first = post(json!({"input": {"n": 1}, "delay_ms": 1_200})).await;
+        assert_eq!(first.status, 201, "{name}: {:?}", first.body);
+        let first = first.body;
+        assert_eq!(first["state"], "scheduled", "{name}: {first}");
+        let created = first["created_at_ms"].as_u64().unwrap();
+        let due = first["eligible_at_ms"].as_u64().unwrap();
+        assert!(
+            (created + 1_199..=created + 1_201).contains(&due),
+            "{name}: due 1.2 s after {created}: {first}"
+        );
+        let second = post(json!({"input": {"n": 2}, "delay_ms": 1_200}))
+            .await
+            .body;
+        assert_eq!(
+            second["state"], "scheduled",
+            "{name}: not decided before it is due"
+        );
+        let cancelled = post(json!({"input": {"n": 3}, "delay_ms": 1_000}))
+            .await
+            .body;
+        let r = server
+            .act(&common::id(&cancelled), "cancel", json!({}))
+            .await;
+        assert_eq!(r.body["state"], "cancelled", "{name}: {:?}", r.body);
+        let listed = server.get("/v1/runs?task=later&state=scheduled").await.body;
+        assert_eq!(
+            listed["runs"].as_array().unwrap().len(),
+            2,
+            "{name}: {listed}"
+        );
+        let task = server.get("/v1/tasks/later").await.body;
+        assert_eq!(task["depth"]["scheduled"], 2, "{name}: {task}");
+        assert!(server.lease(&["later"], 10, 0).await.is_empty(), "{name}");
+        // A waiting long-poll gets the first when it is due; the second is over the rate
+        // limit then, and skipped.
+        let leased = server.lease(&["later"], 10, 5_000).await;
+        assert_eq!(common::ids(&leased), [common::id(&first)], "{name}");
+        // It is due a moment after the first: a read after that sees it decided.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let second = loop {
+            let run = server.run(&common::id(&second)).await;
+            if run["state"] != "scheduled" || std::time::Instant::now() > deadline {
+                break run;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            (&second["state"], &second["skip_reason"]),
+            (&json!("skipped"), &json!("rate_limited")),
+            "{name}: {second}"
+        );
+        let cancelled = server.run(&common::id(&cancelled)).await;
+        assert_eq!(cancelled["state"], "cancelled", "{name}");
+
+        server.define_task("now", json!({"triggers": ["go"]})).await;
+        let past = server
+            .post(
+                "/v1/tasks/now/runs",
+                json!({"input": {}, "run_at_ms": 1_000}),
+            )
+            .await;
+        assert_eq!(past.body["state"], "queued", "{name}: {:?}", past.body);
+        let both = server
+            .post(
+                "/v1/tasks/now/runs",
+                json!({"input": {}, "delay_ms": 1, "run_at_ms": 1}),
+            )
+            .await;
+        assert_eq!(
+            (
+                both.status,
+                both.code(),
+                both.body["error"]["field"].as_str()
+            ),
+            (400, "invalid_field", Some("run_at_ms")),
+            "{name}: {:?}",
+            both.body
+        );
+        let event = server
+            .post(
+                "/v1/events",
+                json!({"name": "go", "data": {}, "delay_ms": 60_000}),
+            )
+            .await;
+        assert_eq!(
+            event.body["runs"][0]["state"], "scheduled",
+            "{name}: {:?}",
+            event.body
+        );
+        server.stop().await;
+    }
+}

@@ -21,7 +21,7 @@ async fn server() -> Server {
 }
 
 fn zero_depth() -> Value {
-    json!({"queued": 0, "waiting": 0, "running": 0, "succeeded": 0, "failed": 0, "skipped": 0, "cancelled": 0})
+    json!({"scheduled": 0, "queued": 0, "waiting": 0, "running": 0, "succeeded": 0, "failed": 0, "skipped": 0, "cancelled": 0})
 }
 
 #[tokio::test]
@@ -96,7 +96,7 @@ async fn tasks_are_listed_by_name_with_their_depth_per_state() {
     assert_eq!(names, ["a-task", "b-task"]);
     assert_eq!(
         tasks[0]["depth"],
-        json!({"queued": 0, "waiting": 2, "running": 2, "succeeded": 1, "failed": 0, "skipped": 0, "cancelled": 0})
+        json!({"scheduled": 0, "queued": 0, "waiting": 2, "running": 2, "succeeded": 1, "failed": 0, "skipped": 0, "cancelled": 0})
     );
     assert_eq!(tasks[1]["depth"]["queued"], 2);
     assert_eq!(
@@ -286,9 +286,10 @@ async fn every_definition_error_names_its_status_code_and_field() {
             "rate_limits[1].unit",
         ),
         (
+            // Inngest's rate_limit is one rate: a list is rate_limits mistyped, and says so.
             json!({"rate_limit": []}),
             400,
-            "unknown_field",
+            "invalid_field",
             "rate_limit",
         ),
         (

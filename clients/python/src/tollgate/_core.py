@@ -528,19 +528,45 @@ def op_tasks() -> Op[list[dict[str, Any]]]:
     return Op("GET", path("v1", "tasks"), as_list("tasks"))
 
 
-def op_enqueue(task: str, input: JSON, additional_metadata: JSON) -> Op[dict[str, Any]]:
+def start_fields(body: Body, delay: float | None, run_at: float | None) -> Body:
+    """``delay`` (seconds from now) or ``run_at`` (Unix seconds) as the body's ``delay_ms`` or
+    ``run_at_ms``, rounded up so that a run never starts early; both at once is refused."""
+    if delay is not None and run_at is not None:
+        raise ValueError("give delay (seconds from now) or run_at (an instant), not both")
+    if delay is not None:
+        body["delay_ms"] = millis(seconds(delay, "delay"))
+    if run_at is not None:
+        body["run_at_ms"] = millis(seconds(run_at, "run_at"))
+    return body
+
+
+def op_enqueue(
+    task: str,
+    input: JSON,
+    additional_metadata: JSON,
+    delay: float | None = None,
+    run_at: float | None = None,
+) -> Op[dict[str, Any]]:
     check_name(task, "task name")
     body: Body = {"input": input}
     if additional_metadata is not None:
         body["additional_metadata"] = additional_metadata
+    start_fields(body, delay, run_at)
     return Op("POST", path("v1", "tasks", task, "runs"), as_dict, body=body)
 
 
-def op_send_event(name: str, data: JSON, additional_metadata: JSON) -> Op[list[dict[str, Any]]]:
+def op_send_event(
+    name: str,
+    data: JSON,
+    additional_metadata: JSON,
+    delay: float | None = None,
+    run_at: float | None = None,
+) -> Op[list[dict[str, Any]]]:
     check_name(name, "event name")
     body: Body = {"name": name, "data": data}
     if additional_metadata is not None:
         body["additional_metadata"] = additional_metadata
+    start_fields(body, delay, run_at)
     return Op("POST", path("v1", "events"), as_list("runs"), body=body)
 
 

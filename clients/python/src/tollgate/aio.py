@@ -277,15 +277,29 @@ class AsyncTollgate:
         """See :meth:`tollgate.Tollgate.tasks`."""
         return await self._send(core.op_tasks())
 
-    async def enqueue(self, task: str, input: Any, *, additional_metadata: Any = None) -> dict[str, Any]:
+    async def enqueue(
+        self,
+        task: str,
+        input: Any,
+        *,
+        additional_metadata: Any = None,
+        delay: float | None = None,
+        run_at: float | None = None,
+    ) -> dict[str, Any]:
         """See :meth:`tollgate.Tollgate.enqueue`."""
-        return await self._send(core.op_enqueue(task, input, additional_metadata))
+        return await self._send(core.op_enqueue(task, input, additional_metadata, delay, run_at))
 
     async def send_event(
-        self, name: str, data: Any, *, additional_metadata: Any = None
+        self,
+        name: str,
+        data: Any,
+        *,
+        additional_metadata: Any = None,
+        delay: float | None = None,
+        run_at: float | None = None,
     ) -> list[dict[str, Any]]:
         """See :meth:`tollgate.Tollgate.send_event`."""
-        return await self._send(core.op_send_event(name, data, additional_metadata))
+        return await self._send(core.op_send_event(name, data, additional_metadata, delay, run_at))
 
     async def run(self, run_id: str) -> dict[str, Any]:
         """See :meth:`tollgate.Tollgate.run`."""

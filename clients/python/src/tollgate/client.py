@@ -325,20 +325,39 @@ class Tollgate:
         """Every task, by name."""
         return self._send(core.op_tasks())
 
-    def enqueue(self, task: str, input: Any, *, additional_metadata: Any = None) -> dict[str, Any]:
+    def enqueue(
+        self,
+        task: str,
+        input: Any,
+        *,
+        additional_metadata: Any = None,
+        delay: float | None = None,
+        run_at: float | None = None,
+    ) -> dict[str, Any]:
         """Enqueues a run of ``task``; answers the run as the server does (``id``, ``state``…).
         Input the task's expressions cannot evaluate is refused (:class:`UnprocessableError`
-        ``invalid_expression``) and nothing is stored."""
-        return self._send(core.op_enqueue(task, input, additional_metadata))
+        ``invalid_expression``) and nothing is stored. ``delay`` (seconds, Celery's
+        ``countdown``) or ``run_at`` (Unix seconds, Celery's ``eta``): the run is
+        ``scheduled`` until then, with its due instant in ``eligible_at_ms``."""
+        return self._send(core.op_enqueue(task, input, additional_metadata, delay, run_at))
 
-    def send_event(self, name: str, data: Any, *, additional_metadata: Any = None) -> list[dict[str, Any]]:
+    def send_event(
+        self,
+        name: str,
+        data: Any,
+        *,
+        additional_metadata: Any = None,
+        delay: float | None = None,
+        run_at: float | None = None,
+    ) -> list[dict[str, Any]]:
         """Starts one run of every task triggered by event ``name``; answers every one of those
         runs (``id``, ``task``, ``state``), none when no task listens. Each run stands alone: a
         task whose expressions cannot be evaluated for this event gets a run stored as
         ``failed``, listed with its ``error`` (``"invalid_expression: <field>: expression …"``),
         and the other tasks' runs proceed; that is an answer, not a raised error. (A run that
-        can never fit its limits is ``failed`` with ``insufficient_capacity: …`` likewise.)"""
-        return self._send(core.op_send_event(name, data, additional_metadata))
+        can never fit its limits is ``failed`` with ``insufficient_capacity: …`` likewise.)
+        ``delay`` and ``run_at`` as for :meth:`enqueue`, for every run."""
+        return self._send(core.op_send_event(name, data, additional_metadata, delay, run_at))
 
     def run(self, run_id: str) -> dict[str, Any]:
         """One run: state, attempt, what it waits on and until when, output, error."""

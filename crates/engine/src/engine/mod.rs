@@ -32,7 +32,7 @@ use crate::fast_map::FastHashMap;
 use crate::limiter::{AsyncLimiter, Limiter};
 use crate::metrics::QueueMetrics;
 use crate::queue::run::{LeasedRun, Run, RunState, RunView};
-use crate::queue::run_queue::{LeaseAttempt, check_name, compile_task, tasks_naming};
+use crate::queue::run_queue::{LeaseAttempt, StartAt, check_name, compile_task, tasks_naming};
 use crate::queue::state::{QueueState, WaitKey};
 use crate::spec::{LimitSpec, LimitSpecExt};
 use crate::store::memory::MemoryStore;
@@ -256,8 +256,27 @@ impl<S: Store + 'static> Engine<S> {
         input: Value,
         additional_metadata: Value,
     ) -> Result<RunView, Error> {
+        self.enqueue_at(task, input, additional_metadata, StartAt::Now)
+            .await
+    }
+
+    /// As [`Engine::enqueue`], for a run that starts no sooner than `start`: until then it is
+    /// `scheduled`, and nothing is decided for it (docs/design.md §3.3).
+    ///
+    /// # Errors
+    /// As [`Engine::enqueue`].
+    pub async fn enqueue_at(
+        &self,
+        task: &str,
+        input: Value,
+        additional_metadata: Value,
+        start: StartAt,
+    ) -> Result<RunView, Error> {
         self.mutate(Vec::new(), |st, now, store| {
-            let id = st.enqueue(task, input, additional_metadata, None, now, store)?;
+            let prepared = st
+                .prepare(task, input, additional_metadata, None)?
+                .due_at(start.due(now));
+            let id = st.insert(prepared, now, store)?;
             Ok(view(st, &id))
         })
         .await
@@ -274,6 +293,21 @@ impl<S: Store + 'static> Engine<S> {
         name: &str,
         data: Value,
         additional_metadata: Value,
+    ) -> Result<Vec<RunView>, Error> {
+        self.emit_at(name, data, additional_metadata, StartAt::Now)
+            .await
+    }
+
+    /// As [`Engine::emit`], for runs that start no sooner than `start`.
+    ///
+    /// # Errors
+    /// As [`Engine::emit`].
+    pub async fn emit_at(
+        &self,
+        name: &str,
+        data: Value,
+        additional_metadata: Value,
+        start: StartAt,
     ) -> Result<Vec<RunView>, Error> {
         self.mutate(Vec::new(), |st, now, store| {
             let mut names: Vec<String> = st
@@ -299,7 +333,7 @@ impl<S: Store + 'static> Engine<S> {
                 .collect::<Result<Vec<_>, Error>>()?;
             let mut out = Vec::with_capacity(prepared.len());
             for p in prepared {
-                let id = st.insert(p, now, store)?;
+                let id = st.insert(p.due_at(start.due(now)), now, store)?;
                 out.push(view(st, &id));
             }
             Ok(out)

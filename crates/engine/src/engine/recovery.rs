@@ -50,12 +50,12 @@ impl<S: Store + 'static> Engine<S> {
                     }
                 }
             } else {
-                // What runs consumed, in time order: their rate limits when admitted, and the
-                // task's `rate_limit` at enqueue (a run keeps its gate only when it passed).
+                // What runs consumed, in time order: their rate limits when admitted, and their
+                // task's `rate_limit` when it took their unit.
                 let mut consumed: Vec<(Nanos, u64, bool, &Run)> = Vec::new();
                 for r in &loaded.runs {
-                    if !r.rendered.gate.is_empty() {
-                        consumed.push((r.created_at, r.seq, true, r));
+                    if let Some(at) = r.gate_at {
+                        consumed.push((at, r.seq, true, r));
                     }
                     if let Some(at) = r.consumed_at {
                         consumed.push((at, r.seq, false, r));
@@ -109,14 +109,15 @@ impl<S: Store + 'static> Engine<S> {
 }
 
 /// Whether units `run` consumed still count against any of its limits at `now`: its rate
-/// limits since `consumed_at`, or its task's `rate_limit` since it was enqueued.
+/// limits since `consumed_at`, or its task's `rate_limit` since `gate_at`.
 pub(super) fn consumption_counts(store: &dyn Store, run: &Run, now: Nanos) -> bool {
-    let gate = run
-        .rendered
-        .gate
-        .iter()
-        .filter_map(|r| r.entry().ok())
-        .any(|e| still_counts(store, &e, run.created_at, now));
+    let gate = run.gate_at.is_some_and(|at| {
+        run.rendered
+            .gate
+            .iter()
+            .filter_map(|r| r.entry().ok())
+            .any(|e| still_counts(store, &e, at, now))
+    });
     let Some(at) = run.consumed_at else {
         return gate;
     };

@@ -14,7 +14,7 @@ use super::Engine;
 use crate::limiter::AsyncLimiter;
 use crate::metrics::QueueMetrics;
 use crate::queue::run::{RunState, RunView};
-use crate::queue::run_queue::{LeaseAttempt, LeaseQueue, QueueFuture, RunQueue};
+use crate::queue::run_queue::{LeaseAttempt, LeaseQueue, QueueFuture, RunQueue, StartAt};
 use crate::spec::LimitSpec;
 use crate::store::{AcquireEntry, DynStore, Store};
 use crate::task::{Task, TaskSpec};
@@ -72,22 +72,36 @@ impl RunQueue for Engine<DynStore> {
         Box::pin(std::future::ready(Ok(Engine::tasks(self))))
     }
 
-    fn enqueue<'a>(
+    fn enqueue_at<'a>(
         &'a self,
         task: &'a str,
         input: Value,
         additional_metadata: Value,
+        start: StartAt,
     ) -> QueueFuture<'a, RunView> {
-        Box::pin(Engine::enqueue(self, task, input, additional_metadata))
+        Box::pin(Engine::enqueue_at(
+            self,
+            task,
+            input,
+            additional_metadata,
+            start,
+        ))
     }
 
-    fn emit<'a>(
+    fn emit_at<'a>(
         &'a self,
         name: &'a str,
         data: Value,
         additional_metadata: Value,
+        start: StartAt,
     ) -> QueueFuture<'a, Vec<RunView>> {
-        Box::pin(Engine::emit(self, name, data, additional_metadata))
+        Box::pin(Engine::emit_at(
+            self,
+            name,
+            data,
+            additional_metadata,
+            start,
+        ))
     }
 
     fn heartbeat<'a>(&'a self, id: &'a str, attempt: Option<u32>) -> QueueFuture<'a, RunView> {

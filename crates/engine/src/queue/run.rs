@@ -58,6 +58,9 @@ pub struct Run {
     /// When its rate units were last consumed (rebuilding limiter state after a restart
     /// replays these).
     pub consumed_at: Option<Nanos>,
+    /// When its task's `rate_limit` took its unit (at enqueue, or when it was due): replayed
+    /// after a restart as `consumed_at` is.
+    pub gate_at: Option<Nanos>,
     /// Its rate units are consumed for the coming (or current) attempt.
     pub reserved: bool,
     /// Concurrency keys whose slot this run holds.
@@ -67,6 +70,11 @@ pub struct Run {
 /// A run's lifecycle state with what belongs to it ([`Run::state`] is derived from it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunPhase {
+    /// Enqueued with a delay: nothing is decided until `at`, when it is admitted as a new run.
+    Scheduled {
+        /// When it is due.
+        at: Nanos,
+    },
     /// In its task's ready queue.
     Queued,
     /// Parked on the key that denied it.
@@ -112,6 +120,7 @@ impl RunPhase {
     /// The lifecycle state this phase is.
     pub fn state(&self) -> RunState {
         match self {
+            RunPhase::Scheduled { .. } => RunState::Scheduled,
             RunPhase::Queued => RunState::Queued,
             RunPhase::Waiting { .. } => RunState::Waiting,
             RunPhase::Running { .. } => RunState::Running,
@@ -142,10 +151,11 @@ impl RunPhase {
         }
     }
 
-    /// When a waiting run may start, if known.
+    /// When a waiting run may start, if known; when a scheduled run is due.
     pub fn eligible_at(&self) -> Option<Nanos> {
         match self {
             RunPhase::Waiting { eligible_at, .. } => *eligible_at,
+            RunPhase::Scheduled { at } => Some(*at),
             _ => None,
         }
     }
@@ -303,6 +313,8 @@ struct RunRecord {
     #[serde(default)]
     consumed_at: Option<Nanos>,
     #[serde(default)]
+    gate_at: Option<Nanos>,
+    #[serde(default)]
     reserved: bool,
     #[serde(default)]
     held: Vec<String>,
@@ -342,6 +354,8 @@ struct RunRecordRef<'a> {
     updated_at: Nanos,
     #[serde(skip_serializing_if = "Option::is_none")]
     consumed_at: Option<Nanos>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gate_at: Option<Nanos>,
     reserved: bool,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     held: &'a [String],
@@ -377,6 +391,7 @@ impl Serialize for Run {
             created_at: self.created_at,
             updated_at: self.updated_at,
             consumed_at: self.consumed_at,
+            gate_at: self.gate_at,
             reserved: self.reserved,
             held: &self.held,
             lease_expires_at: self.phase.lease_expires_at(),
@@ -389,6 +404,9 @@ impl Serialize for Run {
 impl From<RunRecord> for Run {
     fn from(r: RunRecord) -> Run {
         let phase = match r.state {
+            RunState::Scheduled => RunPhase::Scheduled {
+                at: r.eligible_at.unwrap_or(r.created_at),
+            },
             RunState::Queued => RunPhase::Queued,
             // The journal names the key only: its namespace is found among the run's own
             // limits. A waiting run whose key is none of them could not be parked again, and
@@ -441,6 +459,7 @@ impl From<RunRecord> for Run {
             created_at: r.created_at,
             updated_at: r.updated_at,
             consumed_at: r.consumed_at,
+            gate_at: r.gate_at,
             reserved: r.reserved,
             held: r.held,
         }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tollgate_core::{Limit, Period};
+use tollgate_core::{Limit, Nanos, Period};
 
 use crate::error::Error;
 use crate::limiter::AsyncLimiter;
@@ -72,6 +72,30 @@ pub trait LeaseQueue: Send + Sync + 'static {
     }
 }
 
+/// When an enqueued run may start: at once, or no sooner than a delay or an instant (Celery's
+/// `countdown` and `eta`, Dramatiq's `delay`). A run due later is `scheduled` until then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// At once (admitted now).
+    #[default]
+    Now,
+    /// This long after the engine's now at enqueue.
+    After(Nanos),
+    /// At this instant (since the Unix epoch); one already past is at once.
+    At(Nanos),
+}
+
+impl StartAt {
+    /// The instant it is due, given the engine's `now`; `None` for [`StartAt::Now`].
+    pub fn due(self, now: Nanos) -> Option<Nanos> {
+        match self {
+            StartAt::Now => None,
+            StartAt::After(d) => Some(now + d),
+            StartAt::At(t) => Some(t),
+        }
+    }
+}
+
 /// A run queue: limits, tasks, runs and their workers' calls. Both engines implement it; the
 /// server holds one as `Arc<dyn RunQueue>`.
 ///
@@ -107,6 +131,18 @@ pub trait RunQueue: LeaseQueue {
         task: &'a str,
         input: Value,
         additional_metadata: Value,
+    ) -> QueueFuture<'a, RunView> {
+        self.enqueue_at(task, input, additional_metadata, StartAt::Now)
+    }
+
+    /// As [`RunQueue::enqueue`], for a run that starts no sooner than `start` (`scheduled`
+    /// until then).
+    fn enqueue_at<'a>(
+        &'a self,
+        task: &'a str,
+        input: Value,
+        additional_metadata: Value,
+        start: StartAt,
     ) -> QueueFuture<'a, RunView>;
 
     /// Enqueues one run of every task triggered by event `name` (all or none).
@@ -115,6 +151,17 @@ pub trait RunQueue: LeaseQueue {
         name: &'a str,
         data: Value,
         additional_metadata: Value,
+    ) -> QueueFuture<'a, Vec<RunView>> {
+        self.emit_at(name, data, additional_metadata, StartAt::Now)
+    }
+
+    /// As [`RunQueue::emit`], for runs that start no sooner than `start`.
+    fn emit_at<'a>(
+        &'a self,
+        name: &'a str,
+        data: Value,
+        additional_metadata: Value,
+        start: StartAt,
     ) -> QueueFuture<'a, Vec<RunView>>;
 
     /// Extends a running run's lease by its own lease timeout.

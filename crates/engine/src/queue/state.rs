@@ -63,6 +63,16 @@ pub(crate) struct Prepared {
     input: Value,
     additional_metadata: Value,
     event: Option<Value>,
+    /// When it is due, if later than its enqueue (`delay_ms`, `run_at_ms`).
+    due: Option<Nanos>,
+}
+
+impl Prepared {
+    /// Due at `due` (scheduled until then) rather than at once.
+    pub(crate) fn due_at(mut self, due: Option<Nanos>) -> Prepared {
+        self.due = due;
+        self
+    }
 }
 
 /// The whole queue.
@@ -80,6 +90,9 @@ pub(crate) struct QueueState {
     /// What the runs not yet ended name, per key.
     key_uses: KeyUses,
     leases: BinaryHeap<Reverse<(Nanos, String)>>,
+    /// Scheduled runs by due instant, then enqueue order (the Redis engine's order too); an
+    /// entry whose run is no longer scheduled at that instant is stale and skipped.
+    scheduled: std::collections::BTreeSet<(Nanos, u64, String)>,
     /// Concurrency slots held, by key.
     live: FastHashMap<String, u32>,
     /// Idempotency keys seen, by (task, key), with when they stop counting.
@@ -141,14 +154,13 @@ impl QueueState {
             .collect()
     }
 
-    /// The earliest instant something is due (a parked head's timer or a lease expiry).
+    /// The earliest instant something is due (a parked head's timer, a lease expiry or a
+    /// scheduled run).
     pub(crate) fn next_deadline(&self) -> Option<Nanos> {
         let t = self.timers.peek().map(|Reverse((t, _))| *t);
         let l = self.leases.peek().map(|Reverse((t, _))| *t);
-        match (t, l) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let s = self.scheduled.first().map(|(t, _, _)| *t);
+        [t, l, s].into_iter().flatten().min()
     }
 
     fn run(&self, id: &str) -> Result<&Run, Error> {
@@ -222,20 +234,6 @@ impl QueueState {
 
     // ---- enqueue -------------------------------------------------------------------------
 
-    /// Creates a run of `task`. Expression errors reject it; everything else is stored.
-    pub(crate) fn enqueue(
-        &mut self,
-        task_name: &str,
-        input: Value,
-        additional_metadata: Value,
-        event: Option<Value>,
-        now: Nanos,
-        store: &dyn Store,
-    ) -> Result<String, Error> {
-        let prepared = self.prepare(task_name, input, additional_metadata, event)?;
-        self.insert(prepared, now, store)
-    }
-
     /// Renders a run of `task` without storing it or changing anything: the part of an
     /// enqueue that can reject the run. An event prepares all its runs before storing any, so
     /// that one task's failing expression keeps none of them.
@@ -270,10 +268,11 @@ impl QueueState {
             input,
             additional_metadata,
             event,
+            due: None,
         })
     }
 
-    /// Stores a prepared run: failed, skipped, or queued.
+    /// Stores a prepared run: failed, skipped, scheduled (due after `now`) or queued.
     pub(crate) fn insert(
         &mut self,
         prepared: Prepared,
@@ -287,6 +286,7 @@ impl QueueState {
             input,
             additional_metadata,
             event,
+            due,
         } = prepared;
         let policy = RunPolicy {
             on_limit: task.on_limit,
@@ -329,6 +329,7 @@ impl QueueState {
             created_at: now,
             updated_at: now,
             consumed_at: None,
+            gate_at: None,
             reserved: false,
             held: Vec::new(),
         };
@@ -350,14 +351,75 @@ impl QueueState {
                 self.seen.insert(k, now + period);
             }
         }
-        // The task's `rate_limit` (Inngest's) is decided now, once, whatever the policy: a run
-        // over it is skipped; one it admits keeps the units (docs/design.md §3.1).
-        // A run keeps its gate only when the gate took its units (at `created_at`): what
-        // recovery replays after a crash (engine/recovery.rs).
-        let mut gate_passed = false;
+        // A run due later is scheduled: its rate_limit and its policy are decided when it is
+        // due (wake_scheduled). Until then it names its keys as any run not yet ended.
+        match due {
+            Some(at) if at > now && run.state() == RunState::Queued => {
+                run.phase = RunPhase::Scheduled { at };
+            }
+            _ => Self::pass_gate(&mut run, now, store)?,
+        }
+        // A run that may still start names its keys from now on: the newest definition of a
+        // dynamic key is its own, and a key whose definition this changed is re-planned below.
+        let live = matches!(run.state(), RunState::Queued | RunState::Scheduled);
+        let changed = if live {
+            self.key_uses.register(&run.rendered)
+        } else {
+            Vec::new()
+        };
+        if let Err(e) = self.apply_skip_policy(&mut run, now, store) {
+            self.key_uses.unregister(&run.rendered);
+            return Err(e);
+        }
+        self.metrics
+            .transition(&run.task, &run.id, Transition::Enqueued);
+        match &run.phase {
+            RunPhase::Scheduled { at } => {
+                self.scheduled.insert((*at, seq, id.clone()));
+            }
+            _ => self.place_new(&run),
+        }
+        if live && !matches!(run.state(), RunState::Queued | RunState::Scheduled) {
+            self.key_uses.unregister(&run.rendered);
+        }
+        self.runs.insert(id.clone(), run);
+        self.dirty.push(id.clone());
+        for key in changed {
+            self.replan(&key, now, store);
+        }
+        Ok(id)
+    }
+
+    /// A new run's outcome: a queued run joins its task's ready queue; a run that ended is
+    /// counted as such.
+    fn place_new(&mut self, run: &Run) {
+        match run.state() {
+            RunState::Queued => {
+                self.ready
+                    .entry(run.task.clone())
+                    .or_default()
+                    .normal
+                    .push_back(run.id.clone());
+                self.became_ready = true;
+            }
+            RunState::Failed => self
+                .metrics
+                .transition(&run.task, &run.id, Transition::Failed),
+            RunState::Skipped => self
+                .metrics
+                .transition(&run.task, &run.id, Transition::Skipped),
+            _ => {}
+        }
+    }
+
+    /// The task's `rate_limit` (Inngest's), decided once for a queued run, whatever the policy:
+    /// a run over it is skipped; one it admits keeps the units, taken at `gate_at` (what
+    /// recovery replays after a crash, engine/recovery.rs). A transient store error is
+    /// returned, nothing consumed.
+    fn pass_gate(run: &mut Run, now: Nanos, store: &dyn Store) -> Result<(), Error> {
         if run.state() == RunState::Queued && !run.rendered.gate.is_empty() {
             match run.rendered.gate_entries().map(|e| store.acquire(&e, now)) {
-                Ok(Ok(a)) if a.allowed => gate_passed = true,
+                Ok(Ok(a)) if a.allowed => run.gate_at = Some(now),
                 Ok(Ok(a)) => {
                     let i = a.first_denied().unwrap_or(0);
                     run.phase = RunPhase::Skipped {
@@ -376,80 +438,75 @@ impl QueueState {
                 }
             }
         }
-        if !gate_passed {
-            run.rendered.gate.clear();
+        Ok(())
+    }
+
+    /// `on_limit: skip` for a queued run: its limits are consumed now; a run over them never
+    /// runs. A transient store error is returned, nothing consumed.
+    fn apply_skip_policy(
+        &mut self,
+        run: &mut Run,
+        now: Nanos,
+        store: &dyn Store,
+    ) -> Result<(), Error> {
+        let skip = run.policy.is_some_and(|p| p.on_limit == OnLimit::Skip);
+        if run.state() != RunState::Queued || !skip || run.rendered.rate.is_empty() {
+            return Ok(());
         }
-        // A run that may still start names its keys from now on: the newest definition of a
-        // dynamic key is its own, and a key whose definition this changed is re-planned below.
-        let live = run.state() == RunState::Queued;
-        let changed = if live {
-            self.key_uses.register(&run.rendered)
-        } else {
-            Vec::new()
+        let result = entries(run, &self.key_uses).map(|e| store.acquire(&e, now));
+        if let Ok(Ok(a)) = &result {
+            self.metrics.decision(&run.task, &run.rendered.rate, a);
+        }
+        match result {
+            Ok(Ok(a)) if a.allowed => {
+                run.reserved = true;
+                run.consumed_at = Some(now);
+            }
+            Ok(Ok(a)) => {
+                let i = a.first_denied().unwrap_or(0);
+                run.phase = RunPhase::Skipped {
+                    reason: "rate_limited".into(),
+                    key: run.rendered.rate.get(i).map(|r| r.key.clone()),
+                };
+            }
+            Ok(Err(e)) if e.is_transient() => return Err(e),
+            Ok(Err(e)) => {
+                run.phase = RunPhase::Failed { worker_id: None };
+                run.error = Some(e.to_string());
+            }
+            Err(reason) => {
+                run.phase = RunPhase::Failed { worker_id: None };
+                run.error = Some(reason);
+            }
+        }
+        Ok(())
+    }
+
+    /// A scheduled run that is due: admitted as a new run would be (its rate_limit, then its
+    /// policy), then queued, skipped or failed.
+    fn wake_scheduled(&mut self, id: &str, at: Nanos, now: Nanos, store: &dyn Store) {
+        let Some(mut run) = self.runs.remove(id) else {
+            return;
         };
-        if run.state() == RunState::Queued
-            && policy.on_limit == OnLimit::Skip
-            && !run.rendered.rate.is_empty()
-        {
-            // Skip policy: limits are consumed now; an over-limit run never runs.
-            let result = entries(&run, &self.key_uses).map(|e| store.acquire(&e, now));
-            if let Ok(Ok(a)) = &result {
-                self.metrics.decision(&run.task, &run.rendered.rate, a);
-            }
-            match result {
-                Ok(Ok(a)) if a.allowed => {
-                    run.reserved = true;
-                    run.consumed_at = Some(now);
-                }
-                Ok(Ok(a)) => {
-                    let i = a.first_denied().unwrap_or(0);
-                    run.phase = RunPhase::Skipped {
-                        reason: "rate_limited".into(),
-                        key: run.rendered.rate.get(i).map(|r| r.key.clone()),
-                    };
-                }
-                Ok(Err(e)) if e.is_transient() => {
-                    self.key_uses.unregister(&run.rendered);
-                    return Err(e);
-                }
-                Ok(Err(e)) => {
-                    run.phase = RunPhase::Failed { worker_id: None };
-                    run.error = Some(e.to_string());
-                }
-                Err(reason) => {
-                    run.phase = RunPhase::Failed { worker_id: None };
-                    run.error = Some(reason);
-                }
-            }
+        if run.phase != (RunPhase::Scheduled { at }) {
+            // Cancelled (or otherwise moved on) since: a stale entry.
+            self.runs.insert(id.to_owned(), run);
+            return;
         }
-        self.metrics
-            .transition(&run.task, &run.id, Transition::Enqueued);
-        match run.state() {
-            RunState::Queued => {
-                self.ready
-                    .entry(run.task.clone())
-                    .or_default()
-                    .normal
-                    .push_back(id.clone());
-                self.became_ready = true;
-            }
-            RunState::Failed => self
-                .metrics
-                .transition(&run.task, &run.id, Transition::Failed),
-            RunState::Skipped => self
-                .metrics
-                .transition(&run.task, &run.id, Transition::Skipped),
-            _ => {}
+        run.phase = RunPhase::Queued;
+        let outcome = Self::pass_gate(&mut run, now, store)
+            .and_then(|()| self.apply_skip_policy(&mut run, now, store));
+        if let Err(e) = outcome {
+            run.phase = RunPhase::Failed { worker_id: None };
+            run.error = Some(e.to_string());
         }
-        if live && run.state() != RunState::Queued {
+        self.place_new(&run);
+        if run.state().is_final() {
             self.key_uses.unregister(&run.rendered);
         }
-        self.runs.insert(id.clone(), run);
-        self.dirty.push(id.clone());
-        for key in changed {
-            self.replan(&key, now, store);
-        }
-        Ok(id)
+        run.updated_at = now;
+        self.runs.insert(id.to_owned(), run);
+        self.dirty.push(id.to_owned());
     }
 
     fn sweep_seen(&mut self, now: Nanos) {
@@ -509,6 +566,9 @@ impl QueueState {
                     *self.live.entry(k.clone()).or_default() += 1;
                 }
                 self.leases.push(Reverse((*lease_expires_at, id.clone())));
+            }
+            RunPhase::Scheduled { at } => {
+                self.scheduled.insert((*at, run.seq, id.clone()));
             }
             _ => {}
         }
@@ -874,6 +934,15 @@ impl QueueState {
             if expired {
                 self.expire(&id, now);
             }
+        }
+        while let Some((at, _, _)) = self.scheduled.first() {
+            if *at > now {
+                break;
+            }
+            let Some((at, _, id)) = self.scheduled.pop_first() else {
+                break;
+            };
+            self.wake_scheduled(&id, at, now, store);
         }
     }
 

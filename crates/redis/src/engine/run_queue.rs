@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tollgate::metrics::QueueMetrics;
 use tollgate::{
     AsyncLimiter, LeaseAttempt, LeaseQueue, LimitSpec, QueueFuture, RunQueue, RunState, RunView,
-    Task, TaskSpec,
+    StartAt, Task, TaskSpec,
 };
 use tollgate_core::{Limit, Period};
 
@@ -66,22 +66,36 @@ impl RunQueue for RedisEngine {
         Box::pin(RedisEngine::tasks(self))
     }
 
-    fn enqueue<'a>(
+    fn enqueue_at<'a>(
         &'a self,
         task: &'a str,
         input: Value,
         additional_metadata: Value,
+        start: StartAt,
     ) -> QueueFuture<'a, RunView> {
-        Box::pin(RedisEngine::enqueue(self, task, input, additional_metadata))
+        Box::pin(RedisEngine::enqueue_at(
+            self,
+            task,
+            input,
+            additional_metadata,
+            start,
+        ))
     }
 
-    fn emit<'a>(
+    fn emit_at<'a>(
         &'a self,
         name: &'a str,
         data: Value,
         additional_metadata: Value,
+        start: StartAt,
     ) -> QueueFuture<'a, Vec<RunView>> {
-        Box::pin(RedisEngine::emit(self, name, data, additional_metadata))
+        Box::pin(RedisEngine::emit_at(
+            self,
+            name,
+            data,
+            additional_metadata,
+            start,
+        ))
     }
 
     fn heartbeat<'a>(&'a self, id: &'a str, attempt: Option<u32>) -> QueueFuture<'a, RunView> {

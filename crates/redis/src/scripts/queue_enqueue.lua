@@ -7,13 +7,15 @@
 -- ARGV[2]     now in µs since the Unix epoch, or "" to use Redis TIME
 -- ARGV[3]     expiry slack in ms, added to every PEXPIRE of a rate state
 -- ARGV[4]     n: how many runs
--- then 14 values per run i, from ARGV[5 + 14(i-1)]:
+-- then 15 values per run i, from ARGV[5 + 15(i-1)]:
 --   task, on_limit ("r" requeue | "s" skip), max_attempts, lease timeout (µs), input JSON,
 --   additional_metadata JSON, event JSON ("" none), rate entries, concurrency entries (the
 --   formats of queue_lib.lua), idempotency key, idempotency period in ms ("" no idempotency),
 --   failure ("" none: a reason found while rendering, e.g. insufficient capacity), the
---   version of the task's definition the node rendered the run with, and the task's
---   `rate_limit` as rate entries ("" none: decided here, once; a run over it is skipped)
+--   version of the task's definition the node rendered the run with, the task's
+--   `rate_limit` as rate entries ("" none: decided once, a run over it is skipped), and when
+--   the run may start ("" at once, "+<µs>" after a delay, "@<µs>" at an instant: a run due
+--   later is scheduled, and its rate_limit and policy are decided when it is due)
 --
 -- Returns { "ok", effects, view of run 1, view of run 2, ... }, or { "stale", effects, task }
 -- with nothing stored when a run's task has been redefined since the node read it (the node
@@ -24,7 +26,7 @@ local n = tonumber(ARGV[4])
 -- Each task's version, read once per call (a batch of enqueues is mostly of one task).
 local versions = {}
 for i = 1, n do
-  local b = 5 + 14 * (i - 1)
+  local b = 5 + 15 * (i - 1)
   local task, want = ARGV[b], ARGV[b + 12]
   local have = versions[task]
   if not have then
@@ -53,7 +55,7 @@ end
 process_due(256)
 local views = {}
 for i = 1, n do
-  local b = 5 + 14 * (i - 1)
+  local b = 5 + 15 * (i - 1)
   local task, pol, max, lt = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local rate, conc = ARGV[b + 7], ARGV[b + 8]
   local idem_key, idem_ms, failure = ARGV[b + 9], ARGV[b + 10], ARGV[b + 11]
@@ -95,55 +97,34 @@ for i = 1, n do
       redis.call('SET', k, '1', 'PX', idem_ms)
     end
   end
-  -- The task's rate_limit (Inngest's) is decided now, once, whatever the policy: a run over
-  -- it is skipped; one it admits keeps the units.
-  local gate = ARGV[b + 13]
-  if state == 'queued' and gate ~= '' then
-    local G = own_rate_entries(gate)
-    local allowed, D = acquire_keys(G, NOW, SLACK)
-    if allowed == false then
-      local first = 1
-      for i = 1, #G do
-        if D[i][1] == 0 then
-          first = i
-          break
-        end
-      end
-      state = 'skipped'
-      fields[#fields + 1] = 'sr'
-      fields[#fields + 1] = 'rate_limited'
-      fields[#fields + 1] = 'wo'
-      fields[#fields + 1] = G[first].key
-    elseif allowed == nil then
-      state = 'failed'
-      fields[#fields + 1] = 'err'
-      fields[#fields + 1] = 'the state of limit ' .. string.format('%q', G[D[2]].key) ..
-          ' cannot be used: ' .. D[3]
+  -- A run due later is scheduled: its rate_limit and its policy are decided when it is due
+  -- (wake_scheduled). Until then it names its keys as any run not yet ended.
+  local gate, start, due = ARGV[b + 13], ARGV[b + 14], nil
+  if start ~= '' then
+    due = tonumber(string.sub(start, 2))
+    if string.sub(start, 1, 1) == '+' then
+      due = NOW + due
     end
+  end
+  if state == 'queued' and due and due > NOW then
+    state = 'scheduled'
+    fields[#fields + 1] = 'ea'
+    fields[#fields + 1] = fmt(due)
+    if gate ~= '' then
+      fields[#fields + 1] = 'gate'
+      fields[#fields + 1] = gate
+    end
+  elseif state == 'queued' then
+    state = pass_gate(gate, fields)
   end
   -- A run that may still start names its keys from now on: the newest definition of a
   -- dynamic key is its own, and a key whose definition this changed is re-planned below.
-  local live, changed = state == 'queued', {}
+  local live, changed = state == 'queued' or state == 'scheduled', {}
   if live then
     changed = register(E, own_conc_entries(conc))
   end
-  if state == 'queued' and pol == 's' and #E > 0 then
-    -- Skip policy: limits are consumed now; an over-limit run never runs.
-    local outcome, j = acquire_all(task, rate_entries(rate))
-    if outcome == 'ok' then
-      fields[#fields + 1] = 'res'
-      fields[#fields + 1] = '1'
-    elseif outcome == 'denied' then
-      state = 'skipped'
-      fields[#fields + 1] = 'sr'
-      fields[#fields + 1] = 'rate_limited'
-      fields[#fields + 1] = 'wo'
-      fields[#fields + 1] = E[j].key
-    else
-      state = 'failed'
-      fields[#fields + 1] = 'err'
-      fields[#fields + 1] = j
-    end
+  if state == 'queued' then
+    state = apply_skip(task, pol, rate, fields)
   end
   -- One write of the whole run.
   local now = fmt(NOW)
@@ -162,6 +143,8 @@ for i = 1, n do
   note(task, 'enqueued')
   if state == 'queued' then
     make_ready(id, task, false)
+  elseif state == 'scheduled' then
+    redis.call('ZADD', Q .. 'sched', fmt(due), sched_member(seq))
   else
     note(task, state)
     if live then

@@ -313,6 +313,91 @@ local function make_ready_first(id)
   make_ready(id, r[1], true)
 end
 
+-- A new run's (or a due scheduled run's) rate_limit (Inngest's), decided once whatever the
+-- policy: 'queued' when it admits the run (the units kept), 'skipped' or 'failed' with the
+-- fields that say why appended to `fields`. `gate` is rate entries, '' for none.
+local function pass_gate(gate, fields)
+  if gate == nil or gate == '' then
+    return 'queued'
+  end
+  local G = own_rate_entries(gate)
+  local allowed, D = acquire_keys(G, NOW, SLACK)
+  if allowed == false then
+    local first = 1
+    for i = 1, #G do
+      if D[i][1] == 0 then
+        first = i
+        break
+      end
+    end
+    fields[#fields + 1] = 'sr'
+    fields[#fields + 1] = 'rate_limited'
+    fields[#fields + 1] = 'wo'
+    fields[#fields + 1] = G[first].key
+    return 'skipped'
+  elseif allowed == nil then
+    fields[#fields + 1] = 'err'
+    fields[#fields + 1] = 'the state of limit ' .. string.format('%q', G[D[2]].key) ..
+        ' cannot be used: ' .. D[3]
+    return 'failed'
+  end
+  return 'queued'
+end
+
+-- on_limit skip for a queued run: its limits are consumed now, a run over them never runs.
+-- 'queued' (units reserved), 'skipped' or 'failed', with the fields appended to `fields`.
+local function apply_skip(task, pol, rate, fields)
+  if pol ~= 's' or #own_rate_entries(rate) == 0 then
+    return 'queued'
+  end
+  local outcome, j = acquire_all(task, rate_entries(rate))
+  if outcome == 'ok' then
+    fields[#fields + 1] = 'res'
+    fields[#fields + 1] = '1'
+    return 'queued'
+  elseif outcome == 'denied' then
+    fields[#fields + 1] = 'sr'
+    fields[#fields + 1] = 'rate_limited'
+    fields[#fields + 1] = 'wo'
+    fields[#fields + 1] = own_rate_entries(rate)[j].key
+    return 'skipped'
+  end
+  fields[#fields + 1] = 'err'
+  fields[#fields + 1] = j
+  return 'failed'
+end
+
+-- The member of a scheduled run in Q..'sched' (scored by when it is due): its seq as 16 hex
+-- digits, so that runs due at the same instant come up in enqueue order, as in the engine.
+local function sched_member(seq)
+  return string.format('%016x', tonumber(seq))
+end
+
+-- A scheduled run that is due: admitted as a new run would be (its rate_limit, then its
+-- policy), then queued, skipped or failed.
+local function wake_scheduled(id)
+  local r = redis.call('HMGET', rk(id), 'task', 'seq', 'state', 'pol', 'rate', 'gate')
+  if r[3] ~= 'scheduled' then
+    return
+  end
+  local task, seq = r[1], r[2]
+  local fields = {}
+  local state = pass_gate(r[6], fields)
+  if state == 'queued' then
+    state = apply_skip(task, r[4], r[5], fields)
+  end
+  redis.call('HDEL', rk(id), 'ea', 'gate')
+  if #fields > 0 then
+    redis.call('HSET', rk(id), unpack(fields))
+  end
+  set_state(id, task, seq, 'scheduled', state)
+  if state == 'queued' then
+    make_ready(id, task, false)
+  else
+    note(task, state)
+  end
+end
+
 local wake_concurrency
 
 -- Frees the concurrency slots run id holds and hands each to the head of its FIFO.
@@ -489,7 +574,7 @@ local function migrate()
   redis.call('DEL', Q .. 'uses', Q .. 'newest')
   local live = {}
   for _, task in ipairs(redis.call('HKEYS', Q .. 'tasks')) do
-    for _, st in ipairs({ 'queued', 'waiting', 'running' }) do
+    for _, st in ipairs({ 'scheduled', 'queued', 'waiting', 'running' }) do
       local z = redis.call('ZRANGE', Q .. 'idx:' .. task .. ':' .. st, 0, -1, 'WITHSCORES')
       for i = 1, #z, 2 do
         live[#live + 1] = { z[i], tonumber(z[i + 1]) }
@@ -521,18 +606,20 @@ local function process_due(budget)
       redis.call('ZREM', Q .. 'leases', id)
     end
   end
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', Q .. 'sched', '-inf', fmt(NOW), 'LIMIT', 0, budget)) do
+    redis.call('ZREM', Q .. 'sched', m)
+    wake_scheduled(string.format('r%x', tonumber(m, 16)))
+  end
 end
 
--- The earliest timer or lease expiry (µs), or -1.
+-- The earliest timer, lease expiry or scheduled run (µs), or -1.
 local function next_deadline()
-  local t = redis.call('ZRANGE', Q .. 'timers', 0, 0, 'WITHSCORES')
-  local l = redis.call('ZRANGE', Q .. 'leases', 0, 0, 'WITHSCORES')
   local at = -1
-  if t[2] then
-    at = tonumber(t[2])
-  end
-  if l[2] and (at < 0 or tonumber(l[2]) < at) then
-    at = tonumber(l[2])
+  for _, z in ipairs({ 'timers', 'leases', 'sched' }) do
+    local first = redis.call('ZRANGE', Q .. z, 0, 0, 'WITHSCORES')
+    if first[2] and (at < 0 or tonumber(first[2]) < at) then
+      at = tonumber(first[2])
+    end
   end
   return at
 end

@@ -12,7 +12,8 @@
 
 init(ARGV[1], '0', '0')
 local op = ARGV[2]
-local STATES = { 'queued', 'waiting', 'running', 'succeeded', 'failed', 'skipped', 'cancelled' }
+local STATES = { 'scheduled', 'queued', 'waiting', 'running', 'succeeded', 'failed', 'skipped',
+  'cancelled' }
 
 local function tasks_of(task)
   if task ~= '' then

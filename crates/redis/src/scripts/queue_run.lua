@@ -47,8 +47,11 @@ local function apply(op, id, attempt, text, retry)
     end
     release_slots(id)
     set_state(id, task, seq, state, 'cancelled')
-    redis.call('HDEL', rk(id), 'le', 'wo', 'wq', 'ea', 'wa', 'res')
+    redis.call('HDEL', rk(id), 'le', 'wo', 'wq', 'ea', 'wa', 'res', 'gate')
     redis.call('ZREM', Q .. 'leases', id)
+    if state == 'scheduled' then
+      redis.call('ZREM', Q .. 'sched', sched_member(seq))
+    end
     note(task, 'cancelled')
     local wk = r[7]
     if state == 'waiting' and wk then

@@ -44,9 +44,10 @@ async fn emit(
         .with_field("name"));
     }
     let additional_metadata = metadata(req.additional_metadata);
+    let start = super::runs::start_at(req.delay_ms, req.run_at_ms)?;
     let runs = state
         .queue()
-        .emit(&name, req.data, additional_metadata)
+        .emit_at(&name, req.data, additional_metadata, start)
         .await?;
     let runs = runs
         .into_iter()

@@ -67,6 +67,43 @@ pub(crate) fn metadata(given: Option<Value>) -> Value {
     }
 }
 
+/// When a run may start, from a body's `delay_ms` / `run_at_ms` (at most one; a 400 naming
+/// `run_at_ms` when both are given).
+pub(crate) fn start_at(
+    delay_ms: Option<u64>,
+    run_at_ms: Option<u64>,
+) -> Result<tollgate::StartAt, ApiError> {
+    use tollgate::core::Nanos;
+    // Instants stay exact everywhere (Redis's scripts count µs in doubles): ten years of delay
+    // at most, and no instant past 2200.
+    const MAX_DELAY_MS: u64 = 10 * 365 * 86_400_000;
+    const MAX_RUN_AT_MS: u64 = 7_258_118_400_000;
+    if delay_ms.is_some_and(|ms| ms > MAX_DELAY_MS) {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidField,
+            format!("delay_ms must be at most {MAX_DELAY_MS} (ten years)"),
+        )
+        .with_field("delay_ms"));
+    }
+    if run_at_ms.is_some_and(|ms| ms > MAX_RUN_AT_MS) {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidField,
+            format!("run_at_ms must be at most {MAX_RUN_AT_MS} (2200-01-01)"),
+        )
+        .with_field("run_at_ms"));
+    }
+    match (delay_ms, run_at_ms) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            ErrorCode::InvalidField,
+            "give delay_ms (from now) or run_at_ms (an instant), not both",
+        )
+        .with_field("run_at_ms")),
+        (Some(ms), None) => Ok(tollgate::StartAt::After(Nanos::from_millis(ms))),
+        (None, Some(ms)) => Ok(tollgate::StartAt::At(Nanos::from_millis(ms))),
+        (None, None) => Ok(tollgate::StartAt::Now),
+    }
+}
+
 /// `POST /v1/tasks/{name}/runs`: 201 with the run (and `Location: /v1/runs/{id}`), once it is
 /// durable.
 async fn enqueue(
@@ -75,9 +112,10 @@ async fn enqueue(
     JsonBody(req): JsonBody<EnqueueRequest>,
 ) -> Result<Response, ApiError> {
     let Segment(name) = name.map_err(|_| unknown_task("(not UTF-8)"))?;
+    let start = start_at(req.delay_ms, req.run_at_ms)?;
     let run = state
         .queue()
-        .enqueue(&name, req.input, metadata(req.additional_metadata))
+        .enqueue_at(&name, req.input, metadata(req.additional_metadata), start)
         .await
         .map_err(|e| match e {
             tollgate::Error::UnknownTask { .. } => unknown_task(&name),

@@ -10,7 +10,7 @@
 //!           "on_limit": "requeue", "idempotency": null, "triggers": [],
 //!           "max_attempts": 3, "lease_timeout": "30s", "throttle": null,
 //!           "rate_limit": null},
-//!  "depth": {"queued": 2, "waiting": 0, "running": 1, "succeeded": 7, "failed": 0,
+//!  "depth": {"scheduled": 0, "queued": 2, "waiting": 0, "running": 1, "succeeded": 7, "failed": 0,
 //!            "skipped": 0, "cancelled": 0}}
 //! ```
 //! Errors name the field: a CEL expression that does not compile is 400 `invalid_expression`
