@@ -452,3 +452,33 @@ async fn throttles_and_task_scoped_keys_are_written_with_the_builder() {
         json!({"limit": 10, "period": "1h", "burst": 2, "key": "input.user"})
     );
 }
+
+/// A run that starts later: `enqueue_after` and `enqueue_at` give a `scheduled` run due then;
+/// an instant already past starts it at once.
+#[tokio::test]
+async fn runs_enqueued_for_later_are_scheduled_until_due() {
+    let server = Server::start(fake_clock()).await;
+    let c = &server.client;
+    c.put_task("later", &TaskSpec::default()).await.unwrap();
+    let after = c
+        .enqueue_after("later", &json!({}), None, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(after.state, RunState::Scheduled);
+    assert_eq!(
+        after.eligible_at_ms.unwrap() - after.created_at_ms,
+        60_000,
+        "{after:?}"
+    );
+    let due = std::time::UNIX_EPOCH + Duration::from_millis(after.eligible_at_ms.unwrap());
+    let at = c.enqueue_at("later", &json!({}), None, due).await.unwrap();
+    assert_eq!(
+        (at.state, at.eligible_at_ms),
+        (RunState::Scheduled, after.eligible_at_ms)
+    );
+    let past = c
+        .enqueue_at("later", &json!({}), None, std::time::UNIX_EPOCH)
+        .await
+        .unwrap();
+    assert_eq!(past.state, RunState::Queued);
+}
