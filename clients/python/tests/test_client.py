@@ -295,6 +295,15 @@ def test_tasks_runs_and_events(tg: Tollgate, uid: str) -> None:
     assert (at["state"], at["eligible_at_ms"]) == ("scheduled", later["eligible_at_ms"])
     with pytest.raises(ValueError, match="not both"):
         tg.enqueue(f"{uid}-celery", {}, delay=1, run_at=1)
+    # A retry after an upstream's Retry-After: scheduled until then.
+    tg.put_task(f"{uid}-retrying", max_attempts=3, retry={"backoff": "1h"})
+    first_try = tg.enqueue(f"{uid}-retrying", {})
+    assert [r["id"] for r in tg.lease_runs("w", [f"{uid}-retrying"], max=1)] == [first_try["id"]]
+    retried = tg.fail(first_try["id"], "429", retry=True, retry_after=2)
+    assert retried["state"] == "scheduled"
+    assert retried["eligible_at_ms"] - retried["updated_at_ms"] in (2_000, 2_001)
+    with pytest.raises(ValueError, match="retry=True"):
+        tg.fail(first_try["id"], "x", retry_after=1)
     # Inngest's rateLimit: over it, a run is skipped at enqueue.
     tg.put_task(f"{uid}-skipping", rate_limit={"limit": 1, "period": 3600})
     assert tg.enqueue(f"{uid}-skipping", {})["state"] == "queued"

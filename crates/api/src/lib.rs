@@ -62,8 +62,8 @@ pub use runs::{
     WorkerLeaseRequest,
 };
 pub use tasks::{
-    ConcurrencyUse, Depth, IdempotencyUse, KeyScope, NumberOrExpr, OnLimit, RateLimitUse, Task,
-    TaskListing, TaskSpec, Throttle, ThrottleSpec,
+    ConcurrencyUse, Depth, IdempotencyUse, KeyScope, NumberOrExpr, OnLimit, RateLimitUse,
+    RetrySpec, Task, TaskListing, TaskSpec, Throttle, ThrottleSpec,
 };
 
 /// The most runs one `POST /v1/workers/lease` may ask for (`max`).

@@ -248,6 +248,10 @@ pub struct FailRequest {
     /// The attempt the worker was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// With `retry`: wait this long before the next attempt (an upstream's `Retry-After`),
+    /// instead of the task's `retry` backoff. The run is `scheduled` meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// `/cancel`'s body: empty.

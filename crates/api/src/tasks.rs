@@ -59,6 +59,29 @@ pub struct TaskSpec {
     /// on its other limits as usual.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<Throttle>,
+    /// How retries are spaced (after `fail` with `retry: true`, and after a lapsed lease):
+    /// Hatchet's and Inngest's backoff. Without it a retry is queued at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+}
+
+/// A task's `retry`: the first retry waits `backoff`, each next one `factor` times longer, at
+/// most `max`; `jitter` waits a random part of the second half of each delay instead.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// The first retry's delay, a period string (`"1s"`).
+    pub backoff: String,
+    /// Each next delay is this many times the one before (default 2; 1 for constant delays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factor: Option<u32>,
+    /// The longest delay, a period string (default: no bound but the period limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<String>,
+    /// Spread retries: each delay becomes a random one between half of it and all of it
+    /// (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<bool>,
 }
 
 /// A task's `throttle`: a rate string (`"10/m"`, Celery's form) or Inngest's object. Either is
@@ -421,6 +444,7 @@ fn shown_spec<S: Serializer>(spec: &TaskSpec, s: S) -> Result<S::Ok, S::Error> {
         lease_timeout: std::borrow::Cow<'a, str>,
         throttle: &'a Option<Throttle>,
         rate_limit: &'a Option<Throttle>,
+        retry: &'a Option<RetrySpec>,
     }
     Shown {
         rate_limits: &spec.rate_limits,
@@ -435,6 +459,7 @@ fn shown_spec<S: Serializer>(spec: &TaskSpec, s: S) -> Result<S::Ok, S::Error> {
         },
         throttle: &spec.throttle,
         rate_limit: &spec.rate_limit,
+        retry: &spec.retry,
     }
     .serialize(s)
 }

@@ -84,7 +84,7 @@ fn answers_round_trip() {
 // A task is answered with every field of its definition written out, defaults filled in.
 #[test]
 fn tasks_show_their_whole_definition() {
-    let shown = r#"{"name":"sync","spec":{"rate_limits":[],"concurrency":[],"on_limit":"requeue","idempotency":null,"triggers":[],"max_attempts":3,"lease_timeout":"30s","throttle":null,"rate_limit":null},"depth":{"scheduled":0,"queued":2,"waiting":0,"running":1,"succeeded":7,"failed":0,"skipped":0,"cancelled":0}}"#;
+    let shown = r#"{"name":"sync","spec":{"rate_limits":[],"concurrency":[],"on_limit":"requeue","idempotency":null,"triggers":[],"max_attempts":3,"lease_timeout":"30s","throttle":null,"rate_limit":null,"retry":null},"depth":{"scheduled":0,"queued":2,"waiting":0,"running":1,"succeeded":7,"failed":0,"skipped":0,"cancelled":0}}"#;
     let task: Task = round_trip(shown);
     assert_eq!(task.depth.get(RunState::Succeeded), 7);
     // Read back, the definition defines the same task again.

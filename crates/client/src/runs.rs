@@ -338,7 +338,8 @@ impl Client {
     }
 
     /// `POST /v1/runs/{id}/fail`: records a failure. With `retry`, the run is queued again
-    /// while attempts remain; otherwise (or when none remain) it fails for good.
+    /// while attempts remain (after its task's `retry` backoff, `scheduled` meanwhile);
+    /// otherwise (or when none remain) it fails for good.
     ///
     /// # Errors
     /// As [`Client::heartbeat`].
@@ -353,6 +354,28 @@ impl Client {
             error: error.to_owned(),
             retry,
             attempt,
+            retry_after_ms: None,
+        };
+        self.run_action(run_id, "fail", &body).await
+    }
+
+    /// [`Client::fail`] with a retry after `retry_after` (an upstream's `Retry-After`) instead
+    /// of the task's backoff, while attempts remain: the run is `scheduled` until then.
+    ///
+    /// # Errors
+    /// As [`Client::heartbeat`].
+    pub async fn fail_retry_after(
+        &self,
+        run_id: &str,
+        attempt: Option<u32>,
+        error: &str,
+        retry_after: Duration,
+    ) -> Result<RunView, Error> {
+        let body = FailRequest {
+            error: error.to_owned(),
+            retry: true,
+            attempt,
+            retry_after_ms: Some(millis_ceil(retry_after)),
         };
         self.run_action(run_id, "fail", &body).await
     }

@@ -987,3 +987,38 @@ fn a_rate_limit_renders_a_gate_of_the_tasks_own_decided_apart_from_rate_limits()
         "No such key",
     );
 }
+
+#[test]
+fn a_retry_backoff_grows_by_its_factor_up_to_its_max() {
+    let t = task(json!({"retry": {"backoff": "1s", "factor": 3, "max": "20s"}}));
+    let r = t.retry.unwrap();
+    let delays: Vec<u64> = (1..=5).map(|a| r.delay_micros(a) / 1_000_000).collect();
+    assert_eq!(delays, [1, 3, 9, 20, 20]);
+    let constant = task(json!({"retry": {"backoff": "500ms", "factor": 1}}))
+        .retry
+        .unwrap();
+    assert_eq!(constant.delay_micros(7), 500_000);
+    // Without a max, a year at most.
+    let unbounded = task(json!({"retry": {"backoff": "1h", "factor": 1000}}))
+        .retry
+        .unwrap();
+    assert_eq!(
+        unbounded.delay_micros(50),
+        tollgate::task::MAX_RETRY_DELAY_MICROS
+    );
+    assert!(task(json!({})).retry.is_none());
+    for (spec, field) in [
+        (json!({"retry": {"backoff": "soon"}}), "retry.backoff"),
+        (
+            json!({"retry": {"backoff": "1s", "factor": 0}}),
+            "retry.factor",
+        ),
+        (
+            json!({"retry": {"backoff": "1s", "max": "1ms"}}),
+            "retry.max",
+        ),
+    ] {
+        let e = compile(spec.clone()).map(drop).unwrap_err();
+        assert_eq!(e.field, field, "{spec}: {e}");
+    }
+}

@@ -87,6 +87,8 @@ struct RunOp {
     attempt: Option<u32>,
     text: String,
     retry: bool,
+    /// With `retry`: the wait before the next attempt, µs, instead of the task's backoff.
+    retry_after: Option<u64>,
 }
 
 /// The most enqueues one batched call carries. A call holds Redis for its whole duration, and
@@ -511,7 +513,7 @@ impl RedisEngine {
         Err(self.stale(&stale))
     }
 
-    /// Renders a run of `task` (whose definition is `version`) into the 15 values
+    /// Renders a run of `task` (whose definition is `version`) into the 16 values
     /// queue_enqueue.lua reads.
     fn run_args(
         &self,
@@ -628,6 +630,20 @@ impl RedisEngine {
                 StartAt::After(d) => format!("+{}", d.as_micros_ceil()),
                 StartAt::At(t) => format!("@{}", t.as_micros_ceil()),
             },
+            // Its retry backoff: "<backoff µs> <factor> <max µs or empty> <jitter 0|1>".
+            task.retry
+                .map(|r| {
+                    format!(
+                        "{} {} {} {}",
+                        r.backoff.as_nanos().as_micros_ceil(),
+                        r.factor,
+                        r.max
+                            .map(|m| m.as_nanos().as_micros_ceil().to_string())
+                            .unwrap_or_default(),
+                        u8::from(r.jitter)
+                    )
+                })
+                .unwrap_or_default(),
         ])
     }
 
@@ -687,7 +703,11 @@ impl RedisEngine {
                 op.id,
                 op.attempt.map(|a| a.to_string()).unwrap_or_default(),
                 op.text,
-                if op.retry { "1" } else { "0" }.to_owned(),
+                match (op.retry, op.retry_after) {
+                    (false, _) => "0".to_owned(),
+                    (true, None) => "1".to_owned(),
+                    (true, Some(us)) => format!("1:{us}"),
+                },
             ]);
         }
         let (status, items) = self.queue_call("update runs", Script::Run, &args).await?;
@@ -778,6 +798,18 @@ impl RedisEngine {
         text: &str,
         retry: bool,
     ) -> Result<RunView, Error> {
+        self.run_op_with(op, id, attempt, text, retry, None).await
+    }
+
+    async fn run_op_with(
+        &self,
+        op: &'static str,
+        id: &str,
+        attempt: Option<u32>,
+        text: &str,
+        retry: bool,
+        retry_after: Option<Nanos>,
+    ) -> Result<RunView, Error> {
         let (status, items) = self
             .inner
             .run_ops
@@ -787,6 +819,7 @@ impl RedisEngine {
                 attempt,
                 text: text.to_owned(),
                 retry,
+                retry_after: retry_after.map(Nanos::as_micros_ceil),
             })
             .await?;
         match status.as_str() {
@@ -850,7 +883,24 @@ impl RedisEngine {
         error: String,
         retry: bool,
     ) -> Result<RunView, Error> {
-        self.run_op("fail", id, attempt, &error, retry).await
+        self.fail_with(id, attempt, error, retry, None).await
+    }
+
+    /// As [`RedisEngine::fail`]; with `retry`, the next attempt waits `retry_after` when
+    /// given, else its task's `retry` backoff (`scheduled` meanwhile).
+    ///
+    /// # Errors
+    /// As [`RedisEngine::heartbeat`].
+    pub async fn fail_with(
+        &self,
+        id: &str,
+        attempt: Option<u32>,
+        error: String,
+        retry: bool,
+        retry_after: Option<Nanos>,
+    ) -> Result<RunView, Error> {
+        self.run_op_with("fail", id, attempt, &error, retry, retry_after)
+            .await
     }
 
     /// Hands a running run back without counting an attempt; its rate units are refunded.

@@ -47,8 +47,15 @@ fn limit_def(variant: usize) -> serde_json::Value {
 fn task_def(task: usize, variant: usize) -> serde_json::Value {
     let v = variant % 3;
     match task {
-        0 => json!({"rate_limits": [{"static_key": "k", "units": 1}],
-                    "lease_timeout": (["30s", "1s", "5s"][v]), "max_attempts": ([2, 1, 3][v])}),
+        // The third definition spaces its retries (after a fail with retry, or a lapsed lease).
+        0 => {
+            let mut d = json!({"rate_limits": [{"static_key": "k", "units": 1}],
+                    "lease_timeout": (["30s", "1s", "5s"][v]), "max_attempts": ([2, 1, 3][v])});
+            if v == 2 {
+                d["retry"] = json!({"backoff": "1s", "factor": 2, "max": "3s"});
+            }
+            d
+        }
         1 => json!({"rate_limits": [{"dynamic_key": "input.user", "limit": ([3, 1, 10][v]),
                     "period": "1m", "algorithm": "sliding_window"}]}),
         2 => json!({"concurrency": [{"key": "'c'", "limit": ([2, 1, 4][v])}],
@@ -100,6 +107,11 @@ enum Op {
         run: usize,
         retry: bool,
     },
+    /// Fails run `run` with a retry after `ms` (an upstream's Retry-After).
+    FailAfter {
+        run: usize,
+        ms: u64,
+    },
     Release(usize),
     Cancel(usize),
     Heartbeat(usize),
@@ -128,6 +140,8 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (0..TASKS.len(), 1usize..4).prop_map(|(task, max)| Op::Lease { task, max }),
         4 => any::<usize>().prop_map(Op::Complete),
         2 => (any::<usize>(), any::<bool>()).prop_map(|(run, retry)| Op::Fail { run, retry }),
+        1 => (any::<usize>(), prop_oneof![Just(0u64), Just(500), Just(2_000)])
+            .prop_map(|(run, ms)| Op::FailAfter { run, ms }),
         2 => any::<usize>().prop_map(Op::Release),
         2 => any::<usize>().prop_map(Op::Cancel),
         2 => any::<usize>().prop_map(Op::Heartbeat),
@@ -296,6 +310,7 @@ impl Pair {
             }
             Op::Complete(i)
             | Op::Fail { run: i, .. }
+            | Op::FailAfter { run: i, .. }
             | Op::Release(i)
             | Op::Cancel(i)
             | Op::Heartbeat(i) => {
@@ -311,6 +326,17 @@ impl Pair {
                         self.local.fail(&l, None, "boom".into(), *retry).await,
                         self.redis.fail(&r, None, "boom".into(), *retry).await,
                     ),
+                    Op::FailAfter { ms, .. } => {
+                        let after = Some(Nanos::from_millis(*ms));
+                        (
+                            self.local
+                                .fail_with(&l, None, "busy".into(), true, after)
+                                .await,
+                            self.redis
+                                .fail_with(&r, None, "busy".into(), true, after)
+                                .await,
+                        )
+                    }
                     Op::Release(_) => (
                         self.local.release(&l, None).await,
                         self.redis.release(&r, None).await,

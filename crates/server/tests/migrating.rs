@@ -443,3 +443,63 @@ async fn a_delayed_run_is_scheduled_until_it_is_due_and_decided_then() {
         server.stop().await;
     }
 }
+
+/// Hatchet's and Inngest's retries with backoff: a task's `retry` spaces the attempts after
+/// `fail` with `retry: true` — the first waits `backoff`, the next `factor` times longer — and
+/// `retry_after_ms` (an upstream's Retry-After) overrides it once. Meanwhile the run is
+/// `scheduled` with its due instant, holds no worker slot, and no lease gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_wait_out_their_backoff_scheduled() {
+    for Mode { name, server, .. } in each_mode("retries_wait_out_their_backoff_scheduled").await {
+        server
+            .define_task(
+                "flaky",
+                json!({"max_attempts": 4, "retry": {"backoff": "300ms", "factor": 2, "max": "10s"}}),
+            )
+            .await;
+        let run = server.enqueue("flaky", json!({})).await;
+        let id = common::id(&run);
+        let mut waits = Vec::new();
+        for (attempt, body) in [
+            (1, json!({"error": "503", "retry": true})),
+            (2, json!({"error": "503", "retry": true})),
+            (
+                3,
+                json!({"error": "429", "retry": true, "retry_after_ms": 50}),
+            ),
+        ] {
+            let leased = server.lease(&["flaky"], 1, 5_000).await;
+            assert_eq!(
+                common::ids(&leased),
+                [id.as_str()],
+                "{name}: attempt {attempt}"
+            );
+            assert_eq!(leased[0]["attempt"], attempt, "{name}");
+            let failed = server.act(&id, "fail", body).await.body;
+            assert_eq!(failed["state"], "scheduled", "{name}: {failed}");
+            let wait = failed["eligible_at_ms"].as_u64().unwrap()
+                - failed["updated_at_ms"].as_u64().unwrap();
+            waits.push(wait);
+            assert!(server.lease(&["flaky"], 1, 0).await.is_empty(), "{name}");
+        }
+        // 300 ms, then twice that, then the worker's 50 ms (ms rounding: one more at most).
+        for (got, want) in waits.iter().zip([300, 600, 50]) {
+            assert!((want..=want + 1).contains(got), "{name}: waits {waits:?}");
+        }
+        let last = server.lease(&["flaky"], 1, 5_000).await;
+        assert_eq!(last[0]["attempt"], 4, "{name}");
+        let r = server
+            .put(
+                "/v1/tasks/bad",
+                json!({"retry": {"backoff": "1s", "max": "500ms"}}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code(), r.body["error"]["field"].as_str()),
+            (400, "invalid_field", Some("retry.max")),
+            "{name}: {:?}",
+            r.body
+        );
+        server.stop().await;
+    }
+}

@@ -34,7 +34,7 @@ async fn an_empty_definition_is_answered_with_every_default_shown() {
             "name": "noop",
             "spec": {"rate_limits": [], "concurrency": [], "on_limit": "requeue",
                      "idempotency": null, "triggers": [], "max_attempts": 3, "lease_timeout": "30s",
-                     "throttle": null, "rate_limit": null},
+                     "throttle": null, "rate_limit": null, "retry": null},
             "depth": zero_depth(),
         })
     );
@@ -60,7 +60,8 @@ async fn a_full_definition_is_kept_as_given_and_reads_back_as_the_same_task() {
         "max_attempts": 5,
         "lease_timeout": "2m",
         "throttle": null,
-        "rate_limit": null
+        "rate_limit": null,
+        "retry": null
     });
     let t = server.define_task("sync", spec.clone()).await;
     assert_eq!(t["name"], "sync");

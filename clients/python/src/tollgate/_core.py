@@ -613,12 +613,18 @@ def op_complete(run_id: str, output: JSON, attempt: int | None) -> Op[dict[str, 
     return op_run_call(run_id, "complete", body)
 
 
-def op_fail(run_id: str, error: str, retry: bool, attempt: int | None) -> Op[dict[str, Any]]:
+def op_fail(
+    run_id: str, error: str, retry: bool, attempt: int | None, retry_after: float | None = None
+) -> Op[dict[str, Any]]:
     if not isinstance(error, str):
         raise TypeError(f"error must be a str, not {type(error).__name__}")
     body = _attempt_body(attempt)
     body["error"] = error
     body["retry"] = bool(retry)
+    if retry_after is not None:
+        if not retry:
+            raise ValueError("retry_after applies to a retry: give retry=True with it")
+        body["retry_after_ms"] = millis(seconds(retry_after, "retry_after"))
     return op_run_call(run_id, "fail", body)
 
 

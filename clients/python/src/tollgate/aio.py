@@ -332,10 +332,16 @@ class AsyncTollgate:
         return await self._send(core.op_complete(run_id, output, attempt))
 
     async def fail(
-        self, run_id: str, error: str, *, retry: bool = False, attempt: int | None = None
+        self,
+        run_id: str,
+        error: str,
+        *,
+        retry: bool = False,
+        attempt: int | None = None,
+        retry_after: float | None = None,
     ) -> dict[str, Any]:
         """See :meth:`tollgate.Tollgate.fail`."""
-        return await self._send(core.op_fail(run_id, error, retry, attempt))
+        return await self._send(core.op_fail(run_id, error, retry, attempt, retry_after))
 
     async def release(self, run_id: str, *, attempt: int | None = None) -> dict[str, Any]:
         """See :meth:`tollgate.Tollgate.release`."""

@@ -391,10 +391,18 @@ class Tollgate:
         return self._send(core.op_complete(run_id, output, attempt))
 
     def fail(
-        self, run_id: str, error: str, *, retry: bool = False, attempt: int | None = None
+        self,
+        run_id: str,
+        error: str,
+        *,
+        retry: bool = False,
+        attempt: int | None = None,
+        retry_after: float | None = None,
     ) -> dict[str, Any]:
-        """Fails a running run; with ``retry`` it is queued again while attempts remain."""
-        return self._send(core.op_fail(run_id, error, retry, attempt))
+        """Fails a running run; with ``retry`` it is queued again while attempts remain, after
+        its task's ``retry`` backoff, or after ``retry_after`` seconds (an upstream's
+        Retry-After) when given: ``scheduled`` meanwhile."""
+        return self._send(core.op_fail(run_id, error, retry, attempt, retry_after))
 
     def release(self, run_id: str, *, attempt: int | None = None) -> dict[str, Any]:
         """Hands a running run back: queued again, the attempt not counted."""

@@ -448,8 +448,24 @@ impl<S: Store + 'static> Engine<S> {
         error: String,
         retry: bool,
     ) -> Result<RunView, Error> {
+        self.fail_with(id, attempt, error, retry, None).await
+    }
+
+    /// As [`Engine::fail`]; with `retry`, the next attempt waits `retry_after` when given, else
+    /// its task's `retry` backoff (`scheduled` meanwhile).
+    ///
+    /// # Errors
+    /// As [`Engine::heartbeat`].
+    pub async fn fail_with(
+        &self,
+        id: &str,
+        attempt: Option<u32>,
+        error: String,
+        retry: bool,
+        retry_after: Option<tollgate_core::Nanos>,
+    ) -> Result<RunView, Error> {
         self.mutate(Vec::new(), |st, now, _| {
-            st.fail_run(id, attempt, error, retry, now)?;
+            st.fail_run(id, attempt, error, retry, retry_after, now)?;
             Ok(view(st, id))
         })
         .await

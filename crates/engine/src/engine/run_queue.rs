@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::Notify;
-use tollgate_core::{Limit, Period};
+use tollgate_core::{Limit, Nanos, Period};
 
 use super::Engine;
 use crate::limiter::AsyncLimiter;
@@ -117,14 +117,22 @@ impl RunQueue for Engine<DynStore> {
         Box::pin(Engine::complete(self, id, attempt, output))
     }
 
-    fn fail<'a>(
+    fn fail_with<'a>(
         &'a self,
         id: &'a str,
         attempt: Option<u32>,
         error: String,
         retry: bool,
+        retry_after: Option<Nanos>,
     ) -> QueueFuture<'a, RunView> {
-        Box::pin(Engine::fail(self, id, attempt, error, retry))
+        Box::pin(Engine::fail_with(
+            self,
+            id,
+            attempt,
+            error,
+            retry,
+            retry_after,
+        ))
     }
 
     fn release<'a>(&'a self, id: &'a str, attempt: Option<u32>) -> QueueFuture<'a, RunView> {

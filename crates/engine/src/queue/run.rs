@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tollgate_core::Nanos;
 
-use crate::task::{DEFAULT_LEASE_TIMEOUT, OnLimit, Rendered};
+use crate::task::{DEFAULT_LEASE_TIMEOUT, OnLimit, Rendered, RetryPolicy};
 use tollgate_core::Period;
 
 pub use tollgate_api::{LeasedRun, RunState, RunView};
@@ -70,10 +70,13 @@ pub struct Run {
 /// A run's lifecycle state with what belongs to it ([`Run::state`] is derived from it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunPhase {
-    /// Enqueued with a delay: nothing is decided until `at`, when it is admitted as a new run.
+    /// Enqueued with a delay, or waiting out a retry's backoff: nothing happens until `at`.
     Scheduled {
         /// When it is due.
         at: Nanos,
+        /// A retry waiting out its backoff: queued when due. Otherwise a new run, admitted
+        /// when due as a new run is (its rate_limit, its policy).
+        retry: bool,
     },
     /// In its task's ready queue.
     Queued,
@@ -155,7 +158,7 @@ impl RunPhase {
     pub fn eligible_at(&self) -> Option<Nanos> {
         match self {
             RunPhase::Waiting { eligible_at, .. } => *eligible_at,
-            RunPhase::Scheduled { at } => Some(*at),
+            RunPhase::Scheduled { at, .. } => Some(*at),
             _ => None,
         }
     }
@@ -265,6 +268,9 @@ pub struct RunPolicy {
     pub on_limit: OnLimit,
     /// How long a lease lasts without a heartbeat.
     pub lease_timeout: Period,
+    /// How its retries are spaced (none: a retry is queued at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
 }
 
 impl Default for RunPolicy {
@@ -272,6 +278,7 @@ impl Default for RunPolicy {
         RunPolicy {
             on_limit: OnLimit::Requeue,
             lease_timeout: DEFAULT_LEASE_TIMEOUT,
+            retry: None,
         }
     }
 }
@@ -315,6 +322,8 @@ struct RunRecord {
     #[serde(default)]
     gate_at: Option<Nanos>,
     #[serde(default)]
+    retrying: bool,
+    #[serde(default)]
     reserved: bool,
     #[serde(default)]
     held: Vec<String>,
@@ -356,6 +365,8 @@ struct RunRecordRef<'a> {
     consumed_at: Option<Nanos>,
     #[serde(skip_serializing_if = "Option::is_none")]
     gate_at: Option<Nanos>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    retrying: bool,
     reserved: bool,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     held: &'a [String],
@@ -392,6 +403,7 @@ impl Serialize for Run {
             updated_at: self.updated_at,
             consumed_at: self.consumed_at,
             gate_at: self.gate_at,
+            retrying: matches!(self.phase, RunPhase::Scheduled { retry: true, .. }),
             reserved: self.reserved,
             held: &self.held,
             lease_expires_at: self.phase.lease_expires_at(),
@@ -406,6 +418,7 @@ impl From<RunRecord> for Run {
         let phase = match r.state {
             RunState::Scheduled => RunPhase::Scheduled {
                 at: r.eligible_at.unwrap_or(r.created_at),
+                retry: r.retrying,
             },
             RunState::Queued => RunPhase::Queued,
             // The journal names the key only: its namespace is found among the run's own

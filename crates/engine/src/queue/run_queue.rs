@@ -175,13 +175,27 @@ pub trait RunQueue: LeaseQueue {
         output: Option<Value>,
     ) -> QueueFuture<'a, RunView>;
 
-    /// Records a failure: with `retry`, requeued while attempts remain; otherwise failed.
+    /// Records a failure: with `retry`, requeued while attempts remain (after its task's
+    /// backoff, `scheduled` meanwhile); otherwise failed.
     fn fail<'a>(
         &'a self,
         id: &'a str,
         attempt: Option<u32>,
         error: String,
         retry: bool,
+    ) -> QueueFuture<'a, RunView> {
+        self.fail_with(id, attempt, error, retry, None)
+    }
+
+    /// As [`RunQueue::fail`]; with `retry`, `retry_after` (an upstream's `Retry-After`) is the
+    /// wait before the next attempt instead of the task's backoff.
+    fn fail_with<'a>(
+        &'a self,
+        id: &'a str,
+        attempt: Option<u32>,
+        error: String,
+        retry: bool,
+        retry_after: Option<Nanos>,
     ) -> QueueFuture<'a, RunView>;
 
     /// Hands a running run back without counting an attempt.

@@ -291,6 +291,7 @@ impl QueueState {
         let policy = RunPolicy {
             on_limit: task.on_limit,
             lease_timeout: task.lease_timeout,
+            retry: task.retry,
         };
         // A declared limit is known now too: units it can never hold fail the run at once
         // rather than at its first lease.
@@ -355,7 +356,7 @@ impl QueueState {
         // due (wake_scheduled). Until then it names its keys as any run not yet ended.
         match due {
             Some(at) if at > now && run.state() == RunState::Queued => {
-                run.phase = RunPhase::Scheduled { at };
+                run.phase = RunPhase::Scheduled { at, retry: false };
             }
             _ => Self::pass_gate(&mut run, now, store)?,
         }
@@ -374,7 +375,7 @@ impl QueueState {
         self.metrics
             .transition(&run.task, &run.id, Transition::Enqueued);
         match &run.phase {
-            RunPhase::Scheduled { at } => {
+            RunPhase::Scheduled { at, .. } => {
                 self.scheduled.insert((*at, seq, id.clone()));
             }
             _ => self.place_new(&run),
@@ -488,14 +489,23 @@ impl QueueState {
         let Some(mut run) = self.runs.remove(id) else {
             return;
         };
-        if run.phase != (RunPhase::Scheduled { at }) {
+        let RunPhase::Scheduled { at: due, retry } = run.phase else {
             // Cancelled (or otherwise moved on) since: a stale entry.
+            self.runs.insert(id.to_owned(), run);
+            return;
+        };
+        if due != at {
             self.runs.insert(id.to_owned(), run);
             return;
         }
         run.phase = RunPhase::Queued;
-        let outcome = Self::pass_gate(&mut run, now, store)
-            .and_then(|()| self.apply_skip_policy(&mut run, now, store));
+        // A retry that waited out its backoff is queued; a new run is admitted as one.
+        let outcome = if retry {
+            Ok(())
+        } else {
+            Self::pass_gate(&mut run, now, store)
+                .and_then(|()| self.apply_skip_policy(&mut run, now, store))
+        };
         if let Err(e) = outcome {
             run.phase = RunPhase::Failed { worker_id: None };
             run.error = Some(e.to_string());
@@ -528,6 +538,7 @@ impl QueueState {
             run.policy = Some(task.map_or_else(RunPolicy::default, |t| RunPolicy {
                 on_limit: t.on_limit,
                 lease_timeout: t.lease_timeout,
+                retry: t.retry,
             }));
         }
         if !run.state().is_final() {
@@ -567,7 +578,7 @@ impl QueueState {
                 }
                 self.leases.push(Reverse((*lease_expires_at, id.clone())));
             }
-            RunPhase::Scheduled { at } => {
+            RunPhase::Scheduled { at, .. } => {
                 self.scheduled.insert((*at, run.seq, id.clone()));
             }
             _ => {}
@@ -964,7 +975,43 @@ impl QueueState {
             self.fail(id, reason, now);
         } else {
             run.error = Some(format!("lease expired on attempt {}", run.attempt));
-            self.make_ready_first(id, now);
+            match Self::backoff(run, None) {
+                Some(delay) => self.schedule_retry(id, now + delay),
+                None => self.make_ready_first(id, now),
+            }
+        }
+    }
+
+    /// How long a retry of `run` (after its current attempt) waits: `retry_after` when given,
+    /// else its task's backoff (with jitter when asked for); `None` to queue it at once.
+    fn backoff(run: &Run, retry_after: Option<Nanos>) -> Option<Nanos> {
+        let delay = match retry_after {
+            Some(d) => d,
+            None => {
+                let policy = run.policy.and_then(|p| p.retry)?;
+                let micros = policy.delay_micros(run.attempt);
+                let micros = if policy.jitter {
+                    // Between half of the delay and all of it, from a per-process seeded hash
+                    // of the run and its attempt.
+                    use std::hash::BuildHasher;
+                    let half = micros / 2;
+                    let seed =
+                        foldhash::fast::RandomState::default().hash_one((&run.id, run.attempt));
+                    half + seed % (micros - half + 1)
+                } else {
+                    micros
+                };
+                Nanos::from_micros(micros)
+            }
+        };
+        (delay > Nanos::ZERO).then_some(delay)
+    }
+
+    /// Schedules run `id` to be queued again at `at` (a retry waiting out its backoff).
+    fn schedule_retry(&mut self, id: &str, at: Nanos) {
+        if let Some(run) = self.runs.get_mut(id) {
+            run.phase = RunPhase::Scheduled { at, retry: true };
+            self.scheduled.insert((at, run.seq, id.to_owned()));
         }
     }
 
@@ -1102,26 +1149,39 @@ impl QueueState {
         attempt: Option<u32>,
         error: String,
         retry: bool,
+        retry_after: Option<Nanos>,
         now: Nanos,
     ) -> Result<RunState, Error> {
         self.running(id, attempt, "fail")?;
         let run = &self.runs[id];
         if retry && run.attempt < run.max_attempts {
+            let backoff = Self::backoff(run, retry_after);
             self.release_slots(id, now);
             if let Some(run) = self.runs.get_mut(id) {
                 run.error = Some(error);
                 run.reserved = false;
                 run.phase = RunPhase::Queued;
-                let task = run.task.clone();
-                self.ready
-                    .entry(task)
-                    .or_default()
-                    .normal
-                    .push_back(id.to_owned());
-                self.became_ready = true;
             }
+            let state = match backoff {
+                Some(delay) => {
+                    self.schedule_retry(id, now + delay);
+                    RunState::Scheduled
+                }
+                None => {
+                    if let Some(run) = self.runs.get(id) {
+                        let task = run.task.clone();
+                        self.ready
+                            .entry(task)
+                            .or_default()
+                            .normal
+                            .push_back(id.to_owned());
+                        self.became_ready = true;
+                    }
+                    RunState::Queued
+                }
+            };
             self.touch(id, now);
-            Ok(RunState::Queued)
+            Ok(state)
         } else {
             self.fail(id, error, now);
             Ok(RunState::Failed)

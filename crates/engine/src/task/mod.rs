@@ -40,8 +40,8 @@ mod spec;
 pub use expr::Expr;
 pub use render::{RenderError, Rendered, RenderedConcurrency, RenderedLimit, RunContext};
 pub use spec::{
-    ConcurrencyUse, IdempotencyUse, KeyScope, NumberOrExpr, OnLimit, RateLimitUse, TaskSpec,
-    Throttle, ThrottleSpec,
+    ConcurrencyUse, IdempotencyUse, KeyScope, NumberOrExpr, OnLimit, RateLimitUse, RetrySpec,
+    TaskSpec, Throttle, ThrottleSpec,
 };
 
 use tollgate_core::{Limit, MAX_CONCURRENCY, MAX_LIMIT, Period, RateLimit};
@@ -190,6 +190,78 @@ enum CompiledRate {
     },
 }
 
+/// The longest wait before a retry, whatever the backoff says: a year, in µs (the Redis
+/// engine's `MAX_RETRY_DELAY` too).
+pub const MAX_RETRY_DELAY_MICROS: u64 = 365 * 86_400 * 1_000_000;
+
+/// A task's `retry`, compiled: the delay before each retry (docs/design.md §3.3). Kept with
+/// each run (its policy), so a redefinition changes only runs enqueued after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RetryPolicy {
+    /// The first retry's delay.
+    pub backoff: Period,
+    /// Each next delay is this many times the one before (at least 1).
+    pub factor: u32,
+    /// The longest delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Period>,
+    /// Each delay becomes a random one between half of it and all of it.
+    #[serde(default)]
+    pub jitter: bool,
+}
+
+impl RetryPolicy {
+    fn compile(spec: &RetrySpec) -> Result<RetryPolicy, SpecError> {
+        let factor = spec.factor.unwrap_or(2);
+        if !(1..=1000).contains(&factor) {
+            return Err(spec_error(
+                "invalid_field",
+                "retry.factor",
+                format!("invalid retry factor {factor}: must be between 1 and 1000"),
+            ));
+        }
+        let backoff = parse_period(&spec.backoff, "retry.backoff")?;
+        let max = spec
+            .max
+            .as_deref()
+            .map(|m| parse_period(m, "retry.max"))
+            .transpose()?;
+        if let Some(max) = max
+            && max < backoff
+        {
+            return Err(spec_error(
+                "invalid_field",
+                "retry.max",
+                format!("retry.max ({max}) is shorter than retry.backoff ({backoff})"),
+            ));
+        }
+        Ok(RetryPolicy {
+            backoff,
+            factor,
+            max,
+            jitter: spec.jitter.unwrap_or(false),
+        })
+    }
+
+    /// The delay before the retry that follows attempt `attempt` (1-based): `backoff` after
+    /// the first, then `factor` times longer each time, at most `max`; without jitter. In
+    /// whole microseconds, as the Redis engine reckons it.
+    pub fn delay_micros(&self, attempt: u32) -> u64 {
+        let cap = self
+            .max
+            .map_or(MAX_RETRY_DELAY_MICROS, |m| m.as_nanos().as_micros_ceil())
+            .min(MAX_RETRY_DELAY_MICROS);
+        let mut delay = self.backoff.as_nanos().as_micros_ceil().min(cap);
+        for _ in 1..attempt {
+            if delay >= cap {
+                break;
+            }
+            delay = delay.saturating_mul(u64::from(self.factor)).min(cap);
+        }
+        delay
+    }
+}
+
 /// The prefix of the keys a task keeps to itself (`"scope": "task"`, `throttle`): `task:<name>:`.
 /// docs/design.md §3.1.
 fn task_scope(task: &str) -> String {
@@ -220,6 +292,8 @@ pub struct Task {
     pub lease_timeout: Period,
     /// Event names that start a run.
     pub triggers: Vec<String>,
+    /// `spec.retry`, compiled: how retries are spaced.
+    pub retry: Option<RetryPolicy>,
     rate: Vec<CompiledRate>,
     /// `rate_limit`: decided at enqueue only.
     gate: Option<CompiledRate>,
@@ -325,6 +399,7 @@ impl Task {
                 ),
             ));
         }
+        let retry = spec.retry.as_ref().map(RetryPolicy::compile).transpose()?;
         let lease_timeout = match &spec.lease_timeout {
             None => DEFAULT_LEASE_TIMEOUT,
             Some(p) => parse_period(p, "lease_timeout")?,
@@ -336,6 +411,7 @@ impl Task {
             max_attempts,
             lease_timeout,
             triggers: spec.triggers.clone(),
+            retry,
             spec,
             rate,
             gate,

@@ -2,6 +2,6 @@
 //! that `GET /v1/tasks/{name}` shows it back. The types are the wire types of `tollgate-api`.
 
 pub use tollgate_api::{
-    ConcurrencyUse, IdempotencyUse, KeyScope, NumberOrExpr, OnLimit, RateLimitUse, TaskSpec,
-    Throttle, ThrottleSpec,
+    ConcurrencyUse, IdempotencyUse, KeyScope, NumberOrExpr, OnLimit, RateLimitUse, RetrySpec,
+    TaskSpec, Throttle, ThrottleSpec,
 };

@@ -12,7 +12,7 @@ use tollgate::{
     AsyncLimiter, LeaseAttempt, LeaseQueue, LimitSpec, QueueFuture, RunQueue, RunState, RunView,
     StartAt, Task, TaskSpec,
 };
-use tollgate_core::{Limit, Period};
+use tollgate_core::{Limit, Nanos, Period};
 
 use super::RedisEngine;
 
@@ -111,14 +111,22 @@ impl RunQueue for RedisEngine {
         Box::pin(RedisEngine::complete(self, id, attempt, output))
     }
 
-    fn fail<'a>(
+    fn fail_with<'a>(
         &'a self,
         id: &'a str,
         attempt: Option<u32>,
         error: String,
         retry: bool,
+        retry_after: Option<Nanos>,
     ) -> QueueFuture<'a, RunView> {
-        Box::pin(RedisEngine::fail(self, id, attempt, error, retry))
+        Box::pin(RedisEngine::fail_with(
+            self,
+            id,
+            attempt,
+            error,
+            retry,
+            retry_after,
+        ))
     }
 
     fn release<'a>(&'a self, id: &'a str, attempt: Option<u32>) -> QueueFuture<'a, RunView> {

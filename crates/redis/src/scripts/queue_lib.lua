@@ -367,6 +367,49 @@ local function apply_skip(task, pol, rate, fields)
   return 'failed'
 end
 
+-- The longest wait before a retry: a year, in µs (the engine's MAX_RETRY_DELAY_MICROS).
+local MAX_RETRY_DELAY = 31536000000000
+
+-- How long a retry of run id after attempt `attempt` waits, µs: `override` when given (a
+-- worker's retry_after), else its task's backoff kept with the run ('rp': "<backoff µs>
+-- <factor> <max µs or empty> <jitter 0|1>"): backoff after the first attempt, factor times
+-- longer each time, at most max; 0 to queue it at once.
+local function retry_delay(id, attempt, override)
+  if override then
+    return override
+  end
+  local rp = redis.call('HGET', rk(id), 'rp')
+  local b, f, m, j = string.match(rp or '', '^(%d+) (%d+) (%d*) ([01])$')
+  if not b then
+    return 0
+  end
+  local cap = MAX_RETRY_DELAY
+  if m ~= '' and tonumber(m) < cap then
+    cap = tonumber(m)
+  end
+  local d = math.min(tonumber(b), cap)
+  for _ = 2, attempt do
+    if d >= cap then
+      break
+    end
+    d = math.min(d * tonumber(f), cap)
+  end
+  if j == '1' then
+    -- Between half of it and all of it, spread by the run and the instant.
+    local half = math.floor(d / 2)
+    local seq = tonumber(redis.call('HGET', rk(id), 'seq')) or 0
+    d = half + (seq * 2654435761 + attempt * 40503 + NOW) % (d - half + 1)
+  end
+  return d
+end
+
+-- Run id (in state old) waits out a retry's backoff until `at`, scheduled; queued when due.
+local function schedule_retry(id, task, seq, old, at)
+  set_state(id, task, seq, old, 'scheduled')
+  redis.call('HSET', rk(id), 'ea', fmt(at), 'rt', '1')
+  redis.call('ZADD', Q .. 'sched', fmt(at), string.format('%016x', tonumber(seq)))
+end
+
 -- The member of a scheduled run in Q..'sched' (scored by when it is due): its seq as 16 hex
 -- digits, so that runs due at the same instant come up in enqueue order, as in the engine.
 local function sched_member(seq)
@@ -376,11 +419,18 @@ end
 -- A scheduled run that is due: admitted as a new run would be (its rate_limit, then its
 -- policy), then queued, skipped or failed.
 local function wake_scheduled(id)
-  local r = redis.call('HMGET', rk(id), 'task', 'seq', 'state', 'pol', 'rate', 'gate')
+  local r = redis.call('HMGET', rk(id), 'task', 'seq', 'state', 'pol', 'rate', 'gate', 'rt')
   if r[3] ~= 'scheduled' then
     return
   end
   local task, seq = r[1], r[2]
+  if r[7] == '1' then
+    -- A retry that waited out its backoff is queued.
+    redis.call('HDEL', rk(id), 'ea', 'rt')
+    set_state(id, task, seq, 'scheduled', 'queued')
+    make_ready(id, task, false)
+    return
+  end
   local fields = {}
   local state = pass_gate(r[6], fields)
   if state == 'queued' then
@@ -538,7 +588,7 @@ end
 -- A lease lapsed: the run goes back to the front of its queue, or fails on its last attempt.
 local function expire(id)
   release_slots(id)
-  local r = redis.call('HMGET', rk(id), 'task', 'attempt', 'max')
+  local r = redis.call('HMGET', rk(id), 'task', 'attempt', 'max', 'seq', 'state')
   redis.call('HDEL', rk(id), 'res', 'le', 'wk')
   redis.call('ZREM', Q .. 'leases', id)
   note(r[1], 'expired')
@@ -547,7 +597,12 @@ local function expire(id)
       ': the worker stopped heartbeating')
   else
     redis.call('HSET', rk(id), 'err', 'lease expired on attempt ' .. r[2])
-    make_ready_first(id)
+    local d = retry_delay(id, tonumber(r[2]), nil)
+    if d > 0 then
+      schedule_retry(id, r[1], r[4], r[5], NOW + d)
+    else
+      make_ready_first(id)
+    end
   end
 end
 

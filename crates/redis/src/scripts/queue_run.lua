@@ -10,7 +10,8 @@
 -- then 5 values per op i, from ARGV[5 + 5(i-1)]:
 --   op ("heartbeat" | "complete" | "fail" | "release" | "cancel"), run id, the attempt the
 --   caller holds ("" any; not for cancel), complete: output JSON ("" none) | fail: the error
---   message, fail: "1" to retry while attempts remain
+--   message, fail: "1" to retry while attempts remain ("1:<µs>": after that wait instead of
+--   the task's backoff), else "0"
 --
 -- Returns { "ok", effects, answer 1, answer 2, ... }, each answer { "ok", view },
 -- { "unknown" } or { "invalid_state", state }; an error, with nothing done, for an unknown op.
@@ -31,7 +32,7 @@ process_due(256)
 local READ = { 'task', 'seq', 'state', 'attempt', 'max', 'lt', 'wq', 'input', 'meta', 'wo', 'ea',
   'sr', 'err', 'out', 'ca', 'ua', 'le', 'wk' }
 
-local function apply(op, id, attempt, text, retry)
+local function apply(op, id, attempt, text, retry, retry_after)
   local r = redis.call('HMGET', rk(id), unpack(READ))
   local task, seq, state = r[1], r[2], r[3]
   if not task then
@@ -47,7 +48,7 @@ local function apply(op, id, attempt, text, retry)
     end
     release_slots(id)
     set_state(id, task, seq, state, 'cancelled')
-    redis.call('HDEL', rk(id), 'le', 'wo', 'wq', 'ea', 'wa', 'res', 'gate')
+    redis.call('HDEL', rk(id), 'le', 'wo', 'wq', 'ea', 'wa', 'res', 'gate', 'rt')
     redis.call('ZREM', Q .. 'leases', id)
     if state == 'scheduled' then
       redis.call('ZREM', Q .. 'sched', sched_member(seq))
@@ -106,8 +107,13 @@ local function apply(op, id, attempt, text, retry)
       redis.call('HSET', rk(id), 'err', text)
       redis.call('HDEL', rk(id), 'res', 'le', 'wk')
       redis.call('ZREM', Q .. 'leases', id)
-      set_state(id, task, seq, state, 'queued')
-      make_ready(id, task, false)
+      local d = retry_delay(id, tonumber(r[4]), retry_after)
+      if d > 0 then
+        schedule_retry(id, task, seq, state, NOW + d)
+      else
+        set_state(id, task, seq, state, 'queued')
+        make_ready(id, task, false)
+      end
     else
       fail_run(id, text)
     end
@@ -125,6 +131,8 @@ end
 local answers = {}
 for i = 1, n do
   local b = 5 + 5 * (i - 1)
-  answers[i] = apply(ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4] == '1')
+  local retry = ARGV[b + 4]
+  answers[i] = apply(ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], string.sub(retry, 1, 1) == '1',
+    tonumber(string.sub(retry, 3)))
 end
 return reply('ok', answers)

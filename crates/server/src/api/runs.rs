@@ -212,17 +212,28 @@ async fn complete(
     Ok(Json(run))
 }
 
-/// `POST /v1/runs/{id}/fail` `{"error", "retry"?, "attempt"?}`: with `retry`, the run is
-/// queued again while attempts remain; otherwise (or when none remain) it is `failed`.
+/// `POST /v1/runs/{id}/fail` `{"error", "retry"?, "attempt"?, "retry_after_ms"?}`: with
+/// `retry`, the run is queued again while attempts remain (`scheduled` first when
+/// `retry_after_ms` or its task's `retry` backoff says to wait); otherwise (or when none
+/// remain) it is `failed`.
 async fn fail(
     State(state): State<AppState>,
     id: Result<Segment, ApiError>,
     JsonBody(req): JsonBody<FailRequest>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = run_id(id)?;
+    const MAX_RETRY_AFTER_MS: u64 = tollgate::task::MAX_RETRY_DELAY_MICROS / 1_000;
+    if req.retry_after_ms.is_some_and(|ms| ms > MAX_RETRY_AFTER_MS) {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidField,
+            format!("retry_after_ms must be at most {MAX_RETRY_AFTER_MS} (a year)"),
+        )
+        .with_field("retry_after_ms"));
+    }
+    let retry_after = req.retry_after_ms.map(tollgate::core::Nanos::from_millis);
     let run = match state
         .queue()
-        .fail(&id, req.attempt, req.error, req.retry)
+        .fail_with(&id, req.attempt, req.error, req.retry, retry_after)
         .await
     {
         Ok(run) => run,

@@ -9,7 +9,7 @@
 //!  "spec": {"rate_limits": [{"static_key": "test-limit", "units": 1}], "concurrency": [],
 //!           "on_limit": "requeue", "idempotency": null, "triggers": [],
 //!           "max_attempts": 3, "lease_timeout": "30s", "throttle": null,
-//!           "rate_limit": null},
+//!           "rate_limit": null, "retry": null},
 //!  "depth": {"scheduled": 0, "queued": 2, "waiting": 0, "running": 1, "succeeded": 7, "failed": 0,
 //!            "skipped": 0, "cancelled": 0}}
 //! ```
