@@ -126,8 +126,8 @@ pub use tollgate_api as api;
 pub use tollgate_api::{
     AcquireEntry, Acquisition, Barrier, ConcurrencyUse, Depth, ErrorBody, ErrorCode, EventRun,
     Health, IdempotencyUse, KeyDecision, KeyScope, Lease, LeaseRenewal, LeaseRequest, LeasedRun,
-    Limit, LimitParams, LimitSpec, Namespace, NumberOrExpr, OnLimit, RateLimitUse, RunState,
-    RunView, TaskSpec, Throttle, ThrottleSpec,
+    Limit, LimitParams, LimitSpec, Namespace, NumberOrExpr, OnLimit, RateLimitUse, RetrySpec,
+    RunState, RunView, TaskSpec, Throttle, ThrottleSpec,
 };
 pub use worker::{
     DEFAULT_GRACE, DEFAULT_POLL_WAIT, DEFAULT_SLOTS, HandlerError, HandlerResult, RunContext,

@@ -240,11 +240,27 @@ impl Client {
         data: &Value,
         additional_metadata: Option<&Value>,
     ) -> Result<Vec<EventRun>, Error> {
+        self.send_event_after(name, data, additional_metadata, None)
+            .await
+    }
+
+    /// [`Client::send_event`] whose runs start no sooner than `delay` from now (`scheduled`
+    /// until then); `None` for at once.
+    ///
+    /// # Errors
+    /// As [`Client::send_event`].
+    pub async fn send_event_after(
+        &self,
+        name: &str,
+        data: &Value,
+        additional_metadata: Option<&Value>,
+        delay: Option<Duration>,
+    ) -> Result<Vec<EventRun>, Error> {
         let body = EventRequest {
             name: name.to_owned(),
             data: data.clone(),
             additional_metadata: additional_metadata.cloned(),
-            delay_ms: None,
+            delay_ms: delay.map(millis_ceil),
             run_at_ms: None,
         };
         let answer: EventAnswer = self

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tollgate_api::{
     ConcurrencyUse, ErrorCode, IdempotencyUse, KeyScope, LimitParams, NumberOrExpr, OnLimit,
-    RateLimitUse, TaskSpec, Throttle, ThrottleSpec,
+    RateLimitUse, RetrySpec, TaskSpec, Throttle, ThrottleSpec,
 };
 
 use crate::client::Client;
@@ -230,6 +230,25 @@ impl TaskBuilder {
             burst,
             key: key_cel.map(str::to_owned),
         }));
+        self
+    }
+
+    /// Spaces retries (after a failure with retry, or a lapsed lease): the first waits
+    /// `backoff` (`"1s"`), each next one `factor` times longer (2 by default), at most `max`.
+    /// The run is `scheduled` meanwhile and holds no slot.
+    #[must_use]
+    pub fn retry(
+        mut self,
+        backoff: impl Into<String>,
+        factor: Option<u32>,
+        max: Option<&str>,
+    ) -> TaskBuilder {
+        self.spec.retry = Some(RetrySpec {
+            backoff: backoff.into(),
+            factor,
+            max: max.map(str::to_owned),
+            jitter: None,
+        });
         self
     }
 

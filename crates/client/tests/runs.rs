@@ -481,4 +481,32 @@ async fn runs_enqueued_for_later_are_scheduled_until_due() {
         .await
         .unwrap();
     assert_eq!(past.state, RunState::Queued);
+    // An event's runs, later; a retry after an upstream's Retry-After; a task's backoff.
+    let spaced = tollgate_client::Task::builder("spaced")
+        .trigger("go")
+        .retry("1h", Some(3), Some("10h"))
+        .max_attempts(3);
+    let defined = c.put_task("spaced", spaced.spec()).await.unwrap();
+    assert_eq!(
+        serde_json::to_value(&defined.spec).unwrap()["retry"],
+        json!({"backoff": "1h", "factor": 3, "max": "10h"})
+    );
+    let runs = c
+        .send_event_after("go", &json!({}), None, Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(runs[0].state, RunState::Scheduled);
+    let run = c.enqueue("spaced", &json!({}), None).await.unwrap();
+    c.worker_lease("w", &tasks(&["spaced"]), 1, None)
+        .await
+        .unwrap();
+    let retried = c
+        .fail_retry_after(&run.id, None, "429", Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(retried.state, RunState::Scheduled);
+    assert_eq!(
+        retried.eligible_at_ms.unwrap() - retried.updated_at_ms,
+        2_000
+    );
 }

@@ -206,6 +206,9 @@ pub enum EventsCommand {
         /// The event's data, as JSON (the runs' input).
         #[arg(long, default_value = "{}")]
         data: String,
+        /// Its runs start no sooner than this from now (`5s`): scheduled until then.
+        #[arg(long, value_name = "PERIOD")]
+        delay: Option<String>,
     },
 }
 
@@ -242,6 +245,13 @@ type Failure = String;
 
 fn parse_json(what: &str, text: &str) -> Result<Value, Failure> {
     serde_json::from_str(text).map_err(|e| format!("--{what} is not valid JSON ({e}): {text}"))
+}
+
+/// A `--delay` period (`5s`, `1h30m`).
+fn parse_delay(text: &str) -> Result<Duration, Failure> {
+    let period =
+        tollgate::core::Period::parse(text).map_err(|e| format!("--delay {text:?}: {e}"))?;
+    Ok(Duration::from_nanos(period.as_nanos().as_nanos()))
 }
 
 fn client_error(server: &str, e: tollgate_client::Error) -> Failure {
@@ -379,12 +389,9 @@ impl ClientCommand {
             }) => {
                 let input = parse_json("input", &input)?;
                 let metadata = metadata.map(|m| parse_json("metadata", &m)).transpose()?;
-                let run = match delay {
+                let run = match delay.as_deref().map(parse_delay).transpose()? {
                     None => client.enqueue(&task, &input, metadata.as_ref()).await,
-                    Some(d) => {
-                        let period = tollgate::core::Period::parse(&d)
-                            .map_err(|e| format!("--delay {d:?}: {e}"))?;
-                        let delay = Duration::from_nanos(period.as_nanos().as_nanos());
+                    Some(delay) => {
                         client
                             .enqueue_after(&task, &input, metadata.as_ref(), delay)
                             .await
@@ -432,9 +439,13 @@ impl ClientCommand {
                 }
                 ok(table(&rows))
             }
-            ClientCommand::Events(EventsCommand::Send { name, data }) => {
+            ClientCommand::Events(EventsCommand::Send { name, data, delay }) => {
                 let data = parse_json("data", &data)?;
-                let runs = client.send_event(&name, &data, None).await.map_err(fail)?;
+                let delay = delay.as_deref().map(parse_delay).transpose()?;
+                let runs = client
+                    .send_event_after(&name, &data, None, delay)
+                    .await
+                    .map_err(fail)?;
                 if o.json {
                     let v: Vec<Value> = runs
                         .iter()

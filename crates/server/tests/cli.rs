@@ -321,6 +321,26 @@ async fn tasks_are_defined_and_shown_from_the_command_line() {
         shown.contains("state      scheduled") && shown.contains("due        in "),
         "{shown}"
     );
+    let put = tollgate(&[
+        "--server",
+        &url,
+        "tasks",
+        "put",
+        "on-go",
+        "--spec",
+        r#"{"triggers": ["go"]}"#,
+    ])
+    .await;
+    assert_eq!(put.status.code(), Some(0), "{}", stderr(&put));
+    let sent = tollgate(&[
+        "--server", &url, "--json", "events", "send", "go", "--delay", "1m",
+    ])
+    .await;
+    assert!(
+        stdout(&sent).contains(r#""state":"scheduled""#),
+        "{}",
+        stdout(&sent)
+    );
     let bad = tollgate(&[
         "--server", &url, "runs", "enqueue", "digest", "--delay", "soon",
     ])
