@@ -145,16 +145,8 @@ impl Client {
         input: &Value,
         additional_metadata: Option<&Value>,
     ) -> Result<RunView, Error> {
-        self.enqueue_request(
-            task,
-            &EnqueueRequest {
-                input: input.clone(),
-                additional_metadata: additional_metadata.cloned(),
-                delay_ms: None,
-                run_at_ms: None,
-            },
-        )
-        .await
+        self.enqueue_starting(task, input, additional_metadata, None, None)
+            .await
     }
 
     /// [`Client::enqueue`] for a run that starts no sooner than `delay` from now (Celery's
@@ -170,14 +162,12 @@ impl Client {
         additional_metadata: Option<&Value>,
         delay: Duration,
     ) -> Result<RunView, Error> {
-        self.enqueue_request(
+        self.enqueue_starting(
             task,
-            &EnqueueRequest {
-                input: input.clone(),
-                additional_metadata: additional_metadata.cloned(),
-                delay_ms: Some(millis_ceil(delay)),
-                run_at_ms: None,
-            },
+            input,
+            additional_metadata,
+            Some(millis_ceil(delay)),
+            None,
         )
         .await
     }
@@ -197,16 +187,31 @@ impl Client {
         let since_epoch = at
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
-        self.enqueue_request(
+        self.enqueue_starting(
             task,
-            &EnqueueRequest {
-                input: input.clone(),
-                additional_metadata: additional_metadata.cloned(),
-                delay_ms: None,
-                run_at_ms: Some(millis_ceil(since_epoch)),
-            },
+            input,
+            additional_metadata,
+            None,
+            Some(millis_ceil(since_epoch)),
         )
         .await
+    }
+
+    async fn enqueue_starting(
+        &self,
+        task: &str,
+        input: &Value,
+        additional_metadata: Option<&Value>,
+        delay_ms: Option<u64>,
+        run_at_ms: Option<u64>,
+    ) -> Result<RunView, Error> {
+        let body = EnqueueRequest {
+            input: input.clone(),
+            additional_metadata: additional_metadata.cloned(),
+            delay_ms,
+            run_at_ms,
+        };
+        self.enqueue_request(task, &body).await
     }
 
     /// `POST /v1/tasks/{task}/runs` with `body` as written.

@@ -197,12 +197,7 @@ impl TaskBuilder {
         burst: Option<u64>,
         key_cel: Option<&str>,
     ) -> TaskBuilder {
-        self.spec.throttle = Some(Throttle::Spec(ThrottleSpec {
-            limit,
-            period: period.into(),
-            burst,
-            key: key_cel.map(str::to_owned),
-        }));
+        self.spec.throttle = Some(rate_spec(limit, period.into(), burst, key_cel));
         self
     }
 
@@ -224,12 +219,7 @@ impl TaskBuilder {
         burst: Option<u64>,
         key_cel: Option<&str>,
     ) -> TaskBuilder {
-        self.spec.rate_limit = Some(Throttle::Spec(ThrottleSpec {
-            limit,
-            period: period.into(),
-            burst,
-            key: key_cel.map(str::to_owned),
-        }));
+        self.spec.rate_limit = Some(rate_spec(limit, period.into(), burst, key_cel));
         self
     }
 
@@ -344,6 +334,16 @@ impl TaskBuilder {
         }
         client.put_task(&self.name, &self.spec).await
     }
+}
+
+/// Inngest's form of a `throttle` or `rate_limit`.
+fn rate_spec(limit: u64, period: String, burst: Option<u64>, key_cel: Option<&str>) -> Throttle {
+    Throttle::Spec(ThrottleSpec {
+        limit,
+        period,
+        burst,
+        key: key_cel.map(str::to_owned),
+    })
 }
 
 #[cfg(test)]

@@ -367,6 +367,12 @@ local function apply_skip(task, pol, rate, fields)
   return 'failed'
 end
 
+-- The member of a scheduled run in Q..'sched' (scored by when it is due): its seq as 16 hex
+-- digits, so that runs due at the same instant come up in enqueue order, as in the engine.
+local function sched_member(seq)
+  return string.format('%016x', tonumber(seq))
+end
+
 -- The longest wait before a retry: a year, in µs (the engine's MAX_RETRY_DELAY_MICROS).
 local MAX_RETRY_DELAY = 31536000000000
 
@@ -407,13 +413,7 @@ end
 local function schedule_retry(id, task, seq, old, at)
   set_state(id, task, seq, old, 'scheduled')
   redis.call('HSET', rk(id), 'ea', fmt(at), 'rt', '1')
-  redis.call('ZADD', Q .. 'sched', fmt(at), string.format('%016x', tonumber(seq)))
-end
-
--- The member of a scheduled run in Q..'sched' (scored by when it is due): its seq as 16 hex
--- digits, so that runs due at the same instant come up in enqueue order, as in the engine.
-local function sched_member(seq)
-  return string.format('%016x', tonumber(seq))
+  redis.call('ZADD', Q .. 'sched', fmt(at), sched_member(seq))
 end
 
 -- A scheduled run that is due: admitted as a new run would be (its rate_limit, then its
