@@ -783,13 +783,14 @@ end
 -- nil and { -1, i, code, detail } for the first key in order that cannot be decided (resolve's
 -- codes, or "capacity" with the most the limit admits at once).
 local function acquire_keys(E, now, slack)
-  local limits, nexts, D, allowed = {}, {}, {}, true
+  local limits, nexts, had, D, allowed = {}, {}, {}, {}, true
   for i = 1, #E do
     local e = E[i]
     local L, old, prior, err = resolve(i, e.ns, e.guard, e.st, e.spec, now)
     if err then
       return nil, err
     end
+    had[i] = old ~= nil
     if e.units > capacity(L) then
       return nil, { -1, i, 'capacity', capacity(L) }
     end
@@ -801,7 +802,10 @@ local function acquire_keys(E, now, slack)
   end
   if allowed then
     for i = 1, #E do
-      store_state(E[i].st, limits[i], nexts[i], now, slack)
+      -- A key that had no state and keeps none (a fresh decision) needs no write.
+      if nexts[i] ~= nil or had[i] then
+        store_state(E[i].st, limits[i], nexts[i], now, slack)
+      end
     end
   end
   return allowed, D

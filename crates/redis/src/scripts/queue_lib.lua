@@ -450,9 +450,12 @@ end
 
 local wake_concurrency
 
--- Frees the concurrency slots run id holds and hands each to the head of its FIFO.
-local function release_slots(id)
-  local held = redis.call('HGET', rk(id), 'held')
+-- Frees the concurrency slots run id holds and hands each to the head of its FIFO. held: the
+-- run's 'held' field when the caller has read it (false: none), else nil (read here).
+local function release_slots(id, held)
+  if held == nil then
+    held = redis.call('HGET', rk(id), 'held')
+  end
   if not held then
     return
   end

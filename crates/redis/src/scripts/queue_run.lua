@@ -30,7 +30,8 @@ end
 process_due(256)
 -- The fields every op needs, then the rest of the view's: a complete answers from them.
 local READ = { 'task', 'seq', 'state', 'attempt', 'max', 'lt', 'wq', 'input', 'meta', 'wo', 'ea',
-  'sr', 'err', 'out', 'ca', 'ua', 'le', 'wk' }
+  'sr', 'err', 'out', 'ca', 'ua', 'le', 'wk', 'held' }
+local R_HELD = #READ
 
 local function apply(op, id, attempt, text, retry, retry_after)
   local r = redis.call('HMGET', rk(id), unpack(READ))
@@ -46,7 +47,7 @@ local function apply(op, id, attempt, text, retry, retry_after)
     if state ~= 'running' then
       refund_run(id)
     end
-    release_slots(id)
+    release_slots(id, r[R_HELD])
     set_state(id, task, seq, state, 'cancelled')
     redis.call('HDEL', rk(id), 'le', 'wo', 'wq', 'ea', 'wa', 'res', 'gate', 'rt')
     redis.call('ZREM', Q .. 'leases', id)
@@ -80,7 +81,7 @@ local function apply(op, id, attempt, text, retry, retry_after)
     redis.call('HSET', rk(id), 'le', fmt(until_us), 'ua', fmt(NOW))
     redis.call('ZADD', Q .. 'leases', fmt(until_us), id)
   elseif op == 'complete' then
-    release_slots(id)
+    release_slots(id, r[R_HELD])
     index_state(id, task, seq, state, 'succeeded')
     local now = fmt(NOW)
     if text ~= '' then
@@ -103,7 +104,7 @@ local function apply(op, id, attempt, text, retry, retry_after)
     return { 'ok', view_from(id, f) }
   elseif op == 'fail' then
     if retry and tonumber(r[4]) < tonumber(r[5]) then
-      release_slots(id)
+      release_slots(id, r[R_HELD])
       redis.call('HSET', rk(id), 'err', text)
       redis.call('HDEL', rk(id), 'res', 'le', 'wk')
       redis.call('ZREM', Q .. 'leases', id)
@@ -118,7 +119,7 @@ local function apply(op, id, attempt, text, retry, retry_after)
       fail_run(id, text)
     end
   elseif op == 'release' then
-    release_slots(id)
+    release_slots(id, r[R_HELD])
     refund_run(id)
     redis.call('HSET', rk(id), 'attempt', fmt(math.max(tonumber(r[4]) - 1, 0)))
     redis.call('HDEL', rk(id), 'le', 'wk')
