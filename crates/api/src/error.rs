@@ -84,6 +84,10 @@ error_codes! {
     UnknownTask = "unknown_task",
     /// 404: no run with that id.
     UnknownRun = "unknown_run",
+    /// 401: no token, or one the server does not know (`WWW-Authenticate: Bearer`).
+    Unauthorized = "unauthorized",
+    /// 403: the token's role does not have the right; the message names the role needed.
+    Forbidden = "forbidden",
     /// 404: no route for that path.
     NotFound = "not_found",
     /// 405: the route does not take that method.

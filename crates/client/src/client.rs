@@ -28,6 +28,8 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     timeout: Duration,
+    /// `Bearer <token>`, marked sensitive (never shown in `Debug`).
+    authorization: Option<reqwest::header::HeaderValue>,
 }
 
 /// Configures a [`Client`]: timeouts, and a `reqwest::Client` to share.
@@ -47,6 +49,17 @@ pub struct ClientBuilder {
     timeout: Duration,
     connect_timeout: Duration,
     http: Option<reqwest::Client>,
+    token: Option<Token>,
+}
+
+/// A token's secret; `Debug` never shows it.
+#[derive(Clone)]
+struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
 }
 
 impl Default for ClientBuilder {
@@ -56,6 +69,7 @@ impl Default for ClientBuilder {
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             http: None,
+            token: None,
         }
     }
 }
@@ -94,11 +108,20 @@ impl ClientBuilder {
         self
     }
 
+    /// Sends `Authorization: Bearer <secret>` with every call: the token of a server started
+    /// with `--tokens-file` (docs/http-api.md, "Access control").
+    #[must_use]
+    pub fn token(mut self, secret: impl Into<String>) -> ClientBuilder {
+        self.token = Some(Token(secret.into()));
+        self
+    }
+
     /// The client.
     ///
     /// # Errors
     /// [`Error::InvalidUrl`] for a base URL that is not `http` or `https` with a host, or
-    /// that has a query or fragment; [`Error::Build`] when the HTTP client cannot be made.
+    /// that has a query or fragment; [`Error::InvalidToken`] for a token that cannot be sent
+    /// in a header; [`Error::Build`] when the HTTP client cannot be made.
     pub fn build(self) -> Result<Client, Error> {
         let base = parse_base(&self.base_url)?;
         let http = match self.http {
@@ -108,10 +131,21 @@ impl ClientBuilder {
                 .build()
                 .map_err(Error::Build)?,
         };
+        let authorization = match self.token {
+            Some(Token(secret)) => {
+                let mut value =
+                    reqwest::header::HeaderValue::from_str(&format!("Bearer {}", secret.trim()))
+                        .map_err(|_| Error::InvalidToken)?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
         Ok(Client {
             http,
             base,
             timeout: self.timeout,
+            authorization,
         })
     }
 }
@@ -219,6 +253,9 @@ impl Client {
         let method_name = method.as_str().to_owned();
         let url_text = url.to_string();
         let mut request = self.http.request(method, url).timeout(timeout);
+        if let Some(authorization) = &self.authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization.clone());
+        }
         if let Some(body) = body {
             let bytes = serde_json::to_vec(body).map_err(Error::Encode)?;
             request = request

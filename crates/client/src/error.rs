@@ -110,6 +110,10 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The token given to [`ClientBuilder::token`](crate::ClientBuilder::token) cannot be
+    /// sent in an HTTP header (it has control characters or is not visible ASCII).
+    #[error("invalid token: it cannot be sent in an Authorization header")]
+    InvalidToken,
     /// The HTTP client could not be built (its TLS backend failed to start, say).
     #[error("building the HTTP client: {0}")]
     Build(#[source] reqwest::Error),
@@ -124,7 +128,9 @@ impl Error {
             Error::Api { transient, .. } => *transient,
             Error::Connect { .. } | Error::Timeout { .. } | Error::Transport { .. } => true,
             Error::Decode { status, .. } => matches!(status, 502..=504),
-            Error::Encode(_) | Error::InvalidUrl { .. } | Error::Build(_) => false,
+            Error::Encode(_) | Error::InvalidUrl { .. } | Error::InvalidToken | Error::Build(_) => {
+                false
+            }
         }
     }
 

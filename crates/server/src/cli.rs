@@ -51,6 +51,94 @@ pub enum Command {
     /// Send events.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Make access tokens for `serve --tokens-file`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `tollgate token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Draw a new random secret; print it once, and the `[[token]]` table (its SHA-256, not
+    /// the secret) to paste into the tokens file.
+    New(TokenArgs),
+    /// The `[[token]]` table of a secret of your own, read from stdin.
+    Hash(TokenArgs),
+}
+
+/// A token's name and role.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The token's name, shown in logs and in 403 answers (never the secret).
+    #[arg(long)]
+    pub name: String,
+    /// What it may do.
+    #[arg(long, value_enum)]
+    pub role: crate::auth::Role,
+}
+
+impl TokenCommand {
+    /// Prints the table (and, for `new`, the secret); `json` prints one object instead.
+    fn run(self, json: bool) -> anyhow::Result<std::process::ExitCode> {
+        use base64::Engine as _;
+        let (args, secret, drawn) = match self {
+            TokenCommand::New(args) => {
+                let mut bytes = [0_u8; 32];
+                getrandom::fill(&mut bytes)
+                    .map_err(|e| anyhow::anyhow!("cannot draw a random secret: {e}"))?;
+                let secret = format!(
+                    "tg_{}",
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+                );
+                (args, secret, true)
+            }
+            TokenCommand::Hash(args) => {
+                let mut secret = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut secret)
+                    .context("reading the secret from stdin")?;
+                let secret = secret.trim().to_owned();
+                if secret.is_empty() {
+                    bail!(
+                        "no secret on stdin: `printf %s \"$SECRET\" | tollgate token hash --name NAME --role ROLE`"
+                    );
+                }
+                (args, secret, false)
+            }
+        };
+        let name = args.name.trim();
+        if name.is_empty() || name.chars().any(char::is_control) {
+            bail!("--name must be a non-empty name without control characters");
+        }
+        let hash = crate::auth::sha256_hex(&secret);
+        let table = format!(
+            "[[token]]\nname = {}\nrole = \"{}\"\nsha256 = \"{hash}\"\n",
+            toml_string(name),
+            args.role
+        );
+        if json {
+            let mut out = serde_json::json!({"name": name, "role": args.role.as_str(), "sha256": hash, "table": table});
+            if drawn {
+                out["secret"] = serde_json::Value::String(secret);
+            }
+            println!("{out}");
+        } else if drawn {
+            println!(
+                "# The secret, shown only now (the server keeps its SHA-256): clients send it as\n\
+                 # `Authorization: Bearer <secret>` (the CLI: --token or TOLLGATE_TOKEN).\n\
+                 {secret}\n\n\
+                 # Paste into the tokens file (serve --tokens-file), then send the server SIGHUP:\n\
+                 {table}"
+            );
+        } else {
+            print!("{table}");
+        }
+        Ok(std::process::ExitCode::SUCCESS)
+    }
+}
+
+/// `s` as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
 }
 
 /// `tollgate serve`.
@@ -120,6 +208,40 @@ pub struct ServeArgs {
         value_parser = parse_period
     )]
     pub retention: tollgate::core::Period,
+    /// Require a token on every request but `/healthz`: FILE lists them as `[[token]]` tables
+    /// (`name`, `role`: read, worker or admin, `sha256` of the secret; make one with `tollgate
+    /// token new`). Read again on SIGHUP; a file that no longer parses keeps the tokens in force.
+    #[arg(long, value_name = "FILE", env = "TOLLGATE_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Serve a non-loopback address without a tokens file: anyone who reaches the port may do
+    /// anything. Only for a network where something in front of Tollgate controls access.
+    #[arg(
+        long,
+        env = "TOLLGATE_INSECURE_NO_AUTH",
+        conflicts_with = "tokens_file"
+    )]
+    pub insecure_no_auth: bool,
+    /// How the log (on stderr) is written: `text` (colours only on a terminal) or `json` (one
+    /// object per line). `RUST_LOG` picks what is logged (default `info`).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "TOLLGATE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+}
+
+/// Whether `listen` (`HOST:PORT`) binds only the loopback interface: a loopback IP, or
+/// `localhost`.
+fn is_loopback(listen: &str) -> bool {
+    if let Ok(addr) = listen.parse::<SocketAddr>() {
+        return addr.ip().is_loopback();
+    }
+    listen
+        .rsplit_once(':')
+        .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
 }
 
 /// Parses a period argument, quoting the input in the error.
@@ -226,6 +348,19 @@ impl ServeArgs {
             }
             StoreChoice::Sqlite(dir)
         };
+        let access = match &self.tokens_file {
+            Some(path) => Some(std::sync::Arc::new(
+                crate::auth::Access::load(path, false).map_err(|e| anyhow::anyhow!("{e}"))?,
+            )),
+            None if self.insecure_no_auth || is_loopback(&listen) => None,
+            None => bail!(
+                "refusing to listen on {listen} without access control: anyone who can reach it could \
+                 delete every limit and cancel every run. Give --tokens-file FILE (make a token with \
+                 `tollgate token new --name NAME --role admin` and paste the table it prints into \
+                 FILE), listen on 127.0.0.1, or pass --insecure-no-auth if something in front of \
+                 Tollgate controls who reaches it"
+            ),
+        };
         Ok(ServeConfig {
             listen,
             store,
@@ -234,6 +369,7 @@ impl ServeArgs {
                 max_body: self.max_body,
                 on_store_error: self.on_store_error,
                 max_wait: MAX_WAIT,
+                access,
             },
         })
     }
@@ -278,8 +414,56 @@ impl ServeConfig {
             }
         };
         state.queue().set_retention(self.retention);
+        let access = state.settings().access.clone();
+        match &access {
+            Some(access) => tracing::info!(
+                file = %access.path().display(),
+                tokens = access.tokens().len(),
+                "access control on: every request but /healthz needs a token"
+            ),
+            None => tracing::warn!(
+                "no --tokens-file: every request is let through (anyone who reaches the port may do anything)"
+            ),
+        }
+        tokio::spawn(reload_on_hangup(access));
         crate::run(listener, state, shutdown_signal()).await
     }
+}
+
+/// Reads the tokens file again at every SIGHUP; one that no longer reads or parses keeps the
+/// tokens in force, and the log says why.
+async fn reload_on_hangup(access: Option<std::sync::Arc<crate::auth::Access>>) {
+    #[cfg(unix)]
+    {
+        let mut hangups = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: nothing will be reloaded");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            let Some(access) = &access else {
+                tracing::info!("SIGHUP: no --tokens-file to read again");
+                continue;
+            };
+            match access.reload() {
+                Ok(n) => tracing::info!(
+                    file = %access.path().display(),
+                    tokens = n,
+                    "SIGHUP: tokens file read again"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: the tokens file cannot be used; the previous tokens stay in force"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = access;
 }
 
 /// Completes at Ctrl-C or SIGTERM.
@@ -310,14 +494,30 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_tracing() {
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line per event for people; colours only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `fields`), for log shippers.
+    Json,
+}
+
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // A second initialisation (tests calling `run` twice) is harmless to skip.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests calling `run` twice) is harmless to skip.
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 impl Cli {
@@ -329,8 +529,9 @@ impl Cli {
     pub fn run(self) -> anyhow::Result<std::process::ExitCode> {
         let client = match self.command {
             Command::Serve(args) => {
+                let log_format = args.log_format;
                 let config = args.validate()?;
-                init_tracing();
+                init_tracing(log_format);
                 let runtime = tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
                     .build()
@@ -343,6 +544,7 @@ impl Cli {
             Command::Runs(c) => ClientCommand::Runs(c),
             Command::Acquire(c) => ClientCommand::Acquire(c),
             Command::Events(c) => ClientCommand::Events(c),
+            Command::Token(c) => return c.run(self.client.json),
         };
         Ok(client.run(&self.client))
     }
@@ -468,6 +670,7 @@ mod tests {
             "serve",
             "--listen",
             "0.0.0.0:0",
+            "--insecure-no-auth",
             "--memory",
             "--max-body",
             "512KiB",
@@ -488,6 +691,47 @@ mod tests {
         assert_eq!(args.max_body, 512 << 10);
         assert_eq!(args.on_store_error, StoreErrorPolicy::Open);
         assert!(args.validate().is_ok());
+    }
+
+    #[test]
+    fn only_loopback_addresses_serve_without_tokens_unless_told() {
+        for (listen, loopback) in [
+            ("127.0.0.1:7070", true),
+            ("127.9.9.9:1", true),
+            ("[::1]:7070", true),
+            ("localhost:7070", true),
+            ("LOCALHOST:1", true),
+            ("0.0.0.0:7070", false),
+            ("[::]:7070", false),
+            ("10.0.0.5:7070", false),
+            ("tollgate.internal:7070", false),
+        ] {
+            assert_eq!(is_loopback(listen), loopback, "{listen}");
+            let validate = |extra: &[&str]| {
+                let mut args = vec!["tollgate", "serve", "--memory", "--listen", listen];
+                args.extend_from_slice(extra);
+                let Command::Serve(a) = Cli::try_parse_from(args).unwrap().command else {
+                    unreachable!()
+                };
+                a.validate()
+            };
+            match validate(&[]) {
+                Ok(_) => assert!(loopback, "{listen} served without tokens"),
+                Err(e) => {
+                    assert!(!loopback, "{listen}: {e}");
+                    assert!(e.to_string().contains("--tokens-file"), "{e}");
+                }
+            }
+            assert!(validate(&["--insecure-no-auth"]).is_ok(), "{listen}");
+        }
+        let both = Cli::try_parse_from([
+            "tollgate",
+            "serve",
+            "--tokens-file",
+            "t.toml",
+            "--insecure-no-auth",
+        ]);
+        assert!(both.is_err(), "a tokens file and no auth at once");
     }
 
     #[test]

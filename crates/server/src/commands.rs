@@ -24,6 +24,15 @@ pub struct ClientOptions {
     /// Print JSON instead of a table (for scripts).
     #[arg(long, global = true)]
     pub json: bool,
+    /// The token to send (`Authorization: Bearer`), for a server with `--tokens-file`.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECRET",
+        env = "TOLLGATE_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 }
 
 /// `tollgate limits …`.
@@ -290,11 +299,18 @@ impl ClientCommand {
     }
 
     async fn execute(self, o: &ClientOptions) -> Result<(String, ExitCode), Failure> {
-        let client = Client::builder()
+        let mut builder = Client::builder()
             .base_url(&o.server)
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| format!("invalid --server {:?}: {e}", o.server))?;
+            .connect_timeout(Duration::from_secs(2));
+        if let Some(token) = &o.token {
+            builder = builder.token(token);
+        }
+        let client = builder.build().map_err(|e| match e {
+            tollgate_client::Error::InvalidToken => {
+                format!("invalid --token / TOLLGATE_TOKEN: {e}")
+            }
+            e => format!("invalid --server {:?}: {e}", o.server),
+        })?;
         let fail = |e| client_error(&o.server, e);
         let ok = |text: String| Ok((text, ExitCode::SUCCESS));
         match self {

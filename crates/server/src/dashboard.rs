@@ -9,11 +9,12 @@
 
 use std::fmt::Write;
 
+use axum::Form;
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
-use axum::response::{Html, IntoResponse};
-use axum::routing::get;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
 use serde_json::Value;
 use tollgate::RunState;
 
@@ -27,7 +28,100 @@ pub(crate) const DYNAMIC_SHOWN: usize = 50;
 const PAGE: &str = include_str!("dashboard.html");
 
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route("/", get(page))
+    Router::new()
+        .route("/", get(page))
+        .route("/login", post(sign_in))
+        .route("/logout", post(sign_out))
+}
+
+/// The page's content security policy: nothing comes from elsewhere; forms post here only.
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; \
+                   connect-src 'self'; img-src data:; base-uri 'none'; form-action 'self'; \
+                   frame-ancestors 'none'";
+
+/// The sign-in form (`GET /` with access control on and no valid token): 401, with `error`
+/// said above the form when there is one.
+pub(crate) fn sign_in_page(error: Option<&str>) -> Response {
+    let error = error.map_or(String::new(), |e| {
+        format!("<p class=\"error\">{}</p>", esc(e))
+    });
+    let html = SIGN_IN.replace("{{error}}", &error);
+    (
+        StatusCode::UNAUTHORIZED,
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+        ],
+        Html(html),
+    )
+        .into_response()
+}
+
+const SIGN_IN: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Tollgate: sign in</title>
+<link rel="icon" href="data:,">
+<style>
+body { margin: 0; min-height: 100vh; display: grid; place-items: center; background: #f6f7f9;
+  color: #1c2230; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+form { background: #fff; border: 1px solid #e4e7ec; border-radius: 10px; padding: 1.25rem 1.5rem;
+  width: min(24rem, 90vw); display: grid; gap: .6rem; }
+h1 { font-size: 1.15rem; margin: 0; }
+input { font: inherit; padding: .4rem .5rem; border: 1px solid #c9ced6; border-radius: 6px; }
+button { font: inherit; padding: .4rem; border: 0; border-radius: 6px; background: #3856c9;
+  color: #fff; cursor: pointer; }
+.error { color: #d0453a; margin: 0; }
+small { color: #667085; }
+</style>
+</head>
+<body>
+<form method="post" action="/login">
+  <h1>Tollgate</h1>
+  {{error}}
+  <label for="token">Token</label>
+  <input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
+  <button type="submit">Sign in</button>
+  <small>Any token of this server's tokens file; the dashboard only reads.</small>
+</form>
+</body>
+</html>
+"#;
+
+#[derive(serde::Deserialize)]
+struct SignIn {
+    token: String,
+}
+
+/// `POST /login` (the sign-in form): a known token sets the sign-in cookie and goes to the
+/// dashboard; any other answers the form again, 401.
+async fn sign_in(State(state): State<AppState>, Form(form): Form<SignIn>) -> Response {
+    let Some(access) = state.settings().access.clone() else {
+        return Redirect::to("/").into_response();
+    };
+    let secret = form.token.trim();
+    if access.tokens().find(secret).is_none() {
+        return sign_in_page(Some("That token is not known to this server."));
+    }
+    (
+        [(header::SET_COOKIE, access.sign_in_cookie(secret))],
+        Redirect::to("/"),
+    )
+        .into_response()
+}
+
+/// `POST /logout`: forgets the sign-in cookie.
+async fn sign_out(State(state): State<AppState>) -> Response {
+    let Some(access) = state.settings().access.clone() else {
+        return Redirect::to("/").into_response();
+    };
+    (
+        [(header::SET_COOKIE, access.sign_out_cookie())],
+        Redirect::to("/"),
+    )
+        .into_response()
 }
 
 /// `GET /`.
@@ -45,16 +139,20 @@ async fn page(State(state): State<AppState>) -> Result<impl IntoResponse, ApiErr
     let skipped = queue.runs(None, Some(RunState::Skipped), 20).await?;
     let skipped = json(serde_json::to_value(skipped))?;
     let now_ms = state.now().as_millis_floor();
-    let html = render(&limits, &tasks, &parked, &skipped, now_ms);
+    let signed_in = state.settings().access.is_some();
+    let html = render(&limits, &tasks, &parked, &skipped, now_ms).replace(
+        "{{sign_out}}",
+        if signed_in {
+            "<form method=\"post\" action=\"/logout\"><button type=\"submit\">Sign out</button></form>"
+        } else {
+            ""
+        },
+    );
     Ok((
         [
             (header::CACHE_CONTROL, "no-store"),
             // Nothing on the page comes from elsewhere; say so to the browser too.
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; \
-                 connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'",
-            ),
+            (header::CONTENT_SECURITY_POLICY, CSP),
         ],
         Html(html),
     ))

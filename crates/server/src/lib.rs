@@ -25,7 +25,8 @@
 //! # Routes
 //! | route | what |
 //! | --- | --- |
-//! | `GET /healthz` | liveness |
+//! | `GET /healthz` | liveness (no token needed) |
+//! | `POST /login`, `POST /logout` | the dashboard's sign-in (cookie) and sign-out |
 //! | `PUT/GET/DELETE /v1/limits/{key}`, `GET /v1/limits` | declared limits with live state |
 //! | `POST /v1/acquire`, `POST /v1/acquire/batch` | atomic multi-key decisions, optional `wait_ms` (capped at [`MAX_WAIT`]) |
 //! | `POST /v1/leases`, `POST /v1/leases/{id}/renew`, `DELETE /v1/leases/{id}` | concurrency leases with self-describing ids |
@@ -43,6 +44,7 @@
 //! - [`cli`]: `tollgate serve`, parsed, then validated, then resolved (binding, runtime).
 //! - [`AppState`] and [`Settings`]: what every handler shares: the run queue as a
 //!   `tollgate::RunQueue` trait object (either engine), the clock, the limits.
+//! - [`auth`]: access control: the tokens file, roles, the middleware every request passes.
 //! - [`ApiError`]: engine and input errors mapped to a status and a stable code
 //!   (`tollgate_api::ErrorCode`).
 //! - `extract`: the JSON body extractor (size limit before reading, field paths in errors).
@@ -52,6 +54,7 @@
 //! - `metrics`: `GET /metrics`, the server's counters plus the engine's read at scrape time.
 
 mod api;
+pub mod auth;
 pub mod cli;
 pub mod commands;
 mod dashboard;
@@ -85,6 +88,11 @@ pub fn app(state: AppState) -> Router {
         .merge(dashboard::routes())
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
+        // Before routing: an unknown route without a token is a 401, not a 404.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::check,
+        ))
         .with_state(state)
 }
 

@@ -43,6 +43,8 @@ pub struct Settings {
     pub on_store_error: StoreErrorPolicy,
     /// The cap on `wait_ms` and barrier `timeout_ms`.
     pub max_wait: Duration,
+    /// Access control (`--tokens-file`); `None`: every request is let through.
+    pub access: Option<Arc<crate::auth::Access>>,
 }
 
 impl Default for Settings {
@@ -51,6 +53,7 @@ impl Default for Settings {
             max_body: DEFAULT_MAX_BODY,
             on_store_error: StoreErrorPolicy::Closed,
             max_wait: MAX_WAIT,
+            access: None,
         }
     }
 }

@@ -321,3 +321,94 @@ async fn the_page_renders_over_the_embedded_store() {
         .expect("a clean stop");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Serves one HTML page, to every request, on a free port of 127.0.0.1 (the same site as the
+/// server under test: ports do not make sites); its URL.
+async fn serve_page(html: String) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    let url = format!("http://{}/", listener.local_addr().expect("its address"));
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let html = html.clone();
+            tokio::spawn(async move {
+                let mut buf = [0_u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{html}",
+                    html.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_asks_for_a_token_and_works_once_signed_in_in_a_real_browser() {
+    let Some(browser) = chromium_or_skip("the_dashboard_asks_for_a_token_and_works_once_signed_in")
+    else {
+        return;
+    };
+    let admin = "admin-secret-for-the-browser";
+    let reader = "read-secret-for-the-browser";
+    let tokens = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("dashboard-tokens-{}.toml", std::process::id()));
+    let table = |name: &str, role: &str, secret: &str| {
+        format!(
+            "[[token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
+            tollgate_server::auth::sha256_hex(secret)
+        )
+    };
+    std::fs::write(
+        &tokens,
+        table("ops", "admin", admin) + &table("wall", "read", reader),
+    )
+    .unwrap();
+    let (_child, base) =
+        common::spawn_serve(["--memory", "--tokens-file", &tokens.display().to_string()]).await;
+    let client = reqwest::Client::new();
+    let put = client
+        .put(format!("{base}/v1/limits/stripe-api"))
+        .bearer_auth(admin)
+        .json(&json!({"limit": 10, "period": "1m"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{put:?}");
+
+    // Signed out, the browser gets the sign-in form and none of the data.
+    let dom = dump_dom(&browser, &format!("{base}/")).await;
+    assert!(dom.contains("action=\"/login\""), "no sign-in form:\n{dom}");
+    assert!(
+        !dom.contains("stripe-api"),
+        "data shown before signing in:\n{dom}"
+    );
+
+    // A person types the read token into the form and submits it (here a page on the same
+    // site fills and submits the same form), and lands on the live dashboard.
+    let submit = format!(
+        "<!doctype html><html><body><form method=\"post\" action=\"{base}/login\">\
+         <input name=\"token\" value=\"{reader}\"></form>\
+         <script>document.forms[0].submit()</script></body></html>"
+    );
+    let page = serve_page(submit).await;
+    let dom = chromium(
+        &browser,
+        &["--virtual-time-budget=8000", "--dump-dom"],
+        &page,
+    )
+    .await;
+    assert!(
+        dom.contains("data-key=\"stripe-api\""),
+        "the signed-in dashboard does not show the limit:\n{dom}"
+    );
+    assert!(
+        dom.contains("action=\"/logout\""),
+        "no sign-out button:\n{dom}"
+    );
+    assert_live_without_errors(&dom);
+}

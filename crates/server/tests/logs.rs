@@ -110,3 +110,47 @@ async fn run_transitions_are_logged_at_debug_only() {
         );
     }
 }
+
+#[tokio::test]
+async fn logs_to_a_pipe_carry_no_colour_codes_and_json_gives_one_object_per_line() {
+    // No NO_COLOR here: stderr being a pipe is what turns colours off.
+    let (child, base) = common::spawn_serve_with(["--memory"], |cmd| {
+        cmd.env("RUST_LOG", "info")
+            .env_remove("NO_COLOR")
+            .stderr(Stdio::piped());
+    })
+    .await;
+    one_run(&base).await;
+    let text = stop(child).await;
+    assert!(text.contains("serving the HTTP API"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a piped log:\n{text}"
+    );
+
+    let (child, base) = common::spawn_serve_with(["--memory", "--log-format", "json"], |cmd| {
+        cmd.env("RUST_LOG", "info,tollgate=debug")
+            .env_remove("NO_COLOR")
+            .stderr(Stdio::piped());
+    })
+    .await;
+    let id = one_run(&base).await;
+    let text = stop(child).await;
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "INFO" && l["fields"]["message"] == "serving the HTTP API"),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "DEBUG" && l.to_string().contains(&id)),
+        "no debug line about the run in:\n{text}"
+    );
+    assert!(lines.iter().all(|l| l["timestamp"].is_string()), "{text}");
+}

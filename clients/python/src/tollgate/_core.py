@@ -60,6 +60,23 @@ def base_url(url: str | None) -> str:
     return given.rstrip("/")
 
 
+TOKEN_ENV = "TOLLGATE_TOKEN"
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    """``Authorization: Bearer`` for ``token``, else ``$TOLLGATE_TOKEN``; none without either."""
+    given = token if token is not None else os.environ.get(TOKEN_ENV)
+    if given is None or given == "":
+        return {}
+    if not isinstance(given, str):
+        raise TypeError(f"token must be a str, not {type(given).__name__}")
+    secret = given.strip()
+    if not secret or any(ord(c) < 0x21 or ord(c) > 0x7E for c in secret):
+        source = "token" if token is not None else f"${TOKEN_ENV}"
+        raise ValueError(f"invalid {source}: it must be visible ASCII without spaces")
+    return {"authorization": f"Bearer {secret}"}
+
+
 def check_timeout(timeout: float) -> float:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")

@@ -33,13 +33,14 @@ class AsyncTollgate:
         *,
         timeout: float = core.DEFAULT_TIMEOUT,
         headers: Mapping[str, str] | None = None,
+        token: str | None = None,
     ) -> None:
         self.url = core.base_url(url)
         self.timeout = core.check_timeout(timeout)
         self.headers: dict[str, str] = dict(headers or {})
         self._http = httpx.AsyncClient(
             base_url=self.url,
-            headers={"user-agent": "tollgate-python", **self.headers},
+            headers={"user-agent": "tollgate-python", **self.headers, **core.auth_headers(token)},
             timeout=self.timeout,
         )
 

@@ -55,7 +55,9 @@ class Tollgate:
     ``url`` defaults to ``$TOLLGATE_SERVER``, else ``http://127.0.0.1:7070``. ``timeout`` is how
     long a call may take (seconds), on top of any wait it asks the server for; a transient
     error (503 ``store_unavailable``, a connection refused) is retried with backoff within it.
-    ``headers`` are sent with every request (for a proxy that wants credentials).
+    ``headers`` are sent with every request (for a proxy that wants credentials). ``token``
+    (default ``$TOLLGATE_TOKEN``) is sent as ``Authorization: Bearer``, for a server started
+    with ``--tokens-file``; it is never shown in ``repr``.
 
     Durations are seconds as floats everywhere (``wait``, ``ttl``, ``retry_after``); period
     fields of definitions take the server's strings (``"1s"``, ``"1h30m"``) or seconds.
@@ -67,6 +69,7 @@ class Tollgate:
         *,
         timeout: float = core.DEFAULT_TIMEOUT,
         headers: Mapping[str, str] | None = None,
+        token: str | None = None,
     ) -> None:
         self.url = core.base_url(url)
         self.timeout = core.check_timeout(timeout)
@@ -74,7 +77,7 @@ class Tollgate:
         self.headers: dict[str, str] = dict(headers or {})
         self._http = httpx.Client(
             base_url=self.url,
-            headers={"user-agent": "tollgate-python", **self.headers},
+            headers={"user-agent": "tollgate-python", **self.headers, **core.auth_headers(token)},
             timeout=self.timeout,
         )
 
