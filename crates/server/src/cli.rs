@@ -17,6 +17,7 @@ use crate::commands::{
     AcquireArgs, ClientCommand, ClientOptions, EventsCommand, LimitsCommand, RunsCommand,
     TasksCommand,
 };
+use crate::config::{Config, ConfigError};
 use crate::state::{AppState, MAX_WAIT, Settings, StoreErrorPolicy};
 
 /// Tollgate: decides when background jobs may start.
@@ -51,6 +52,9 @@ pub enum Command {
     /// Send events.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Make a running server hold the limits and tasks of a config file (`--dry-run` shows
+    /// what would change; `--prune` also removes the limits it does not name).
+    Apply(crate::commands::ApplyArgs),
     /// Make access tokens for `serve --tokens-file`.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -221,6 +225,11 @@ pub struct ServeArgs {
         conflicts_with = "tokens_file"
     )]
     pub insecure_no_auth: bool,
+    /// A config file (TOML): `[server]` with these flags' settings (flags and environment win),
+    /// `[limits.NAME]` and `[tasks.NAME]` with the fields of their `PUT` bodies, applied at start
+    /// as upserts and again on SIGHUP (docs/http-api.md, "Config file").
+    #[arg(long, value_name = "FILE", env = "TOLLGATE_CONFIG")]
+    pub config: Option<PathBuf>,
     /// How the log (on stderr) is written: `text` (colours only on a terminal) or `json` (one
     /// object per line). `RUST_LOG` picks what is logged (default `info`).
     #[arg(
@@ -231,6 +240,96 @@ pub struct ServeArgs {
         default_value_t = LogFormat::Text
     )]
     pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    /// Takes the `[server]` settings of `config` for every flag not given on the command line
+    /// or in the environment (`given` says which were).
+    ///
+    /// # Errors
+    /// A setting that does not parse, naming where the file has it.
+    pub fn merge_config(
+        &mut self,
+        config: &Config,
+        given: &dyn Fn(&str) -> bool,
+    ) -> Result<(), ConfigError> {
+        let server = &config.server;
+        if let Some(v) = &server.listen
+            && !given("listen")
+        {
+            self.listen = v.get_ref().clone();
+        }
+        if let Some(v) = &server.data_dir
+            && !given("data_dir")
+        {
+            self.data_dir = Some(config.resolve(v));
+        }
+        if let Some(v) = server.memory
+            && !given("memory")
+        {
+            self.memory = v;
+        }
+        if let Some(v) = &server.redis
+            && !given("redis")
+        {
+            self.redis = Some(v.clone());
+        }
+        if let Some(v) = &server.redis_prefix
+            && !given("redis_prefix")
+        {
+            self.redis_prefix = v.clone();
+        }
+        if let Some(v) = server.redis_cluster
+            && !given("redis_cluster")
+        {
+            self.redis_cluster = v;
+        }
+        if let Some(v) = &server.max_body
+            && !given("max_body")
+        {
+            self.max_body = parse_size(&v.get_ref().as_arg())
+                .map_err(|e| config.server_error("max_body", v, &e))?;
+        }
+        if let Some(v) = &server.on_store_error
+            && !given("on_store_error")
+        {
+            self.on_store_error = clap::ValueEnum::from_str(v.get_ref(), true).map_err(|_| {
+                config.server_error("on_store_error", v, "expected \"closed\" or \"open\"")
+            })?;
+        }
+        if let Some(v) = &server.retention
+            && !given("retention")
+        {
+            self.retention =
+                parse_period(v.get_ref()).map_err(|e| config.server_error("retention", v, &e))?;
+        }
+        if let Some(v) = &server.tokens_file
+            && !given("tokens_file")
+            && !given("insecure_no_auth")
+        {
+            self.tokens_file = Some(config.resolve(v));
+        }
+        if let Some(v) = server.insecure_no_auth
+            && !given("insecure_no_auth")
+            && !given("tokens_file")
+        {
+            self.insecure_no_auth = v;
+        }
+        if self.insecure_no_auth && self.tokens_file.is_some() {
+            return Err(ConfigError(format!(
+                "{}: server.insecure_no_auth and a tokens file cannot go together",
+                config.path.display()
+            )));
+        }
+        if let Some(v) = &server.log_format
+            && !given("log_format")
+        {
+            self.log_format = clap::ValueEnum::from_str(v.get_ref(), true).map_err(|_| {
+                config.server_error("log_format", v, "expected \"text\" or \"json\"")
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// Whether `listen` (`HOST:PORT`) binds only the loopback interface: a loopback IP, or
@@ -304,6 +403,8 @@ pub struct ServeConfig {
     store: StoreChoice,
     retention: tollgate::core::Period,
     settings: Settings,
+    /// `--config`: applied at start and on SIGHUP.
+    config: Option<Config>,
 }
 
 impl ServeArgs {
@@ -361,7 +462,12 @@ impl ServeArgs {
                  Tollgate controls who reaches it"
             ),
         };
+        let config = match &self.config {
+            Some(path) => Some(Config::load(path)?),
+            None => None,
+        };
         Ok(ServeConfig {
+            config,
             listen,
             store,
             retention: self.retention,
@@ -425,14 +531,28 @@ impl ServeConfig {
                 "no --tokens-file: every request is let through (anyone who reaches the port may do anything)"
             ),
         }
-        tokio::spawn(reload_on_hangup(access));
+        if let Some(config) = &self.config {
+            let plan = crate::config::apply_in_process(&state, config).await?;
+            tracing::info!(
+                file = %config.path.display(),
+                changes = plan.changes.len(),
+                unchanged = plan.unchanged,
+                "config applied"
+            );
+        }
+        let config_path = self.config.as_ref().map(|c| c.path.clone());
+        tokio::spawn(reload_on_hangup(access, config_path, state.clone()));
         crate::run(listener, state, shutdown_signal()).await
     }
 }
 
 /// Reads the tokens file again at every SIGHUP; one that no longer reads or parses keeps the
 /// tokens in force, and the log says why.
-async fn reload_on_hangup(access: Option<std::sync::Arc<crate::auth::Access>>) {
+async fn reload_on_hangup(
+    access: Option<std::sync::Arc<crate::auth::Access>>,
+    config: Option<PathBuf>,
+    state: AppState,
+) {
     #[cfg(unix)]
     {
         let mut hangups = match tokio::signal::unix::signal(
@@ -445,8 +565,13 @@ async fn reload_on_hangup(access: Option<std::sync::Arc<crate::auth::Access>>) {
             }
         };
         while hangups.recv().await.is_some() {
+            if let Some(path) = &config {
+                reapply(path, &state).await;
+            }
             let Some(access) = &access else {
-                tracing::info!("SIGHUP: no --tokens-file to read again");
+                if config.is_none() {
+                    tracing::info!("SIGHUP: no --tokens-file or --config to read again");
+                }
                 continue;
             };
             match access.reload() {
@@ -463,7 +588,28 @@ async fn reload_on_hangup(access: Option<std::sync::Arc<crate::auth::Access>>) {
         }
     }
     #[cfg(not(unix))]
-    let _ = access;
+    let _ = (access, config, state);
+}
+
+/// Reads the config file again and applies its limits and tasks (`[server]` settings take
+/// effect at the next start); a file that no longer parses changes nothing.
+async fn reapply(path: &std::path::Path, state: &AppState) {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: the config file cannot be used; nothing was changed");
+            return;
+        }
+    };
+    match crate::config::apply_in_process(state, &config).await {
+        Ok(plan) => tracing::info!(
+            file = %path.display(),
+            changes = plan.changes.len(),
+            unchanged = plan.unchanged,
+            "SIGHUP: config applied again"
+        ),
+        Err(e) => tracing::error!(error = %e, "SIGHUP: the config file could not be applied"),
+    }
 }
 
 /// Completes at Ctrl-C or SIGTERM.
@@ -527,8 +673,31 @@ impl Cli {
     /// # Errors
     /// Invalid arguments, or the server failing to start or serve.
     pub fn run(self) -> anyhow::Result<std::process::ExitCode> {
+        self.run_with(None)
+    }
+
+    /// [`Cli::run`], knowing from `matches` (what clap parsed `self` from) which `serve` flags
+    /// were given on the command line or in the environment: a config file's `[server]` table
+    /// sets only the others. Without matches, the file sets every flag it names.
+    ///
+    /// # Errors
+    /// As [`Cli::run`]; a [`ConfigError`] for a config file that cannot be used.
+    pub fn run_with(
+        self,
+        matches: Option<&clap::ArgMatches>,
+    ) -> anyhow::Result<std::process::ExitCode> {
         let client = match self.command {
-            Command::Serve(args) => {
+            Command::Serve(mut args) => {
+                if let Some(path) = &args.config {
+                    let config = Config::load(path)?;
+                    let serve = matches.and_then(|m| m.subcommand_matches("serve"));
+                    let given = |id: &str| {
+                        serve
+                            .and_then(|m| m.value_source(id))
+                            .is_some_and(|source| source != clap::parser::ValueSource::DefaultValue)
+                    };
+                    args.merge_config(&config, &given)?;
+                }
                 let log_format = args.log_format;
                 let config = args.validate()?;
                 init_tracing(log_format);
@@ -545,6 +714,7 @@ impl Cli {
             Command::Acquire(c) => ClientCommand::Acquire(c),
             Command::Events(c) => ClientCommand::Events(c),
             Command::Token(c) => return c.run(self.client.json),
+            Command::Apply(c) => ClientCommand::Apply(c),
         };
         Ok(client.run(&self.client))
     }

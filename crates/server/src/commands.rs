@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use tollgate::LimitSpec;
+use tollgate::{LimitSpec, LimitSpecExt as _};
 use tollgate_client::{AcquireEntry, Client, RunFilter, RunView};
 
 /// Where the server is, for every client command (`--server URL`, `TOLLGATE_SERVER`).
@@ -247,6 +247,22 @@ pub enum ClientCommand {
     Acquire(AcquireArgs),
     /// `events …`
     Events(EventsCommand),
+    /// `apply -f FILE`
+    Apply(ApplyArgs),
+}
+
+/// `tollgate apply -f FILE`: makes a running server hold the limits and tasks of a config file.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The config file (TOML; its `[server]` table is ignored here).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: std::path::PathBuf,
+    /// Print what would change on stdout, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also remove the declared limits the file does not name (tasks cannot be removed).
+    #[arg(long)]
+    pub prune: bool,
 }
 
 /// What went wrong, as the one line the user sees.
@@ -482,6 +498,7 @@ impl ClientCommand {
                 }
                 ok(table(&rows))
             }
+            ClientCommand::Apply(a) => apply(&client, &a, o.json, &fail).await,
             ClientCommand::Acquire(a) => {
                 let entry = AcquireEntry::new(a.key.clone()).units(a.units);
                 let answer = client
@@ -738,4 +755,81 @@ fn table(rows: &[Vec<String>]) -> String {
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
     out
+}
+
+/// `tollgate apply`: reads the file, plans against what the server holds, and (unless a dry run)
+/// makes the changes in the plan's order; prints the plan.
+async fn apply(
+    client: &Client,
+    a: &ApplyArgs,
+    json_out: bool,
+    fail: &dyn Fn(tollgate_client::Error) -> Failure,
+) -> Result<(String, ExitCode), Failure> {
+    use crate::config::{Config, Current, Op, plan};
+    let config = Config::load(&a.file).map_err(|e| e.0)?;
+    let mut current = Current::default();
+    for limit in client.list_limits().await.map_err(fail)? {
+        if limit.namespace == tollgate_client::api::Namespace::Static
+            && let Ok(l) = limit.definition.to_limit()
+        {
+            current.limits.insert(limit.key, l);
+        }
+    }
+    for task in client.list_tasks().await.map_err(fail)? {
+        current.tasks.insert(task.name, task.spec);
+    }
+    let plan = plan(&config, &current, a.prune).map_err(|e| e.0)?;
+    if !a.dry_run {
+        for change in &plan.changes {
+            // The server's refusal, placed in the file when it names a field.
+            let placed = |e: tollgate_client::Error| {
+                let field = match &e {
+                    tollgate_client::Error::Api { field, .. } => field.clone(),
+                    _ => None,
+                };
+                match change.op {
+                    Op::Remove => format!("removing limits.{}: {}", change.name, fail(e)),
+                    _ => format!(
+                        "{}: {}s.{}: {}",
+                        plan.locate(&config, change, field.as_deref()),
+                        change.kind,
+                        change.name,
+                        fail(e)
+                    ),
+                }
+            };
+            match (change.kind, change.op) {
+                ("limit", Op::Remove) => client.delete_limit(&change.name).await.map_err(placed)?,
+                ("limit", _) => {
+                    let spec = config
+                        .limits
+                        .iter()
+                        .find(|l| l.name == change.name)
+                        .map(|l| l.spec.clone())
+                        .unwrap_or_default();
+                    client
+                        .put_limit(&change.name, &spec)
+                        .await
+                        .map_err(placed)?;
+                }
+                _ => {
+                    let spec = config
+                        .tasks
+                        .iter()
+                        .find(|t| t.name == change.name)
+                        .map(|t| t.spec.clone())
+                        .unwrap_or_default();
+                    client.put_task(&change.name, &spec).await.map_err(placed)?;
+                }
+            }
+        }
+    }
+    let text = if json_out {
+        let mut v = serde_json::to_value(&plan).unwrap_or(Value::Null);
+        v["dry_run"] = Value::Bool(a.dry_run);
+        format!("{v}\n")
+    } else {
+        plan.render(a.dry_run)
+    };
+    Ok((text, ExitCode::SUCCESS))
 }

@@ -44,6 +44,7 @@
 //! - [`cli`]: `tollgate serve`, parsed, then validated, then resolved (binding, runtime).
 //! - [`AppState`] and [`Settings`]: what every handler shares: the run queue as a
 //!   `tollgate::RunQueue` trait object (either engine), the clock, the limits.
+//! - [`config`]: the config file: read, planned against the server's definitions, applied.
 //! - [`auth`]: access control: the tokens file, roles, the middleware every request passes.
 //! - [`ApiError`]: engine and input errors mapped to a status and a stable code
 //!   (`tollgate_api::ErrorCode`).
@@ -57,6 +58,7 @@ mod api;
 pub mod auth;
 pub mod cli;
 pub mod commands;
+pub mod config;
 mod dashboard;
 mod error;
 mod extract;

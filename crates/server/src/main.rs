@@ -2,12 +2,16 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tollgate_server::cli::Cli;
+use tollgate_server::config::ConfigError;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         // `--help` and `--version` are "errors" printed to stdout with success.
         Err(e) => {
             let _ = e.print();
@@ -18,11 +22,16 @@ fn main() -> ExitCode {
             };
         }
     };
-    match cli.run() {
+    match cli.run_with(Some(&matches)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tollgate: {e:#}");
-            ExitCode::FAILURE
+            // A config file that cannot be used is bad input, as a bad flag is.
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
