@@ -114,6 +114,10 @@ pub enum Error {
     /// sent in an HTTP header (it has control characters or is not visible ASCII).
     #[error("invalid token: it cannot be sent in an Authorization header")]
     InvalidToken,
+    /// The CA given to [`ClientBuilder::ca_certificate`](crate::ClientBuilder::ca_certificate)
+    /// holds no PEM certificate.
+    #[error("invalid CA certificate: no PEM certificate in it")]
+    InvalidCertificate,
     /// The HTTP client could not be built (its TLS backend failed to start, say).
     #[error("building the HTTP client: {0}")]
     Build(#[source] reqwest::Error),
@@ -128,9 +132,11 @@ impl Error {
             Error::Api { transient, .. } => *transient,
             Error::Connect { .. } | Error::Timeout { .. } | Error::Transport { .. } => true,
             Error::Decode { status, .. } => matches!(status, 502..=504),
-            Error::Encode(_) | Error::InvalidUrl { .. } | Error::InvalidToken | Error::Build(_) => {
-                false
-            }
+            Error::Encode(_)
+            | Error::InvalidUrl { .. }
+            | Error::InvalidToken
+            | Error::InvalidCertificate
+            | Error::Build(_) => false,
         }
     }
 

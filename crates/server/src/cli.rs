@@ -225,6 +225,22 @@ pub struct ServeArgs {
         conflicts_with = "tokens_file"
     )]
     pub insecure_no_auth: bool,
+    /// Serve HTTPS with this PEM certificate chain (with `--tls-key`). Read again on SIGHUP.
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "TOLLGATE_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "TOLLGATE_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
     /// A config file (TOML): `[server]` with these flags' settings (flags and environment win),
     /// `[limits.NAME]` and `[tasks.NAME]` with the fields of their `PUT` bodies, applied at start
     /// as upserts and again on SIGHUP (docs/http-api.md, "Config file").
@@ -321,6 +337,18 @@ impl ServeArgs {
                 config.path.display()
             )));
         }
+        if let (Some(cert), Some(key)) = (&server.tls_cert, &server.tls_key)
+            && !given("tls_cert")
+            && !given("tls_key")
+        {
+            self.tls_cert = Some(config.resolve(cert));
+            self.tls_key = Some(config.resolve(key));
+        } else if server.tls_cert.is_some() != server.tls_key.is_some() {
+            return Err(ConfigError(format!(
+                "{}: server.tls_cert and server.tls_key go together",
+                config.path.display()
+            )));
+        }
         if let Some(v) = &server.log_format
             && !given("log_format")
         {
@@ -405,6 +433,8 @@ pub struct ServeConfig {
     settings: Settings,
     /// `--config`: applied at start and on SIGHUP.
     config: Option<Config>,
+    /// `--tls-cert` and `--tls-key`.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl ServeArgs {
@@ -468,6 +498,7 @@ impl ServeArgs {
         };
         Ok(ServeConfig {
             config,
+            tls: self.tls_cert.zip(self.tls_key),
             listen,
             store,
             retention: self.retention,
@@ -486,7 +517,18 @@ impl ServeConfig {
     ///
     /// # Errors
     /// Binding or serving failed.
-    pub async fn serve(self) -> anyhow::Result<()> {
+    pub async fn serve(mut self) -> anyhow::Result<()> {
+        // The certificate first: a bad one stops the start before anything is bound.
+        let tls = match &self.tls {
+            Some((cert, key)) => Some(crate::tls::load(cert, key).await?),
+            None => None,
+        };
+        if let (Some(_), Some(access)) = (&tls, &mut self.settings.access) {
+            // The dashboard's cookie is then only ever sent over HTTPS.
+            if let Some(a) = std::sync::Arc::get_mut(access) {
+                a.set_secure_cookie(true);
+            }
+        }
         let listener = TcpListener::bind(&self.listen)
             .await
             .with_context(|| format!("binding {}", self.listen))?;
@@ -494,7 +536,8 @@ impl ServeConfig {
             .local_addr()
             .context("reading the listening address")?;
         // On stdout, one line, so scripts (and tests) can find a port chosen with `:0`.
-        println!("listening on http://{addr}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!("listening on {scheme}://{addr}");
         let state = match self.store {
             StoreChoice::Sqlite(dir) => AppState::open(&dir, self.settings)?,
             StoreChoice::Memory => {
@@ -541,8 +584,16 @@ impl ServeConfig {
             );
         }
         let config_path = self.config.as_ref().map(|c| c.path.clone());
-        tokio::spawn(reload_on_hangup(access, config_path, state.clone()));
-        crate::run(listener, state, shutdown_signal()).await
+        tokio::spawn(reload_on_hangup(
+            access,
+            config_path,
+            tls.clone(),
+            state.clone(),
+        ));
+        match tls {
+            Some(tls) => crate::run_tls(listener, tls.config(), state, shutdown_signal()).await,
+            None => crate::run(listener, state, shutdown_signal()).await,
+        }
     }
 }
 
@@ -551,6 +602,7 @@ impl ServeConfig {
 async fn reload_on_hangup(
     access: Option<std::sync::Arc<crate::auth::Access>>,
     config: Option<PathBuf>,
+    tls: Option<crate::tls::Tls>,
     state: AppState,
 ) {
     #[cfg(unix)]
@@ -568,9 +620,18 @@ async fn reload_on_hangup(
             if let Some(path) = &config {
                 reapply(path, &state).await;
             }
+            if let Some(tls) = &tls {
+                match tls.reload().await {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate and key read again"),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "SIGHUP: the TLS files cannot be used; the certificate in force stays"
+                    ),
+                }
+            }
             let Some(access) = &access else {
-                if config.is_none() {
-                    tracing::info!("SIGHUP: no --tokens-file or --config to read again");
+                if config.is_none() && tls.is_none() {
+                    tracing::info!("SIGHUP: no --tokens-file, --config or TLS files to read again");
                 }
                 continue;
             };
@@ -588,7 +649,7 @@ async fn reload_on_hangup(
         }
     }
     #[cfg(not(unix))]
-    let _ = (access, config, state);
+    let _ = (access, config, tls, state);
 }
 
 /// Reads the config file again and applies its limits and tasks (`[server]` settings take

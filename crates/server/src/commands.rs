@@ -33,6 +33,10 @@ pub struct ClientOptions {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// For an `https://` server: also trust the CA certificate(s) in this PEM file (the system's
+    /// roots are always trusted).
+    #[arg(long, global = true, value_name = "PEM", env = "TOLLGATE_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 /// `tollgate limits …`.
@@ -321,10 +325,16 @@ impl ClientCommand {
         if let Some(token) = &o.token {
             builder = builder.token(token);
         }
+        if let Some(path) = &o.ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read --ca-cert {}: {e}", path.display()))?;
+            builder = builder.ca_certificate(pem);
+        }
         let client = builder.build().map_err(|e| match e {
             tollgate_client::Error::InvalidToken => {
                 format!("invalid --token / TOLLGATE_TOKEN: {e}")
             }
+            tollgate_client::Error::InvalidCertificate => format!("invalid --ca-cert: {e}"),
             e => format!("invalid --server {:?}: {e}", o.server),
         })?;
         let fail = |e| client_error(&o.server, e);

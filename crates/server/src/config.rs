@@ -51,6 +51,8 @@ pub struct ServerSection {
     pub on_store_error: Option<toml::Spanned<String>>,
     pub retention: Option<toml::Spanned<String>>,
     pub tokens_file: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub insecure_no_auth: Option<bool>,
     pub log_format: Option<toml::Spanned<String>>,
 }

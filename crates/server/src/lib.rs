@@ -45,6 +45,7 @@
 //! - [`AppState`] and [`Settings`]: what every handler shares: the run queue as a
 //!   `tollgate::RunQueue` trait object (either engine), the clock, the limits.
 //! - [`config`]: the config file: read, planned against the server's definitions, applied.
+//! - [`tls`]: HTTPS: the certificate and key, read at start and again on SIGHUP.
 //! - [`auth`]: access control: the tokens file, roles, the middleware every request passes.
 //! - [`ApiError`]: engine and input errors mapped to a status and a stable code
 //!   (`tollgate_api::ErrorCode`).
@@ -64,6 +65,7 @@ mod error;
 mod extract;
 mod metrics;
 mod state;
+pub mod tls;
 
 use std::future::Future;
 
@@ -118,15 +120,60 @@ pub async fn run(
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;
-            tracing::info!("shutting down: answering the requests in flight");
-            // Long waits (acquire `wait_ms`, barrier waits, worker lease long-polls) would
-            // otherwise hold the shutdown for up to their full length.
-            signal_state.begin_shutdown();
+            stopping(&signal_state);
         })
         .await
         .context("serving HTTP");
+    stopped(&state).await;
+    served
+}
+
+/// [`run`] over HTTPS: the same router behind rustls with `tls` (`--tls-cert`, `--tls-key`;
+/// [`tls::load`]), which [`tls::Tls::reload`] can swap while serving.
+///
+/// # Errors
+/// The listener failing.
+pub async fn run_tls(
+    listener: tokio::net::TcpListener,
+    tls: axum_server::tls_rustls::RustlsConfig,
+    state: AppState,
+    shutdown: impl Future + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener
+        .local_addr()
+        .context("reading the listening address")?;
+    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "serving the HTTP API over TLS");
+    let router = app(state.clone());
+    let handle = axum_server::Handle::new();
+    let signal_state = state.clone();
+    let signal_handle = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopping(&signal_state);
+        signal_handle.graceful_shutdown(None);
+    });
+    let listener = listener
+        .into_std()
+        .context("handing the listener to the TLS server")?;
+    let served = axum_server::from_tcp_rustls(listener, tls)
+        .context("serving HTTPS")?
+        .handle(handle)
+        .serve(router.into_make_service())
+        .await
+        .context("serving HTTPS");
+    stopped(&state).await;
+    served
+}
+
+fn stopping(state: &AppState) {
+    tracing::info!("shutting down: answering the requests in flight");
+    // Long waits (acquire `wait_ms`, barrier waits, worker lease long-polls) would otherwise
+    // hold the shutdown for up to their full length.
+    state.begin_shutdown();
+}
+
+async fn stopped(state: &AppState) {
     // Everything answered is committed; record the clean stop.
     state.queue().close().await;
     tracing::info!("stopped");
-    served
 }

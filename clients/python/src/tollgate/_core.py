@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar, Union
@@ -75,6 +76,24 @@ def auth_headers(token: str | None) -> dict[str, str]:
         source = "token" if token is not None else f"${TOKEN_ENV}"
         raise ValueError(f"invalid {source}: it must be visible ASCII without spaces")
     return {"authorization": f"Bearer {secret}"}
+
+
+CA_ENV = "TOLLGATE_CA_CERT"
+
+
+def tls_verify(ca_cert: str | os.PathLike[str] | None) -> ssl.SSLContext | bool:
+    """What httpx verifies an ``https://`` server with: the system's roots, plus the CA file
+    ``ca_cert`` (else ``$TOLLGATE_CA_CERT``) when given (a private CA)."""
+    given = ca_cert if ca_cert is not None else os.environ.get(CA_ENV) or None
+    if given is None:
+        return True
+    source = "ca_cert" if ca_cert is not None else f"${CA_ENV}"
+    try:
+        context = ssl.create_default_context()
+        context.load_verify_locations(cafile=os.fspath(given))
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"invalid {source} {os.fspath(given)!r}: {exc}") from exc
+    return context
 
 
 def check_timeout(timeout: float) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -34,6 +35,7 @@ class AsyncTollgate:
         timeout: float = core.DEFAULT_TIMEOUT,
         headers: Mapping[str, str] | None = None,
         token: str | None = None,
+        ca_cert: str | os.PathLike[str] | None = None,
     ) -> None:
         self.url = core.base_url(url)
         self.timeout = core.check_timeout(timeout)
@@ -41,6 +43,7 @@ class AsyncTollgate:
         self._http = httpx.AsyncClient(
             base_url=self.url,
             headers={"user-agent": "tollgate-python", **self.headers, **core.auth_headers(token)},
+            verify=core.tls_verify(ca_cert),
             timeout=self.timeout,
         )
 

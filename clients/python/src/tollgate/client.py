@@ -57,7 +57,9 @@ class Tollgate:
     error (503 ``store_unavailable``, a connection refused) is retried with backoff within it.
     ``headers`` are sent with every request (for a proxy that wants credentials). ``token``
     (default ``$TOLLGATE_TOKEN``) is sent as ``Authorization: Bearer``, for a server started
-    with ``--tokens-file``; it is never shown in ``repr``.
+    with ``--tokens-file``; it is never shown in ``repr``. An ``https://`` server is verified
+    against the system's roots, plus the PEM file ``ca_cert`` (default ``$TOLLGATE_CA_CERT``)
+    for a private CA.
 
     Durations are seconds as floats everywhere (``wait``, ``ttl``, ``retry_after``); period
     fields of definitions take the server's strings (``"1s"``, ``"1h30m"``) or seconds.
@@ -70,6 +72,7 @@ class Tollgate:
         timeout: float = core.DEFAULT_TIMEOUT,
         headers: Mapping[str, str] | None = None,
         token: str | None = None,
+        ca_cert: str | os.PathLike[str] | None = None,
     ) -> None:
         self.url = core.base_url(url)
         self.timeout = core.check_timeout(timeout)
@@ -78,6 +81,7 @@ class Tollgate:
         self._http = httpx.Client(
             base_url=self.url,
             headers={"user-agent": "tollgate-python", **self.headers, **core.auth_headers(token)},
+            verify=core.tls_verify(ca_cert),
             timeout=self.timeout,
         )
 
