@@ -15,7 +15,9 @@
 //!   body as `acquire 1 key`, unread);
 //! - `acquire 1 key`: `POST /v1/acquire` on one declared gcra key with a huge limit (every
 //!   request allowed), in-memory state; `acquire 1 key, durable`: the same with a SQLite data
-//!   directory (`AppState::open`, the direct-use journal on);
+//!   directory (`AppState::open`, the direct-use journal on); `acquire 1 key, with a token`:
+//!   the in-memory one behind access control, each request carrying `Authorization: Bearer`
+//!   (the cost of `--tokens-file`: a SHA-256 and a constant-time compare per request);
 //! - `acquire 3 keys`: three declared keys in one atomic acquire;
 //! - `batch 100`: `POST /v1/acquire/batch` with 100 one-key requests per call.
 //!
@@ -92,12 +94,29 @@ async fn start_tollgate(state: AppState) -> anyhow::Result<Running> {
     Ok(Running { addr, stop, done })
 }
 
+/// The secret of the bench's one token (an admin's), for the server with access control.
+const TOKEN: &str = "bench-secret";
+
+/// `request` with `Authorization: Bearer TOKEN` after its request line.
+fn with_token(request: Vec<u8>) -> Vec<u8> {
+    let end = request
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(request.len(), |i| i + 2);
+    let mut out = request[..end].to_vec();
+    out.extend_from_slice(format!("authorization: Bearer {TOKEN}\r\n").as_bytes());
+    out.extend_from_slice(&request[end..]);
+    out
+}
+
 /// Declares the bench's keys: gcra, 100 M/s with a burst of 1 M, so nothing is denied.
-async fn declare_keys(addr: SocketAddr) -> anyhow::Result<()> {
+async fn declare_keys(addr: SocketAddr, token: bool) -> anyhow::Result<()> {
     let mut conn = Conn::connect(addr).await?;
     for key in ["k1", "k2", "k3"] {
         let spec = r#"{"algorithm": "gcra", "limit": 100000000, "period": "1s", "burst": 1000000}"#;
-        conn.expect(&put_req(&format!("/v1/limits/{key}"), spec), 200)
+        let request = put_req(&format!("/v1/limits/{key}"), spec);
+        let request = if token { with_token(request) } else { request };
+        conn.expect(&request, 200)
             .await
             .with_context(|| format!("declaring {key}"))?;
     }
@@ -268,13 +287,30 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let data_dir = tempfile::tempdir()?;
-    let (bare_srv, memory_srv, durable_srv) = server_rt.block_on(async {
+    let tokens = data_dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[token]]\nname = \"bench\"\nrole = \"admin\"\nsha256 = \"{}\"\n",
+            tollgate_server::auth::sha256_hex(TOKEN)
+        ),
+    )?;
+    let access = tollgate_server::auth::Access::load(&tokens, false).map_err(anyhow::Error::msg)?;
+    let (bare_srv, memory_srv, durable_srv, guarded_srv) = server_rt.block_on(async {
         let bare_srv = start_bare().await?;
         let memory = AppState::new(SystemClock::new(), Settings::default());
         let memory_srv = start_tollgate(memory).await?;
         let durable = AppState::open(data_dir.path(), Settings::default())?;
         let durable_srv = start_tollgate(durable).await?;
-        anyhow::Ok((bare_srv, memory_srv, durable_srv))
+        let guarded = AppState::new(
+            SystemClock::new(),
+            Settings {
+                access: Some(Arc::new(access)),
+                ..Settings::default()
+            },
+        );
+        let guarded_srv = start_tollgate(guarded).await?;
+        anyhow::Ok((bare_srv, memory_srv, durable_srv, guarded_srv))
     })?;
 
     let one = r#"{"limits": [{"key": "k1"}]}"#;
@@ -294,6 +330,12 @@ fn main() -> anyhow::Result<()> {
             name: "acquire 1 key",
             addr: memory_srv.addr,
             request: post_req("/v1/acquire", one).into(),
+            reading: Reading::One,
+        },
+        Scenario {
+            name: "acquire 1 key, with a token",
+            addr: guarded_srv.addr,
+            request: with_token(post_req("/v1/acquire", one)).into(),
             reading: Reading::One,
         },
         Scenario {
@@ -321,15 +363,17 @@ fn main() -> anyhow::Result<()> {
     let names: Vec<&'static str> = scenarios.iter().map(|s| s.name).collect();
 
     // The load generator: one thread of its own, named so that its CPU can be told apart.
-    let (memory_addr, durable_addr) = (memory_srv.addr, durable_srv.addr);
+    let (memory_addr, durable_addr, guarded_addr) =
+        (memory_srv.addr, durable_srv.addr, guarded_srv.addr);
     let loadgen = std::thread::Builder::new().name("loadgen".into()).spawn(
         move || -> anyhow::Result<Vec<Vec<Phase>>> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(async {
-                declare_keys(memory_addr).await?;
-                declare_keys(durable_addr).await?;
+                declare_keys(memory_addr, false).await?;
+                declare_keys(durable_addr, false).await?;
+                declare_keys(guarded_addr, true).await?;
                 let n = scenarios.len();
                 let mut results = vec![Vec::new(); n];
                 for round in 0..rounds {
@@ -353,7 +397,7 @@ fn main() -> anyhow::Result<()> {
     };
 
     server_rt.block_on(async {
-        for srv in [bare_srv, memory_srv, durable_srv] {
+        for srv in [bare_srv, memory_srv, durable_srv, guarded_srv] {
             let _ = srv.stop.send(());
             srv.done.await??;
         }

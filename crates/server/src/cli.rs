@@ -925,6 +925,59 @@ mod tests {
     }
 
     #[test]
+    fn a_config_file_sets_the_flags_not_given_and_reads_paths_from_its_folder() {
+        let config = Config::parse(
+            std::path::Path::new("/etc/tollgate/tollgate.toml"),
+            "[server]\nlisten = \"0.0.0.0:7070\"\ntokens_file = \"tokens.toml\"\n\
+             data_dir = \"/var/lib/tollgate\"\nmax_body = 2048\nretention = \"12h\"\n\
+             on_store_error = \"open\"\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let args = |extra: &[&str]| {
+            let mut all = vec!["tollgate", "serve"];
+            all.extend_from_slice(extra);
+            let Command::Serve(a) = Cli::try_parse_from(all).unwrap().command else {
+                unreachable!()
+            };
+            a
+        };
+        let mut a = args(&[]);
+        a.merge_config(&config, &|_| false).unwrap();
+        assert_eq!(a.listen, "0.0.0.0:7070");
+        assert_eq!(
+            a.tokens_file.as_deref(),
+            Some(std::path::Path::new("/etc/tollgate/tokens.toml"))
+        );
+        assert_eq!(
+            a.data_dir.as_deref(),
+            Some(std::path::Path::new("/var/lib/tollgate"))
+        );
+        assert_eq!(a.max_body, 2048);
+        assert_eq!(a.retention, tollgate::core::Period::parse("12h").unwrap());
+        assert_eq!(a.on_store_error, StoreErrorPolicy::Open);
+        assert_eq!(a.log_format, LogFormat::Json);
+        // What was given wins; what was not still comes from the file.
+        let mut a = args(&["--listen", "127.0.0.1:9", "--max-body", "1MiB"]);
+        a.merge_config(&config, &|id| id == "listen" || id == "max_body")
+            .unwrap();
+        assert_eq!((a.listen.as_str(), a.max_body), ("127.0.0.1:9", 1 << 20));
+        assert_eq!(a.log_format, LogFormat::Json);
+        // --insecure-no-auth given: the file's tokens are not taken.
+        let mut a = args(&["--insecure-no-auth"]);
+        a.merge_config(&config, &|id| id == "insecure_no_auth")
+            .unwrap();
+        assert!(a.tokens_file.is_none());
+        // A value that does not parse names where it is.
+        let bad = Config::parse(
+            std::path::Path::new("t.toml"),
+            "[server]\nlog_format = \"xml\"\n",
+        )
+        .unwrap();
+        let e = args(&[]).merge_config(&bad, &|_| false).unwrap_err();
+        assert!(e.0.starts_with("t.toml:2:14: server.log_format"), "{e}");
+    }
+
+    #[test]
     fn only_loopback_addresses_serve_without_tokens_unless_told() {
         for (listen, loopback) in [
             ("127.0.0.1:7070", true),
