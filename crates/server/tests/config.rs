@@ -2,11 +2,14 @@
 //! applies its limits and tasks at start and its `[server]` settings where no flag or
 //! environment variable is given; errors name file, line, column and field and exit 2; SIGHUP
 //! applies it again and a broken file changes nothing; `tollgate apply -f` plans, applies,
-//! prunes and is idempotent.
+//! prunes and is idempotent; nodes of one Redis deployment starting with the same file write
+//! it once.
 
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 
 mod common;
+#[path = "../../redis/tests/common/mod.rs"]
+mod redis_common;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -346,4 +349,64 @@ async fn get_with(base: &str, path: &str, token: &str) -> (u16, Value) {
         .unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Starts `serve --redis … --config FILE` and waits for its "config applied" log line.
+async fn node_applying(
+    url: &str,
+    prefix: &str,
+    file: &str,
+) -> (tokio::process::Child, String, String) {
+    let (mut child, base) = spawn_serve_with(
+        ["--redis", url, "--redis-prefix", prefix, "--config", file],
+        |cmd| {
+            cmd.stderr(std::process::Stdio::piped())
+                .env("RUST_LOG", "info");
+        },
+    )
+    .await;
+    let mut log = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let line = log.next_line().await.unwrap().expect("the log goes on");
+            if line.contains("config applied") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("the node applied its config");
+    // Keep draining stderr so the node never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    (child, base, line)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_of_one_redis_deployment_starting_with_one_file_write_it_once() {
+    let Some(redis) =
+        redis_common::redis("nodes_of_one_redis_deployment_starting_with_one_file_write_it_once")
+    else {
+        return;
+    };
+    let prefix = redis_common::fresh_prefix();
+    let file = config_with(&FILE.replace("max_body = \"1KiB\"\n", ""));
+    let f = file.to_str().unwrap();
+    let (_first, base_a, line) = node_applying(&redis.url, &prefix, f).await;
+    assert!(
+        line.contains("changes=3") && line.contains("unchanged=0"),
+        "{line}"
+    );
+    let (_second, base_b, line) = node_applying(&redis.url, &prefix, f).await;
+    assert!(
+        line.contains("changes=0") && line.contains("unchanged=3"),
+        "{line}"
+    );
+    for base in [&base_a, &base_b] {
+        let (status, limit) = get(base, "/v1/limits/stripe-api").await;
+        assert_eq!((status, limit["burst"].as_u64()), (200, Some(5)), "{limit}");
+        assert_eq!(
+            get(base, "/v1/tasks/charge").await.1["spec"]["max_attempts"],
+            5
+        );
+    }
 }
