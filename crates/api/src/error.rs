@@ -168,6 +168,7 @@ impl<'de> Deserialize<'de> for ErrorCode {
 /// The `error` object of an error answer, and of a failed request in a batch acquire's
 /// results.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ErrorBody {
     /// The stable code.
     pub code: ErrorCode,
@@ -193,6 +194,7 @@ impl fmt::Display for ErrorBody {
 
 /// An error answer: `{"error": {...}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ErrorEnvelope {
     /// The error.
     pub error: ErrorBody,

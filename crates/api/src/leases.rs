@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 /// With `limit`, the key is a dynamic concurrency key with that many slots (leases last
 /// `ttl_ms`, default 30 s); without, it must be a declared concurrency limit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
     /// The key.
@@ -61,6 +62,7 @@ impl LeaseRequest {
 
 /// `POST /v1/leases/{id}/renew`'s body.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RenewRequest {
     /// The new time to live, in milliseconds (default: the lease's own).
@@ -70,6 +72,7 @@ pub struct RenewRequest {
 
 /// The answer to a lease request, `200` whether granted or not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Lease {
     /// Whether a slot was granted.
     pub acquired: bool,
@@ -90,6 +93,7 @@ pub struct Lease {
 
 /// `POST /v1/leases/{id}/renew`'s answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LeaseRenewal {
     /// The lease's id, unchanged.
     pub lease_id: String,
@@ -99,6 +103,7 @@ pub struct LeaseRenewal {
 
 /// `POST /v1/barriers/{key}`'s body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BarrierCreate {
     /// How many parties it waits for.
@@ -109,6 +114,7 @@ pub struct BarrierCreate {
 
 /// `POST /v1/barriers/{key}/wait`'s body.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BarrierWait {
     /// How long to wait for release, in milliseconds (default and cap:
@@ -119,6 +125,7 @@ pub struct BarrierWait {
 
 /// A barrier, as `POST/GET /v1/barriers/{key}` answer it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Barrier {
     /// The key.
     pub key: String,
@@ -134,6 +141,7 @@ pub struct Barrier {
 
 /// `POST /v1/barriers/{key}/wait`'s answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BarrierReleased {
     /// Whether the barrier was released within the timeout.
     pub released: bool,

@@ -38,6 +38,9 @@
 //! - `runs.rs`: runs ([`RunState`], [`RunView`], [`LeasedRun`]), enqueue, events, worker
 //!   leases and what a worker reports ([`CompleteRequest`], [`FailRequest`], …).
 //! - This file: the constants the server enforces and clients size requests by.
+//!
+//! Feature `schema`: a JSON Schema of every body (`schemars`), for the server's OpenAPI
+//! document (`GET /openapi.json`); off for the client.
 
 use std::time::Duration;
 
@@ -45,6 +48,8 @@ mod error;
 mod leases;
 mod limits;
 mod runs;
+#[cfg(feature = "schema")]
+mod schema;
 mod tasks;
 
 pub use error::{ErrorBody, ErrorCode, ErrorEnvelope};

@@ -343,6 +343,7 @@ impl<'de> Deserialize<'de> for LimitSpec {
 
 /// `GET /healthz`'s answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Health {
     /// `"ok"` while the server accepts requests.
     pub status: String,
@@ -350,6 +351,7 @@ pub struct Health {
 
 /// Which namespace a limit's state lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Namespace {
@@ -368,6 +370,7 @@ pub enum Namespace {
 /// A limit with its canonical definition and live state, as `PUT/GET /v1/limits/{key}` and
 /// `GET /v1/limits` answer it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Limit {
     /// The key.
     pub key: String,
@@ -386,6 +389,7 @@ pub struct Limit {
 
 /// `GET /v1/limits`'s answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LimitListing {
     /// Every declared limit, then the dynamic keys with state (or the busiest, with
     /// `?dynamic=N`).
@@ -525,6 +529,7 @@ impl<'de> Deserialize<'de> for AcquireEntry {
 
 /// `POST /v1/acquire`'s body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AcquireRequest {
     /// The entries, all taken or none (1 to [`MAX_ACQUIRE_LIMITS`](crate::MAX_ACQUIRE_LIMITS)).
@@ -537,6 +542,7 @@ pub struct AcquireRequest {
 
 /// `POST /v1/acquire/batch`'s body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     /// The requests, decided in order (at most [`MAX_ACQUIRE_BATCH`](crate::MAX_ACQUIRE_BATCH)).
@@ -545,6 +551,7 @@ pub struct BatchRequest {
 
 /// One request of a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BatchItem {
     /// The entries, all taken or none.
@@ -553,6 +560,7 @@ pub struct BatchItem {
 
 /// The decision on one acquire: all of its entries consumed, or none.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Acquisition {
     /// Whether every entry was admitted (and consumed).
     pub allowed: bool,
@@ -572,6 +580,7 @@ impl Acquisition {
 
 /// The decision for one key of an acquire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct KeyDecision {
     /// The key.
     pub key: String,
@@ -590,6 +599,7 @@ pub struct KeyDecision {
 /// One result of a batch acquire: a decision, or the error deciding that request met (an
 /// unknown limit, units beyond capacity); the other requests still count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum BatchOutcome {
     /// `{"error": {...}}`.
@@ -603,6 +613,7 @@ pub enum BatchOutcome {
 
 /// `POST /v1/acquire/batch`'s answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BatchAnswer {
     /// One result per request, in order.
     pub results: Vec<BatchOutcome>,

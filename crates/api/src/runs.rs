@@ -8,6 +8,7 @@ use serde_json::Value;
 /// Where a run is in its life: `queued → running → succeeded | failed`, with
 /// `waiting` (parked on a limit) between `queued` and `running`; `skipped` and `cancelled` end it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     /// Enqueued with a delay (`delay_ms`, `run_at_ms`): nothing is decided until
@@ -77,6 +78,7 @@ impl std::str::FromStr for RunState {
 
 /// A run as the HTTP API shows it: times in epoch milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunView {
     /// Opaque id.
     pub id: String,
@@ -114,6 +116,7 @@ pub struct RunView {
 
 /// A run handed to a worker by a lease call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LeasedRun {
     /// Opaque id.
     pub id: String,
@@ -131,6 +134,7 @@ pub struct LeasedRun {
 
 /// `POST /v1/tasks/{name}/runs`'s body. The answer is the run (`201`, a [`RunView`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnqueueRequest {
     /// The run's input (what the task's CEL sees as `input`).
@@ -150,6 +154,7 @@ pub struct EnqueueRequest {
 
 /// `POST /v1/events`'s body: one run of every task whose `triggers` name the event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EventRequest {
     /// The event's name.
@@ -169,6 +174,7 @@ pub struct EventRequest {
 
 /// A run an event started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EventRun {
     /// The run's id.
     pub id: String,
@@ -185,6 +191,7 @@ pub struct EventRun {
 
 /// `POST /v1/events`'s answer (`202`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EventAnswer {
     /// The runs started, none when no task listens.
     pub runs: Vec<EventRun>,
@@ -192,6 +199,7 @@ pub struct EventAnswer {
 
 /// `POST /v1/workers/lease`'s body: a worker's long-poll for runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WorkerLeaseRequest {
     /// Who asks (1 to 512 bytes, no control characters).
@@ -209,6 +217,7 @@ pub struct WorkerLeaseRequest {
 
 /// `POST /v1/workers/lease`'s answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LeasedRuns {
     /// The runs leased, possibly none.
     pub runs: Vec<LeasedRun>,
@@ -217,6 +226,7 @@ pub struct LeasedRuns {
 /// The body of `/heartbeat` and `/release`: with `attempt`, the call applies only to that
 /// attempt (409 `invalid_state` once it is over).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AttemptRequest {
     /// The attempt the worker was given.
@@ -226,6 +236,7 @@ pub struct AttemptRequest {
 
 /// `/complete`'s body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     /// What the run returned.
@@ -238,6 +249,7 @@ pub struct CompleteRequest {
 
 /// `/fail`'s body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FailRequest {
     /// What went wrong.
@@ -256,11 +268,13 @@ pub struct FailRequest {
 
 /// `/cancel`'s body: empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {}
 
 /// `GET /v1/runs`'s answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunListing {
     /// The runs, newest first.
     pub runs: Vec<RunView>,

@@ -25,6 +25,7 @@ use crate::runs::RunState;
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     /// Rate limits every run acquires (all of them atomically).
@@ -68,6 +69,7 @@ pub struct TaskSpec {
 /// A task's `retry`: the first retry waits `backoff`, each next one `factor` times longer, at
 /// most `max`; `jitter` waits a random part of the second half of each delay instead.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RetrySpec {
     /// The first retry's delay, a period string (`"1s"`).
@@ -97,6 +99,7 @@ pub enum Throttle {
 
 /// Inngest's throttle object.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleSpec {
     /// Runs per `period`.
@@ -152,6 +155,7 @@ impl<'de> Deserialize<'de> for Throttle {
 /// Where a dynamic key's limit applies: one budget for every task rendering the key (the
 /// default, as in Hatchet), or one per task (as Inngest's per-function limits).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum KeyScope {
     /// Every task rendering the key shares its limit.
@@ -163,6 +167,7 @@ pub enum KeyScope {
 
 /// What a task does with a run that a limit does not admit now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OnLimit {
     /// Limits are taken when a worker leases the run; until then it is parked (the default).
@@ -289,6 +294,7 @@ impl<'de> Deserialize<'de> for RateLimitUse {
 
 /// A concurrency limit a task uses: at most `limit` leased runs per rendered `key`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ConcurrencyUse {
     /// A CEL expression giving the key (`"'global'"` for one shared key).
@@ -299,6 +305,7 @@ pub struct ConcurrencyUse {
 
 /// Deduplication of runs by a rendered key.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct IdempotencyUse {
     /// A CEL expression giving the key (`"event.data.id"`).
@@ -368,6 +375,7 @@ impl<'de> Deserialize<'de> for NumberOrExpr {
 
 /// Runs of a task per state (`"depth"` in a task's answer).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default)]
 #[allow(missing_docs)] // one count per `RunState`, named as it
 pub struct Depth {
@@ -420,6 +428,7 @@ impl Depth {
 /// that a reader need not know the defaults; read back, it is a [`TaskSpec`] that defines
 /// the same task again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Task {
     /// The task's name.
     pub name: String,
@@ -434,6 +443,7 @@ pub struct Task {
 /// A [`TaskSpec`] with every field written out.
 fn shown_spec<S: Serializer>(spec: &TaskSpec, s: S) -> Result<S::Ok, S::Error> {
     #[derive(Serialize)]
+    #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
     struct Shown<'a> {
         rate_limits: &'a [RateLimitUse],
         concurrency: &'a [ConcurrencyUse],
@@ -466,6 +476,7 @@ fn shown_spec<S: Serializer>(spec: &TaskSpec, s: S) -> Result<S::Ok, S::Error> {
 
 /// `GET /v1/tasks`'s answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskListing {
     /// Every task, by name.
     pub tasks: Vec<Task>,

@@ -55,6 +55,8 @@ pub enum Command {
     /// Make a running server hold the limits and tasks of a config file (`--dry-run` shows
     /// what would change; `--prune` also removes the limits it does not name).
     Apply(crate::commands::ApplyArgs),
+    /// Print the HTTP API's OpenAPI 3.1 document (as served at `/openapi.json`).
+    Openapi,
     /// Make access tokens for `serve --tokens-file`.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -212,6 +214,17 @@ pub struct ServeArgs {
         value_parser = parse_period
     )]
     pub retention: tollgate::core::Period,
+    /// The longest a request may wait on purpose (an acquire's `wait_ms`, a barrier's
+    /// `timeout_ms`, a worker's lease `wait_ms`): longer asks are cut to it. A period, at most
+    /// `60s` (the default); shorter suits a proxy with a short timeout.
+    #[arg(
+        long,
+        value_name = "PERIOD",
+        env = "TOLLGATE_MAX_WAIT",
+        default_value = "60s",
+        value_parser = parse_max_wait
+    )]
+    pub max_wait: std::time::Duration,
     /// Require a token on every request but `/healthz`: FILE lists them as `[[token]]` tables
     /// (`name`, `role`: read, worker or admin, `sha256` of the secret; make one with `tollgate
     /// token new`). Read again on SIGHUP; a file that no longer parses keeps the tokens in force.
@@ -371,6 +384,19 @@ fn is_loopback(listen: &str) -> bool {
         .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
 }
 
+/// Parses `--max-wait`: a period from 1 ms to [`MAX_WAIT`].
+fn parse_max_wait(input: &str) -> Result<std::time::Duration, String> {
+    let period = parse_period(input)?;
+    let d = std::time::Duration::from_nanos(period.as_nanos().as_nanos());
+    if d > MAX_WAIT {
+        return Err(format!(
+            "invalid --max-wait {input:?}: at most {}s",
+            MAX_WAIT.as_secs()
+        ));
+    }
+    Ok(d)
+}
+
 /// Parses a period argument, quoting the input in the error.
 fn parse_period(input: &str) -> Result<tollgate::core::Period, String> {
     tollgate::core::Period::parse(input).map_err(|e| e.to_string())
@@ -505,7 +531,7 @@ impl ServeArgs {
             settings: Settings {
                 max_body: self.max_body,
                 on_store_error: self.on_store_error,
-                max_wait: MAX_WAIT,
+                max_wait: self.max_wait,
                 access,
             },
         })
@@ -776,6 +802,10 @@ impl Cli {
             Command::Events(c) => ClientCommand::Events(c),
             Command::Token(c) => return c.run(self.client.json),
             Command::Apply(c) => ClientCommand::Apply(c),
+            Command::Openapi => {
+                print!("{}", crate::openapi::document_text());
+                return Ok(std::process::ExitCode::SUCCESS);
+            }
         };
         Ok(client.run(&self.client))
     }
@@ -909,6 +939,8 @@ mod tests {
             "open",
             "--retention",
             "12h",
+            "--max-wait",
+            "250ms",
         ])
         .unwrap();
         let Command::Serve(args) = cli.command else {
@@ -921,7 +953,14 @@ mod tests {
         );
         assert_eq!(args.max_body, 512 << 10);
         assert_eq!(args.on_store_error, StoreErrorPolicy::Open);
-        assert!(args.validate().is_ok());
+        assert_eq!(args.max_wait, std::time::Duration::from_millis(250));
+        let config = args.validate().unwrap();
+        assert_eq!(
+            config.settings.max_wait,
+            std::time::Duration::from_millis(250)
+        );
+        let e = Cli::try_parse_from(["tollgate", "serve", "--max-wait", "2m"]).unwrap_err();
+        assert!(e.to_string().contains("at most 60s"), "{e}");
     }
 
     #[test]

@@ -97,7 +97,18 @@ struct SignIn {
 
 /// `POST /login` (the sign-in form): a known token sets the sign-in cookie and goes to the
 /// dashboard; any other answers the form again, 401.
-async fn sign_in(State(state): State<AppState>, Form(form): Form<SignIn>) -> Response {
+async fn sign_in(
+    State(state): State<AppState>,
+    form: Result<Form<SignIn>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return ApiError::bad_request(
+            tollgate_api::ErrorCode::InvalidBody,
+            "the sign-in form is sent as application/x-www-form-urlencoded with a `token` field",
+        )
+        .with_field("token")
+        .into_response();
+    };
     let Some(access) = state.settings().access.clone() else {
         return Redirect::to("/").into_response();
     };

@@ -38,6 +38,7 @@
 //! | `POST /v1/runs/{id}/heartbeat`, `/complete`, `/fail`, `/release`, `/cancel` | a leased run's lease and outcome (`attempt` guards against stale workers: `409 invalid_state`) |
 //! | `GET /v1/runs/{id}`, `GET /v1/runs?task=&state=&limit=` | runs with `state`, `attempt`, `waiting_on`, `eligible_at_ms`, `skip_reason`, newest first |
 //! | `GET /` | the dashboard: one self-contained page, server-rendered, then refreshed every 2 s from the JSON API |
+//! | `GET /openapi.json` | the contract as OpenAPI 3.1, from the wire types (no token needed) |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text): decisions per limit, run transitions per task, queue depths, decision time, dispatch lag; labels never carry a rendered dynamic key |
 //!
 //! # Layout
@@ -53,6 +54,7 @@
 //! - `api`: one module per area, each with its own `routes()`; [`app`] merges them. The
 //!   bodies they read and write are the wire types of `tollgate-api`, shared with the client.
 //! - `dashboard`: `GET /`, the page and its first render.
+//! - [`openapi`]: `GET /openapi.json`, the contract as OpenAPI 3.1, from the wire types.
 //! - `metrics`: `GET /metrics`, the server's counters plus the engine's read at scrape time.
 
 mod api;
@@ -64,6 +66,7 @@ mod dashboard;
 mod error;
 mod extract;
 mod metrics;
+pub mod openapi;
 mod state;
 pub mod tls;
 
@@ -89,6 +92,7 @@ pub fn app(state: AppState) -> Router {
         .merge(api::events::routes())
         .merge(api::workers::routes())
         .merge(metrics::routes())
+        .merge(openapi::routes())
         .merge(dashboard::routes())
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
