@@ -1,6 +1,7 @@
-"""A worker process for the graceful-shutdown test: serves TASK with a handler that, for input
-{"quick": true}, returns once the file FLAG exists, and otherwise blocks for two minutes; prints
-its stats as JSON on its last line when a signal stops it."""
+"""A worker process for the graceful-shutdown test: serves TASK with a handler that first touches
+`started-<n>` beside FLAG, then, for input {"quick": true}, returns once the file FLAG exists,
+and otherwise blocks for two minutes; prints its stats as JSON on its last line when a signal
+stops it."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ def main() -> None:
 
     @worker.task(task)
     def handle(run: dict[str, Any]) -> Any:
+        # Tells the test this run reached a handler (leased is not enough: runs leased but not
+        # yet started are handed back at shutdown, not finished).
+        (flag.parent / f"started-{run['input']['n']}").touch()
         if run["input"].get("quick"):
             while not flag.exists():
                 time.sleep(0.02)

@@ -239,7 +239,10 @@ def test_a_signal_finishes_in_flight_runs_and_hands_the_rest_back(
         env=env,
     )
     try:
-        wait_for(lambda: len(tg.runs(task=task, state="running")) == 3, "three runs in flight")
+        wait_for(lambda: len(tg.runs(task=task, state="running")) == 3, "three runs leased")
+        # In flight means in a handler: a signal between the lease and the handlers would
+        # rightly hand all three back (a race this test once lost in CI).
+        wait_for(lambda: len(list(tmp_path.glob("started-*"))) == 3, "three runs in handlers")
         proc.send_signal(signum)
         flag.touch()  # the quick run finishes within the grace period; the others never do
         out, err = proc.communicate(timeout=60)
