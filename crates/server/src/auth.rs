@@ -266,11 +266,6 @@ impl Access {
         Ok(n)
     }
 
-    /// Marks the sign-in cookie `Secure` (the server speaks HTTPS).
-    pub fn set_secure_cookie(&mut self, secure: bool) {
-        self.secure_cookie = secure;
-    }
-
     /// The tokens file.
     pub fn path(&self) -> &Path {
         &self.path

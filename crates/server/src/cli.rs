@@ -362,6 +362,12 @@ impl ServeArgs {
                 config.path.display()
             )));
         }
+        if let Some(v) = &server.max_wait
+            && !given("max_wait")
+        {
+            self.max_wait =
+                parse_max_wait(v.get_ref()).map_err(|e| config.server_error("max_wait", v, &e))?;
+        }
         if let Some(v) = &server.log_format
             && !given("log_format")
         {
@@ -464,11 +470,26 @@ pub struct ServeConfig {
 }
 
 impl ServeArgs {
-    /// Checks the arguments without binding or creating anything.
+    /// Checks the arguments without binding or creating anything; reads `--config` and
+    /// `--tokens-file` (but takes nothing from the config's `[server]`: see
+    /// [`ServeArgs::merge_config`]).
     ///
     /// # Errors
-    /// `--listen` not `HOST:PORT`; `--data-dir` naming something that is not a directory.
+    /// `--listen` not `HOST:PORT`; `--data-dir` naming something that is not a directory; a
+    /// config or tokens file that cannot be used.
     pub fn validate(self) -> anyhow::Result<ServeConfig> {
+        let config = match &self.config {
+            Some(path) => Some(Config::load(path)?),
+            None => None,
+        };
+        self.validate_with(config)
+    }
+
+    /// [`ServeArgs::validate`] with `--config` already read.
+    ///
+    /// # Errors
+    /// As [`ServeArgs::validate`].
+    pub fn validate_with(self, config: Option<Config>) -> anyhow::Result<ServeConfig> {
         let listen = self.listen.trim().to_owned();
         if listen.parse::<SocketAddr>().is_err() {
             let port_ok = listen
@@ -507,7 +528,9 @@ impl ServeArgs {
         };
         let access = match &self.tokens_file {
             Some(path) => Some(std::sync::Arc::new(
-                crate::auth::Access::load(path, false).map_err(|e| anyhow::anyhow!("{e}"))?,
+                // Over HTTPS the dashboard's cookie is marked Secure: never sent in the clear.
+                crate::auth::Access::load(path, self.tls_cert.is_some())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
             )),
             None if self.insecure_no_auth || is_loopback(&listen) => None,
             None => bail!(
@@ -517,10 +540,6 @@ impl ServeArgs {
                  FILE), listen on 127.0.0.1, or pass --insecure-no-auth if something in front of \
                  Tollgate controls who reaches it"
             ),
-        };
-        let config = match &self.config {
-            Some(path) => Some(Config::load(path)?),
-            None => None,
         };
         Ok(ServeConfig {
             config,
@@ -543,18 +562,15 @@ impl ServeConfig {
     ///
     /// # Errors
     /// Binding or serving failed.
-    pub async fn serve(mut self) -> anyhow::Result<()> {
+    pub async fn serve(self) -> anyhow::Result<()> {
+        // SIGHUP is caught from the first moment: its default action ends the process, and a
+        // deployment script may send it as soon as the server says it is listening.
+        let hangups = hangup_signal();
         // The certificate first: a bad one stops the start before anything is bound.
         let tls = match &self.tls {
             Some((cert, key)) => Some(crate::tls::load(cert, key).await?),
             None => None,
         };
-        if let (Some(_), Some(access)) = (&tls, &mut self.settings.access) {
-            // The dashboard's cookie is then only ever sent over HTTPS.
-            if let Some(a) = std::sync::Arc::get_mut(access) {
-                a.set_secure_cookie(true);
-            }
-        }
         let listener = TcpListener::bind(&self.listen)
             .await
             .with_context(|| format!("binding {}", self.listen))?;
@@ -611,6 +627,7 @@ impl ServeConfig {
         }
         let config_path = self.config.as_ref().map(|c| c.path.clone());
         tokio::spawn(reload_on_hangup(
+            hangups,
             access,
             config_path,
             tls.clone(),
@@ -625,7 +642,27 @@ impl ServeConfig {
 
 /// Reads the tokens file again at every SIGHUP; one that no longer reads or parses keeps the
 /// tokens in force, and the log says why.
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = ();
+
+/// The SIGHUP listener (unix), installed now; `None` (logged) when it cannot be.
+fn hangup_signal() -> Hangups {
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: nothing will be reloaded");
+                None
+            }
+        }
+    }
+}
+
 async fn reload_on_hangup(
+    hangups: Hangups,
     access: Option<std::sync::Arc<crate::auth::Access>>,
     config: Option<PathBuf>,
     tls: Option<crate::tls::Tls>,
@@ -633,14 +670,8 @@ async fn reload_on_hangup(
 ) {
     #[cfg(unix)]
     {
-        let mut hangups = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::hangup(),
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP: nothing will be reloaded");
-                return;
-            }
+        let Some(mut hangups) = hangups else {
+            return;
         };
         while hangups.recv().await.is_some() {
             if let Some(path) = &config {
@@ -675,7 +706,7 @@ async fn reload_on_hangup(
         }
     }
     #[cfg(not(unix))]
-    let _ = (access, config, tls, state);
+    let _ = (hangups, access, config, tls, state);
 }
 
 /// Reads the config file again and applies its limits and tasks (`[server]` settings take
@@ -775,6 +806,7 @@ impl Cli {
     ) -> anyhow::Result<std::process::ExitCode> {
         let client = match self.command {
             Command::Serve(mut args) => {
+                let mut loaded = None;
                 if let Some(path) = &args.config {
                     let config = Config::load(path)?;
                     let serve = matches.and_then(|m| m.subcommand_matches("serve"));
@@ -784,9 +816,10 @@ impl Cli {
                             .is_some_and(|source| source != clap::parser::ValueSource::DefaultValue)
                     };
                     args.merge_config(&config, &given)?;
+                    loaded = Some(config);
                 }
                 let log_format = args.log_format;
-                let config = args.validate()?;
+                let config = args.validate_with(loaded)?;
                 init_tracing(log_format);
                 let runtime = tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
@@ -969,7 +1002,7 @@ mod tests {
             std::path::Path::new("/etc/tollgate/tollgate.toml"),
             "[server]\nlisten = \"0.0.0.0:7070\"\ntokens_file = \"tokens.toml\"\n\
              data_dir = \"/var/lib/tollgate\"\nmax_body = 2048\nretention = \"12h\"\n\
-             on_store_error = \"open\"\nlog_format = \"json\"\n",
+             on_store_error = \"open\"\nlog_format = \"json\"\nmax_wait = \"5s\"\n",
         )
         .unwrap();
         let args = |extra: &[&str]| {
@@ -995,6 +1028,7 @@ mod tests {
         assert_eq!(a.retention, tollgate::core::Period::parse("12h").unwrap());
         assert_eq!(a.on_store_error, StoreErrorPolicy::Open);
         assert_eq!(a.log_format, LogFormat::Json);
+        assert_eq!(a.max_wait, std::time::Duration::from_secs(5));
         // What was given wins; what was not still comes from the file.
         let mut a = args(&["--listen", "127.0.0.1:9", "--max-body", "1MiB"]);
         a.merge_config(&config, &|id| id == "listen" || id == "max_body")

@@ -775,7 +775,7 @@ async fn apply(
     json_out: bool,
     fail: &dyn Fn(tollgate_client::Error) -> Failure,
 ) -> Result<(String, ExitCode), Failure> {
-    use crate::config::{Config, Current, Op, plan};
+    use crate::config::{Body, Config, Current, plan};
     let config = Config::load(&a.file).map_err(|e| e.0)?;
     let mut current = Current::default();
     for limit in client.list_limits().await.map_err(fail)? {
@@ -791,47 +791,18 @@ async fn apply(
     let plan = plan(&config, &current, a.prune).map_err(|e| e.0)?;
     if !a.dry_run {
         for change in &plan.changes {
-            // The server's refusal, placed in the file when it names a field.
-            let placed = |e: tollgate_client::Error| {
+            let done = match &change.body {
+                Some(Body::Limit(spec)) => client.put_limit(&change.name, spec).await.map(drop),
+                Some(Body::Task(spec)) => client.put_task(&change.name, spec).await.map(drop),
+                None => client.delete_limit(&change.name).await,
+            };
+            done.map_err(|e| {
                 let field = match &e {
                     tollgate_client::Error::Api { field, .. } => field.clone(),
                     _ => None,
                 };
-                match change.op {
-                    Op::Remove => format!("removing limits.{}: {}", change.name, fail(e)),
-                    _ => format!(
-                        "{}: {}s.{}: {}",
-                        plan.locate(&config, change, field.as_deref()),
-                        change.kind,
-                        change.name,
-                        fail(e)
-                    ),
-                }
-            };
-            match (change.kind, change.op) {
-                ("limit", Op::Remove) => client.delete_limit(&change.name).await.map_err(placed)?,
-                ("limit", _) => {
-                    let spec = config
-                        .limits
-                        .iter()
-                        .find(|l| l.name == change.name)
-                        .map(|l| l.spec.clone())
-                        .unwrap_or_default();
-                    client
-                        .put_limit(&change.name, &spec)
-                        .await
-                        .map_err(placed)?;
-                }
-                _ => {
-                    let spec = config
-                        .tasks
-                        .iter()
-                        .find(|t| t.name == change.name)
-                        .map(|t| t.spec.clone())
-                        .unwrap_or_default();
-                    client.put_task(&change.name, &spec).await.map_err(placed)?;
-                }
-            }
+                change.refused(field.as_deref(), &fail(e))
+            })?;
         }
     }
     let text = if json_out {

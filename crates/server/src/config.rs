@@ -55,6 +55,7 @@ pub struct ServerSection {
     pub tls_key: Option<PathBuf>,
     pub insecure_no_auth: Option<bool>,
     pub log_format: Option<toml::Spanned<String>>,
+    pub max_wait: Option<toml::Spanned<String>>,
 }
 
 /// `max_body`: a number of bytes or a size string.
@@ -324,9 +325,33 @@ pub struct Change {
     pub before: Option<Value>,
     /// The definition the file gives, as the server will show it (none for a removal).
     pub after: Option<Value>,
-    /// Where the file defines it (none for a removal).
+    /// What to send: the file's definition (none for a removal).
     #[serde(skip)]
-    pub at: Option<String>,
+    pub body: Option<Body>,
+    /// Where the file defines it, and each of its fields (empty for a removal).
+    #[serde(skip)]
+    place: Option<Named<()>>,
+}
+
+/// The body of the `PUT` a change makes.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// `PUT /v1/limits/{key}`.
+    Limit(LimitSpec),
+    /// `PUT /v1/tasks/{name}`.
+    Task(TaskSpec),
+}
+
+impl Change {
+    /// The server's refusal of this change as one line: where the file defines what it refused
+    /// (its field when the server names one), then why.
+    pub fn refused(&self, field: Option<&str>, message: &str) -> String {
+        let section = format!("{}s", self.kind);
+        match &self.place {
+            Some(place) => place.error(&section, field, message).0,
+            None => format!("{section}.{}: {message}", toml_key(&self.name)),
+        }
+    }
 }
 
 /// What applying a file does.
@@ -373,7 +398,14 @@ pub fn plan(config: &Config, current: &Current, prune: bool) -> Result<Plan, Con
         let after = shown_limit(&limit);
         let before = current.limits.get(&entry.name).map(shown_limit);
         file_limits.insert(&entry.name, limit);
-        push(&mut plan, "limit", &entry.name, before, after, &entry.at);
+        push(
+            &mut plan,
+            "limit",
+            entry,
+            Body::Limit(entry.spec.clone()),
+            before,
+            after,
+        );
     }
     let lookup = |key: &str| {
         file_limits
@@ -389,7 +421,14 @@ pub fn plan(config: &Config, current: &Current, prune: bool) -> Result<Plan, Con
             .tasks
             .get(&entry.name)
             .map(|s| shown_task(&entry.name, s));
-        push(&mut plan, "task", &entry.name, before, after, &entry.at);
+        push(
+            &mut plan,
+            "task",
+            entry,
+            Body::Task(entry.spec.clone()),
+            before,
+            after,
+        );
     }
     if prune {
         for (key, limit) in &current.limits {
@@ -400,7 +439,8 @@ pub fn plan(config: &Config, current: &Current, prune: bool) -> Result<Plan, Con
                     name: key.clone(),
                     before: Some(shown_limit(limit)),
                     after: None,
-                    at: None,
+                    body: None,
+                    place: None,
                 });
             }
         }
@@ -414,13 +454,13 @@ pub fn plan(config: &Config, current: &Current, prune: bool) -> Result<Plan, Con
     Ok(plan)
 }
 
-fn push(
+fn push<T>(
     plan: &mut Plan,
     kind: &'static str,
-    name: &str,
+    entry: &Named<T>,
+    body: Body,
     before: Option<Value>,
     after: Value,
-    at: &str,
 ) {
     let op = match &before {
         None => Op::Add,
@@ -433,10 +473,16 @@ fn push(
     plan.changes.push(Change {
         op,
         kind,
-        name: name.to_owned(),
+        name: entry.name.clone(),
         before,
         after: Some(after),
-        at: Some(at.to_owned()),
+        body: Some(body),
+        place: Some(Named {
+            name: entry.name.clone(),
+            spec: (),
+            at: entry.at.clone(),
+            fields: entry.fields.clone(),
+        }),
     });
 }
 
@@ -481,23 +527,6 @@ impl Plan {
         }
         out
     }
-
-    /// Where the file defines the change's limit or task, for an error the server gave about it.
-    pub fn locate(&self, config: &Config, change: &Change, field: Option<&str>) -> String {
-        let found = match change.kind {
-            "limit" => config
-                .limits
-                .iter()
-                .find(|l| l.name == change.name)
-                .map(|l| l.locate(field).to_owned()),
-            _ => config
-                .tasks
-                .iter()
-                .find(|t| t.name == change.name)
-                .map(|t| t.locate(field).to_owned()),
-        };
-        found.unwrap_or_else(|| config.path.display().to_string())
-    }
 }
 
 /// Applies `config` to the server whose state this is, in-process (`serve --config`, SIGHUP).
@@ -522,42 +551,16 @@ pub async fn apply_in_process(
     }
     let plan = plan(config, &current, false)?;
     for change in &plan.changes {
-        let refused = |e: crate::ApiError| {
-            ConfigError(format!(
-                "{}: {}s.{}: {}",
-                plan.locate(config, change, e.field()),
-                change.kind,
-                toml_key(&change.name),
-                e.message()
-            ))
+        let done = match &change.body {
+            Some(Body::Limit(spec)) => queue.put_limit(&change.name, spec.clone()).await.map(drop),
+            Some(Body::Task(spec)) => queue.put_task(&change.name, spec.clone()).await.map(drop),
+            // `serve` never prunes.
+            None => Ok(()),
         };
-        match (change.kind, change.op) {
-            ("limit", Op::Add | Op::Change) => {
-                let spec = config
-                    .limits
-                    .iter()
-                    .find(|l| l.name == change.name)
-                    .map(|l| l.spec.clone())
-                    .unwrap_or_default();
-                queue
-                    .put_limit(&change.name, spec)
-                    .await
-                    .map_err(|e| refused(e.into()))?;
-            }
-            ("task", Op::Add | Op::Change) => {
-                let spec = config
-                    .tasks
-                    .iter()
-                    .find(|t| t.name == change.name)
-                    .map(|t| t.spec.clone())
-                    .unwrap_or_default();
-                queue
-                    .put_task(&change.name, spec)
-                    .await
-                    .map_err(|e| refused(e.into()))?;
-            }
-            _ => {}
-        }
+        done.map_err(|e| {
+            let e = crate::ApiError::from(e);
+            ConfigError(change.refused(e.field(), e.message()))
+        })?;
     }
     Ok(plan)
 }

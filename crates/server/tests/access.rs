@@ -15,22 +15,18 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use common::{spawn_serve, spawn_serve_with};
+use common::run_cli as tollgate;
+use common::{hang_up, spawn_serve, spawn_serve_with};
 
 /// The secrets of the tokens file every test here starts from.
 const READ: &str = "read-secret";
 const WORKER: &str = "worker-secret";
 const ADMIN: &str = "admin-secret";
 
+use common::token_table as table;
+
 fn sha256_hex(secret: &str) -> String {
     tollgate_server::auth::sha256_hex(secret)
-}
-
-fn table(name: &str, role: &str, secret: &str) -> String {
-    format!(
-        "[[token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n\n",
-        sha256_hex(secret)
-    )
 }
 
 fn three_tokens() -> String {
@@ -325,19 +321,8 @@ async fn serve_refuses_a_non_loopback_address_without_tokens() {
     );
 }
 
-/// Sends SIGHUP to the server.
-fn hang_up(child: &tokio::process::Child) {
-    let pid = child.id().expect("the server runs");
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_tokens_and_a_broken_file_keeps_them_in_force() {
-    use tokio::io::AsyncBufReadExt as _;
     let tokens = file_with(&table("ci", "worker", WORKER));
     let (mut child, base) = spawn_serve_with(
         ["--memory", "--tokens-file", tokens.to_str().unwrap()],
@@ -347,24 +332,14 @@ async fn sighup_reloads_the_tokens_and_a_broken_file_keeps_them_in_force() {
         },
     )
     .await;
-    let mut log = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut wait_for = async |needle: &str| {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                let line = log.next_line().await.unwrap().expect("the log goes on");
-                assert!(
-                    !line.contains(WORKER) && !line.contains(ADMIN),
-                    "a secret was logged: {line}"
-                );
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no log line with {needle:?}"))
+    let mut log = common::ServerLog::of(&mut child);
+    let no_secret = |line: &str| {
+        assert!(
+            !line.contains(WORKER) && !line.contains(ADMIN),
+            "a secret was logged: {line}"
+        );
     };
-    wait_for("access control on").await;
+    log.until_with("access control on", no_secret).await;
     let status = |token: &'static str| {
         let base = base.clone();
         async move {
@@ -383,7 +358,7 @@ async fn sighup_reloads_the_tokens_and_a_broken_file_keeps_them_in_force() {
     )
     .unwrap();
     hang_up(&child);
-    let line = wait_for("tokens file read again").await;
+    let line = log.until_with("tokens file read again", no_secret).await;
     assert!(line.contains("tokens=2"), "{line}");
     assert_eq!(status(ADMIN).await, StatusCode::OK);
 
@@ -394,7 +369,7 @@ async fn sighup_reloads_the_tokens_and_a_broken_file_keeps_them_in_force() {
     )
     .unwrap();
     hang_up(&child);
-    let line = wait_for("cannot be used").await;
+    let line = log.until_with("cannot be used", no_secret).await;
     assert!(
         line.contains(":4:") && line.contains("64 hex digits"),
         "{line}"
@@ -405,32 +380,9 @@ async fn sighup_reloads_the_tokens_and_a_broken_file_keeps_them_in_force() {
     // A revoked token is refused after the next good reload.
     std::fs::write(&tokens, table("ops", "admin", ADMIN)).unwrap();
     hang_up(&child);
-    wait_for("tokens file read again").await;
+    log.until_with("tokens file read again", no_secret).await;
     assert_eq!(status(WORKER).await, StatusCode::UNAUTHORIZED);
     assert_eq!(status(ADMIN).await, StatusCode::OK);
-}
-
-async fn tollgate(
-    args: &[&str],
-    env: &[(&str, &str)],
-    stdin: Option<&str>,
-) -> std::process::Output {
-    use tokio::io::AsyncWriteExt as _;
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    cmd.args(args)
-        .env_remove("TOLLGATE_TOKEN")
-        .env_remove("TOLLGATE_SERVER")
-        .envs(env.iter().copied())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).await.unwrap();
-    }
-    drop(input);
-    child.wait_with_output().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

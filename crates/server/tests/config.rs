@@ -16,9 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::AsyncBufReadExt as _;
 
-use common::{spawn_serve, spawn_serve_with};
+use common::{hang_up, spawn_serve, spawn_serve_with};
 
 /// A fresh folder under the target directory with `tollgate.toml` holding `text`; the file.
 fn config_with(text: &str) -> PathBuf {
@@ -163,17 +162,6 @@ async fn a_bad_file_stops_the_start_naming_line_column_and_field_with_status_2()
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the config file"));
 }
 
-fn hang_up(child: &tokio::process::Child) {
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_the_file_again_and_a_broken_one_changes_nothing() {
     let file = config_with(FILE);
@@ -183,24 +171,12 @@ async fn sighup_applies_the_file_again_and_a_broken_one_changes_nothing() {
                 .env("RUST_LOG", "info");
         })
         .await;
-    let mut log = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut wait_for = async |needle: &str| {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                let line = log.next_line().await.unwrap().expect("the log goes on");
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no log line with {needle:?}"))
-    };
-    wait_for("config applied").await;
+    let mut log = common::ServerLog::of(&mut child);
+    log.until("config applied").await;
 
     std::fs::write(&file, FILE.replace("limit = 10", "limit = 20")).unwrap();
     hang_up(&child);
-    let line = wait_for("config applied again").await;
+    let line = log.until("config applied again").await;
     assert!(
         line.contains("changes=1") && line.contains("unchanged=2"),
         "{line}"
@@ -214,20 +190,14 @@ async fn sighup_applies_the_file_again_and_a_broken_one_changes_nothing() {
     )
     .unwrap();
     hang_up(&child);
-    let line = wait_for("cannot be used").await;
+    let line = log.until("cannot be used").await;
     assert!(line.contains(":3:10") && line.contains("period"), "{line}");
     let (_, limit) = get(&base, "/v1/limits/stripe-api").await;
     assert_eq!(limit["limit"], 20, "a broken file changed nothing");
 }
 
 async fn tollgate(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(args)
-        .env_remove("TOLLGATE_TOKEN")
-        .env_remove("TOLLGATE_SERVER")
-        .output()
-        .await
-        .unwrap();
+    let out = common::run_cli(args, &[], None).await;
     (
         out.status.code(),
         String::from_utf8(out.stdout).unwrap(),
@@ -239,11 +209,10 @@ async fn tollgate(args: &[&str]) -> (Option<i32>, String, String) {
 async fn apply_plans_applies_prunes_and_changes_nothing_the_second_time() {
     let admin = "apply-admin";
     let worker = "apply-worker";
-    let tokens = config_with(&format!(
-        "[[token]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n\n[[token]]\nname = \"ci\"\nrole = \"worker\"\nsha256 = \"{}\"\n",
-        tollgate_server::auth::sha256_hex(admin),
-        tollgate_server::auth::sha256_hex(worker)
-    ));
+    let tokens = config_with(
+        &(common::token_table("ops", "admin", admin)
+            + &common::token_table("ci", "worker", worker)),
+    );
     let (_child, base) = spawn_serve(["--memory", "--tokens-file", tokens.to_str().unwrap()]).await;
     let file = config_with(FILE);
     let f = file.to_str().unwrap();
@@ -365,19 +334,9 @@ async fn node_applying(
         },
     )
     .await;
-    let mut log = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let line = log.next_line().await.unwrap().expect("the log goes on");
-            if line.contains("config applied") {
-                return line;
-            }
-        }
-    })
-    .await
-    .expect("the node applied its config");
-    // Keep draining stderr so the node never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    let mut log = common::ServerLog::of(&mut child);
+    let line = log.until("config applied").await;
+    log.drain();
     (child, base, line)
 }
 

@@ -357,17 +357,9 @@ async fn the_dashboard_asks_for_a_token_and_works_once_signed_in_in_a_real_brows
     let reader = "read-secret-for-the-browser";
     let tokens = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("dashboard-tokens-{}.toml", std::process::id()));
-    let table = |name: &str, role: &str, secret: &str| {
-        format!(
-            "[[token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
-            tollgate_server::auth::sha256_hex(secret)
-        )
-    };
-    std::fs::write(
-        &tokens,
-        table("ops", "admin", admin) + &table("wall", "read", reader),
-    )
-    .unwrap();
+    let tables =
+        common::token_table("ops", "admin", admin) + &common::token_table("wall", "read", reader);
+    std::fs::write(&tokens, tables).unwrap();
     let (_child, base) =
         common::spawn_serve(["--memory", "--tokens-file", &tokens.display().to_string()]).await;
     let client = reqwest::Client::new();

@@ -81,14 +81,7 @@ async fn the_server_serves_the_document_without_a_token() {
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("openapi-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let tokens = dir.join("tokens.toml");
-    std::fs::write(
-        &tokens,
-        format!(
-            "[[token]]\nname = \"a\"\nrole = \"admin\"\nsha256 = \"{}\"\n",
-            tollgate_server::auth::sha256_hex("s")
-        ),
-    )
-    .unwrap();
+    std::fs::write(&tokens, common::token_table("a", "admin", "s")).unwrap();
     let (_child, base) =
         common::spawn_serve(["--memory", "--tokens-file", &tokens.display().to_string()]).await;
     let answer = reqwest::get(format!("{base}/openapi.json")).await.unwrap();

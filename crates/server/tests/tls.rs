@@ -64,14 +64,7 @@ impl Pki {
 }
 
 async fn tollgate(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(args)
-        .env_remove("TOLLGATE_TOKEN")
-        .env_remove("TOLLGATE_SERVER")
-        .env_remove("TOLLGATE_CA_CERT")
-        .output()
-        .await
-        .unwrap();
+    let out = common::run_cli(args, &[], None).await;
     (
         out.status.code(),
         String::from_utf8(out.stdout).unwrap(),
@@ -234,51 +227,35 @@ async fn presented_cn(base: &str, ca: &str) -> String {
 async fn sighup_serves_a_renewed_certificate() {
     let pki = Pki::new("renew");
     pki.issue("first");
-    let (child, base) = common::spawn_serve([
-        "--memory",
-        "--tls-cert",
-        &pki.path("cert.pem"),
-        "--tls-key",
-        &pki.path("key.pem"),
-    ])
+    let (mut child, base) = common::spawn_serve_with(
+        [
+            "--memory",
+            "--tls-cert",
+            &pki.path("cert.pem"),
+            "--tls-key",
+            &pki.path("key.pem"),
+        ],
+        |cmd| {
+            cmd.stderr(std::process::Stdio::piped())
+                .env("RUST_LOG", "info");
+        },
+    )
     .await;
+    let mut log = common::ServerLog::of(&mut child);
     assert_eq!(presented_cn(&base, &pki.ca_pem).await, "first");
     pki.issue("second");
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if presented_cn(&base, &pki.ca_pem).await == "second" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the renewed certificate was never served"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::hang_up(&child);
+    log.until("TLS certificate and key read again").await;
+    assert_eq!(presented_cn(&base, &pki.ca_pem).await, "second");
     // Files that no longer match keep the certificate in force.
     std::fs::write(
         pki.dir.join("key.pem"),
         "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
     )
     .unwrap();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::hang_up(&child);
+    log.until("the certificate in force stays").await;
     assert_eq!(presented_cn(&base, &pki.ca_pem).await, "second");
-    drop(child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,14 +264,7 @@ async fn the_dashboard_cookie_is_secure_over_https() {
     pki.issue("first");
     let secret = "tls-read-secret";
     let tokens = pki.dir.join("tokens.toml");
-    std::fs::write(
-        &tokens,
-        format!(
-            "[[token]]\nname = \"r\"\nrole = \"read\"\nsha256 = \"{}\"\n",
-            tollgate_server::auth::sha256_hex(secret)
-        ),
-    )
-    .unwrap();
+    std::fs::write(&tokens, common::token_table("r", "read", secret)).unwrap();
     let (_child, base) = common::spawn_serve([
         "--memory",
         "--tls-cert",

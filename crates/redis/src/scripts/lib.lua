@@ -783,14 +783,15 @@ end
 -- nil and { -1, i, code, detail } for the first key in order that cannot be decided (resolve's
 -- codes, or "capacity" with the most the limit admits at once).
 local function acquire_keys(E, now, slack)
-  local limits, nexts, had, D, allowed = {}, {}, {}, {}, true
+  -- nexts[i]: key i's next state; false when it had one and keeps none (forget it); nil when
+  -- it had none and keeps none (a fresh decision): nothing to write.
+  local limits, nexts, D, allowed = {}, {}, {}, true
   for i = 1, #E do
     local e = E[i]
     local L, old, prior, err = resolve(i, e.ns, e.guard, e.st, e.spec, now)
     if err then
       return nil, err
     end
-    had[i] = old ~= nil
     if e.units > capacity(L) then
       return nil, { -1, i, 'capacity', capacity(L) }
     end
@@ -798,13 +799,16 @@ local function acquire_keys(E, now, slack)
     if d[1] == 0 then
       allowed = false
     end
+    if s == nil and old ~= nil then
+      s = false
+    end
     limits[i], nexts[i], D[i] = L, s, d
   end
   if allowed then
     for i = 1, #E do
-      -- A key that had no state and keeps none (a fresh decision) needs no write.
-      if nexts[i] ~= nil or had[i] then
-        store_state(E[i].st, limits[i], nexts[i], now, slack)
+      local s = nexts[i]
+      if s ~= nil then
+        store_state(E[i].st, limits[i], s or nil, now, slack)
       end
     end
   end

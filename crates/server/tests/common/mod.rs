@@ -343,3 +343,89 @@ impl Binary {
         answer
     }
 }
+
+/// Sends SIGHUP to a server process (it reads its tokens, config and TLS files again).
+pub fn hang_up(child: &tokio::process::Child) {
+    let pid = child.id().expect("the server runs").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -HUP {pid}");
+}
+
+/// The `[[token]]` table of a tokens file for `secret` (stored as its SHA-256).
+pub fn token_table(name: &str, role: &str, secret: &str) -> String {
+    format!(
+        "[[token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n\n",
+        tollgate_server::auth::sha256_hex(secret)
+    )
+}
+
+/// The `tollgate` binary run with `args`, nothing of `TOLLGATE_TOKEN`, `TOLLGATE_SERVER` or
+/// `TOLLGATE_CA_CERT` inherited, `env` added and `stdin` written to it; its output.
+pub async fn run_cli(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&str>,
+) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.args(args)
+        .env_remove("TOLLGATE_TOKEN")
+        .env_remove("TOLLGATE_SERVER")
+        .env_remove("TOLLGATE_CA_CERT")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("the binary starts");
+    let mut input = child.stdin.take().expect("stdin is piped");
+    if let Some(text) = stdin {
+        input
+            .write_all(text.as_bytes())
+            .await
+            .expect("stdin is writable");
+    }
+    drop(input);
+    child.wait_with_output().await.expect("the binary ran")
+}
+
+/// The log (stderr, piped) of a server process, read line by line.
+pub struct ServerLog(tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>);
+
+impl ServerLog {
+    /// Takes the piped stderr of `child`.
+    pub fn of(child: &mut tokio::process::Child) -> ServerLog {
+        use tokio::io::AsyncBufReadExt as _;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        ServerLog(tokio::io::BufReader::new(stderr).lines())
+    }
+
+    /// Reads until a line contains `needle` (30 s at most), showing every line read to
+    /// `inspect` first; that line.
+    pub async fn until_with(&mut self, needle: &str, inspect: impl Fn(&str)) -> String {
+        let read = async {
+            loop {
+                let line = self.0.next_line().await.expect("stderr is readable");
+                let line = line.unwrap_or_else(|| panic!("the log ended before {needle:?}"));
+                inspect(&line);
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), read)
+            .await
+            .unwrap_or_else(|_| panic!("no log line with {needle:?}"))
+    }
+
+    /// [`ServerLog::until_with`], looking at nothing else.
+    pub async fn until(&mut self, needle: &str) -> String {
+        self.until_with(needle, |_| {}).await
+    }
+
+    /// Keeps reading in the background, so the server never blocks on a full pipe.
+    pub fn drain(mut self) {
+        tokio::spawn(async move { while let Ok(Some(_)) = self.0.next_line().await {} });
+    }
+}
