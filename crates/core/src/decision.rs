@@ -20,6 +20,27 @@ pub struct Decision {
     pub reset_after: Nanos,
 }
 
+impl Decision {
+    /// This decision on a key paused for `left` more (docs/design.md §3.13): nothing is
+    /// admitted while a pause lasts, so the answer is a denial with nothing remaining, to be
+    /// retried no sooner than the pause ends (or later, if the limit itself says so). The
+    /// limit and its reset are the limit's own.
+    #[must_use]
+    pub fn paused(self, left: Nanos) -> Decision {
+        let retry_after = if self.allowed {
+            left
+        } else {
+            self.retry_after.max(left)
+        };
+        Decision {
+            allowed: false,
+            remaining: 0,
+            retry_after,
+            ..self
+        }
+    }
+}
+
 /// A read-only view of a limit's state: what `GET /v1/limits` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {

@@ -105,6 +105,22 @@ pub enum Write {
         /// The key.
         key: String,
     },
+    /// Pause a key until `until` (docs/design.md §3.13); replaces its earlier pause.
+    PutPause {
+        /// Static or dynamic.
+        namespace: Namespace,
+        /// The key.
+        key: String,
+        /// When the pause ends.
+        until: Nanos,
+    },
+    /// End a key's pause.
+    DeletePause {
+        /// Static or dynamic.
+        namespace: Namespace,
+        /// The key.
+        key: String,
+    },
     /// Replace the whole rate-state snapshot (taken at a clean shutdown).
     ReplaceStates(Vec<StoredState>),
     /// A direct concurrency lease was granted (`/v1/leases`).
@@ -250,6 +266,8 @@ pub struct Loaded {
     pub leases: Vec<StoredLease>,
     /// Barriers, expired ones included.
     pub barriers: Vec<StoredBarrier>,
+    /// Paused keys with when each pause ends, ended ones included.
+    pub pauses: Vec<(Namespace, String, Nanos)>,
 }
 
 /// Tells a submitter its batch is committed (or why not).
@@ -313,6 +331,9 @@ impl Db {
              CREATE TABLE IF NOT EXISTS leases (
                  ns TEXT NOT NULL, key TEXT NOT NULL, id TEXT NOT NULL, holder TEXT NOT NULL,
                  spec TEXT, expires_at INTEGER NOT NULL, PRIMARY KEY (ns, key, id));
+             CREATE TABLE IF NOT EXISTS pauses (
+                 ns TEXT NOT NULL, key TEXT NOT NULL, until INTEGER NOT NULL,
+                 PRIMARY KEY (ns, key));
              CREATE TABLE IF NOT EXISTS barriers (
                  key TEXT PRIMARY KEY, parties INTEGER NOT NULL, arrived INTEGER NOT NULL,
                  expires_at INTEGER NOT NULL);",
@@ -513,6 +534,17 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
     for row in rows {
         loaded.barriers.push(row?);
     }
+    let mut stmt = conn.prepare("SELECT ns, key, until FROM pauses ORDER BY ns, key")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            ns_parse(&r.get::<_, String>(0)?),
+            r.get::<_, String>(1)?,
+            instant(r.get(2)?),
+        ))
+    })?;
+    for row in rows {
+        loaded.pauses.push(row?);
+    }
     loaded.last_time = meta("last_time")?
         .and_then(|v| v.parse().ok())
         .map(Nanos::from_nanos);
@@ -571,6 +603,20 @@ fn apply(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<(), String> {
         Write::ForgetDirectUse { namespace, key } => exec(
             tx,
             "DELETE FROM direct_use WHERE ns = ?1 AND key = ?2",
+            params![ns_name(*namespace), key],
+        ),
+        Write::PutPause {
+            namespace,
+            key,
+            until,
+        } => exec(
+            tx,
+            "INSERT OR REPLACE INTO pauses (ns, key, until) VALUES (?1, ?2, ?3)",
+            params![ns_name(*namespace), key, stored(*until)],
+        ),
+        Write::DeletePause { namespace, key } => exec(
+            tx,
+            "DELETE FROM pauses WHERE ns = ?1 AND key = ?2",
             params![ns_name(*namespace), key],
         ),
         Write::PutLease(l) => {

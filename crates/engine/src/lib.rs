@@ -74,12 +74,12 @@ pub use fast_map::FastHashMap;
 pub use limiter::{AsyncLimiter, LeaseGuard, Limiter};
 pub use metrics::{QueueMetrics, Transition};
 pub use queue::run::{LeasedRun, Run, RunPhase, RunPolicy, RunState, RunView, WaitKey};
-pub use queue::run_queue::{LeaseAttempt, LeaseQueue, QueueFuture, RunQueue, StartAt};
+pub use queue::run_queue::{LeaseAttempt, LeaseQueue, PauseEnd, QueueFuture, RunQueue, StartAt};
 pub use spec::{DEFAULT_LEASE_TTL, LimitSpec, LimitSpecExt, SpecError};
 pub use store::memory::MemoryStore;
 pub use store::{
-    AcquireEntry, Acquired, AsyncStore, DynStore, ExportedState, LimitInfo, Namespace, StateView,
-    Store, StoreFuture, Target, validate_entries,
+    AcquireEntry, Acquired, AsyncStore, DynStore, ExportedState, LimitInfo, Namespace, Pause,
+    StateView, Store, StoreFuture, Target, validate_entries,
 };
 pub use task::{Expr, OnLimit, RenderError, Rendered, RunContext, Task, TaskSpec};
 pub use tollgate_core as core;

@@ -24,7 +24,7 @@ use tollgate_core::{
 
 use crate::error::{Error, check_key};
 use crate::store::{
-    AcquireEntry, Acquired, AsyncStore, LimitInfo, Namespace, StateView, Store, Target,
+    AcquireEntry, Acquired, AsyncStore, LimitInfo, Namespace, Pause, StateView, Store, Target,
     validate_entries,
 };
 
@@ -111,6 +111,17 @@ pub enum Op {
         key: usize,
     },
     Sweep,
+    /// Pause a key for a while (static when `dynamic` is false).
+    Pause {
+        key: usize,
+        dynamic: bool,
+        for_: Nanos,
+    },
+    Resume {
+        key: usize,
+        dynamic: bool,
+    },
+    Pauses,
 }
 
 /// Periods. At a coarser resolution (Redis keeps microseconds) every period is a multiple of
@@ -215,6 +226,14 @@ pub fn op(res: Nanos) -> impl Strategy<Value = Op> {
         2 => key.clone().prop_map(|key| Op::BarrierArrive { key }),
         1 => key.clone().prop_map(|key| Op::BarrierStatus { key }),
         1 => Just(Op::Sweep),
+        1 => (key.clone(), any::<bool>(), 1u64..=3_000_000_000)
+            .prop_map(move |(key, dynamic, n)| Op::Pause {
+                key,
+                dynamic,
+                for_: Nanos::from_nanos((n / r).max(1) * r),
+            }),
+        1 => (key.clone(), any::<bool>()).prop_map(|(key, dynamic)| Op::Resume { key, dynamic }),
+        1 => Just(Op::Pauses),
     ]
 }
 
@@ -237,6 +256,8 @@ pub enum Answer {
     Expiry(Nanos),
     /// A barrier.
     Barrier(BarrierStatus),
+    /// Pauses in force.
+    Pauses(Vec<Pause>),
     /// An error, by its message. Missing and expired barriers compare equal: a store may
     /// forget an expired barrier (both are refusals, never a pass).
     Error(String),
@@ -249,6 +270,14 @@ fn answer<T>(r: Result<T, Error>, f: impl FnOnce(T) -> Answer) -> Answer {
             tollgate_core::Error::BarrierExpired { .. } | tollgate_core::Error::BarrierMissing,
         )) => Answer::Error("barrier missing or expired".into()),
         Err(e) => Answer::Error(e.to_string()),
+    }
+}
+
+fn ns(dynamic: bool) -> Namespace {
+    if dynamic {
+        Namespace::Dynamic
+    } else {
+        Namespace::Static
     }
 }
 
@@ -327,6 +356,17 @@ pub async fn apply(store: &dyn AsyncStore, op: &Op, now: Nanos) -> Answer {
         Op::BarrierStatus { key } => {
             answer(store.barrier_status(KEYS[*key], now).await, Answer::Barrier)
         }
+        Op::Pause { key, dynamic, for_ } => answer(
+            store
+                .pause(ns(*dynamic), KEYS[*key], now + *for_, now)
+                .await,
+            Answer::Expiry,
+        ),
+        Op::Resume { key, dynamic } => answer(
+            store.resume(ns(*dynamic), KEYS[*key], now).await,
+            Answer::Bool,
+        ),
+        Op::Pauses => answer(store.pauses(now).await, Answer::Pauses),
     }
 }
 
@@ -374,6 +414,7 @@ pub fn check_conformance<S: AsyncStore>(make_store: impl Fn() -> S, config: Conf
 #[derive(Default)]
 pub struct Reference {
     keys: Mutex<BTreeMap<(Namespace, String), RefSlot>>,
+    pauses: Mutex<BTreeMap<(Namespace, String), Nanos>>,
 }
 
 #[derive(Default, Clone)]
@@ -619,7 +660,16 @@ impl Store for Reference {
                 .ok()
                 .and_then(NonZeroU32::new)
                 .ok_or_else(capacity)?;
-            outcomes.push(limit.decide(prior, now, n).map_err(|_| capacity())?);
+            let mut outcome = limit.decide(prior, now, n).map_err(|_| capacity())?;
+            let paused = self
+                .pauses
+                .lock()
+                .get(&(t.namespace(), t.key().to_owned()))
+                .copied();
+            if let Some(until) = paused.filter(|u| *u > now) {
+                outcome.decision = outcome.decision.paused(until - now);
+            }
+            outcomes.push(outcome);
         }
         let allowed = outcomes.iter().all(|o| o.decision.allowed);
         if allowed {
@@ -721,6 +771,46 @@ impl Store for Reference {
             .get(&(Namespace::Barrier, key.to_owned()))
             .and_then(|s| s.barrier);
         Ok(Barrier::status(state.as_ref(), now)?)
+    }
+
+    fn pause(
+        &self,
+        namespace: Namespace,
+        key: &str,
+        until: Nanos,
+        now: Nanos,
+    ) -> Result<Nanos, Error> {
+        check_key(key)?;
+        let mut pauses = self.pauses.lock();
+        let end = pauses.entry((namespace, key.to_owned())).or_insert(until);
+        if *end <= now {
+            *end = until;
+        }
+        *end = (*end).max(until);
+        Ok(*end)
+    }
+
+    fn resume(&self, namespace: Namespace, key: &str, now: Nanos) -> Result<bool, Error> {
+        check_key(key)?;
+        Ok(self
+            .pauses
+            .lock()
+            .remove(&(namespace, key.to_owned()))
+            .is_some_and(|t| t > now))
+    }
+
+    fn pauses(&self, now: Nanos) -> Result<Vec<Pause>, Error> {
+        Ok(self
+            .pauses
+            .lock()
+            .iter()
+            .filter(|(_, t)| **t > now)
+            .map(|((namespace, key), until)| Pause {
+                namespace: *namespace,
+                key: key.clone(),
+                until: *until,
+            })
+            .collect())
     }
 
     fn sweep(&self, _now: Nanos) -> Result<usize, Error> {

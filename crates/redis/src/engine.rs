@@ -27,8 +27,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tollgate::metrics::{DecisionCount, QueueMetrics};
 use tollgate::{
-    AsyncLimiter, Clock, DEFAULT_RETENTION, Error, LeasedRun, LimitSpec, OnLimit, RunContext,
-    RunState, RunView, StartAt, StoreError, Task, TaskSpec, Transition, check_key,
+    AsyncLimiter, AsyncStore, Clock, DEFAULT_RETENTION, Error, LeasedRun, LimitSpec, Namespace,
+    OnLimit, Pause, PauseEnd, RunContext, RunState, RunView, StartAt, StoreError, Task, TaskSpec,
+    Transition, check_key,
 };
 use tollgate_core::{Limit, Nanos, Period};
 
@@ -216,6 +217,93 @@ impl RedisEngine {
             .await?;
         self.expect_ok("put a limit", &status)?;
         Ok(limit)
+    }
+
+    /// Pauses `key` until `end` (a pause in force that ends later is kept) and re-plans the
+    /// runs parked on it in the same step; returns when the pause in force ends.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; [`Error::UnknownLimit`] for a static key that is not declared;
+    /// store failures.
+    pub async fn pause(
+        &self,
+        namespace: Namespace,
+        key: &str,
+        end: PauseEnd,
+    ) -> Result<Nanos, Error> {
+        check_key(key)?;
+        let store = &self.inner.store;
+        if namespace == Namespace::Static
+            && AsyncStore::get_limit(store, key, Nanos::ZERO)
+                .await?
+                .is_none()
+        {
+            return Err(Error::UnknownLimit {
+                key: key.to_owned(),
+            });
+        }
+        let (mode, at) = match end {
+            PauseEnd::For(d) => ("for", crate::spec::micros_ceil(d)),
+            PauseEnd::Until(t) => ("until", crate::spec::micros_ceil(t)),
+        };
+        let mut args = self.pause_args("pause", namespace, key);
+        args.extend([mode.to_owned(), at.to_string()]);
+        let (status, items) = self
+            .queue_call("pause a key", Script::Define, &args)
+            .await?;
+        self.expect_ok("pause a key", &status)?;
+        items
+            .first()
+            .and_then(int)
+            .and_then(|us| u64::try_from(us).ok())
+            .map(Nanos::from_micros)
+            .ok_or_else(|| {
+                self.inner
+                    .store
+                    .corrupt(format_args!("pause answered {items:?}"))
+            })
+    }
+
+    /// Ends `key`'s pause and tries the head of the runs parked on it, in one step; returns
+    /// whether a pause was in force.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; store failures.
+    pub async fn resume(&self, namespace: Namespace, key: &str) -> Result<bool, Error> {
+        check_key(key)?;
+        let args = self.pause_args("resume", namespace, key);
+        let (status, items) = self
+            .queue_call("end a pause", Script::Define, &args)
+            .await?;
+        self.expect_ok("end a pause", &status)?;
+        Ok(items.first().and_then(int) == Some(1))
+    }
+
+    /// Every pause in force.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn pauses(&self) -> Result<Vec<Pause>, Error> {
+        AsyncStore::pauses(&self.inner.store, self.inner.limits.now()).await
+    }
+
+    fn pause_args(&self, op: &str, namespace: Namespace, key: &str) -> Vec<String> {
+        let mut args = self.script_args();
+        let k = self.inner.store.pause_keys(namespace, key);
+        let code = if namespace == Namespace::Dynamic {
+            "d"
+        } else {
+            "s"
+        };
+        args.extend([
+            op.to_owned(),
+            key.to_owned(),
+            code.to_owned(),
+            k.key,
+            k.index,
+            k.member,
+        ]);
+        args
     }
 
     /// Removes static limit `key`; returns whether it existed.

@@ -27,6 +27,10 @@ pub(crate) enum Kind {
     DynamicHolders,
     /// A barrier.
     Barrier,
+    /// A static key's pause: when it ends, in µs (a string that expires then).
+    StaticPause,
+    /// A dynamic key's pause.
+    DynamicPause,
 }
 
 impl Kind {
@@ -40,6 +44,8 @@ impl Kind {
             Kind::DynamicLeases => "dl",
             Kind::DynamicHolders => "dh",
             Kind::Barrier => "b",
+            Kind::StaticPause => "sp",
+            Kind::DynamicPause => "dp",
         }
     }
 }

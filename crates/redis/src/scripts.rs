@@ -36,13 +36,14 @@ const QUEUE_LIB: &str = include_str!("scripts/queue_lib.lua");
 /// - `allow-cross-slot-keys` on the queue's functions, which build their keys themselves: as
 ///   `EVAL` scripts did, they may touch keys of several slots on one node. With
 ///   [`crate::Builder::cluster`] every key shares one slot anyway.
-const FUNCTIONS: [(&str, &str, &str); 14] = [
+const FUNCTIONS: [(&str, &str, &str); 15] = [
     ("acquire", include_str!("scripts/acquire.lua"), ""),
     ("refund", include_str!("scripts/refund.lua"), ""),
     ("lease", include_str!("scripts/lease.lua"), ""),
     ("barrier", include_str!("scripts/barrier.lua"), ""),
     ("put_limit", include_str!("scripts/put_limit.lua"), ""),
     ("remove_limit", include_str!("scripts/remove_limit.lua"), ""),
+    ("pause", include_str!("scripts/pause.lua"), ""),
     (
         "view_static",
         include_str!("scripts/view_static.lua"),
@@ -188,6 +189,7 @@ pub(crate) struct Scripts {
     pub(crate) lease: Function,
     pub(crate) barrier: Function,
     pub(crate) put_limit: Function,
+    pub(crate) pause: Function,
     pub(crate) remove_limit: Function,
     pub(crate) view_static: Function,
     pub(crate) view_dynamic: Function,
@@ -215,6 +217,7 @@ impl Scripts {
             lease: f("lease"),
             barrier: f("barrier"),
             put_limit: f("put_limit"),
+            pause: f("pause"),
             remove_limit: f("remove_limit"),
             view_static: f("view_static"),
             view_dynamic: f("view_dynamic"),

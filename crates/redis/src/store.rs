@@ -8,7 +8,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{Client, RedisResult, Value};
 use smallvec::SmallVec;
 use tollgate::{
-    AcquireEntry, Acquired, AsyncStore, Error, LimitInfo, Namespace, StateView, StoreError,
+    AcquireEntry, Acquired, AsyncStore, Error, LimitInfo, Namespace, Pause, StateView, StoreError,
     StoreFuture, Target, check_key, validate_entries,
 };
 use tollgate_core::{
@@ -331,7 +331,7 @@ impl RedisStore {
         groups: &[Group<'_>],
         now: Nanos,
     ) -> Result<Vec<Value>, Error> {
-        let mut keys = Vec::with_capacity(groups.len() * 2);
+        let mut keys = Vec::with_capacity(groups.len() * 3);
         let mut args = Vec::with_capacity(3 + groups.len() * 3);
         args.push(self.now_arg(now));
         args.push(self.shared.slack_ms.to_string());
@@ -341,11 +341,13 @@ impl RedisStore {
                 Target::Static(k) => {
                     keys.push(self.key(Kind::Def, k));
                     keys.push(self.key(Kind::StaticRate, k));
+                    keys.push(self.key(Kind::StaticPause, k));
                     args.extend(["s".to_owned(), g.units.to_string(), String::new()]);
                 }
                 Target::Dynamic(k, limit) => {
                     keys.push(self.key(Kind::DynamicLeases, k));
                     keys.push(self.key(Kind::DynamicRate, k));
+                    keys.push(self.key(Kind::DynamicPause, k));
                     args.extend(["d".to_owned(), g.units.to_string(), spec::rate(&limit)]);
                 }
             }
@@ -728,9 +730,118 @@ async fn views(
     Ok(out)
 }
 
+/// A pause's Redis keys and index member (docs/design.md §3.13, §9.2).
+pub(crate) struct PauseKeys {
+    /// The pause index (a ZSET of members by when each pause ends).
+    pub(crate) index: String,
+    /// The key's pause.
+    pub(crate) key: String,
+    /// The key's member in the index: `"<s|d>\t<key>"`.
+    pub(crate) member: String,
+}
+
+impl RedisStore {
+    /// The Redis keys of `key`'s pause.
+    pub(crate) fn pause_keys(&self, namespace: Namespace, key: &str) -> PauseKeys {
+        let (kind, code) = match namespace {
+            Namespace::Dynamic => (Kind::DynamicPause, "d"),
+            _ => (Kind::StaticPause, "s"),
+        };
+        PauseKeys {
+            index: format!("{}:pauses", self.prefix),
+            key: self.key(kind, key),
+            member: format!("{code}\t{key}"),
+        }
+    }
+
+    /// The pauses in a `pause list` reply.
+    fn parse_pauses(&self, reply: &Value) -> Result<Vec<Pause>, Error> {
+        let Value::Array(items) = reply else {
+            return Err(self.bad_reply("list pauses", reply));
+        };
+        let mut out = Vec::with_capacity(items.len() / 2);
+        for pair in items.chunks(2) {
+            let parsed = (|| {
+                let member = text(pair.first()?)?;
+                let until = text(pair.get(1)?)?.parse::<f64>().ok()?;
+                let (code, key) = member.split_once('\t')?;
+                let namespace = match code {
+                    "d" => Namespace::Dynamic,
+                    _ => Namespace::Static,
+                };
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let until = Nanos::from_micros(until as u64);
+                Some(Pause {
+                    namespace,
+                    key: key.to_owned(),
+                    until,
+                })
+            })();
+            out.push(parsed.ok_or_else(|| self.bad_reply("list pauses", reply))?);
+        }
+        out.sort_by(|a, b| (a.namespace, &a.key).cmp(&(b.namespace, &b.key)));
+        Ok(out)
+    }
+}
+
 /// The bodies of the [`AsyncStore`] operations (named apart so that they never shadow the
 /// trait's methods for callers).
 impl RedisStore {
+    async fn pause_op(
+        &self,
+        namespace: Namespace,
+        key: &str,
+        until: Nanos,
+        now: Nanos,
+    ) -> Result<Nanos, Error> {
+        check_key(key)?;
+        let k = self.pause_keys(namespace, key);
+        let reply = self
+            .call(
+                "pause a key",
+                &self.shared.scripts.pause,
+                &[k.index, k.key],
+                &[
+                    self.now_arg(now),
+                    "set".to_owned(),
+                    k.member,
+                    spec::micros_ceil(until).to_string(),
+                    self.shared.slack_ms.to_string(),
+                ],
+            )
+            .await?;
+        micros(&reply).ok_or_else(|| self.bad_reply("pause a key", &reply))
+    }
+
+    async fn resume_op(&self, namespace: Namespace, key: &str, now: Nanos) -> Result<bool, Error> {
+        check_key(key)?;
+        let k = self.pause_keys(namespace, key);
+        let reply = self
+            .call(
+                "end a pause",
+                &self.shared.scripts.pause,
+                &[k.index, k.key],
+                &[self.now_arg(now), "clear".to_owned(), k.member],
+            )
+            .await?;
+        int(&reply)
+            .map(|n| n == 1)
+            .ok_or_else(|| self.bad_reply("end a pause", &reply))
+    }
+
+    async fn pauses_op(&self, now: Nanos) -> Result<Vec<Pause>, Error> {
+        let index = format!("{}:pauses", self.prefix);
+        let reply = self
+            .call(
+                "list pauses",
+                &self.shared.scripts.pause,
+                &[index],
+                &[self.now_arg(now), "list".to_owned()],
+            )
+            .await?;
+        self.parse_pauses(&reply)
+    }
+
     async fn put_limit_op(&self, key: &str, limit: Limit) -> Result<(), Error> {
         check_key(key)?;
         let keys = [
@@ -1014,6 +1125,29 @@ impl AsyncStore for RedisStore {
     /// expiry slack), so there is nothing to sweep. Returns 0.
     fn sweep(&self, _now: Nanos) -> StoreFuture<'_, usize> {
         Box::pin(std::future::ready(Ok(0)))
+    }
+
+    fn pause<'a>(
+        &'a self,
+        namespace: Namespace,
+        key: &'a str,
+        until: Nanos,
+        now: Nanos,
+    ) -> StoreFuture<'a, Nanos> {
+        Box::pin(RedisStore::pause_op(self, namespace, key, until, now))
+    }
+
+    fn resume<'a>(
+        &'a self,
+        namespace: Namespace,
+        key: &'a str,
+        now: Nanos,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(RedisStore::resume_op(self, namespace, key, now))
+    }
+
+    fn pauses(&self, now: Nanos) -> StoreFuture<'_, Vec<Pause>> {
+        Box::pin(RedisStore::pauses_op(self, now))
     }
 }
 

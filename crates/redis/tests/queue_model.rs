@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::json;
-use tollgate::{Engine, Error, FakeClock, Limiter, MemoryStore, RunView, StartAt};
+use tollgate::{
+    Engine, Error, FakeClock, Limiter, MemoryStore, Namespace, PauseEnd, RunView, StartAt,
+};
 use tollgate_core::Nanos;
 use tollgate_redis::{RedisEngine, RedisStore};
 
@@ -130,6 +132,30 @@ enum Op {
     RemoveLimit {
         limit: usize,
     },
+    /// Pauses a key for `ms` (docs/design.md §3.13): declared limit `LIMITS[key]`, or dynamic
+    /// key `u<key>` (task 1's and 3's) or `mu<key>` (task 6's) when `dynamic`.
+    Pause {
+        key: usize,
+        dynamic: bool,
+        multi: bool,
+        ms: u64,
+    },
+    /// Ends the pause `Pause` with the same fields set.
+    Resume {
+        key: usize,
+        dynamic: bool,
+        multi: bool,
+    },
+}
+
+/// The namespace and key a `Pause` or `Resume` names.
+fn paused_key(key: usize, dynamic: bool, multi: bool) -> (Namespace, String) {
+    if dynamic {
+        let prefix = if multi { "mu" } else { "u" };
+        (Namespace::Dynamic, format!("{prefix}{}", key % 3))
+    } else {
+        (Namespace::Static, LIMITS[key % LIMITS.len()].to_owned())
+    }
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -150,6 +176,10 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..TASKS.len(), 0usize..3).prop_map(|(task, variant)| Op::DefineTask { task, variant }),
         2 => (0..LIMITS.len(), 0usize..5).prop_map(|(limit, variant)| Op::PutLimit { limit, variant }),
         1 => (0..LIMITS.len()).prop_map(|limit| Op::RemoveLimit { limit }),
+        2 => (0usize..3, any::<bool>(), any::<bool>(), prop_oneof![Just(1u64), Just(700), Just(3_000), Just(40_000)])
+            .prop_map(|(key, dynamic, multi, ms)| Op::Pause { key, dynamic, multi, ms }),
+        1 => (0usize..3, any::<bool>(), any::<bool>())
+            .prop_map(|(key, dynamic, multi)| Op::Resume { key, dynamic, multi }),
     ]
 }
 
@@ -186,6 +216,7 @@ fn kind<T>(r: &Result<T, Error>) -> String {
         Err(Error::UnknownRun { .. }) => "unknown_run".into(),
         Err(Error::LimitInUse { tasks, runs, .. }) => format!("limit_in_use:{tasks:?}:{runs}"),
         Err(Error::Spec(e)) => format!("spec:{}:{}", e.code, e.field),
+        Err(Error::UnknownLimit { key }) => format!("unknown_limit:{key}"),
         Err(e) => format!("other: {e}"),
     }
 }
@@ -305,6 +336,30 @@ impl Pair {
             Op::RemoveLimit { limit } => {
                 let a = self.local.remove_limit(LIMITS[*limit]).await;
                 let b = self.redis.remove_limit(LIMITS[*limit]).await;
+                prop_assert_eq!(kind(&a), kind(&b), "{:?}", op);
+                prop_assert_eq!(a.ok(), b.ok(), "{:?}", op);
+            }
+            Op::Pause {
+                key,
+                dynamic,
+                multi,
+                ms,
+            } => {
+                let (ns, key) = paused_key(*key, *dynamic, *multi);
+                let end = PauseEnd::For(Nanos::from_millis(*ms));
+                let a = self.local.pause(ns, &key, end).await;
+                let b = self.redis.pause(ns, &key, end).await;
+                prop_assert_eq!(kind(&a), kind(&b), "{:?}", op);
+                prop_assert_eq!(a.ok(), b.ok(), "{:?}", op);
+            }
+            Op::Resume {
+                key,
+                dynamic,
+                multi,
+            } => {
+                let (ns, key) = paused_key(*key, *dynamic, *multi);
+                let a = self.local.resume(ns, &key).await;
+                let b = self.redis.resume(ns, &key).await;
                 prop_assert_eq!(kind(&a), kind(&b), "{:?}", op);
                 prop_assert_eq!(a.ok(), b.ok(), "{:?}", op);
             }

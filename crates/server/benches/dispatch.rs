@@ -100,6 +100,26 @@ impl Store for Recording {
     fn refund(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<(), tollgate::Error> {
         self.inner.refund(entries, now)
     }
+    fn pause(
+        &self,
+        namespace: tollgate::Namespace,
+        key: &str,
+        until: Nanos,
+        now: Nanos,
+    ) -> Result<Nanos, tollgate::Error> {
+        self.inner.pause(namespace, key, until, now)
+    }
+    fn resume(
+        &self,
+        namespace: tollgate::Namespace,
+        key: &str,
+        now: Nanos,
+    ) -> Result<bool, tollgate::Error> {
+        self.inner.resume(namespace, key, now)
+    }
+    fn pauses(&self, now: Nanos) -> Result<Vec<tollgate::Pause>, tollgate::Error> {
+        self.inner.pauses(now)
+    }
     fn lease_acquire(
         &self,
         target: Target<'_, Concurrency>,

@@ -13,7 +13,7 @@ use crate::db::{Db, StoredBarrier, StoredLease, Write};
 use crate::error::Error;
 use crate::spec::{LimitSpec, LimitSpecExt};
 use crate::store::{
-    AcquireEntry, Acquired, AsyncStore, LimitInfo, Namespace, Store, StoreFuture, Target,
+    AcquireEntry, Acquired, AsyncStore, LimitInfo, Namespace, Pause, Store, StoreFuture, Target,
 };
 
 /// The engine's store for async callers when it has a database: the store itself, with leases
@@ -52,6 +52,27 @@ impl<S: Store + 'static> AsyncStore for DurableLeases<S> {
     }
     fn list_limits(&self, now: Nanos) -> StoreFuture<'_, Vec<LimitInfo>> {
         AsyncStore::list_limits(&*self.store, now)
+    }
+    // Pauses are journalled by the engine (Engine::pause), which re-plans the queue with them.
+    fn pause<'a>(
+        &'a self,
+        namespace: Namespace,
+        key: &'a str,
+        until: Nanos,
+        now: Nanos,
+    ) -> StoreFuture<'a, Nanos> {
+        AsyncStore::pause(&*self.store, namespace, key, until, now)
+    }
+    fn resume<'a>(
+        &'a self,
+        namespace: Namespace,
+        key: &'a str,
+        now: Nanos,
+    ) -> StoreFuture<'a, bool> {
+        AsyncStore::resume(&*self.store, namespace, key, now)
+    }
+    fn pauses(&self, now: Nanos) -> StoreFuture<'_, Vec<Pause>> {
+        AsyncStore::pauses(&*self.store, now)
     }
     fn acquire<'a>(
         &'a self,

@@ -63,6 +63,7 @@ impl<S: Store + 'static> Engine<S> {
                     .load(std::sync::atomic::Ordering::Relaxed)
                     > 0;
             let mut all = writes;
+            all.extend(st.drain_writes());
             if !carried {
                 all.extend(
                     st.drain_dirty()

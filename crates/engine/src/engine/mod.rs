@@ -4,7 +4,7 @@
 //! One file per job, so each can be read (and changed) without the others: construction and
 //! the queue API here; `journal` (every change journaled in order), `recovery` (restoring and
 //! replaying after a restart), `direct_use` (journalling direct acquires), `durable_leases`
-//! (journalling direct leases and barriers), `retention`
+//! (journalling direct leases and barriers), `pauses` (pausing keys), `retention`
 //! (forgetting ended runs), `background` (the tasks an engine spawns), `run_queue` (the engine as
 //! a [`RunQueue`](crate::RunQueue); the long-poll is the one both engines share, in
 //! `crate::queue::run_queue`).
@@ -13,6 +13,7 @@ mod background;
 mod direct_use;
 mod durable_leases;
 mod journal;
+mod pauses;
 mod recovery;
 mod retention;
 mod run_queue;

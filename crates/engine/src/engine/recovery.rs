@@ -41,6 +41,11 @@ impl<S: Store + 'static> Engine<S> {
             }
             let now = engine.inner.limiter.now();
             let store = engine.inner.limiter.store();
+            for (namespace, key, until) in &loaded.pauses {
+                if *until > now {
+                    store.pause(*namespace, key, *until, now)?;
+                }
+            }
             if loaded.clean_shutdown {
                 // A clean stop left the exact limiter state (runs' consumption included).
                 for saved in &loaded.states {

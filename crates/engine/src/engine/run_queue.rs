@@ -14,9 +14,9 @@ use super::Engine;
 use crate::limiter::AsyncLimiter;
 use crate::metrics::QueueMetrics;
 use crate::queue::run::{RunState, RunView};
-use crate::queue::run_queue::{LeaseAttempt, LeaseQueue, QueueFuture, RunQueue, StartAt};
+use crate::queue::run_queue::{LeaseAttempt, LeaseQueue, PauseEnd, QueueFuture, RunQueue, StartAt};
 use crate::spec::LimitSpec;
-use crate::store::{AcquireEntry, DynStore, Store};
+use crate::store::{AcquireEntry, DynStore, Namespace, Pause, Store};
 use crate::task::{Task, TaskSpec};
 
 impl<S: Store + 'static> LeaseQueue for Engine<S> {
@@ -62,6 +62,23 @@ impl RunQueue for Engine<DynStore> {
 
     fn put_task<'a>(&'a self, name: &'a str, spec: TaskSpec) -> QueueFuture<'a, Arc<Task>> {
         Box::pin(Engine::put_task(self, name, spec))
+    }
+
+    fn pause<'a>(
+        &'a self,
+        namespace: Namespace,
+        key: &'a str,
+        end: PauseEnd,
+    ) -> QueueFuture<'a, Nanos> {
+        Box::pin(Engine::pause(self, namespace, key, end))
+    }
+
+    fn resume<'a>(&'a self, namespace: Namespace, key: &'a str) -> QueueFuture<'a, bool> {
+        Box::pin(Engine::resume(self, namespace, key))
+    }
+
+    fn pauses(&self) -> QueueFuture<'_, Vec<Pause>> {
+        Box::pin(std::future::ready(Engine::pauses(self)))
     }
 
     fn task<'a>(&'a self, name: &'a str) -> QueueFuture<'a, Option<Arc<Task>>> {

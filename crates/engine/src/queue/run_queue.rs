@@ -24,7 +24,7 @@ use crate::limiter::AsyncLimiter;
 use crate::metrics::QueueMetrics;
 use crate::queue::run::{LeasedRun, RunState, RunView};
 use crate::spec::LimitSpec;
-use crate::store::AcquireEntry;
+use crate::store::{AcquireEntry, Namespace, Pause};
 use crate::task::{Task, TaskSpec};
 
 /// Most runs one lease call returns (the API's limit on `max`).
@@ -96,6 +96,25 @@ impl StartAt {
     }
 }
 
+/// When a pause ends ([`RunQueue::pause`]): this long after the engine's now, or at an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseEnd {
+    /// This long after the engine's now.
+    For(Nanos),
+    /// At this instant (since the Unix epoch); one already past pauses nothing.
+    Until(Nanos),
+}
+
+impl PauseEnd {
+    /// The instant it ends, given the engine's `now`.
+    pub fn at(self, now: Nanos) -> Nanos {
+        match self {
+            PauseEnd::For(d) => now + d,
+            PauseEnd::Until(t) => t,
+        }
+    }
+}
+
 /// A run queue: limits, tasks, runs and their workers' calls. Both engines implement it; the
 /// server holds one as `Arc<dyn RunQueue>`.
 ///
@@ -115,6 +134,23 @@ pub trait RunQueue: LeaseQueue {
     /// Removes static limit `key`; whether it existed. Refused ([`Error::LimitInUse`]) while
     /// a task or a run not yet ended names it.
     fn remove_limit<'a>(&'a self, key: &'a str) -> QueueFuture<'a, bool>;
+
+    /// Pauses `key` until `end` (a pause in force that ends later is kept) and re-plans the
+    /// runs parked on it; returns when the pause in force ends (docs/design.md §3.13).
+    /// [`Error::UnknownLimit`] for a static key that is not declared.
+    fn pause<'a>(
+        &'a self,
+        namespace: Namespace,
+        key: &'a str,
+        end: PauseEnd,
+    ) -> QueueFuture<'a, Nanos>;
+
+    /// Ends `key`'s pause now and tries the head of the runs parked on it; whether one was in
+    /// force.
+    fn resume<'a>(&'a self, namespace: Namespace, key: &'a str) -> QueueFuture<'a, bool>;
+
+    /// Every pause in force.
+    fn pauses(&self) -> QueueFuture<'_, Vec<Pause>>;
 
     /// Defines or redefines task `name`. Runs already enqueued keep their definition.
     fn put_task<'a>(&'a self, name: &'a str, spec: TaskSpec) -> QueueFuture<'a, Arc<Task>>;

@@ -101,6 +101,8 @@ pub(crate) struct QueueState {
     next_seq: u64,
     pub(crate) id_prefix: String,
     dirty: Vec<String>,
+    /// Writes decided under the lock, journalled before the runs this change touched.
+    writes: Vec<crate::db::Write>,
     /// Set when runs became ready: lease waiters should look.
     pub(crate) became_ready: bool,
     /// Transition and decision counters, dispatch lag.
@@ -142,6 +144,16 @@ impl QueueState {
             r.updated_at = now;
         }
         self.dirty.push(id.to_owned());
+    }
+
+    /// Journals `write` with this change (for what is only known under the lock).
+    pub(crate) fn journal_later(&mut self, write: crate::db::Write) {
+        self.writes.push(write);
+    }
+
+    /// Writes decided under the lock since the last call, for the journal.
+    pub(crate) fn drain_writes(&mut self) -> Vec<crate::db::Write> {
+        std::mem::take(&mut self.writes)
     }
 
     /// Runs changed since the last call, for the journal.

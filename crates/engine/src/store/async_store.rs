@@ -12,7 +12,7 @@ use std::pin::Pin;
 
 use tollgate_core::{Barrier, BarrierStatus, Concurrency, LeaseDecision, Limit, Nanos};
 
-use super::{AcquireEntry, Acquired, LimitInfo, Store, Target};
+use super::{AcquireEntry, Acquired, LimitInfo, Namespace, Pause, Store, Target};
 use crate::error::Error;
 
 /// A store call in flight.
@@ -73,6 +73,23 @@ pub trait AsyncStore: Send + Sync {
     fn barrier_status<'a>(&'a self, key: &'a str, now: Nanos) -> StoreFuture<'a, BarrierStatus>;
     /// [`Store::sweep`].
     fn sweep(&self, now: Nanos) -> StoreFuture<'_, usize>;
+    /// [`Store::pause`].
+    fn pause<'a>(
+        &'a self,
+        namespace: Namespace,
+        key: &'a str,
+        until: Nanos,
+        now: Nanos,
+    ) -> StoreFuture<'a, Nanos>;
+    /// [`Store::resume`].
+    fn resume<'a>(
+        &'a self,
+        namespace: Namespace,
+        key: &'a str,
+        now: Nanos,
+    ) -> StoreFuture<'a, bool>;
+    /// [`Store::pauses`].
+    fn pauses(&self, now: Nanos) -> StoreFuture<'_, Vec<Pause>>;
 }
 
 /// A store that never waits on IO answers at once.
@@ -148,5 +165,25 @@ impl<S: Store + ?Sized> AsyncStore for S {
     }
     fn sweep(&self, now: Nanos) -> StoreFuture<'_, usize> {
         ready(Store::sweep(self, now))
+    }
+    fn pause<'a>(
+        &'a self,
+        namespace: Namespace,
+        key: &'a str,
+        until: Nanos,
+        now: Nanos,
+    ) -> StoreFuture<'a, Nanos> {
+        ready(Store::pause(self, namespace, key, until, now))
+    }
+    fn resume<'a>(
+        &'a self,
+        namespace: Namespace,
+        key: &'a str,
+        now: Nanos,
+    ) -> StoreFuture<'a, bool> {
+        ready(Store::resume(self, namespace, key, now))
+    }
+    fn pauses(&self, now: Nanos) -> StoreFuture<'_, Vec<Pause>> {
+        ready(Store::pauses(self, now))
     }
 }

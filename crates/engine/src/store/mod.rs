@@ -271,6 +271,33 @@ pub trait Store: Send + Sync {
     /// Store failures.
     fn sweep(&self, now: Nanos) -> Result<usize, Error>;
 
+    /// Pauses `key` in `namespace` until `until` (docs/design.md §3.13): until then every
+    /// acquire naming it is denied, with nothing consumed and `retry_after` no sooner than the
+    /// pause ends. A pause in force that ends later is kept: pauses only ever extend here
+    /// ([`Store::resume`] ends one early). Returns the end of the pause in force.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; store failures.
+    fn pause(
+        &self,
+        namespace: Namespace,
+        key: &str,
+        until: Nanos,
+        now: Nanos,
+    ) -> Result<Nanos, Error>;
+
+    /// Ends `key`'s pause now; returns whether one was in force.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; store failures.
+    fn resume(&self, namespace: Namespace, key: &str, now: Nanos) -> Result<bool, Error>;
+
+    /// Every pause in force at `now`, sorted by namespace and key.
+    ///
+    /// # Errors
+    /// Store failures.
+    fn pauses(&self, now: Nanos) -> Result<Vec<Pause>, Error>;
+
     /// Every rate state that is not fresh at `now`, static and dynamic, for a snapshot taken
     /// at a clean shutdown. Stores that are durable themselves (Redis) return nothing: there is
     /// nothing to carry over.
@@ -300,6 +327,17 @@ pub trait Store: Send + Sync {
     }
 }
 
+/// A key's pause in force ([`Store::pause`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pause {
+    /// Static or dynamic.
+    pub namespace: Namespace,
+    /// The key.
+    pub key: String,
+    /// When it ends.
+    pub until: Nanos,
+}
+
 /// One key's rate state, as exported for a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportedState {
@@ -316,6 +354,21 @@ pub type DynStore = std::sync::Arc<dyn Store>;
 
 /// One store shared by several limiters (nodes in one process, tests).
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn pause(
+        &self,
+        namespace: Namespace,
+        key: &str,
+        until: Nanos,
+        now: Nanos,
+    ) -> Result<Nanos, Error> {
+        (**self).pause(namespace, key, until, now)
+    }
+    fn resume(&self, namespace: Namespace, key: &str, now: Nanos) -> Result<bool, Error> {
+        (**self).resume(namespace, key, now)
+    }
+    fn pauses(&self, now: Nanos) -> Result<Vec<Pause>, Error> {
+        (**self).pauses(now)
+    }
     fn put_limit(&self, key: &str, limit: Limit, now: Nanos) -> Result<(), Error> {
         (**self).put_limit(key, limit, now)
     }

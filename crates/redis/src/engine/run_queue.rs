@@ -9,8 +9,8 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tollgate::metrics::QueueMetrics;
 use tollgate::{
-    AsyncLimiter, LeaseAttempt, LeaseQueue, LimitSpec, QueueFuture, RunQueue, RunState, RunView,
-    StartAt, Task, TaskSpec,
+    AsyncLimiter, LeaseAttempt, LeaseQueue, LimitSpec, Namespace, Pause, PauseEnd, QueueFuture,
+    RunQueue, RunState, RunView, StartAt, Task, TaskSpec,
 };
 use tollgate_core::{Limit, Nanos, Period};
 
@@ -38,6 +38,23 @@ impl LeaseQueue for RedisEngine {
 }
 
 impl RunQueue for RedisEngine {
+    fn pause<'a>(
+        &'a self,
+        namespace: Namespace,
+        key: &'a str,
+        end: PauseEnd,
+    ) -> QueueFuture<'a, Nanos> {
+        Box::pin(RedisEngine::pause(self, namespace, key, end))
+    }
+
+    fn resume<'a>(&'a self, namespace: Namespace, key: &'a str) -> QueueFuture<'a, bool> {
+        Box::pin(RedisEngine::resume(self, namespace, key))
+    }
+
+    fn pauses(&self) -> QueueFuture<'_, Vec<Pause>> {
+        Box::pin(RedisEngine::pauses(self))
+    }
+
     fn mode(&self) -> &'static str {
         "redis"
     }

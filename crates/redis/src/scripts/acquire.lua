@@ -1,14 +1,15 @@
 -- acquire.lua: decides every key of one request at once; writes only if all are admitted
 -- (acquire_keys in lib.lua, which the run queue uses too).
 --
--- KEYS[2i-1]  key i's guard: its definition (static keys, a string that never expires) or
+-- KEYS[3i-2]  key i's guard: its definition (static keys, a string that never expires) or
 --             its lease set (dynamic keys, a ZSET: a dynamic key with live leases is not a
 --             rate limit)
--- KEYS[2i]    key i's rate state ("<spec>|<state>", PEXPIRE'd once fresh, plus slack)
+-- KEYS[3i-1]  key i's rate state ("<spec>|<state>", PEXPIRE'd once fresh, plus slack)
+-- KEYS[3i]    key i's pause (when it ends, µs; docs/design.md §3.13)
 -- ARGV[1]     now in µs since the Unix epoch, or "" to use Redis TIME
 -- ARGV[2]     expiry slack in ms, added to every PEXPIRE
 -- ARGV[3]     n: how many keys (distinct; the caller summed the units of entries naming one)
--- ARGV[3i+1]  key i's namespace: "s" static (limit from KEYS[2i-1]) or "d" dynamic
+-- ARGV[3i+1]  key i's namespace: "s" static (limit from KEYS[3i-2]) or "d" dynamic
 -- ARGV[3i+2]  key i's units
 -- ARGV[3i+3]  key i's limit spec for a dynamic key ("" for a static one)
 --
@@ -24,7 +25,7 @@ local E = {}
 for i = 1, n do
   E[i] = {
     ns = ARGV[3 * i + 1], units = tonumber(ARGV[3 * i + 2]), spec = ARGV[3 * i + 3],
-    guard = KEYS[2 * i - 1], st = KEYS[2 * i],
+    guard = KEYS[3 * i - 2], st = KEYS[3 * i - 1], pk = KEYS[3 * i],
   }
 end
 local allowed, D = acquire_keys(E, now, tonumber(ARGV[2]))

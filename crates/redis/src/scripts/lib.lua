@@ -775,9 +775,63 @@ local function resolve(i, ns, guard, state_key, spec, now)
   return L, old, s
 end
 
+-- Pauses (docs/design.md §3.13). A paused key's pause key (keys.rs, kinds sp and dp) holds
+-- when its pause ends (µs), expires then, and is listed in the pause index (a ZSET of
+-- "<ns>\t<key>" by that instant). A rate state key is P:<sr|dr>:{<tag>}:<key>, its pause key
+-- P:<sp|dp>:{<tag>}:<key>; the tag holds no brace, so the last '{' before the key opens it.
+local function pause_key(st, key)
+  local head = string.sub(st, 1, #st - #key)
+  local open = string.match(head, '.*(){')
+  local kind = string.sub(head, open - 3, open - 2) == 'sr' and 'sp' or 'dp'
+  return string.sub(head, 1, open - 4) .. kind .. string.sub(head, open - 1) .. key
+end
+
+-- How many µs pause key pk still holds at now, or nil.
+local function paused_for(pk, now)
+  local ends = tonumber(redis.call('GET', pk) or '0')
+  if ends > now then
+    return ends - now
+  end
+  return nil
+end
+
+-- Pauses a key until `ends` (µs), or keeps a pause that ends later; returns the end in force
+-- (not after now when nothing is in force).
+local function pause_set(pk, index, member, ends, now, slack)
+  local old = tonumber(redis.call('GET', pk) or '0')
+  if old > ends then
+    ends = old
+  end
+  if ends > now then
+    -- Expires once it has ended, reckoned from now (the caller's clock may not be Redis's),
+    -- plus the slack every rate state's expiry has.
+    redis.call('SET', pk, fmt(ends), 'PX', fmt(math.ceil((ends - now) / 1000) + slack))
+    redis.call('ZADD', index, fmt(ends), member)
+  end
+  return ends
+end
+
+-- Ends a key's pause; 1 when one was in force at now, else 0.
+local function pause_clear(pk, index, member, now)
+  local left = paused_for(pk, now)
+  redis.call('DEL', pk)
+  redis.call('ZREM', index, member)
+  return left and 1 or 0
+end
+
+-- A decision on a key paused for `left` more µs: a denial, nothing remaining, retried no sooner
+-- than the pause ends (Decision::paused in tollgate-core).
+local function paused(d, left)
+  if d[1] == 1 or tonumber(string.sub(d[4], 1, -4)) < left then
+    d[4] = string.format(DUR, left, 0)
+  end
+  d[1], d[3] = 0, 0
+  return d
+end
+
 -- Decides every key of one acquire at once and writes only if all are admitted: the one
 -- implementation of the all-or-nothing acquire, for direct acquires (acquire.lua) and the run
--- queue (acquire_all in queue_lib.lua). E[i] = { ns = "s" | "d", units, guard, st, spec } (the
+-- queue (acquire_all in queue_lib.lua). E[i] = { ns = "s" | "d", units, guard, st, pk, spec } (the
 -- keys and values of acquire.lua's key i). Returns allowed (true | false) and each key's
 -- decision (lib's decide: { allowed, limit, remaining, retry_after_ns, reset_after_ns }), or
 -- nil and { -1, i, code, detail } for the first key in order that cannot be decided (resolve's
@@ -796,6 +850,10 @@ local function acquire_keys(E, now, slack)
       return nil, { -1, i, 'capacity', capacity(L) }
     end
     local d, s = decide(L, adopt(L, old, prior, now), now, e.units)
+    local left = paused_for(e.pk, now)
+    if left then
+      d = paused(d, left)
+    end
     if d[1] == 0 then
       allowed = false
     end

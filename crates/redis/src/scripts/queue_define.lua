@@ -1,4 +1,5 @@
--- queue_define.lua: defines a task, or declares, redefines or removes a static limit and, in the
+-- queue_define.lua: defines a task, declares, redefines or removes a static limit, or pauses a
+-- key or ends its pause (docs/design.md §3.13), and, in the
 -- same step, acts on the runs that name it (docs/design.md §3, "Limits are live"): a put
 -- re-plans the runs parked on the key (the head is tried now; it becomes ready if it fits, else
 -- gets its new eligible_at), a remove is refused while a run not yet ended names the key. Like
@@ -9,17 +10,22 @@
 -- ARGV[1]     the queue's key prefix
 -- ARGV[2]     now in µs since the Unix epoch, or "" to use Redis TIME
 -- ARGV[3]     expiry slack in ms, added to every PEXPIRE of a rate state
--- ARGV[4]     op: "put" | "remove" (a limit) | "task"
+-- ARGV[4]     op: "put" | "remove" (a limit) | "task" | "pause" | "resume" (a key)
 -- ARGV[5]     the limit's key, or the task's name
 -- ARGV[6]     task: its definition (JSON)
 -- ARGV[6..9]  put, remove: the limit's definition, rate state, lease set and lease holders
 --             (Redis keys)
 -- ARGV[10]    put: the new definition's spec; remove: "1" when a task names the limit (then
 --             nothing is removed: the call only counts the runs naming it)
+-- ARGV[6..9]  pause, resume: the key's namespace ("s" | "d"), its pause key, the pause index
+--             and the key's member in it
+-- ARGV[10]    pause: "for" (ARGV[11] µs from now) or "until" (ARGV[11] an instant in µs)
 --
 -- Returns { "ok", effects, 1 } for a put; { "ok", effects, version } for a task (its new
 -- definition's version); { "ok", effects, existed (0 | 1) } or
--- { "in_use", effects, runs naming it } for a remove.
+-- { "in_use", effects, runs naming it } for a remove; { "ok", effects, until (µs) } for a pause
+-- (when the pause in force ends; not after now when none is); { "ok", effects, 0 | 1 (one was
+-- in force) } for a resume. A pause or resume re-plans the runs parked on the key.
 
 init(ARGV[1], ARGV[2], ARGV[3])
 process_due(256)
@@ -34,6 +40,22 @@ if op == 'put' then
 elseif op == 'task' then
   redis.call('HSET', Q .. 'tasks', key, ARGV[6])
   return reply('ok', { redis.call('HINCRBY', Q .. 'taskv', key, 1) })
+elseif op == 'pause' or op == 'resume' then
+  local pwk = 'r' .. ARGV[6] .. ':' .. key
+  local out
+  if op == 'pause' then
+    local at = tonumber(ARGV[11])
+    if ARGV[10] == 'for' then
+      at = NOW + at
+    end
+    out = fmt(pause_set(ARGV[7], ARGV[8], ARGV[9], at, NOW, SLACK))
+  else
+    out = pause_clear(ARGV[7], ARGV[8], ARGV[9], NOW)
+  end
+  if redis.call('EXISTS', Q .. 'wait:' .. pwk) == 1 then
+    wake_rate(pwk)
+  end
+  return reply('ok', { out })
 elseif op == 'remove' then
   local users = tonumber(redis.call('HGET', Q .. 'uses', wk) or '0')
   if users > 0 or ARGV[10] == '1' then

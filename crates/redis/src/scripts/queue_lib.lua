@@ -131,6 +131,7 @@ local function parse_rate_line(line)
     '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)$')
   return {
     ns = ns, units = tonumber(units), spec = spec, guard = guard, st = st, key = key,
+    pk = pause_key(st, key),
     idx = idx, wk = 'r' .. ns .. ':' .. key,
   }
 end

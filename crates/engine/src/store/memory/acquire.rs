@@ -208,7 +208,11 @@ impl MemoryStore {
             let (ns, key) = (p.target.namespace(), p.target.key());
             let slot = shard.find(p.hash, ns, key);
             let (limit, prior) = resolve_rate(slot, &shard.bindings, &p.target, now)?;
-            outcomes.push(decide(&limit, prior.as_deref(), now, key, p.units)?);
+            let mut outcome = decide(&limit, prior.as_deref(), now, key, p.units)?;
+            if let Some(left) = self.pauses.left(ns, key, now) {
+                outcome.decision = outcome.decision.paused(left);
+            }
+            outcomes.push(outcome);
         }
         let allowed = outcomes.iter().all(|o| o.decision.allowed);
         let decisions = index_of.iter().map(|&i| outcomes[i].decision).collect();

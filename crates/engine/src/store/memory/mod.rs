@@ -19,6 +19,7 @@
 //! - [`leases`]: concurrency leases and barriers.
 //! - [`limits`]: declared limits and the [`LimitInfo`] views of keys.
 //! - [`export`]: export and import of rate state.
+//! - [`pauses`]: paused keys.
 
 mod acquire;
 mod bindings;
@@ -26,6 +27,7 @@ mod export;
 mod key;
 mod leases;
 mod limits;
+mod pauses;
 mod shard;
 mod slot;
 mod sweep;
@@ -35,7 +37,8 @@ use parking_lot::Mutex;
 use tollgate_core::{Barrier, BarrierStatus, Concurrency, LeaseDecision, Limit, LimitState, Nanos};
 
 use super::{
-    AcquireEntry, Acquired, ExportedState, LimitInfo, Namespace, Store, Target, validate_entries,
+    AcquireEntry, Acquired, ExportedState, LimitInfo, Namespace, Pause, Store, Target,
+    validate_entries,
 };
 use crate::error::{Error, check_key};
 use bindings::Bindings;
@@ -57,6 +60,7 @@ use sweep::MIN_SWEEP;
 pub struct MemoryStore {
     shards: Box<[Padded<Mutex<Shard>>]>,
     hasher: foldhash::fast::RandomState,
+    pauses: pauses::Pauses,
 }
 
 impl Default for MemoryStore {
@@ -80,6 +84,7 @@ impl MemoryStore {
                 })
                 .collect(),
             hasher: foldhash::fast::RandomState::default(),
+            pauses: pauses::Pauses::default(),
         }
     }
 
@@ -142,7 +147,14 @@ impl Store for MemoryStore {
 
     fn acquire(&self, entries: &[AcquireEntry<'_>], now: Nanos) -> Result<Acquired, Error> {
         validate_entries(entries)?;
-        if let [entry] = entries {
+        // A paused key is decided on the general path, which writes nothing unless all are
+        // admitted (a pause admits nothing).
+        if let [entry] = entries
+            && self
+                .pauses
+                .left(entry.target.namespace(), entry.target.key(), now)
+                .is_none()
+        {
             return self.acquire_one(entry, now);
         }
         self.acquire_many(entries, now)
@@ -229,6 +241,26 @@ impl Store for MemoryStore {
         now: Nanos,
     ) -> Result<(), Error> {
         self.import_rate(namespace, key, state, now)
+    }
+
+    fn pause(
+        &self,
+        namespace: Namespace,
+        key: &str,
+        until: Nanos,
+        now: Nanos,
+    ) -> Result<Nanos, Error> {
+        check_key(key)?;
+        Ok(self.pauses.pause(namespace, key, until, now))
+    }
+
+    fn resume(&self, namespace: Namespace, key: &str, now: Nanos) -> Result<bool, Error> {
+        check_key(key)?;
+        Ok(self.pauses.resume(namespace, key, now))
+    }
+
+    fn pauses(&self, now: Nanos) -> Result<Vec<Pause>, Error> {
+        Ok(self.pauses.list(now))
     }
 
     fn sweep(&self, now: Nanos) -> Result<usize, Error> {
