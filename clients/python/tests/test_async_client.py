@@ -14,6 +14,7 @@ from tollgate import (
     ConflictError,
     Decision,
     NotFoundError,
+    Pause,
     RateLimited,
     Tollgate,
     TollgateConnectionError,
@@ -66,6 +67,27 @@ def test_limits_and_acquire(server: Server, uid: str) -> None:
             with pytest.raises(BadRequestError) as bad:
                 await tg.put_limit(f"{uid}-x", rate="ten a second")
             assert (bad.value.code, bad.value.field) == ("invalid_rate", "rate")
+
+    asyncio.run(main())
+
+
+def test_pauses(server: Server, uid: str) -> None:
+    async def main() -> None:
+        async with AsyncTollgate(server.url) as tg:
+            key = f"{uid}-api"
+            await tg.put_limit(key, limit=10, period="1s")
+            paused = await tg.pause(key, 30)
+            assert paused["paused_until_ms"] > time.time() * 1000 + 29_000
+            assert not (await tg.acquire(key)).allowed
+            assert [p["key"] for p in await tg.pauses()] == [key]
+            assert await tg.resume(key) is True
+            assert (await tg.acquire(key)).allowed
+            task = f"{uid}-call"
+            await tg.put_task(task, rate_limits=[{"static_key": key}])
+            run = (await tg.enqueue(task, {}))["id"]
+            assert [r["id"] for r in await tg.lease_runs("w", [task], max=1, wait=1.0)] == [run]
+            await tg.fail(run, "429", retry=True, pause=Pause(key, 30))
+            assert [p["key"] for p in await tg.pauses()] == [key]
 
     asyncio.run(main())
 

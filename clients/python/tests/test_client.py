@@ -16,6 +16,7 @@ from tollgate import (
     Decision,
     ForbiddenError,
     NotFoundError,
+    Pause,
     PayloadTooLargeError,
     RateLimited,
     Tollgate,
@@ -382,6 +383,52 @@ def test_worker_calls(tg: Tollgate, uid: str) -> None:
     with pytest.raises(NotFoundError) as e2:
         tg.run("no-such-run")
     assert e2.value.code == "unknown_run"
+
+
+def test_a_paused_key_holds_acquires_and_runs_back_until_resumed(tg: Tollgate, uid: str) -> None:
+    key, task = f"{uid}-api", f"{uid}-call"
+    tg.put_limit(key, algorithm="gcra", limit=100, period="1s", burst=100)
+    tg.put_task(task, rate_limits=[{"static_key": key}])
+    before = time.time()
+    paused = tg.pause(key, 60)
+    assert (paused["key"], paused["namespace"]) == (key, "static")
+    assert before + 59 < paused["paused_until_ms"] / 1000 <= time.time() + 60.001
+    denied = tg.acquire(key)
+    assert not denied.allowed
+    assert 59 < denied.retry_after <= 60
+    assert tg.get_limit(key)["paused_until_ms"] == paused["paused_until_ms"]
+    assert {"key": key, "namespace": "static", "paused_until_ms": paused["paused_until_ms"]} in tg.pauses()
+    run = tg.enqueue(task, {})["id"]
+    assert tg.lease_runs("w1", [task], max=1, wait=0) == []
+    waiting = tg.run(run)
+    assert (waiting["state"], waiting["waiting_on"]) == ("waiting", key)
+    assert waiting["eligible_at_ms"] == paused["paused_until_ms"]
+    assert tg.resume(key) is True
+    assert tg.resume(key) is False
+    assert [r["id"] for r in tg.lease_runs("w1", [task], max=1, wait=1.0)] == [run]
+    # A worker told 429 pauses the key for everyone as it fails the run.
+    failed = tg.fail(run, "429", retry=True, attempt=1, pause=Pause(key, 30))
+    assert failed["state"] == "queued"
+    until = next(p for p in tg.pauses() if p["key"] == key)["paused_until_ms"]
+    assert time.time() + 29 < until / 1000 <= time.time() + 30.001
+    assert tg.lease_runs("w1", [task], max=1, wait=0) == []
+    assert tg.run(run)["eligible_at_ms"] == until
+    # A dynamic key, until an instant.
+    dynamic = tg.pause(f"{uid}-user", until=time.time() + 5, dynamic=True)
+    assert dynamic["namespace"] == "dynamic"
+    assert tg.resume(f"{uid}-user", dynamic=True) is True
+    # Bad pauses: refused before sending, or by the server with the field named.
+    with pytest.raises(ValueError, match="exactly one"):
+        tg.pause(key)
+    with pytest.raises(ValueError, match="exactly one"):
+        tg.pause(key, 1, until=time.time())
+    with pytest.raises(ValueError, match="more than zero"):
+        tg.pause(key, 0)
+    with pytest.raises(TypeError):
+        tg.fail(run, "x", pause="api")  # type: ignore[arg-type]
+    with pytest.raises(NotFoundError) as e:
+        tg.pause(f"{uid}-undeclared", 1)
+    assert (e.value.code, e.value.field) == ("unknown_limit", "key")
 
 
 # -- errors -----------------------------------------------------------------------------------

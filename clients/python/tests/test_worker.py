@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tollgate import NoRetry, Tollgate, Worker, WorkerError, WorkerStats
+from tollgate import NoRetry, Throttled, Tollgate, Worker, WorkerError, WorkerStats
 
 from .conftest import TESTS, Server
 
@@ -114,6 +114,35 @@ def test_outcomes_retries_and_no_retry(tg: Tollgate, uid: str, running: Callable
     assert "not JSON" in o["error"]
     assert attempts["odd"] == [1]
     assert stats == WorkerStats(leased=5, succeeded=1, failed=4, released=0, lost=0)
+
+
+def test_a_throttled_handler_pauses_the_key_for_every_worker(
+    tg: Tollgate, uid: str, running: Callable[[Worker], Running]
+) -> None:
+    key, task = f"{uid}-upstream", f"{uid}-calls"
+    tg.put_limit(key, algorithm="gcra", limit=100, period="1s", burst=100)
+    worker = Worker(tg, slots=1, poll_wait=0.2)
+    started: list[float] = []
+    refused: list[bool] = []
+
+    @worker.task(task, rate_limits=[{"static_key": key}], max_attempts=3)
+    def handle(run: dict[str, Any]) -> Any:
+        started.append(time.time())
+        if run["attempt"] == 1:
+            raise Throttled(key, 1.5)
+        return "ok"
+
+    r = running(worker)
+    run = tg.enqueue(task, {})["id"]
+    wait_for(lambda: len(started) == 1 and tg.run(run)["state"] != "running", "the first attempt to fail")
+    # Every other user of the key is held back too.
+    refused.append(not tg.acquire(key).allowed)
+    wait_for(lambda: tg.run(run)["state"] == "succeeded", "the retried run to succeed")
+    r.stop()
+    assert tg.run(run)["attempt"] == 2
+    assert refused == [True]
+    # The retry started no sooner than the pause ended (a correctness bound, not a speed one).
+    assert started[1] - started[0] >= 1.5, started
 
 
 def test_never_more_runs_at_once_than_slots(

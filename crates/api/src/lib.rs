@@ -59,11 +59,12 @@ pub use leases::{
 };
 pub use limits::{
     AcquireEntry, AcquireRequest, Acquisition, BatchAnswer, BatchItem, BatchOutcome, BatchRequest,
-    Health, KeyDecision, Limit, LimitListing, LimitParams, LimitSpec, Namespace,
+    Health, KeyDecision, Limit, LimitListing, LimitParams, LimitSpec, Namespace, Pause,
+    PauseListing, PauseRequest, Resumed,
 };
 pub use runs::{
     AttemptRequest, CancelRequest, CompleteRequest, EnqueueRequest, EventAnswer, EventRequest,
-    EventRun, FailRequest, LeasedRun, LeasedRuns, RunListing, RunState, RunView,
+    EventRun, FailPause, FailRequest, LeasedRun, LeasedRuns, RunListing, RunState, RunView,
     WorkerLeaseRequest,
 };
 pub use tasks::{

@@ -385,6 +385,68 @@ pub struct Limit {
     pub remaining: u64,
     /// When the usage resets, in milliseconds from now; `None` for `concurrency`.
     pub reset_after_ms: Option<u64>,
+    /// While the key is paused (`POST /v1/limits/{key}/pause`): when the pause ends, in
+    /// Unix-epoch milliseconds (rounded up); `None` when it is not paused.
+    #[serde(default)]
+    pub paused_until_ms: Option<u64>,
+}
+
+/// `POST /v1/limits/{key}/pause`'s body: pause for `for_ms` from now or until `until_ms` (one
+/// of the two), a dynamic key with `"dynamic": true`.
+///
+/// ```
+/// use tollgate_api::PauseRequest;
+/// let r: PauseRequest = serde_json::from_str(r#"{"for_ms": 30000, "dynamic": true}"#)?;
+/// assert_eq!((r.for_ms, r.until_ms, r.dynamic), (Some(30_000), None, true));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PauseRequest {
+    /// Pause this many milliseconds from now (1 to ten years).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_ms: Option<u64>,
+    /// Pause until this instant, in Unix-epoch milliseconds (one already past pauses nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<u64>,
+    /// The key is a dynamic key (a task's `dynamic_key`, an inline acquire's key), not a
+    /// declared limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dynamic: bool,
+}
+
+/// A key's pause, as `POST /v1/limits/{key}/pause` and `GET /v1/pauses` answer it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Pause {
+    /// The key.
+    pub key: String,
+    /// `static` (a declared limit) or `dynamic`.
+    pub namespace: Namespace,
+    /// When the pause in force ends, in Unix-epoch milliseconds (rounded up); `None` when no
+    /// pause is in force (an `until_ms` already past).
+    pub paused_until_ms: Option<u64>,
+}
+
+/// `DELETE /v1/limits/{key}/pause`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Resumed {
+    /// The key.
+    pub key: String,
+    /// `static` or `dynamic`.
+    pub namespace: Namespace,
+    /// Whether a pause was in force (and is now ended).
+    pub was_paused: bool,
+}
+
+/// `GET /v1/pauses`'s answer: every pause in force, by namespace and key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PauseListing {
+    /// The pauses in force.
+    pub pauses: Vec<Pause>,
 }
 
 /// `GET /v1/limits`'s answer.

@@ -264,6 +264,29 @@ pub struct FailRequest {
     /// instead of the task's `retry` backoff. The run is `scheduled` meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// Pause a key for everyone before failing (an upstream answered 429 with `Retry-After`):
+    /// as `POST /v1/limits/{key}/pause`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<FailPause>,
+}
+
+/// `fail`'s `pause`: the key, for how long (`for_ms`) or until when (`until_ms`), and whether
+/// it is a dynamic key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct FailPause {
+    /// The key to pause.
+    pub key: String,
+    /// Pause this many milliseconds from now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_ms: Option<u64>,
+    /// Pause until this instant, in Unix-epoch milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<u64>,
+    /// The key is a dynamic key, not a declared limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dynamic: bool,
 }
 
 /// `/cancel`'s body: empty.

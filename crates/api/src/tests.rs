@@ -28,6 +28,13 @@ fn request_bodies_round_trip() {
         Some(3)
     );
     round_trip::<BatchRequest>(r#"{"requests":[{"limits":[{"key":"a"}]},{"limits":[]}]}"#);
+    round_trip::<PauseRequest>(r#"{"for_ms":30000}"#);
+    round_trip::<PauseRequest>(r#"{"until_ms":1700000030000,"dynamic":true}"#);
+    let fail: FailRequest = round_trip(
+        r#"{"error":"429","retry":true,"pause":{"key":"stripe-api","for_ms":30000,"dynamic":true}}"#,
+    );
+    assert_eq!(fail.pause.map(|p| p.key), Some("stripe-api".to_owned()));
+    assert!(serde_json::from_str::<PauseRequest>(r#"{"for":1}"#).is_err());
     round_trip::<LimitSpec>(r#"{"algorithm":"concurrency","limit":5,"lease_ttl":"30s"}"#);
     round_trip::<LeaseRequest>(r#"{"key":"db","limit":3,"ttl_ms":1500,"holder":"w-1"}"#);
     round_trip::<RenewRequest>(r#"{}"#);
@@ -51,10 +58,15 @@ fn request_bodies_round_trip() {
 fn answers_round_trip() {
     round_trip::<Health>(r#"{"status":"ok"}"#);
     let listing: LimitListing = round_trip(
-        r#"{"limits":[{"key":"g","namespace":"static","algorithm":"gcra","limit":10,"period":"1s","burst":4,"used":1,"remaining":3,"reset_after_ms":100},{"key":"c","namespace":"dynamic","algorithm":"concurrency","limit":2,"lease_ttl":"30s","used":0,"remaining":2,"reset_after_ms":null}],"dynamic_total":1}"#,
+        r#"{"limits":[{"key":"g","namespace":"static","algorithm":"gcra","limit":10,"period":"1s","burst":4,"used":1,"remaining":3,"reset_after_ms":100,"paused_until_ms":1700000030000},{"key":"c","namespace":"dynamic","algorithm":"concurrency","limit":2,"lease_ttl":"30s","used":0,"remaining":2,"reset_after_ms":null,"paused_until_ms":null}],"dynamic_total":1}"#,
     );
     assert_eq!(listing.limits[0].definition.params.burst, Some(4));
     assert_eq!(listing.limits[1].namespace, Namespace::Dynamic);
+    round_trip::<PauseListing>(
+        r#"{"pauses":[{"key":"stripe-api","namespace":"static","paused_until_ms":1700000030000}]}"#,
+    );
+    round_trip::<Pause>(r#"{"key":"u1","namespace":"dynamic","paused_until_ms":null}"#);
+    round_trip::<Resumed>(r#"{"key":"u1","namespace":"dynamic","was_paused":true}"#);
     let batch: BatchAnswer = round_trip(
         r#"{"results":[{"allowed":false,"retry_after_ms":1200,"decisions":[{"key":"a","allowed":false,"limit":10,"remaining":0,"retry_after_ms":1200,"reset_after_ms":1200}]},{"error":{"code":"unknown_limit","message":"no limit is declared under key \"b\"","field":"requests[1].limits[0].key"}}]}"#,
     );

@@ -1,12 +1,13 @@
 //! Limits and decisions: `GET /healthz`, `PUT/GET/DELETE /v1/limits/{key}`,
-//! `GET /v1/limits`, `POST /v1/acquire`, `POST /v1/acquire/batch`.
+//! `GET /v1/limits`, `POST/DELETE /v1/limits/{key}/pause`, `GET /v1/pauses`, `POST /v1/acquire`,
+//! `POST /v1/acquire/batch`.
 
 use std::time::Duration;
 
 use reqwest::Method;
 use tollgate_api::{
     AcquireEntry, AcquireRequest, Acquisition, BatchAnswer, BatchItem, BatchOutcome, BatchRequest,
-    ErrorBody, Health, Limit, LimitListing, LimitSpec,
+    ErrorBody, Health, Limit, LimitListing, LimitSpec, Pause, PauseListing, PauseRequest, Resumed,
 };
 
 use crate::client::{Client, millis_ceil};
@@ -88,6 +89,64 @@ impl Client {
             None::<&()>,
         )
         .await
+    }
+
+    /// `POST /v1/limits/{key}/pause`: pauses a key for everyone (an upstream answered 429):
+    /// until it ends, every acquire and run on it waits. A pause in force that ends later is
+    /// kept. Answers the pause in force.
+    ///
+    /// ```
+    /// # async fn f(client: &tollgate_client::Client) -> Result<(), tollgate_client::Error> {
+    /// use tollgate_client::PauseRequest;
+    /// let pause = PauseRequest { for_ms: Some(30_000), ..PauseRequest::default() };
+    /// let p = client.pause("stripe-api", &pause).await?;
+    /// println!("paused until {:?}", p.paused_until_ms);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Api`]: 404 `unknown_limit` for a static key that is not declared (a dynamic key
+    /// needs `dynamic: true`); 400 `invalid_field` without exactly one of `for_ms` and
+    /// `until_ms`.
+    pub async fn pause(&self, key: &str, request: &PauseRequest) -> Result<Pause, Error> {
+        self.call(
+            Method::POST,
+            self.url(&["v1", "limits", key, "pause"]),
+            Some(request),
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/limits/{key}/pause`: ends a key's pause now (`dynamic` for a dynamic key);
+    /// the runs waiting on it are tried at once.
+    ///
+    /// # Errors
+    /// Transport and server errors only.
+    pub async fn resume(&self, key: &str, dynamic: bool) -> Result<Resumed, Error> {
+        let mut url = self.url(&["v1", "limits", key, "pause"]);
+        if dynamic {
+            url.query_pairs_mut().append_pair("dynamic", "true");
+        }
+        self.call(Method::DELETE, url, None::<&()>, Duration::ZERO)
+            .await
+    }
+
+    /// `GET /v1/pauses`: every pause in force.
+    ///
+    /// # Errors
+    /// Transport and server errors only.
+    pub async fn pauses(&self) -> Result<Vec<Pause>, Error> {
+        let listing: PauseListing = self
+            .call(
+                Method::GET,
+                self.url(&["v1", "pauses"]),
+                None::<&()>,
+                Duration::ZERO,
+            )
+            .await?;
+        Ok(listing.pauses)
     }
 
     /// `POST /v1/acquire`: takes every entry's units atomically, or none. A denial is an

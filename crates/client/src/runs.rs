@@ -376,6 +376,7 @@ impl Client {
             retry,
             attempt,
             retry_after_ms: None,
+            pause: None,
         };
         self.run_action(run_id, "fail", &body).await
     }
@@ -397,8 +398,36 @@ impl Client {
             retry: true,
             attempt,
             retry_after_ms: Some(millis_ceil(retry_after)),
+            pause: None,
         };
         self.run_action(run_id, "fail", &body).await
+    }
+
+    /// `POST /v1/runs/{id}/fail` with any of its fields, `pause` among them: an upstream's 429
+    /// with `Retry-After` pauses that key for every worker, then the run fails (and, with
+    /// `retry`, waits for the pause like every run on the key).
+    ///
+    /// ```
+    /// # async fn f(client: &tollgate_client::Client, run_id: &str) -> Result<(), tollgate_client::Error> {
+    /// use tollgate_client::{FailPause, FailRequest};
+    /// let pause = FailPause { key: "stripe-api".into(), for_ms: Some(30_000), ..FailPause::default() };
+    /// let body = FailRequest {
+    ///     error: "429 Too Many Requests".into(),
+    ///     retry: true,
+    ///     attempt: None,
+    ///     retry_after_ms: None,
+    ///     pause: Some(pause),
+    /// };
+    /// client.fail_with(run_id, &body).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Client::heartbeat`]; 404 `unknown_limit` (field `pause.key`) for a static key that
+    /// is not declared, then the run is left as it was.
+    pub async fn fail_with(&self, run_id: &str, body: &FailRequest) -> Result<RunView, Error> {
+        self.run_action(run_id, "fail", body).await
     }
 
     /// `POST /v1/runs/{id}/release`: hands a running run back without counting an attempt

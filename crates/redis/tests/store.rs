@@ -336,8 +336,8 @@ fn key_of(con: &mut redis::Connection, prefix: &str, kind: &str) -> String {
 }
 
 /// A declared limit's state carries the limit's spec now (docs/design.md §9), so an acquire on a
-/// key in use reads one key and writes one, as a bare GCRA does: the definition is read only
-/// when there is no state. A redefinition reaches the state at once, and the next decision
+/// key in use reads its state (and its pause key, §3.13) and writes one key: the definition is
+/// read only when there is no state. A redefinition reaches the state at once, and the next decision
 /// converts the usage under the new limit.
 #[tokio::test]
 async fn a_declared_key_in_use_is_decided_without_reading_its_definition() {
@@ -358,13 +358,17 @@ async fn a_declared_key_in_use_is_decided_without_reading_its_definition() {
     assert_eq!((d.allowed, d.decisions[0].remaining), (true, 4));
     assert_eq!(
         calls_of(&mut con, "get") - gets,
-        2,
-        "no state yet: state and definition"
+        3,
+        "no state yet: state, definition and pause"
     );
     let gets = calls_of(&mut con, "get");
     let d = store.acquire(&one, NOW).await.unwrap();
     assert_eq!((d.allowed, d.decisions[0].remaining), (true, 3));
-    assert_eq!(calls_of(&mut con, "get") - gets, 1, "the state alone");
+    assert_eq!(
+        calls_of(&mut con, "get") - gets,
+        2,
+        "the state and the pause"
+    );
     // Redefined with twice the burst: the two units used are kept, and the state knows.
     store
         .put_limit("api", Limit::Rate(gcra("1/s", 10)), NOW)
@@ -376,7 +380,11 @@ async fn a_declared_key_in_use_is_decided_without_reading_its_definition() {
         (d.allowed, d.decisions[0].limit, d.decisions[0].remaining),
         (true, 10, 7)
     );
-    assert_eq!(calls_of(&mut con, "get") - gets, 1, "the state alone");
+    assert_eq!(
+        calls_of(&mut con, "get") - gets,
+        2,
+        "the state and the pause"
+    );
 }
 
 /// States written before the state knew its limit's spec ("<spec>|<state>", no '@') may lag a
@@ -426,7 +434,11 @@ async fn a_state_written_before_it_knew_its_limit_is_decided_under_the_definitio
         (d.allowed, d.decisions[0].limit, d.decisions[0].remaining),
         (true, 10, 7)
     );
-    assert_eq!(calls_of(&mut con, "get") - gets, 2, "state and definition");
+    assert_eq!(
+        calls_of(&mut con, "get") - gets,
+        3,
+        "state, definition and pause"
+    );
     let state: String = redis::cmd("GET").arg(&st).query(&mut con).unwrap();
     assert!(state.starts_with(&format!("@{new_spec}|")), "{state}");
 }

@@ -56,6 +56,58 @@ pub enum LimitsCommand {
         /// The limit's key.
         key: String,
     },
+    /// Pause a key for everyone (an upstream answered 429): every acquire and run on it waits
+    /// until the pause ends. `limits pause stripe-api --for 30s`.
+    Pause(PauseArgs),
+    /// End a key's pause now; the runs waiting on it are tried at once.
+    Resume {
+        /// The key.
+        key: String,
+        /// A dynamic key (a task's dynamic_key, an inline acquire's key).
+        #[arg(long)]
+        dynamic: bool,
+    },
+    /// List the pauses in force.
+    Pauses,
+}
+
+/// `tollgate limits pause KEY (--for PERIOD | --until MS)`.
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    /// The key.
+    pub key: String,
+    /// How long: a period (`30s`, `5m`, `1h30m`).
+    #[arg(
+        long = "for",
+        value_name = "PERIOD",
+        conflicts_with = "until",
+        required_unless_present = "until"
+    )]
+    pub for_: Option<String>,
+    /// Until this instant, in Unix-epoch milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub until: Option<u64>,
+    /// A dynamic key (a task's dynamic_key, an inline acquire's key).
+    #[arg(long)]
+    pub dynamic: bool,
+}
+
+impl PauseArgs {
+    fn request(&self) -> Result<tollgate_client::PauseRequest, Failure> {
+        let for_ms = match &self.for_ {
+            Some(p) => {
+                let period: tollgate::core::Period =
+                    p.parse().map_err(|e| format!("invalid --for {p:?}: {e}"))?;
+                Some(period.as_nanos().as_millis_ceil())
+            }
+            None => None,
+        };
+        Ok(tollgate_client::PauseRequest {
+            for_ms,
+            until_ms: self.until,
+            dynamic: self.dynamic,
+        })
+    }
 }
 
 /// `tollgate limits put KEY RATE`.
@@ -360,6 +412,23 @@ impl ClientCommand {
                 } else {
                     format!("removed {key}\n")
                 })
+            }
+            ClientCommand::Limits(LimitsCommand::Pause(p)) => {
+                let pause = client.pause(&p.key, &p.request()?).await.map_err(fail)?;
+                ok(render_pauses(&[pause], o.json))
+            }
+            ClientCommand::Limits(LimitsCommand::Resume { key, dynamic }) => {
+                let r = client.resume(&key, dynamic).await.map_err(fail)?;
+                ok(if o.json {
+                    format!("{}\n", serde_json::to_value(&r).unwrap_or_default())
+                } else if r.was_paused {
+                    format!("resumed {key}\n")
+                } else {
+                    format!("{key} was not paused\n")
+                })
+            }
+            ClientCommand::Limits(LimitsCommand::Pauses) => {
+                ok(render_pauses(&client.pauses().await.map_err(fail)?, o.json))
             }
             ClientCommand::Tasks(TasksCommand::Put(p)) => {
                 let spec = p.body()?;
@@ -681,6 +750,7 @@ fn render_limits(limits: &[tollgate_client::Limit], json_out: bool) -> String {
                     m.insert("used".into(), json!(l.used));
                     m.insert("remaining".into(), json!(l.remaining));
                     m.insert("reset_after_ms".into(), json!(l.reset_after_ms));
+                    m.insert("paused_until_ms".into(), json!(l.paused_until_ms));
                 }
                 v
             })
@@ -696,6 +766,7 @@ fn render_limits(limits: &[tollgate_client::Limit], json_out: bool) -> String {
             "USED",
             "REMAINING",
             "RESET",
+            "PAUSED_UNTIL_MS",
         ]
         .map(String::from)
         .to_vec(),
@@ -738,6 +809,39 @@ fn render_limits(limits: &[tollgate_client::Limit], json_out: bool) -> String {
             l.reset_after_ms
                 .map(|ms| format!("{ms} ms"))
                 .unwrap_or_else(|| "-".into()),
+            l.paused_until_ms
+                .map_or_else(|| "-".into(), |ms| ms.to_string()),
+        ]);
+    }
+    table(&rows)
+}
+
+/// Pauses as a table (KEY, NAMESPACE, UNTIL as Unix-epoch ms, LEFT), or as JSON.
+fn render_pauses(pauses: &[tollgate_client::Pause], json_out: bool) -> String {
+    if json_out {
+        return format!("{}\n", serde_json::to_value(pauses).unwrap_or_default());
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut rows = vec![
+        ["KEY", "NAMESPACE", "UNTIL_MS", "LEFT"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for p in pauses {
+        let (until, left) = match p.paused_until_ms {
+            Some(ms) => (
+                ms.to_string(),
+                format!("{} s", ms.saturating_sub(now_ms).div_ceil(1_000)),
+            ),
+            None => ("-".into(), "not paused".into()),
+        };
+        rows.push(vec![
+            p.key.clone(),
+            format!("{:?}", p.namespace).to_lowercase(),
+            until,
+            left,
         ]);
     }
     table(&rows)

@@ -116,6 +116,30 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             )
         },
         Op {
+            body: s::<api::PauseRequest>(g),
+            ok: (200, s::<api::Pause>(g)),
+            ..op(
+                "post",
+                "/v1/limits/{key}/pause",
+                "Pause a key: every acquire and run on it waits until the pause ends",
+                Some("worker"),
+            )
+        },
+        Op {
+            ok: (200, s::<api::Resumed>(g)),
+            query: &[("dynamic", "boolean", "the key is a dynamic key")],
+            ..op(
+                "delete",
+                "/v1/limits/{key}/pause",
+                "End a key's pause now",
+                Some("worker"),
+            )
+        },
+        Op {
+            ok: (200, s::<api::PauseListing>(g)),
+            ..op("get", "/v1/pauses", "Every pause in force", Some("read"))
+        },
+        Op {
             body: s::<api::AcquireRequest>(g),
             ok: (200, s::<api::Acquisition>(g)),
             ..op(

@@ -117,6 +117,71 @@ async fn acquire_prints_allowed_or_denied_and_exits_zero_or_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_paused_listed_and_resumed_from_the_command_line() {
+    let url = server().await;
+    tollgate(&["--server", &url, "limits", "put", "api", "100/s"]).await;
+    let pause = tollgate(&["--server", &url, "limits", "pause", "api", "--for", "2m"]).await;
+    assert!(pause.status.success(), "{}", stderr(&pause));
+    let table = stdout(&pause);
+    assert!(table.starts_with("KEY"), "{table}");
+    let row = table.lines().nth(1).unwrap_or_default();
+    assert_eq!(
+        row.split_whitespace().take(2).collect::<Vec<_>>(),
+        ["api", "static"],
+        "{table}"
+    );
+    assert!(table.contains("120 s"), "{table}");
+    let denied = tollgate(&["--server", &url, "acquire", "api"]).await;
+    assert_eq!(denied.status.code(), Some(1), "{}", stdout(&denied));
+    let json: Value = serde_json::from_str(&stdout(
+        &tollgate(&["--server", &url, "--json", "limits", "pauses"]).await,
+    ))
+    .unwrap();
+    assert_eq!(json[0]["key"], "api");
+    let until = json[0]["paused_until_ms"].as_u64().unwrap();
+    let ls: Value = serde_json::from_str(&stdout(
+        &tollgate(&["--server", &url, "--json", "limits", "ls"]).await,
+    ))
+    .unwrap();
+    assert_eq!(ls[0]["paused_until_ms"].as_u64(), Some(until));
+    // A dynamic key, paused until an instant.
+    let until_arg = (until + 1_000).to_string();
+    let dynamic = tollgate(&[
+        "--server",
+        &url,
+        "limits",
+        "pause",
+        "u1",
+        "--until",
+        &until_arg,
+        "--dynamic",
+    ])
+    .await;
+    let row = stdout(&dynamic)
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        row.split_whitespace().take(2).collect::<Vec<_>>(),
+        ["u1", "dynamic"],
+        "{row}"
+    );
+    let resume = tollgate(&["--server", &url, "limits", "resume", "api"]).await;
+    assert_eq!(stdout(&resume), "resumed api\n");
+    let again = tollgate(&["--server", &url, "limits", "resume", "api"]).await;
+    assert_eq!(stdout(&again), "api was not paused\n");
+    let allowed = tollgate(&["--server", &url, "acquire", "api"]).await;
+    assert_eq!(allowed.status.code(), Some(0));
+    // Neither or both of --for and --until: clap refuses before anything is sent.
+    let neither = tollgate(&["--server", &url, "limits", "pause", "api"]).await;
+    assert_eq!(neither.status.code(), Some(2));
+    let bad = tollgate(&["--server", &url, "limits", "pause", "api", "--for", "soon"]).await;
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("invalid --for"), "{}", stderr(&bad));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_get_says_why_a_run_waits_and_until_when() {
     let url = server().await;
     tollgate(&[

@@ -9,7 +9,7 @@ Dramatiq (``tollgate.dramatiq``).
 
 from __future__ import annotations
 
-from ._core import Decision, Entry, KeyDecision, Lease, LimitList, WorkerStats
+from ._core import Decision, Entry, KeyDecision, Lease, LimitList, Pause, WorkerStats
 from ._errors import (
     BadRequestError,
     ConflictError,
@@ -28,7 +28,7 @@ from ._errors import (
 )
 from .aio import AsyncBarrierHandle, AsyncTollgate
 from .client import BarrierHandle, HeldLease, Tollgate
-from .worker import NoRetry, Worker, WorkerError
+from .worker import NoRetry, Throttled, Worker, WorkerError
 
 __version__ = "0.2.0"
 
@@ -49,8 +49,10 @@ __all__ = [
     "MethodNotAllowedError",
     "NoRetry",
     "NotFoundError",
+    "Pause",
     "PayloadTooLargeError",
     "RateLimited",
+    "Throttled",
     "Tollgate",
     "TollgateConnectionError",
     "TollgateError",

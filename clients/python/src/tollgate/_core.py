@@ -434,6 +434,61 @@ def op_limits(dynamic: int | None) -> Op[LimitList]:
     return Op("GET", path("v1", "limits"), read, params=params)
 
 
+def pause_fields(body: Body, duration: float | None, until: float | None, name: str = "") -> Body:
+    """``duration`` (seconds from now) or ``until`` (Unix seconds) as a pause's ``for_ms`` or
+    ``until_ms``, rounded up; exactly one of the two."""
+    if (duration is None) == (until is None):
+        raise ValueError(f"{name}give a duration (seconds from now) or until (an instant), exactly one")
+    if duration is not None:
+        body["for_ms"] = millis(seconds(duration, f"{name}duration", allow_zero=False))
+    if until is not None:
+        body["until_ms"] = millis(seconds(until, f"{name}until"))
+    return body
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A key to pause for everyone, as a worker's :meth:`~tollgate.Tollgate.fail` reports an
+    upstream's 429: for ``duration`` seconds from now or ``until`` an instant (Unix seconds), a
+    dynamic key with ``dynamic=True``."""
+
+    key: str
+    duration: float | None = None
+    until: float | None = None
+    dynamic: bool = False
+
+    def body(self) -> Body:
+        check_name(self.key, "pause key")
+        body: Body = {"key": self.key}
+        pause_fields(body, self.duration, self.until, "pause: ")
+        if self.dynamic:
+            body["dynamic"] = True
+        return body
+
+
+def op_pause(key: str, duration: float | None, until: float | None, dynamic: bool) -> Op[dict[str, Any]]:
+    check_name(key, "key")
+    body = pause_fields({}, duration, until)
+    if dynamic:
+        body["dynamic"] = True
+    return Op("POST", path("v1", "limits", key, "pause"), as_dict, body=body)
+
+
+def op_resume(key: str, dynamic: bool) -> Op[bool]:
+    check_name(key, "key")
+    params = {"dynamic": "true"} if dynamic else None
+    return Op(
+        "DELETE",
+        path("v1", "limits", key, "pause"),
+        lambda v: bool(as_dict(v).get("was_paused")),
+        params=params,
+    )
+
+
+def op_pauses() -> Op[list[dict[str, Any]]]:
+    return Op("GET", path("v1", "pauses"), as_list("pauses"))
+
+
 def check_count(value: Any, name: str, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
@@ -650,7 +705,12 @@ def op_complete(run_id: str, output: JSON, attempt: int | None) -> Op[dict[str, 
 
 
 def op_fail(
-    run_id: str, error: str, retry: bool, attempt: int | None, retry_after: float | None = None
+    run_id: str,
+    error: str,
+    retry: bool,
+    attempt: int | None,
+    retry_after: float | None = None,
+    pause: Pause | None = None,
 ) -> Op[dict[str, Any]]:
     if not isinstance(error, str):
         raise TypeError(f"error must be a str, not {type(error).__name__}")
@@ -661,6 +721,10 @@ def op_fail(
         if not retry:
             raise ValueError("retry_after applies to a retry: give retry=True with it")
         body["retry_after_ms"] = millis(seconds(retry_after, "retry_after"))
+    if pause is not None:
+        if not isinstance(pause, Pause):
+            raise TypeError(f"pause must be a tollgate.Pause, not {type(pause).__name__}")
+        body["pause"] = pause.body()
     return op_run_call(run_id, "fail", body)
 
 

@@ -110,6 +110,25 @@ class AsyncTollgate:
 
     # -- acquire ---------------------------------------------------------------------------
 
+    async def pause(
+        self,
+        key: str,
+        duration: float | None = None,
+        *,
+        until: float | None = None,
+        dynamic: bool = False,
+    ) -> dict[str, Any]:
+        """See :meth:`tollgate.Tollgate.pause`."""
+        return await self._send(core.op_pause(key, duration, until, dynamic))
+
+    async def resume(self, key: str, *, dynamic: bool = False) -> bool:
+        """See :meth:`tollgate.Tollgate.resume`."""
+        return await self._send(core.op_resume(key, dynamic))
+
+    async def pauses(self) -> list[dict[str, Any]]:
+        """See :meth:`tollgate.Tollgate.pauses`."""
+        return await self._send(core.op_pauses())
+
     async def acquire(self, *limits: Entry, units: int | None = None, wait: float = 0.0) -> Decision:
         """See :meth:`tollgate.Tollgate.acquire`."""
         body = core.entries(limits, units)
@@ -343,9 +362,10 @@ class AsyncTollgate:
         retry: bool = False,
         attempt: int | None = None,
         retry_after: float | None = None,
+        pause: core.Pause | None = None,
     ) -> dict[str, Any]:
         """See :meth:`tollgate.Tollgate.fail`."""
-        return await self._send(core.op_fail(run_id, error, retry, attempt, retry_after))
+        return await self._send(core.op_fail(run_id, error, retry, attempt, retry_after, pause))
 
     async def release(self, run_id: str, *, attempt: int | None = None) -> dict[str, Any]:
         """See :meth:`tollgate.Tollgate.release`."""

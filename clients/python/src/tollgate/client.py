@@ -153,6 +153,29 @@ class Tollgate:
 
     # -- acquire ---------------------------------------------------------------------------
 
+    def pause(
+        self,
+        key: str,
+        duration: float | None = None,
+        *,
+        until: float | None = None,
+        dynamic: bool = False,
+    ) -> dict[str, Any]:
+        """Pauses ``key`` for everyone for ``duration`` seconds (or ``until`` an instant, Unix
+        seconds): every acquire and run on it waits until then (an upstream answered 429). A
+        dynamic key needs ``dynamic=True``. A pause in force that ends later is kept. Answers
+        ``{"key", "namespace", "paused_until_ms"}``."""
+        return self._send(core.op_pause(key, duration, until, dynamic))
+
+    def resume(self, key: str, *, dynamic: bool = False) -> bool:
+        """Ends ``key``'s pause now (the runs waiting on it are tried at once); whether one was
+        in force."""
+        return self._send(core.op_resume(key, dynamic))
+
+    def pauses(self) -> list[dict[str, Any]]:
+        """Every pause in force: ``{"key", "namespace", "paused_until_ms"}`` each."""
+        return self._send(core.op_pauses())
+
     def acquire(self, *limits: Entry, units: int | None = None, wait: float = 0.0) -> Decision:
         """Takes units from every limit named, all or nothing.
 
@@ -405,11 +428,14 @@ class Tollgate:
         retry: bool = False,
         attempt: int | None = None,
         retry_after: float | None = None,
+        pause: core.Pause | None = None,
     ) -> dict[str, Any]:
         """Fails a running run; with ``retry`` it is queued again while attempts remain, after
         its task's ``retry`` backoff, or after ``retry_after`` seconds (an upstream's
-        Retry-After) when given: ``scheduled`` meanwhile."""
-        return self._send(core.op_fail(run_id, error, retry, attempt, retry_after))
+        Retry-After) when given: ``scheduled`` meanwhile. With ``pause``
+        (``tollgate.Pause("stripe-api", 30)``) that key is first paused for every worker, as
+        :meth:`pause` does: one upstream 429 holds everyone back."""
+        return self._send(core.op_fail(run_id, error, retry, attempt, retry_after, pause))
 
     def release(self, run_id: str, *, attempt: int | None = None) -> dict[str, Any]:
         """Hands a running run back: queued again, the attempt not counted."""

@@ -8,7 +8,9 @@ The model is the Rust client's worker (``crates/client/src/worker.rs``):
 * every leased run gets a thread that runs the handler; a heartbeat thread extends each run's
   lease every third of its lease timeout while the handler runs;
 * the handler's return value completes the run; an exception fails it with ``retry`` (it is
-  queued again while attempts remain), :class:`NoRetry` fails it for good;
+  queued again while attempts remain), :class:`NoRetry` fails it for good, and
+  :class:`Throttled` (an upstream answered 429) pauses that key for every worker and retries
+  the run once the pause ends;
 * every call carries the run's ``attempt``: a worker whose lease lapsed gets 409, logs it and
   drops the run instead of touching the attempt another worker now holds;
 * on SIGINT or SIGTERM (or :meth:`Worker.stop`) it stops leasing, gives in-flight handlers the
@@ -53,6 +55,24 @@ _ids = itertools.count(1)
 
 class NoRetry(Exception):
     """Raise from a handler to fail the run for good: no further attempt."""
+
+
+class Throttled(Exception):
+    """Raise from a handler when an upstream refused for a while (HTTP 429 with
+    ``Retry-After``): the key ``key`` is paused for every worker and node for ``retry_after``
+    seconds (``dynamic=True`` for a dynamic key), and the run is retried after it, while
+    attempts remain.
+
+    >>> raise Throttled("stripe-api", 30)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, key: str, retry_after: float, *, dynamic: bool = False, message: str | None = None
+    ) -> None:
+        super().__init__(message or f"{key} is throttled for {retry_after} s")
+        self.key = key
+        self.retry_after = retry_after
+        self.dynamic = dynamic
 
 
 class WorkerError(Exception):
@@ -341,6 +361,8 @@ class Worker:
         retry = True
         error: str | None = None
         output: Any = None
+        pause: core.Pause | None = None
+        retry_after: float | None = None
         try:
             result = reg.handler(run)
             if inspect.isawaitable(result):
@@ -352,6 +374,10 @@ class Worker:
                 error, retry = f"the handler's return value is not JSON: {exc}", False
         except NoRetry as exc:
             error, retry = str(exc) or "NoRetry", False
+        except Throttled as exc:
+            error = f"Throttled: {exc}"
+            pause = core.Pause(exc.key, exc.retry_after, dynamic=exc.dynamic)
+            retry_after = exc.retry_after
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"
         with self._changed:
@@ -382,7 +408,12 @@ class Worker:
                 "" if retry else " for good",
                 error,
             )
-            ok = _report(lambda: self.client.fail(run_id, str(error), retry=retry, attempt=attempt), deadline)
+            ok = _report(
+                lambda: self.client.fail(
+                    run_id, str(error), retry=retry, attempt=attempt, retry_after=retry_after, pause=pause
+                ),
+                deadline,
+            )
             self._count(**({"failed": 1} if ok else {"lost": 1}))
         self._finish(run_id)
 

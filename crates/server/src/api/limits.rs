@@ -1,4 +1,5 @@
-//! Declared (static) limits: `PUT/GET/DELETE /v1/limits/{key}` and `GET /v1/limits`.
+//! Declared (static) limits: `PUT/GET/DELETE /v1/limits/{key}` and `GET /v1/limits`; pauses:
+//! `POST/DELETE /v1/limits/{key}/pause` and `GET /v1/pauses` (docs/design.md §3.13).
 //!
 //! A limit is answered as its key, its namespace, its canonical definition (the fields of
 //! [`LimitSpec`], defaults filled in) and its live state:
@@ -10,19 +11,22 @@
 //! The listing also shows the dynamic keys that have state (`"namespace": "dynamic"`), and
 //! how many there are (`"dynamic_total"`). `GET /v1/limits?dynamic=N` keeps only the `N`
 //! busiest dynamic keys (the largest share of their limit used first): a dashboard polling
-//! it stays small however many per-user keys are live.
+//! it stays small however many per-user keys are live. A paused key shows when its pause ends
+//! (`paused_until_ms`, else `null`).
 
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use tollgate::core::Limit;
-use tollgate::{LimitInfo, LimitSpec, LimitSpecExt, Namespace, StateView};
+use tollgate::core::Nanos;
+use tollgate::{LimitInfo, LimitSpec, LimitSpecExt, Namespace, Pause, PauseEnd, StateView};
 use tollgate_api::{
     ErrorCode, Limit as LimitView, LimitListing as Listing, Namespace as ShownNamespace,
+    Pause as PauseView, PauseListing, PauseRequest, Resumed,
 };
 
-use crate::api::{duration_ms, validate_key};
+use crate::api::{duration_ms, period_ms, validate_key};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Segment};
 use crate::state::AppState;
@@ -31,10 +35,20 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/limits", get(list))
         .route("/v1/limits/{key}", get(get_one).put(put).delete(remove))
+        .route("/v1/limits/{key}/pause", post(pause).delete(resume))
+        .route("/v1/pauses", get(pauses))
+}
+
+/// When `info`'s key is paused until, among the pauses in force.
+fn paused_until(pauses: &[Pause], ns: Namespace, key: &str) -> Option<u64> {
+    pauses
+        .iter()
+        .find(|p| p.namespace == ns && p.key == key)
+        .map(|p| p.until.as_millis_ceil())
 }
 
 /// One limit with its live state.
-fn view(info: LimitInfo) -> LimitView {
+fn view(info: LimitInfo, pauses: &[Pause]) -> LimitView {
     let (used, remaining, reset_after_ms) = match info.state {
         StateView::Rate(u) => (u.used, u.remaining, Some(duration_ms(u.reset_after))),
         StateView::Concurrency { live, limit } => (live, limit.saturating_sub(live), None),
@@ -45,6 +59,7 @@ fn view(info: LimitInfo) -> LimitView {
         ),
     };
     LimitView {
+        paused_until_ms: paused_until(pauses, info.namespace, &info.key),
         key: info.key,
         namespace: namespace_name(info.namespace),
         definition: LimitSpec::from_limit(&info.limit),
@@ -74,7 +89,14 @@ fn load(l: &LimitView) -> f64 {
 
 /// Every declared limit, then the dynamic keys: all of them, or the `dynamic` busiest.
 pub(crate) async fn listing(state: &AppState, dynamic: Option<usize>) -> Result<Listing, ApiError> {
-    let limits: Vec<LimitView> = state.limits().list().await?.into_iter().map(view).collect();
+    let pauses = state.queue().pauses().await?;
+    let limits: Vec<LimitView> = state
+        .limits()
+        .list()
+        .await?
+        .into_iter()
+        .map(|info| view(info, &pauses))
+        .collect();
     let (mut dynamic_keys, mut limits): (Vec<LimitView>, Vec<LimitView>) = limits
         .into_iter()
         .partition(|l| l.namespace == ShownNamespace::Dynamic);
@@ -145,8 +167,9 @@ async fn get_one(
     Segment(key): Segment,
 ) -> Result<Json<LimitView>, ApiError> {
     validate_key(&key, "key")?;
+    let pauses = state.queue().pauses().await?;
     match state.limits().get(&key).await? {
-        Some(info) => Ok(Json(view(info))),
+        Some(info) => Ok(Json(view(info, &pauses))),
         None => Err(unknown(&key)),
     }
 }
@@ -171,8 +194,9 @@ async fn put(
     }
     // Durable (SQLite) before it is answered.
     state.queue().put_limit(&key, spec).await?;
+    let pauses = state.queue().pauses().await?;
     match state.limits().get(&key).await? {
-        Some(info) => Ok(Json(view(info))),
+        Some(info) => Ok(Json(view(info, &pauses))),
         // Removed by a concurrent DELETE between the two calls.
         None => Err(unknown(&key)),
     }
@@ -190,4 +214,147 @@ async fn remove(
     } else {
         Err(unknown(&key))
     }
+}
+
+/// The latest instant a pause may end at: 2200-01-01 (instants stay exact in Redis's doubles).
+const MAX_UNTIL_MS: u64 = 7_258_118_400_000;
+
+/// When a pause ends, from a body's `for_ms` / `until_ms` (exactly one), the fields named as
+/// `field_prefix` + the field (`"pause."` in a `fail` body).
+pub(crate) fn pause_end(
+    for_ms: Option<u64>,
+    until_ms: Option<u64>,
+    field_prefix: &str,
+) -> Result<PauseEnd, ApiError> {
+    match (for_ms, until_ms) {
+        (Some(ms), None) => {
+            let field = format!("{field_prefix}for_ms");
+            Ok(PauseEnd::For(period_ms(ms, &field)?.as_nanos()))
+        }
+        (None, Some(ms)) if ms > MAX_UNTIL_MS => Err(ApiError::bad_request(
+            ErrorCode::InvalidField,
+            format!("until_ms must be at most {MAX_UNTIL_MS} (2200-01-01)"),
+        )
+        .with_field(format!("{field_prefix}until_ms"))),
+        (None, Some(ms)) => Ok(PauseEnd::Until(Nanos::from_millis(ms))),
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            ErrorCode::InvalidField,
+            "give for_ms (from now) or until_ms (an instant), not both",
+        )
+        .with_field(format!("{field_prefix}until_ms"))),
+        (None, None) => Err(ApiError::bad_request(
+            ErrorCode::InvalidField,
+            "a pause needs for_ms (milliseconds from now) or until_ms (a Unix-epoch instant in milliseconds)",
+        )
+        .with_field(format!("{field_prefix}for_ms"))),
+    }
+}
+
+fn namespace_of(dynamic: bool) -> Namespace {
+    if dynamic {
+        Namespace::Dynamic
+    } else {
+        Namespace::Static
+    }
+}
+
+/// Pauses `key` (checked, named as `field`) until `end`; the pause in force as answered.
+pub(crate) async fn pause_key(
+    state: &AppState,
+    key: &str,
+    field: &str,
+    dynamic: bool,
+    end: PauseEnd,
+) -> Result<PauseView, ApiError> {
+    validate_key(key, field)?;
+    let ns = namespace_of(dynamic);
+    let until = state
+        .queue()
+        .pause(ns, key, end)
+        .await
+        .map_err(|e| match e {
+            tollgate::Error::UnknownLimit { .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::UnknownLimit,
+                format!(
+                    "no limit is declared under key {key:?} (a dynamic key is paused with \"dynamic\": true)"
+                ),
+            )
+            .with_field(field.to_owned()),
+            e => ApiError::from(e),
+        })?;
+    let now = state.now();
+    Ok(PauseView {
+        key: key.to_owned(),
+        namespace: namespace_name(ns),
+        paused_until_ms: (until > now).then(|| until.as_millis_ceil()),
+    })
+}
+
+/// `POST /v1/limits/{key}/pause` `{"for_ms" | "until_ms", "dynamic"?}`: every acquire and run
+/// on the key waits until the pause ends (a pause in force that ends later is kept). Answers
+/// the pause in force.
+async fn pause(
+    State(state): State<AppState>,
+    Segment(key): Segment,
+    JsonBody(req): JsonBody<PauseRequest>,
+) -> Result<Json<PauseView>, ApiError> {
+    let end = pause_end(req.for_ms, req.until_ms, "")?;
+    Ok(Json(
+        pause_key(&state, &key, "key", req.dynamic, end).await?,
+    ))
+}
+
+/// `DELETE /v1/limits/{key}/pause[?dynamic=true]`: ends the pause now; the runs waiting on the
+/// key are tried at once.
+async fn resume(
+    State(state): State<AppState>,
+    Segment(key): Segment,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Resumed>, ApiError> {
+    validate_key(&key, "key")?;
+    let mut dynamic = false;
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        dynamic = match pair.split_once('=') {
+            Some(("dynamic", "true")) => true,
+            Some(("dynamic", "false")) => false,
+            _ => {
+                return Err(ApiError::bad_request(
+                    ErrorCode::InvalidField,
+                    format!(
+                        "DELETE /v1/limits/{{key}}/pause takes only dynamic=true or dynamic=false, not {pair:?}"
+                    ),
+                )
+                .with_field("dynamic"));
+            }
+        };
+    }
+    let ns = namespace_of(dynamic);
+    let was_paused = state.queue().resume(ns, &key).await?;
+    Ok(Json(Resumed {
+        key,
+        namespace: namespace_name(ns),
+        was_paused,
+    }))
+}
+
+/// `GET /v1/pauses`: every pause in force.
+async fn pauses(State(state): State<AppState>) -> Result<Json<PauseListing>, ApiError> {
+    let pauses = state
+        .queue()
+        .pauses()
+        .await?
+        .into_iter()
+        .map(|p| PauseView {
+            paused_until_ms: Some(p.until.as_millis_ceil()),
+            namespace: namespace_name(p.namespace),
+            key: p.key,
+        })
+        .collect();
+    Ok(Json(PauseListing { pauses }))
 }

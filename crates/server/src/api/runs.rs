@@ -22,7 +22,9 @@
 //! `attempt`, the call applies only to that attempt, so a worker whose lease lapsed (and whose
 //! run was leased again) gets 409 `invalid_state` instead of touching the new attempt. A run
 //! that is not running is 409 `invalid_state` too; an unknown id is 404 `unknown_run`.
-//! `fail` retries (requeues while attempts remain) only with `"retry": true`; `release` hands a
+//! `fail` retries (requeues while attempts remain) only with `"retry": true`, and with
+//! `"pause": {"key", "for_ms" | "until_ms", "dynamic"?}` first pauses that key for everyone (an
+//! upstream's 429 with `Retry-After`; docs/design.md §3.13); `release` hands a
 //! run back without counting the attempt and gives back the units it took.
 
 use axum::extract::{RawQuery, State};
@@ -231,6 +233,11 @@ async fn fail(
         .with_field("retry_after_ms"));
     }
     let retry_after = req.retry_after_ms.map(tollgate::core::Nanos::from_millis);
+    // An upstream's 429 pauses the key for everyone first, so the retry itself waits for it.
+    if let Some(p) = &req.pause {
+        let end = crate::api::limits::pause_end(p.for_ms, p.until_ms, "pause.")?;
+        crate::api::limits::pause_key(&state, &p.key, "pause.key", p.dynamic, end).await?;
+    }
     let run = match state
         .queue()
         .fail_with(&id, req.attempt, req.error, req.retry, retry_after)
