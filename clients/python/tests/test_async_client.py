@@ -88,6 +88,8 @@ def test_pauses(server: Server, uid: str) -> None:
             assert [r["id"] for r in await tg.lease_runs("w", [task], max=1, wait=1.0)] == [run]
             await tg.fail(run, "429", retry=True, pause=Pause(key, 30))
             assert [p["key"] for p in await tg.pauses()] == [key]
+            why = await tg.explain(run)
+            assert why["limits"][0]["key"] == key
 
     asyncio.run(main())
 

@@ -413,6 +413,14 @@ def test_a_paused_key_holds_acquires_and_runs_back_until_resumed(tg: Tollgate, u
     assert time.time() + 29 < until / 1000 <= time.time() + 30.001
     assert tg.lease_runs("w1", [task], max=1, wait=0) == []
     assert tg.run(run)["eligible_at_ms"] == until
+    # Why it waits, key by key.
+    why = tg.explain(run)
+    assert (why["state"], why["limits"][0]["key"], why["limits"][0]["paused_until_ms"]) == (
+        "waiting",
+        key,
+        until,
+    )
+    assert why["limits"][0]["position"] == 0
     # A dynamic key, until an instant.
     dynamic = tg.pause(f"{uid}-user", until=time.time() + 5, dynamic=True)
     assert dynamic["namespace"] == "dynamic"

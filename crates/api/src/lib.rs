@@ -64,8 +64,8 @@ pub use limits::{
 };
 pub use runs::{
     AttemptRequest, CancelRequest, CompleteRequest, EnqueueRequest, EventAnswer, EventRequest,
-    EventRun, FailPause, FailRequest, LeasedRun, LeasedRuns, RunListing, RunState, RunView,
-    WorkerLeaseRequest,
+    EventRun, Explanation, FailPause, FailRequest, KeyExplanation, LeasedRun, LeasedRuns,
+    RunListing, RunState, RunView, WorkerLeaseRequest,
 };
 pub use tasks::{
     ConcurrencyUse, Depth, IdempotencyUse, KeyScope, NumberOrExpr, OnLimit, RateLimitUse,

@@ -289,6 +289,53 @@ pub struct FailPause {
     pub dynamic: bool,
 }
 
+/// `GET /v1/runs/{id}/explain`: why a run waits, key by key (docs/design.md §3.14).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Explanation {
+    /// The run, as `GET /v1/runs/{id}` shows it.
+    pub run: RunView,
+    /// Its state (the run's, repeated for the reader's convenience).
+    pub state: RunState,
+    /// The earliest it could start, in Unix-epoch milliseconds (rounded up), when known.
+    pub eligible_at_ms: Option<u64>,
+    /// For a `queued` run: how many ready runs of its task are ahead of it.
+    pub ready_ahead: Option<u64>,
+    /// Every limit and concurrency key the run needs, in the order its task names them.
+    pub limits: Vec<KeyExplanation>,
+}
+
+/// One key a run needs, as [`Explanation`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct KeyExplanation {
+    /// The key.
+    pub key: String,
+    /// `static` (a declared limit) or `dynamic` (rendered per run; every concurrency key).
+    pub namespace: crate::Namespace,
+    /// Its algorithm: a rate algorithm, or `concurrency`.
+    pub algorithm: String,
+    /// The limit in force now: a rate limit's `limit` (a token bucket's `capacity`), or a
+    /// concurrency key's slots.
+    pub limit_in_force: u64,
+    /// Units used now (slots held, for concurrency).
+    pub used: u64,
+    /// Units (slots) admissible now.
+    pub remaining: u64,
+    /// Runs waiting on this key now.
+    pub waiting: u64,
+    /// The run's place in the key's wait queue (0: its head, the next to be tried) while it
+    /// waits on this key; `None` otherwise.
+    pub position: Option<u64>,
+    /// The ids of up to 10 runs ahead of it in that queue, nearest the head first.
+    pub ahead: Vec<String>,
+    /// While the key is paused: when the pause ends (Unix-epoch ms, rounded up).
+    pub paused_until_ms: Option<u64>,
+    /// When this key would let the run be tried again: for the key it waits on, its
+    /// `eligible_at_ms`; for a paused key, the end of the pause; otherwise `None`.
+    pub eligible_at_ms: Option<u64>,
+}
+
 /// `/cancel`'s body: empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

@@ -479,6 +479,23 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/runs/{id}/explain`: why a run waits, key by key: each limit and concurrency
+    /// key it needs with its limit in force, usage, pause, and the run's place in the key's
+    /// wait queue (with up to 10 runs ahead of it); for a queued run, how many ready runs of its
+    /// task are ahead.
+    ///
+    /// # Errors
+    /// [`Error::Api`] 404 `unknown_run`.
+    pub async fn explain(&self, run_id: &str) -> Result<tollgate_api::Explanation, Error> {
+        self.call(
+            Method::GET,
+            self.url(&["v1", "runs", run_id, "explain"]),
+            None::<&()>,
+            Duration::ZERO,
+        )
+        .await
+    }
+
     /// `GET /v1/runs?task=&state=&limit=`: runs, newest first.
     ///
     /// # Errors

@@ -82,6 +82,7 @@ pub use store::{
     StateView, Store, StoreFuture, Target, validate_entries,
 };
 pub use task::{Expr, OnLimit, RenderError, Rendered, RunContext, Task, TaskSpec};
+pub use tollgate_api as api;
 pub use tollgate_core as core;
 
 /// The README's Rust examples, compiled and run as doctests so they stay true.

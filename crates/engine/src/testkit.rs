@@ -80,6 +80,9 @@ pub enum Op {
     GetLimit {
         key: usize,
     },
+    GetDynamic {
+        key: usize,
+    },
     List,
     Acquire(Vec<OpEntry>),
     Refund(Vec<OpEntry>),
@@ -210,6 +213,7 @@ pub fn op(res: Nanos) -> impl Strategy<Value = Op> {
         3 => (key.clone(), any_limit).prop_map(|(key, limit)| Op::PutLimit { key, limit }),
         1 => key.clone().prop_map(|key| Op::RemoveLimit { key }),
         2 => key.clone().prop_map(|key| Op::GetLimit { key }),
+        1 => key.clone().prop_map(|key| Op::GetDynamic { key }),
         1 => Just(Op::List),
         12 => proptest::collection::vec(entry(res), 1..=4).prop_map(Op::Acquire),
         2 => proptest::collection::vec(entry(res), 1..=2).prop_map(Op::Refund),
@@ -309,6 +313,7 @@ pub async fn apply(store: &dyn AsyncStore, op: &Op, now: Nanos) -> Answer {
         }
         Op::RemoveLimit { key } => answer(store.remove_limit(KEYS[*key]).await, Answer::Bool),
         Op::GetLimit { key } => answer(store.get_limit(KEYS[*key], now).await, Answer::Limit),
+        Op::GetDynamic { key } => answer(store.get_dynamic(KEYS[*key], now).await, Answer::Limit),
         Op::List => answer(store.list_limits(now).await, Answer::List),
         Op::Acquire(es) => answer(store.acquire(&entries(es), now).await, Answer::Acquired),
         Op::Refund(es) => answer(store.refund(&entries(es), now).await, |()| Answer::Unit),

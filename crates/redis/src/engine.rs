@@ -1020,6 +1020,84 @@ impl RedisEngine {
         }
     }
 
+    /// Why run `id` waits: each key it needs with its limit in force, usage, pause and wait
+    /// queue (docs/design.md §3.14), read from Redis as the embedded engine reads its own.
+    ///
+    /// # Errors
+    /// [`Error::UnknownRun`]; store failures.
+    pub async fn explain(&self, id: &str) -> Result<tollgate::api::Explanation, Error> {
+        use tollgate::queue::explain::{self, QueuePlace};
+        let args = vec![self.inner.q.clone(), "explain".to_owned(), id.to_owned()];
+        let (status, items) = self
+            .queue_call("explain a run", Script::Read, &args)
+            .await?;
+        let (Some(view), "ok") = (items.first(), status.as_str()) else {
+            return Err(Error::UnknownRun { id: id.to_owned() });
+        };
+        let view = self.view(view)?;
+        let bad = || {
+            self.inner
+                .store
+                .corrupt(format_args!("explain answered {items:?}"))
+        };
+        let ready_ahead = items.get(1).and_then(int).ok_or_else(bad)?;
+        let store = &self.inner.store;
+        let now = self.inner.limits.now();
+        let pauses = AsyncStore::pauses(store, now).await?;
+        let eligible_at = view.eligible_at_ms.map(Nanos::from_millis);
+        let mut limits = Vec::new();
+        for entry in &items[2..] {
+            let Value::Array(f) = entry else {
+                return Err(bad());
+            };
+            let text = |i: usize| f.get(i).and_then(text_of).ok_or_else(bad);
+            let number = |i: usize| {
+                f.get(i)
+                    .and_then(int)
+                    .and_then(|n| u64::try_from(n).ok())
+                    .ok_or_else(bad)
+            };
+            let position = f.get(7).and_then(int).ok_or_else(bad)?;
+            let place = QueuePlace {
+                waiting: number(6)?,
+                position: u64::try_from(position).ok(),
+                ahead: f[8..].iter().filter_map(text_of).collect(),
+            };
+            let key = text(1)?;
+            if text(0)? == "c" {
+                let limit = u32::try_from(number(4)?).unwrap_or(u32::MAX);
+                limits.push(explain::concurrency_key(&key, limit, number(5)?, place));
+                continue;
+            }
+            let dynamic = text(2)? == "d";
+            let (spec, info) = if dynamic {
+                let spec = crate::spec::parse(&text(3)?)
+                    .map(|l| LimitSpec::from_limit(&l))
+                    .ok_or_else(bad)?;
+                (Some(spec), AsyncStore::get_dynamic(store, &key, now).await?)
+            } else {
+                (None, AsyncStore::get_limit(store, &key, now).await?)
+            };
+            limits.push(explain::rate_key(
+                &key,
+                dynamic,
+                spec.as_ref(),
+                info.as_ref(),
+                &pauses,
+                place,
+                eligible_at,
+                now,
+            ));
+        }
+        Ok(tollgate::api::Explanation {
+            state: view.state,
+            eligible_at_ms: view.eligible_at_ms,
+            run: view,
+            ready_ahead: u64::try_from(ready_ahead).ok(),
+            limits,
+        })
+    }
+
     /// Runs, newest first, optionally of one task and/or in one state; at most `limit`.
     ///
     /// # Errors

@@ -898,6 +898,21 @@ impl RedisStore {
         self.static_info(key, &reply)
     }
 
+    async fn get_dynamic_op(&self, key: &str, now: Nanos) -> Result<Option<LimitInfo>, Error> {
+        check_key(key)?;
+        let keys = [Kind::DynamicRate, Kind::DynamicLeases, Kind::DynamicHolders]
+            .map(|k| self.key(k, key));
+        let reply = self
+            .call(
+                "get a dynamic key",
+                &self.shared.scripts.view_dynamic,
+                &keys,
+                &[self.now_arg(now)],
+            )
+            .await?;
+        self.dynamic_info(key, &reply)
+    }
+
     async fn list_limits_op(&self, now: Nanos) -> Result<Vec<LimitInfo>, Error> {
         let prefix = &*self.prefix;
         let now = &self.now_arg(now);
@@ -1058,6 +1073,10 @@ impl AsyncStore for RedisStore {
 
     fn list_limits(&self, now: Nanos) -> StoreFuture<'_, Vec<LimitInfo>> {
         Box::pin(RedisStore::list_limits_op(self, now))
+    }
+
+    fn get_dynamic<'a>(&'a self, key: &'a str, now: Nanos) -> StoreFuture<'a, Option<LimitInfo>> {
+        Box::pin(RedisStore::get_dynamic_op(self, key, now))
     }
 
     fn acquire<'a>(

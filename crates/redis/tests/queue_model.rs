@@ -146,6 +146,8 @@ enum Op {
         dynamic: bool,
         multi: bool,
     },
+    /// Explains run `run` (docs/design.md §3.14): both engines must say the same.
+    Explain(usize),
 }
 
 /// The namespace and key a `Pause` or `Resume` names.
@@ -180,6 +182,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(key, dynamic, multi, ms)| Op::Pause { key, dynamic, multi, ms }),
         1 => (0usize..3, any::<bool>(), any::<bool>())
             .prop_map(|(key, dynamic, multi)| Op::Resume { key, dynamic, multi }),
+        2 => any::<usize>().prop_map(Op::Explain),
     ]
 }
 
@@ -238,6 +241,22 @@ impl Pair {
             self.step(&Op::DefineTask { task, variant: 0 }).await?;
         }
         Ok(())
+    }
+
+    /// An explanation with run ids replaced by enqueue order, comparable across engines.
+    fn comparable(&self, e: &tollgate::api::Explanation, redis: bool) -> String {
+        let index = |id: &str| {
+            self.runs
+                .iter()
+                .position(|(l, r)| if redis { r == id } else { l == id })
+        };
+        let mut v = serde_json::to_value(e).unwrap();
+        v["run"] = json!(shape(&e.run));
+        for (k, l) in e.limits.iter().enumerate() {
+            let ahead: Vec<_> = l.ahead.iter().map(|id| index(id)).collect();
+            v["limits"][k]["ahead"] = json!(ahead);
+        }
+        v.to_string()
     }
 
     fn run(&self, i: usize) -> Option<&(String, String)> {
@@ -362,6 +381,21 @@ impl Pair {
                 let b = self.redis.resume(ns, &key).await;
                 prop_assert_eq!(kind(&a), kind(&b), "{:?}", op);
                 prop_assert_eq!(a.ok(), b.ok(), "{:?}", op);
+            }
+            Op::Explain(i) => {
+                let Some((l, r)) = self.run(*i).cloned() else {
+                    return Ok(());
+                };
+                let a = self.local.explain(&l).map(|e| self.comparable(&e, false));
+                let b = self
+                    .redis
+                    .explain(&r)
+                    .await
+                    .map(|e| self.comparable(&e, true));
+                prop_assert_eq!(kind(&a), kind(&b), "{:?}", op);
+                if let (Ok(a), Ok(b)) = (a, b) {
+                    prop_assert_eq!(a, b, "{:?}", op);
+                }
             }
             Op::Complete(i)
             | Op::Fail { run: i, .. }

@@ -242,6 +242,12 @@ pub enum RunsCommand {
         /// The run's id.
         id: String,
     },
+    /// Why a run waits, key by key: each limit it needs with its limit in force, usage and
+    /// pause, and the run's place in the key's wait queue.
+    Explain {
+        /// The run's id.
+        id: String,
+    },
     /// List runs, newest first.
     Ls {
         /// Only runs of this task.
@@ -513,6 +519,10 @@ impl ClientCommand {
             }
             ClientCommand::Runs(RunsCommand::Get { id }) => ok(render_run(
                 &client.get_run(&id).await.map_err(fail)?,
+                o.json,
+            )),
+            ClientCommand::Runs(RunsCommand::Explain { id }) => ok(render_explanation(
+                &client.explain(&id).await.map_err(fail)?,
                 o.json,
             )),
             ClientCommand::Runs(RunsCommand::Cancel { id }) => {
@@ -814,6 +824,62 @@ fn render_limits(limits: &[tollgate_client::Limit], json_out: bool) -> String {
         ]);
     }
     table(&rows)
+}
+
+/// An explanation: the run's line, then a table of its keys, or JSON.
+fn render_explanation(e: &tollgate_client::Explanation, json_out: bool) -> String {
+    if json_out {
+        return format!("{}\n", serde_json::to_value(e).unwrap_or_default());
+    }
+    let mut out = render_run(&e.run, false);
+    if let Some(n) = e.ready_ahead {
+        let _ = writeln!(out, "ready: {n} runs of {} ahead of it", e.run.task);
+    }
+    if e.limits.is_empty() {
+        out.push_str("no limits: it waits only for a worker\n");
+        return out;
+    }
+    let mut rows = vec![
+        [
+            "KEY",
+            "ALGORITHM",
+            "LIMIT",
+            "USED",
+            "REMAINING",
+            "WAITING",
+            "POSITION",
+            "PAUSED_UNTIL_MS",
+            "ELIGIBLE_AT_MS",
+            "AHEAD",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    let dash = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    for l in &e.limits {
+        rows.push(vec![
+            if l.namespace == tollgate_client::Namespace::Dynamic && l.algorithm != "concurrency" {
+                format!("{} (dynamic)", l.key)
+            } else {
+                l.key.clone()
+            },
+            l.algorithm.clone(),
+            l.limit_in_force.to_string(),
+            l.used.to_string(),
+            l.remaining.to_string(),
+            l.waiting.to_string(),
+            dash(l.position),
+            dash(l.paused_until_ms),
+            dash(l.eligible_at_ms),
+            if l.ahead.is_empty() {
+                "-".to_owned()
+            } else {
+                l.ahead.join(",")
+            },
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out
 }
 
 /// Pauses as a table (KEY, NAMESPACE, UNTIL as Unix-epoch ms, LEFT), or as JSON.

@@ -250,6 +250,15 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             ..op("get", "/v1/runs/{id}", "One run", Some("read"))
         },
         Op {
+            ok: (200, s::<api::Explanation>(g)),
+            ..op(
+                "get",
+                "/v1/runs/{id}/explain",
+                "Why a run waits: each key it needs, its limit in force, usage, pause and queue",
+                Some("read"),
+            )
+        },
+        Op {
             ok: (200, s::<api::RunListing>(g)),
             query: &[
                 ("task", "string", "only this task's runs"),

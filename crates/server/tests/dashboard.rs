@@ -218,7 +218,7 @@ async fn exercise(server: &Server, browser: &Path) {
         )
         .await;
     server.enqueue("sync", json!({"user": "u1"})).await;
-    server.enqueue("sync", json!({"user": "u1"})).await;
+    let parked = common::id(&server.enqueue("sync", json!({"user": "u1"})).await);
     assert_eq!(server.lease(&["sync"], 10, 0).await.len(), 1);
     server
         .define_task(
@@ -243,6 +243,11 @@ async fn exercise(server: &Server, browser: &Path) {
         "the parked run's key"
     );
     assert!(before.contains("rate_limited"), "the skipped run's reason");
+    // The parked run's row links to why it waits.
+    assert!(
+        before.contains(&format!("href=\"/v1/runs/{parked}/explain\"")),
+        "no link to the parked run's explanation: {before}"
+    );
 
     for _ in 0..3 {
         let a = server

@@ -688,6 +688,11 @@ def _attempt_body(attempt: int | None) -> Body:
     return {"attempt": check_count(attempt, "attempt", minimum=0)}
 
 
+def op_explain(run_id: str) -> Op[dict[str, Any]]:
+    check_name(run_id, "run id")
+    return Op("GET", path("v1", "runs", run_id, "explain"), as_dict)
+
+
 def op_run_call(run_id: str, call: str, body: Body) -> Op[dict[str, Any]]:
     check_name(run_id, "run id")
     return Op("POST", path("v1", "runs", run_id, call), as_dict, body=body)

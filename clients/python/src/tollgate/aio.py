@@ -334,6 +334,10 @@ class AsyncTollgate:
         """See :meth:`tollgate.Tollgate.runs`."""
         return await self._send(core.op_runs(task, state, limit))
 
+    async def explain(self, run_id: str) -> dict[str, Any]:
+        """See :meth:`tollgate.Tollgate.explain`."""
+        return await self._send(core.op_explain(run_id))
+
     async def cancel(self, run_id: str) -> dict[str, Any]:
         """See :meth:`tollgate.Tollgate.cancel`."""
         return await self._send(core.op_cancel(run_id))

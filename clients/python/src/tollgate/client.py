@@ -399,6 +399,12 @@ class Tollgate:
         """Runs, newest first, of a task and/or in a state (at most ``limit``, default 100)."""
         return self._send(core.op_runs(task, state, limit))
 
+    def explain(self, run_id: str) -> dict[str, Any]:
+        """Why a run waits, key by key: ``{"run", "state", "eligible_at_ms", "ready_ahead",
+        "limits": [{"key", "namespace", "algorithm", "limit_in_force", "used", "remaining",
+        "waiting", "position", "ahead", "paused_until_ms", "eligible_at_ms"}]}``."""
+        return self._send(core.op_explain(run_id))
+
     def cancel(self, run_id: str) -> dict[str, Any]:
         """Ends a run that has not ended."""
         return self._send(core.op_cancel(run_id))

@@ -53,6 +53,9 @@ impl<S: Store + 'static> AsyncStore for DurableLeases<S> {
     fn list_limits(&self, now: Nanos) -> StoreFuture<'_, Vec<LimitInfo>> {
         AsyncStore::list_limits(&*self.store, now)
     }
+    fn get_dynamic<'a>(&'a self, key: &'a str, now: Nanos) -> StoreFuture<'a, Option<LimitInfo>> {
+        AsyncStore::get_dynamic(&*self.store, key, now)
+    }
     // Pauses are journalled by the engine (Engine::pause), which re-plans the queue with them.
     fn pause<'a>(
         &'a self,

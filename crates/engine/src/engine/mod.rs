@@ -506,6 +506,17 @@ impl<S: Store + 'static> Engine<S> {
             .ok_or_else(|| Error::UnknownRun { id: id.to_owned() })
     }
 
+    /// Why run `id` waits: each key it needs with its limit in force, usage, pause and wait
+    /// queue (docs/design.md §3.14). Reads only: nothing due is settled.
+    ///
+    /// # Errors
+    /// [`Error::UnknownRun`]; store failures.
+    pub fn explain(&self, id: &str) -> Result<tollgate_api::Explanation, Error> {
+        let st = self.inner.state.lock();
+        let now = self.inner.limiter.now();
+        st.explain(id, now, self.inner.limiter.store())
+    }
+
     /// Runs, newest first, optionally of one task and/or in one state; at most `limit`.
     pub fn runs(&self, task: Option<&str>, state: Option<RunState>, limit: usize) -> Vec<RunView> {
         let st = self.inner.state.lock();

@@ -164,6 +164,10 @@ impl RunQueue for Engine<DynStore> {
         Box::pin(std::future::ready(Engine::run(self, id)))
     }
 
+    fn explain<'a>(&'a self, id: &'a str) -> QueueFuture<'a, tollgate_api::Explanation> {
+        Box::pin(std::future::ready(Engine::explain(self, id)))
+    }
+
     fn runs<'a>(
         &'a self,
         task: Option<&'a str>,

@@ -3,6 +3,7 @@
 //! `run_queue` the interface both engines implement ([`RunQueue`](crate::RunQueue)) and the front
 //! they share (the long-poll, name checks, compiling tasks).
 
+pub mod explain;
 pub(crate) mod key_uses;
 pub mod run;
 pub mod run_queue;

@@ -243,6 +243,9 @@ pub trait RunQueue: LeaseQueue {
     /// Run `id` ([`Error::UnknownRun`] if there is none).
     fn run<'a>(&'a self, id: &'a str) -> QueueFuture<'a, RunView>;
 
+    /// Why run `id` waits, key by key (docs/design.md §3.14).
+    fn explain<'a>(&'a self, id: &'a str) -> QueueFuture<'a, tollgate_api::Explanation>;
+
     /// Runs, newest first, optionally of one task and/or in one state; at most `limit`.
     fn runs<'a>(
         &'a self,

@@ -22,6 +22,8 @@
 //! behind. What outlives a phase (attempt, error, output, reserved units, held slots,
 //! `consumed_at`) stays on the run and is managed here by hand.
 
+mod explain;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;

@@ -28,6 +28,8 @@ pub trait AsyncStore: Send + Sync {
     fn get_limit<'a>(&'a self, key: &'a str, now: Nanos) -> StoreFuture<'a, Option<LimitInfo>>;
     /// [`Store::list_limits`].
     fn list_limits(&self, now: Nanos) -> StoreFuture<'_, Vec<LimitInfo>>;
+    /// [`Store::get_dynamic`].
+    fn get_dynamic<'a>(&'a self, key: &'a str, now: Nanos) -> StoreFuture<'a, Option<LimitInfo>>;
     /// [`Store::acquire`].
     fn acquire<'a>(
         &'a self,
@@ -109,6 +111,9 @@ impl<S: Store + ?Sized> AsyncStore for S {
     }
     fn list_limits(&self, now: Nanos) -> StoreFuture<'_, Vec<LimitInfo>> {
         ready(Store::list_limits(self, now))
+    }
+    fn get_dynamic<'a>(&'a self, key: &'a str, now: Nanos) -> StoreFuture<'a, Option<LimitInfo>> {
+        ready(Store::get_dynamic(self, key, now))
     }
     fn acquire<'a>(
         &'a self,

@@ -183,6 +183,18 @@ pub trait Store: Send + Sync {
     /// Store failures only.
     fn get_limit(&self, key: &str, now: Nanos) -> Result<Option<LimitInfo>, Error>;
 
+    /// Dynamic key `key` with its live state (the parameters of its latest use), while it has
+    /// state; `None` once it is fresh.
+    ///
+    /// # Errors
+    /// Store failures only.
+    fn get_dynamic(&self, key: &str, now: Nanos) -> Result<Option<LimitInfo>, Error> {
+        Ok(self
+            .list_limits(now)?
+            .into_iter()
+            .find(|i| i.namespace == Namespace::Dynamic && i.key == key))
+    }
+
     /// Every static limit, and every dynamic key that has state, sorted by namespace and key.
     ///
     /// # Errors
@@ -365,6 +377,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn resume(&self, namespace: Namespace, key: &str, now: Nanos) -> Result<bool, Error> {
         (**self).resume(namespace, key, now)
+    }
+    fn get_dynamic(&self, key: &str, now: Nanos) -> Result<Option<LimitInfo>, Error> {
+        (**self).get_dynamic(key, now)
     }
     fn pauses(&self, now: Nanos) -> Result<Vec<Pause>, Error> {
         (**self).pauses(now)

@@ -158,6 +158,10 @@ impl RunQueue for RedisEngine {
         Box::pin(RedisEngine::run(self, id))
     }
 
+    fn explain<'a>(&'a self, id: &'a str) -> QueueFuture<'a, tollgate::api::Explanation> {
+        Box::pin(RedisEngine::explain(self, id))
+    }
+
     fn runs<'a>(
         &'a self,
         task: Option<&'a str>,

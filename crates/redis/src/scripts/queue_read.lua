@@ -2,8 +2,13 @@
 --
 -- KEYS        none: the queue's keys are built from ARGV[1] (see queue_lib.lua)
 -- ARGV[1]     the queue's key prefix
--- ARGV[2]     op: "get" | "list" | "depth" | "prune"
+-- ARGV[2]     op: "get" | "explain" | "list" | "depth" | "prune"
 -- get:    ARGV[3] run id                      -> { "ok", effects, view } or { "unknown", effects }
+-- explain: ARGV[3] run id                     -> { "ok", effects, view, ready_ahead (-1: not
+--         queued), then per distinct key the run needs, rate keys first: { kind ("r" | "c"),
+--         key, ns ("s" | "d"), spec (a dynamic rate key's definition in force, "" otherwise),
+--         limit (a concurrency key's in force), held (its slots held), waiting, position (-1:
+--         not waiting on it), ahead ids... } } or { "unknown", effects }
 -- list:   ARGV[3] task ("" all), ARGV[4] state ("" all), ARGV[5] limit
 --                                              -> { "ok", effects, views newest first... }
 -- depth:                                       -> { "ok", effects, task, state, count, ... }
@@ -30,6 +35,68 @@ if op == 'get' then
     return reply('unknown')
   end
   return reply('ok', { v })
+elseif op == 'explain' then
+  local id = ARGV[3]
+  local v = view(id)
+  if not v then
+    return reply('unknown')
+  end
+  local r = redis.call('HMGET', rk(id), 'task', 'state', 'rate', 'conc')
+  -- Where id stands in wait key wk's queue: runs that still wait on it only.
+  local function place(wk)
+    local ids = redis.call('LRANGE', Q .. 'wait:' .. wk, 0, -1)
+    local waiting, position, ahead = 0, -1, {}
+    for _, other in ipairs(ids) do
+      if waits_on(other, wk) then
+        if other == id then
+          position = waiting
+        elseif position < 0 and #ahead < 10 then
+          ahead[#ahead + 1] = other
+        end
+        waiting = waiting + 1
+      end
+    end
+    if position < 0 then
+      ahead = {}
+    end
+    return waiting, position, ahead
+  end
+  local ready_ahead = -1
+  if r[2] == 'queued' then
+    local n = 0
+    for _, list in ipairs({ 'rf:', 'rn:' }) do
+      for _, other in ipairs(redis.call('LRANGE', Q .. list .. r[1], 0, -1)) do
+        if other == id then
+          ready_ahead = n
+          break
+        end
+        if redis.call('HGET', rk(other), 'state') == 'queued' then
+          n = n + 1
+        end
+      end
+      if ready_ahead >= 0 then
+        break
+      end
+    end
+  end
+  local out = { v, ready_ahead }
+  local seen = {}
+  for _, e in ipairs(rate_entries(r[3])) do
+    if not seen[e.wk] then
+      seen[e.wk] = true
+      local waiting, position, ahead = place(e.wk)
+      out[#out + 1] = { 'r', e.key, e.ns, e.ns == 'd' and e.spec or '', 0, 0, waiting, position, unpack(ahead) }
+    end
+  end
+  for _, c in ipairs(conc_entries(r[4])) do
+    if not seen[c.wk] then
+      seen[c.wk] = true
+      local waiting, position, ahead = place(c.wk)
+      out[#out + 1] = { 'c', c.key, 'd', '', c.limit, redis.call('SCARD', Q .. 'hold:' .. c.key),
+        waiting, position, unpack(ahead) }
+    end
+  end
+  return reply('ok', out)
 elseif op == 'list' then
   local limit = tonumber(ARGV[5])
   local states = STATES

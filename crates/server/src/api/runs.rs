@@ -1,4 +1,5 @@
-//! Runs: `POST /v1/tasks/{name}/runs` (enqueue), `GET /v1/runs/{id}`, `GET /v1/runs`, and what
+//! Runs: `POST /v1/tasks/{name}/runs` (enqueue), `GET /v1/runs/{id}`, `GET /v1/runs/{id}/explain`
+//! (why it waits), `GET /v1/runs`, and what
 //! a worker reports about a run it leased: `POST /v1/runs/{id}/heartbeat`, `/complete`,
 //! `/fail`, `/release`, and `/cancel`.
 //!
@@ -54,6 +55,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/tasks/{name}/runs", post(enqueue))
         .route("/v1/runs", get(list))
         .route("/v1/runs/{id}", get(get_one))
+        .route("/v1/runs/{id}/explain", get(explain))
         .route("/v1/runs/{id}/heartbeat", post(heartbeat))
         .route("/v1/runs/{id}/complete", post(complete))
         .route("/v1/runs/{id}/fail", post(fail))
@@ -183,6 +185,23 @@ async fn get_one(
         // Redis mode: unreachable is 503, not "no such run".
         other => other.into(),
     })
+}
+
+/// `GET /v1/runs/{id}/explain`: why the run waits, key by key (docs/design.md §3.14).
+async fn explain(
+    State(state): State<AppState>,
+    id: Result<Segment, ApiError>,
+) -> Result<Json<tollgate_api::Explanation>, ApiError> {
+    let id = run_id(id)?;
+    state
+        .queue()
+        .explain(&id)
+        .await
+        .map(Json)
+        .map_err(|e| match e {
+            tollgate::Error::UnknownRun { .. } => unknown_run(&id),
+            other => other.into(),
+        })
 }
 
 /// `POST /v1/runs/{id}/heartbeat` `{"attempt"?}`: extends the lease by the task's

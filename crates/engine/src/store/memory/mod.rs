@@ -124,6 +124,17 @@ impl Store for MemoryStore {
             .and_then(|s| Self::info(s, &shard.bindings, now)))
     }
 
+    fn get_dynamic(&self, key: &str, now: Nanos) -> Result<Option<LimitInfo>, Error> {
+        check_key(key)?;
+        let hash = self.hash(Namespace::Dynamic, key);
+        let mut shard = self.lock(hash);
+        let now = shard.observe(now);
+        Ok(shard
+            .find(hash, Namespace::Dynamic, key)
+            .filter(|s| s.fresh_at() > now)
+            .and_then(|s| Self::info(s, &shard.bindings, now)))
+    }
+
     fn list_limits(&self, now: Nanos) -> Result<Vec<LimitInfo>, Error> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
