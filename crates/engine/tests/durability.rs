@@ -299,3 +299,61 @@ async fn what_the_timer_changed_is_durable_once_the_lease_it_woke_answers() {
         "the next head's eligible_at, set by the timer, was committed with the lease"
     );
 }
+
+/// Pauses are journalled like limit definitions: after a restart the ones still in force hold
+/// their keys until the same instant, and the ones that ended meanwhile are forgotten (with the
+/// next change's commit), so the table does not grow with every pause ever made.
+#[tokio::test]
+async fn pauses_in_force_survive_a_restart_and_ended_ones_are_forgotten() {
+    use tollgate::{Namespace, PauseEnd};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new(T0);
+    let (e, _) = open(dir.path(), clock.clone());
+    limit(&e, "api", json!({"rate": "100/s"})).await;
+    let long = e
+        .pause(
+            Namespace::Static,
+            "api",
+            PauseEnd::For(Nanos::from_secs(3_600)),
+        )
+        .await
+        .unwrap();
+    e.pause(
+        Namespace::Dynamic,
+        "u1",
+        PauseEnd::For(Nanos::from_millis(10)),
+    )
+    .await
+    .unwrap();
+    drop(e);
+
+    clock.advance(Nanos::from_millis(20));
+    let (_, loaded) = Db::open(dir.path()).unwrap();
+    assert_eq!(
+        loaded.pauses.len(),
+        2,
+        "both are on disk: {:?}",
+        loaded.pauses
+    );
+    let (e, _) = open(dir.path(), clock.clone());
+    let pauses = e.pauses().unwrap();
+    assert_eq!(pauses.len(), 1, "{pauses:?}");
+    assert_eq!((pauses[0].key.as_str(), pauses[0].until), ("api", long));
+    let denied = e
+        .limiter()
+        .try_acquire(&[tollgate::AcquireEntry::new("api", 1)])
+        .unwrap();
+    assert!(!denied.allowed);
+    // Any change commits the forgetting of the ended pause.
+    limit(&e, "other", json!({"rate": "1/s"})).await;
+    e.close().await;
+    let (_, loaded) = Db::open(dir.path()).unwrap();
+    assert_eq!(
+        loaded
+            .pauses
+            .iter()
+            .map(|(_, k, _)| k.as_str())
+            .collect::<Vec<_>>(),
+        ["api"]
+    );
+}

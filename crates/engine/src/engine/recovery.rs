@@ -10,7 +10,7 @@ use tollgate_core::{Limit, Nanos};
 
 use super::Engine;
 use super::direct_use::{DirectEntry, SNAPSHOT_EVERY, direct_limit, exhausted};
-use crate::db::{Db, Loaded};
+use crate::db::{Db, Loaded, Write};
 use crate::error::Error;
 use crate::limiter::Limiter;
 use crate::queue::run::Run;
@@ -44,6 +44,13 @@ impl<S: Store + 'static> Engine<S> {
             for (namespace, key, until) in &loaded.pauses {
                 if *until > now {
                     store.pause(*namespace, key, *until, now)?;
+                } else {
+                    // Ended while the server was down (or before): forgotten with the next
+                    // change's commit.
+                    st.journal_later(Write::DeletePause {
+                        namespace: *namespace,
+                        key: key.clone(),
+                    });
                 }
             }
             if loaded.clean_shutdown {
