@@ -413,6 +413,15 @@ def test_a_paused_key_holds_acquires_and_runs_back_until_resumed(tg: Tollgate, u
     assert time.time() + 29 < until / 1000 <= time.time() + 30.001
     assert tg.lease_runs("w1", [task], max=1, wait=0) == []
     assert tg.run(run)["eligible_at_ms"] == until
+    # An urgent run goes ahead of the one already waiting.
+    urgent = tg.enqueue(task, {}, priority=4)
+    assert urgent["priority"] == 4
+    assert tg.lease_runs("w1", [task], max=1, wait=0) == []
+    assert tg.explain(urgent["id"])["limits"][0]["position"] == 0
+    assert tg.explain(run)["limits"][0]["position"] == 1
+    with pytest.raises(ValueError, match="priority"):
+        tg.enqueue(task, {}, priority=5)
+    tg.cancel(urgent["id"])
     # Why it waits, key by key.
     why = tg.explain(run)
     assert (why["state"], why["limits"][0]["key"], why["limits"][0]["paused_until_ms"]) == (

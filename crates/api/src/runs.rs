@@ -112,6 +112,13 @@ pub struct RunView {
     pub lease_expires_at_ms: Option<u64>,
     /// The worker holding it.
     pub worker_id: Option<String>,
+    /// Its priority, 1 (least urgent) to 4 (docs/design.md §3.15).
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+}
+
+fn default_priority() -> u8 {
+    2
 }
 
 /// A run handed to a worker by a lease call.
@@ -150,6 +157,9 @@ pub struct EnqueueRequest {
     /// `delay_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at_ms: Option<u64>,
+    /// The run's priority, 1 (least urgent) to 4 (most urgent); default: its task's (2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
 }
 
 /// `POST /v1/events`'s body: one run of every task whose `triggers` name the event.

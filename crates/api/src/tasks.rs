@@ -64,6 +64,18 @@ pub struct TaskSpec {
     /// Hatchet's and Inngest's backoff. Without it a retry is queued at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
+    /// The default priority of its runs, 1 (least urgent) to 4 (most urgent); default 2. A
+    /// number, or a CEL expression evaluated per run at enqueue (`input.vip ? 4 : 2`). An
+    /// enqueue's own `priority` wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<NumberOrExpr>,
+    /// A CEL expression naming who a run is for (`input.tenant_id`): runs that wait on the same
+    /// limit take turns across these keys (weighted by `fairness_weight`), not arrival order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fairness_key: Option<String>,
+    /// A run's share when fairness keys take turns, 1 to 1000 (default 1): a number or CEL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fairness_weight: Option<NumberOrExpr>,
 }
 
 /// A task's `retry`: the first retry waits `backoff`, each next one `factor` times longer, at

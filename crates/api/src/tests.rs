@@ -29,6 +29,10 @@ fn request_bodies_round_trip() {
     );
     round_trip::<BatchRequest>(r#"{"requests":[{"limits":[{"key":"a"}]},{"limits":[]}]}"#);
     round_trip::<PauseRequest>(r#"{"for_ms":30000}"#);
+    round_trip::<EnqueueRequest>(r#"{"input":{},"priority":4}"#);
+    round_trip::<TaskSpec>(
+        r#"{"priority":"input.vip ? 4 : 2","fairness_key":"input.tenant","fairness_weight":3}"#,
+    );
     round_trip::<PauseRequest>(r#"{"until_ms":1700000030000,"dynamic":true}"#);
     let fail: FailRequest = round_trip(
         r#"{"error":"429","retry":true,"pause":{"key":"stripe-api","for_ms":30000,"dynamic":true}}"#,
@@ -84,7 +88,7 @@ fn answers_round_trip() {
     );
     round_trip::<BarrierReleased>(r#"{"released":true}"#);
     let run: RunView = round_trip(
-        r#"{"id":"18c2-1","task":"sync","state":"waiting","input":{"user_id":"u1"},"additional_metadata":{},"attempt":0,"max_attempts":3,"waiting_on":"u1","eligible_at_ms":1700000060000,"skip_reason":null,"error":null,"output":null,"created_at_ms":1700000000000,"updated_at_ms":1700000000000,"lease_expires_at_ms":null,"worker_id":null}"#,
+        r#"{"id":"18c2-1","task":"sync","state":"waiting","input":{"user_id":"u1"},"additional_metadata":{},"attempt":0,"max_attempts":3,"waiting_on":"u1","eligible_at_ms":1700000060000,"skip_reason":null,"error":null,"output":null,"created_at_ms":1700000000000,"updated_at_ms":1700000000000,"lease_expires_at_ms":null,"worker_id":null,"priority":2}"#,
     );
     assert_eq!(run.state, RunState::Waiting);
     round_trip::<LeasedRuns>(

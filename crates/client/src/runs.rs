@@ -210,14 +210,17 @@ impl Client {
             additional_metadata: additional_metadata.cloned(),
             delay_ms,
             run_at_ms,
+            priority: None,
         };
         self.enqueue_request(task, &body).await
     }
 
-    /// `POST /v1/tasks/{task}/runs` with `body` as written.
+    /// `POST /v1/tasks/{task}/runs` with `body` as written: a delay, an instant, a
+    /// `priority` (1 to 4) of its own.
     ///
     /// # Errors
-    /// As [`Client::enqueue`]; 400 `invalid_field` for `delay_ms` with `run_at_ms`.
+    /// As [`Client::enqueue`]; 400 `invalid_field` for `delay_ms` with `run_at_ms`, or a
+    /// priority outside 1 to 4.
     pub async fn enqueue_request(
         &self,
         task: &str,

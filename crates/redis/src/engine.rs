@@ -234,7 +234,7 @@ impl RedisEngine {
         check_key(key)?;
         let store = &self.inner.store;
         if namespace == Namespace::Static
-            && AsyncStore::get_limit(store, key, Nanos::ZERO)
+            && AsyncStore::get_limit(store, key, self.inner.limits.now())
                 .await?
                 .is_none()
         {
@@ -511,6 +511,24 @@ impl RedisEngine {
         additional_metadata: Json,
         start: StartAt,
     ) -> Result<RunView, Error> {
+        self.enqueue_with(task, input, additional_metadata, start, None)
+            .await
+    }
+
+    /// As [`RedisEngine::enqueue_at`], at `priority` (1 to 4; `None`: its task's) rather than
+    /// its task's (docs/design.md §3.15).
+    ///
+    /// # Errors
+    /// As [`RedisEngine::enqueue`]; [`Error::Spec`] (field `priority`) outside 1 to 4.
+    pub async fn enqueue_with(
+        &self,
+        task: &str,
+        input: Json,
+        additional_metadata: Json,
+        start: StartAt,
+        priority: Option<u8>,
+    ) -> Result<RunView, Error> {
+        tollgate::task::check_priority(priority)?;
         let unknown = || Error::UnknownTask {
             name: task.to_owned(),
         };
@@ -521,7 +539,14 @@ impl RedisEngine {
             None => self.read_task(task).await?.ok_or_else(unknown)?,
         };
         for _ in 0..STALE_RETRIES {
-            let args = self.run_args(&t, &version, &input, &additional_metadata, None, start)?;
+            let args = self.run_args(
+                &t,
+                &version,
+                &input,
+                &additional_metadata,
+                None,
+                (start, priority),
+            )?;
             if let Some(view) = self.inner.enqueues.call(args).await? {
                 return Ok(view);
             }
@@ -585,7 +610,7 @@ impl RedisEngine {
                         &data,
                         &additional_metadata,
                         Some(&event),
-                        start,
+                        (start, None),
                     )?);
                 }
             }
@@ -601,7 +626,8 @@ impl RedisEngine {
         Err(self.stale(&stale))
     }
 
-    /// Renders a run of `task` (whose definition is `version`) into the 16 values
+    /// Renders a run of `task` (whose definition is `version`), starting at `start` with its
+    /// `priority` (`None`: its task's), into the 19 values
     /// queue_enqueue.lua reads.
     fn run_args(
         &self,
@@ -610,7 +636,7 @@ impl RedisEngine {
         input: &Json,
         meta: &Json,
         event: Option<&Json>,
-        start: StartAt,
+        (start, priority): (StartAt, Option<u8>),
     ) -> Result<Vec<String>, Error> {
         let ctx = RunContext {
             input,
@@ -623,6 +649,7 @@ impl RedisEngine {
             task.render_for_enqueue(&ctx)?
         };
         let failure = failure.unwrap_or_default();
+        let priority = priority.unwrap_or(rendered.priority);
         // One entry per distinct key (the stores sum the units of entries naming one key).
         let mut rate: Vec<(bool, String, u64, String, usize)> = Vec::new();
         for r in &rendered.rate {
@@ -732,6 +759,18 @@ impl RedisEngine {
                     )
                 })
                 .unwrap_or_default(),
+            // Its priority, fairness key and weight ("" for the defaults: 2, none, 1).
+            if priority == tollgate::task::DEFAULT_PRIORITY {
+                String::new()
+            } else {
+                priority.to_string()
+            },
+            rendered.fairness.clone().unwrap_or_default(),
+            if rendered.weight == 1 {
+                String::new()
+            } else {
+                rendered.weight.to_string()
+            },
         ])
     }
 
@@ -1363,7 +1402,7 @@ fn micros_to_ms_ceil(us: u64) -> u64 {
 
 fn parse_view(v: &Value) -> Option<RunView> {
     let Value::Array(f) = v else { return None };
-    if f.len() != 16 {
+    if f.len() != 17 {
         return None;
     }
     let json = |v: &Value| -> Option<Json> { serde_json::from_str(&text_of(v)?).ok() };
@@ -1389,6 +1428,10 @@ fn parse_view(v: &Value) -> Option<RunView> {
         updated_at_ms: micros_to_ms_floor(opt_u64(&f[13])?.unwrap_or(0)),
         lease_expires_at_ms: opt_u64(&f[14])?.map(micros_to_ms_floor),
         worker_id: opt_text(&f[15])?,
+        priority: match opt_u64(&f[16])? {
+            Some(p) => u8::try_from(p).ok()?,
+            None => tollgate::task::DEFAULT_PRIORITY,
+        },
     })
 }
 

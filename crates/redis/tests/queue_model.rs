@@ -25,7 +25,9 @@ use tollgate_redis::{RedisEngine, RedisStore};
 
 const T0: Nanos = Nanos::from_secs(1_700_000_000);
 
-const TASKS: [&str; 7] = ["rate", "user", "conc", "skip", "both", "tmp", "multi"];
+const TASKS: [&str; 8] = [
+    "rate", "user", "conc", "skip", "both", "tmp", "multi", "fair",
+];
 
 /// Declared limits: "k" (named by tasks 0, 4 and 6) and "k2" (named by task 5 in some of its
 /// definitions only, so it can be deleted while runs still name it).
@@ -81,6 +83,17 @@ fn task_def(task: usize, variant: usize) -> serde_json::Value {
             json!({"rate_limits": [{"static_key": "k2", "units": 2}]}),
         ][v]
             .clone(),
+        // Priorities and fairness keys (docs/design.md §3.15) on a declared limit, a concurrency
+        // key and a dynamic key.
+        7 => [
+            json!({"rate_limits": [{"static_key": "k", "units": 1}], "fairness_key": "input.user",
+                   "priority": "input.user == 'u0' ? 4 : 2"}),
+            json!({"concurrency": [{"key": "'c'", "limit": 1}], "fairness_key": "input.user",
+                   "fairness_weight": "input.user == 'u1' ? 3 : 1", "lease_timeout": "30s"}),
+            json!({"rate_limits": [{"dynamic_key": "'f'", "limit": 2, "period": "1s", "algorithm": "gcra"}],
+                   "priority": 1, "fairness_key": "'t' + input.user"}),
+        ][v]
+            .clone(),
         _ => json!({"rate_limits": [{"static_key": "k", "units": 1},
                                     {"dynamic_key": "'m' + input.user", "limit": ([2, 5, 1][v]), "period": "1s", "algorithm": "gcra"}],
                     "concurrency": [{"key": "input.user", "limit": ([1, 2, 1][v])}],
@@ -93,6 +106,12 @@ enum Op {
     Enqueue {
         task: usize,
         user: u8,
+    },
+    /// Enqueues a run at its own priority (docs/design.md §3.15).
+    EnqueueUrgent {
+        task: usize,
+        user: u8,
+        priority: u8,
     },
     /// Enqueues a run that starts no sooner than `delay_ms` from now (scheduled until then).
     EnqueueLater {
@@ -163,6 +182,8 @@ fn paused_key(key: usize, dynamic: bool, multi: bool) -> (Namespace, String) {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (0..TASKS.len(), 0u8..3).prop_map(|(task, user)| Op::Enqueue { task, user }),
+        3 => (0..TASKS.len(), 0u8..3, 1u8..=4)
+            .prop_map(|(task, user, priority)| Op::EnqueueUrgent { task, user, priority }),
         3 => (0..TASKS.len(), 0u8..3, prop_oneof![Just(0u64), Just(250), Just(1_000), Just(5_000)])
             .prop_map(|(task, user, delay_ms)| Op::EnqueueLater { task, user, delay_ms }),
         8 => (0..TASKS.len(), 1usize..4).prop_map(|(task, max)| Op::Lease { task, max }),
@@ -196,6 +217,7 @@ type Shape = (
     bool,
     Option<String>,
     Option<u64>,
+    u8,
 );
 
 fn shape(v: &RunView) -> Shape {
@@ -208,6 +230,7 @@ fn shape(v: &RunView) -> Shape {
         v.error.is_some(),
         v.skip_reason.clone(),
         v.lease_expires_at_ms,
+        v.priority,
     )
 }
 
@@ -230,6 +253,8 @@ struct Pair {
     clock: FakeClock,
     /// Run ids by enqueue order: (embedded, redis).
     runs: Vec<(String, String)>,
+    /// Every run leased, by enqueue order, in lease order.
+    leased: Vec<usize>,
 }
 
 impl Pair {
@@ -282,6 +307,27 @@ impl Pair {
                     self.runs.push((a.id, b.id));
                 }
             }
+            Op::EnqueueUrgent {
+                task,
+                user,
+                priority,
+            } => {
+                let input = json!({"user": format!("u{user}")});
+                let p = Some(*priority);
+                let a = self
+                    .local
+                    .enqueue_with(TASKS[*task], input.clone(), json!({}), StartAt::Now, p)
+                    .await;
+                let b = self
+                    .redis
+                    .enqueue_with(TASKS[*task], input, json!({}), StartAt::Now, p)
+                    .await;
+                prop_assert_eq!(kind(&a), kind(&b), "enqueue {:?}", op);
+                if let (Ok(a), Ok(b)) = (a, b) {
+                    prop_assert_eq!(shape(&a), shape(&b), "enqueue {:?}", op);
+                    self.runs.push((a.id, b.id));
+                }
+            }
             Op::EnqueueLater {
                 task,
                 user,
@@ -322,7 +368,8 @@ impl Pair {
                 };
                 let a: Vec<_> = a.iter().map(|r| (index(&r.id, false), r.attempt)).collect();
                 let b: Vec<_> = b.iter().map(|r| (index(&r.id, true), r.attempt)).collect();
-                prop_assert_eq!(a, b, "lease {:?}", op);
+                prop_assert_eq!(&a, &b, "lease {:?}", op);
+                self.leased.extend(a.iter().filter_map(|(i, _)| *i));
             }
             Op::Advance(ms) => self.clock.advance(Nanos::from_millis(*ms)),
             Op::DefineTask { task, variant } => {
@@ -456,6 +503,15 @@ impl Pair {
 
 /// Runs `ops` on a fresh pair of engines sharing one fake clock.
 fn check(runtime: &tokio::runtime::Runtime, url: &str, ops: &[Op]) -> Result<(), TestCaseError> {
+    run(runtime, url, ops).map(drop)
+}
+
+/// [`check`], answering the runs leased (by enqueue order) in lease order.
+fn run(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    ops: &[Op],
+) -> Result<Vec<usize>, TestCaseError> {
     runtime.block_on(async {
         let clock = FakeClock::new(T0);
         let store = RedisStore::builder(url)
@@ -468,6 +524,7 @@ fn check(runtime: &tokio::runtime::Runtime, url: &str, ops: &[Op]) -> Result<(),
             redis: RedisEngine::new(store, clock.clone()),
             clock,
             runs: Vec::new(),
+            leased: Vec::new(),
         };
         let result = async {
             pair.define().await?;
@@ -478,8 +535,89 @@ fn check(runtime: &tokio::runtime::Runtime, url: &str, ops: &[Op]) -> Result<(),
         }
         .await;
         pair.redis.close().await;
-        result
+        result.map(|()| pair.leased)
     })
+}
+
+/// The promises of docs/design.md §3.15 on fixed sequences, in both engines (every step is
+/// compared as in the random search): weighted turns across fairness keys, strict priority, and
+/// the bound on how long a lower priority waits.
+#[test]
+fn priorities_and_fairness_keys_keep_their_promises_in_both_engines() {
+    let Some(redis) =
+        common::redis("priorities_and_fairness_keys_keep_their_promises_in_both_engines")
+    else {
+        return;
+    };
+    let runtime = runtime();
+    use Op::*;
+
+    // Task 7, second definition: one slot ('c', limit 1), turns by user, u1 weighing 3. A u2
+    // run holds the slot while 6 runs of u0 and 6 of u1 park; then each completion hands the
+    // slot to the next in turn.
+    let mut ops = vec![
+        DefineTask {
+            task: 7,
+            variant: 1,
+        },
+        Enqueue { task: 7, user: 2 },
+        Lease { task: 7, max: 1 },
+    ];
+    for _ in 0..6 {
+        ops.push(Enqueue { task: 7, user: 0 });
+        ops.push(Enqueue { task: 7, user: 1 });
+    }
+    ops.push(Lease { task: 7, max: 20 });
+    let leased = run(&runtime, &redis.url, &ops).unwrap();
+    assert_eq!(leased, [0], "the u2 run holds the slot, the others park");
+    let mut order = Vec::new();
+    let mut holder = 0;
+    for _ in 0..8 {
+        ops.push(Complete(holder));
+        ops.push(Lease { task: 7, max: 1 });
+        let leased = run(&runtime, &redis.url, &ops).unwrap();
+        holder = *leased.last().unwrap();
+        order.push(holder);
+    }
+    // Runs 1, 3, 5, … are u0's; 2, 4, 6, … u1's (enqueued alternately).
+    let u1 = order.iter().filter(|i| *i % 2 == 0).count();
+    assert_eq!(u1, 6, "u1 weighs 3: 6 of the first 8 turns, in {order:?}");
+
+    // Task 2 ('c', 2 slots): two runs hold them; a priority-1 run parks, then 20 priority-4
+    // runs. Strict priority serves the urgent ones first, but the tenth slot freed goes to the
+    // oldest of the priorities' first runs: the priority-1 run.
+    let mut ops = vec![
+        Enqueue { task: 2, user: 0 },
+        Enqueue { task: 2, user: 0 },
+        Lease { task: 2, max: 2 },
+        EnqueueUrgent {
+            task: 2,
+            user: 0,
+            priority: 1,
+        },
+    ];
+    for _ in 0..20 {
+        ops.push(EnqueueUrgent {
+            task: 2,
+            user: 0,
+            priority: 4,
+        });
+    }
+    ops.push(Lease { task: 2, max: 30 });
+    let mut order: Vec<usize> = Vec::new();
+    let mut holders = vec![0, 1];
+    for _ in 0..12 {
+        let done = holders.remove(0);
+        ops.push(Complete(done));
+        ops.push(Lease { task: 2, max: 1 });
+        let leased = run(&runtime, &redis.url, &ops).unwrap();
+        let next = *leased.last().unwrap();
+        holders.push(next);
+        order.push(next);
+    }
+    // Run 2 is the priority-1 run; 3.. the urgent ones.
+    assert_eq!(order.iter().position(|i| *i == 2), Some(9), "{order:?}");
+    assert!(order[..9].iter().all(|i| *i >= 3), "{order:?}");
 }
 
 fn runtime() -> tokio::runtime::Runtime {

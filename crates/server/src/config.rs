@@ -337,9 +337,9 @@ pub struct Change {
 #[derive(Debug, Clone)]
 pub enum Body {
     /// `PUT /v1/limits/{key}`.
-    Limit(LimitSpec),
+    Limit(Box<LimitSpec>),
     /// `PUT /v1/tasks/{name}`.
-    Task(TaskSpec),
+    Task(Box<TaskSpec>),
 }
 
 impl Change {
@@ -402,7 +402,7 @@ pub fn plan(config: &Config, current: &Current, prune: bool) -> Result<Plan, Con
             &mut plan,
             "limit",
             entry,
-            Body::Limit(entry.spec.clone()),
+            Body::Limit(Box::new(entry.spec.clone())),
             before,
             after,
         );
@@ -425,7 +425,7 @@ pub fn plan(config: &Config, current: &Current, prune: bool) -> Result<Plan, Con
             &mut plan,
             "task",
             entry,
-            Body::Task(entry.spec.clone()),
+            Body::Task(Box::new(entry.spec.clone())),
             before,
             after,
         );
@@ -552,8 +552,14 @@ pub async fn apply_in_process(
     let plan = plan(config, &current, false)?;
     for change in &plan.changes {
         let done = match &change.body {
-            Some(Body::Limit(spec)) => queue.put_limit(&change.name, spec.clone()).await.map(drop),
-            Some(Body::Task(spec)) => queue.put_task(&change.name, spec.clone()).await.map(drop),
+            Some(Body::Limit(spec)) => queue
+                .put_limit(&change.name, (**spec).clone())
+                .await
+                .map(drop),
+            Some(Body::Task(spec)) => queue
+                .put_task(&change.name, (**spec).clone())
+                .await
+                .map(drop),
             // `serve` never prunes.
             None => Ok(()),
         };

@@ -45,7 +45,7 @@ async fn enqueue_answers_201_with_the_run_and_where_to_find_it() {
             "attempt": 0, "max_attempts": 3, "waiting_on": null, "eligible_at_ms": null,
             "skip_reason": null, "error": null, "output": null,
             "created_at_ms": START_MS, "updated_at_ms": START_MS,
-            "lease_expires_at_ms": null, "worker_id": null,
+            "lease_expires_at_ms": null, "worker_id": null, "priority": 2,
         })
     );
     assert_eq!(server.run(&run_id).await, run);

@@ -637,12 +637,19 @@ def op_enqueue(
     additional_metadata: JSON,
     delay: float | None = None,
     run_at: float | None = None,
+    priority: int | None = None,
 ) -> Op[dict[str, Any]]:
     check_name(task, "task name")
     body: Body = {"input": input}
     if additional_metadata is not None:
         body["additional_metadata"] = additional_metadata
     start_fields(body, delay, run_at)
+    if priority is not None:
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority must be an int, not {type(priority).__name__}")
+        if not 1 <= priority <= 4:
+            raise ValueError(f"priority must be 1 (least urgent) to 4, not {priority}")
+        body["priority"] = priority
     return Op("POST", path("v1", "tasks", task, "runs"), as_dict, body=body)
 
 

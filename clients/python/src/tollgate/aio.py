@@ -308,9 +308,10 @@ class AsyncTollgate:
         additional_metadata: Any = None,
         delay: float | None = None,
         run_at: float | None = None,
+        priority: int | None = None,
     ) -> dict[str, Any]:
         """See :meth:`tollgate.Tollgate.enqueue`."""
-        return await self._send(core.op_enqueue(task, input, additional_metadata, delay, run_at))
+        return await self._send(core.op_enqueue(task, input, additional_metadata, delay, run_at, priority))
 
     async def send_event(
         self,

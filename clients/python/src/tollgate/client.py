@@ -363,13 +363,15 @@ class Tollgate:
         additional_metadata: Any = None,
         delay: float | None = None,
         run_at: float | None = None,
+        priority: int | None = None,
     ) -> dict[str, Any]:
         """Enqueues a run of ``task``; answers the run as the server does (``id``, ``state``…).
         Input the task's expressions cannot evaluate is refused (:class:`UnprocessableError`
         ``invalid_expression``) and nothing is stored. ``delay`` (seconds, Celery's
         ``countdown``) or ``run_at`` (Unix seconds, Celery's ``eta``): the run is
-        ``scheduled`` until then, with its due instant in ``eligible_at_ms``."""
-        return self._send(core.op_enqueue(task, input, additional_metadata, delay, run_at))
+        ``scheduled`` until then, with its due instant in ``eligible_at_ms``. ``priority`` (1,
+        the least urgent, to 4; default: the task's, 2) goes ahead of lower priorities."""
+        return self._send(core.op_enqueue(task, input, additional_metadata, delay, run_at, priority))
 
     def send_event(
         self,

@@ -273,10 +273,29 @@ impl<S: Store + 'static> Engine<S> {
         additional_metadata: Value,
         start: StartAt,
     ) -> Result<RunView, Error> {
+        self.enqueue_with(task, input, additional_metadata, start, None)
+            .await
+    }
+
+    /// As [`Engine::enqueue_at`], at `priority` (1 to 4; `None`: its task's) rather than its
+    /// task's (docs/design.md §3.15).
+    ///
+    /// # Errors
+    /// As [`Engine::enqueue`]; [`Error::Spec`] (field `priority`) outside 1 to 4.
+    pub async fn enqueue_with(
+        &self,
+        task: &str,
+        input: Value,
+        additional_metadata: Value,
+        start: StartAt,
+        priority: Option<u8>,
+    ) -> Result<RunView, Error> {
+        crate::task::check_priority(priority)?;
         self.mutate(Vec::new(), |st, now, store| {
             let prepared = st
                 .prepare(task, input, additional_metadata, None)?
-                .due_at(start.due(now));
+                .due_at(start.due(now))
+                .at_priority(priority);
             let id = st.insert(prepared, now, store)?;
             Ok(view(st, &id))
         })

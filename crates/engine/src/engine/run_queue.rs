@@ -89,19 +89,21 @@ impl RunQueue for Engine<DynStore> {
         Box::pin(std::future::ready(Ok(Engine::tasks(self))))
     }
 
-    fn enqueue_at<'a>(
+    fn enqueue_with<'a>(
         &'a self,
         task: &'a str,
         input: Value,
         additional_metadata: Value,
         start: StartAt,
+        priority: Option<u8>,
     ) -> QueueFuture<'a, RunView> {
-        Box::pin(Engine::enqueue_at(
+        Box::pin(Engine::enqueue_with(
             self,
             task,
             input,
             additional_metadata,
             start,
+            priority,
         ))
     }
 

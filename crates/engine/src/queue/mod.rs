@@ -5,6 +5,8 @@
 
 pub mod explain;
 pub(crate) mod key_uses;
+pub(crate) mod ready_queue;
 pub mod run;
 pub mod run_queue;
 pub(crate) mod state;
+pub mod wait_queue;

@@ -502,6 +502,7 @@ impl From<&Run> for RunView {
             updated_at_ms: r.updated_at.as_millis_floor(),
             lease_expires_at_ms: r.phase.lease_expires_at().map(Nanos::as_millis_floor),
             worker_id: r.phase.worker_id().map(str::to_owned),
+            priority: r.rendered.priority,
         }
     }
 }
@@ -603,6 +604,7 @@ mod tests {
                 }],
                 idempotency_key: None,
                 gate: Vec::new(),
+                ..Rendered::default()
             },
             policy: Some(RunPolicy::default()),
             waiting_on: None,

@@ -179,6 +179,19 @@ pub trait RunQueue: LeaseQueue {
         input: Value,
         additional_metadata: Value,
         start: StartAt,
+    ) -> QueueFuture<'a, RunView> {
+        self.enqueue_with(task, input, additional_metadata, start, None)
+    }
+
+    /// As [`RunQueue::enqueue_at`], at `priority` (1 to 4) rather than its task's; `None`: its
+    /// task's (docs/design.md §3.15).
+    fn enqueue_with<'a>(
+        &'a self,
+        task: &'a str,
+        input: Value,
+        additional_metadata: Value,
+        start: StartAt,
+        priority: Option<u8>,
     ) -> QueueFuture<'a, RunView>;
 
     /// Enqueues one run of every task triggered by event `name` (all or none).

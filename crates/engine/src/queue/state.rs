@@ -25,15 +25,17 @@
 mod explain;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use serde_json::Value;
 use tollgate_core::{Nanos, Period};
 
 use super::key_uses::KeyUses;
+use super::ready_queue::ReadyQueue;
 pub(crate) use super::run::WaitKey;
 use super::run::{Run, RunPhase, RunPolicy, RunState, RunView};
+use super::wait_queue::WaitQueue;
 use crate::error::Error;
 use crate::fast_map::FastHashMap;
 use crate::metrics::{Metrics, Transition};
@@ -46,14 +48,6 @@ enum Admission {
     Admitted,
     Parked(WaitKey, Option<Nanos>),
     Failed(String),
-}
-
-#[derive(Default)]
-struct TaskQueue {
-    /// Runs woken from a key's FIFO or handed back: served before `normal`.
-    first: VecDeque<String>,
-    /// Runs in enqueue order.
-    normal: VecDeque<String>,
 }
 
 /// A run rendered for its task, not stored yet ([`QueueState::prepare`]).
@@ -75,6 +69,14 @@ impl Prepared {
         self.due = due;
         self
     }
+
+    /// At `priority` (1 to 4) rather than its task's.
+    pub(crate) fn at_priority(mut self, priority: Option<u8>) -> Prepared {
+        if let Some(p) = priority {
+            self.rendered.priority = p;
+        }
+        self
+    }
 }
 
 /// The whole queue.
@@ -82,8 +84,8 @@ impl Prepared {
 pub(crate) struct QueueState {
     pub(crate) runs: FastHashMap<String, Run>,
     pub(crate) tasks: FastHashMap<String, Arc<Task>>,
-    ready: FastHashMap<String, TaskQueue>,
-    parked: FastHashMap<WaitKey, VecDeque<String>>,
+    ready: FastHashMap<String, ReadyQueue>,
+    parked: FastHashMap<WaitKey, WaitQueue>,
     /// Rate keys' timers by due instant; an entry that no longer matches `timer_at` is stale
     /// and skipped when it comes up.
     timers: BinaryHeap<Reverse<(Nanos, WaitKey)>>,
@@ -234,7 +236,7 @@ impl QueueState {
             on: key @ WaitKey::Rate { .. },
             ..
         } = &run.phase
-            && let Some(head) = self.parked.get(key).and_then(|q| q.front())
+            && let Some(head) = self.parked.get(key).and_then(WaitQueue::head)
             && head != id
         {
             view.eligible_at_ms = self
@@ -410,11 +412,11 @@ impl QueueState {
     fn place_new(&mut self, run: &Run) {
         match run.state() {
             RunState::Queued => {
-                self.ready
-                    .entry(run.task.clone())
-                    .or_default()
-                    .normal
-                    .push_back(run.id.clone());
+                self.ready.entry(run.task.clone()).or_default().push(
+                    &run.id,
+                    run.rendered.priority,
+                    false,
+                );
                 self.became_ready = true;
             }
             RunState::Failed => self
@@ -568,20 +570,23 @@ impl QueueState {
                 for k in &run.held {
                     *self.live.entry(k.clone()).or_default() += 1;
                 }
-                self.parked
-                    .entry(on.clone())
-                    .or_default()
-                    .push_back(id.clone());
+                self.parked.entry(on.clone()).or_default().push(
+                    &id,
+                    run.seq,
+                    run.rendered.priority,
+                    run.rendered.fairness.as_deref(),
+                    run.rendered.weight,
+                );
             }
             RunPhase::Queued => {
                 for k in &run.held {
                     *self.live.entry(k.clone()).or_default() += 1;
                 }
-                self.ready
-                    .entry(run.task.clone())
-                    .or_default()
-                    .normal
-                    .push_back(id.clone());
+                self.ready.entry(run.task.clone()).or_default().push(
+                    &id,
+                    run.rendered.priority,
+                    false,
+                );
                 self.became_ready = true;
             }
             RunPhase::Running {
@@ -621,7 +626,7 @@ impl QueueState {
                     let at = self
                         .parked
                         .get(&key)
-                        .and_then(|q| q.front())
+                        .and_then(WaitQueue::head)
                         .and_then(|h| self.runs.get(h))
                         .and_then(|r| r.phase.eligible_at())
                         .unwrap_or(now);
@@ -657,7 +662,7 @@ impl QueueState {
                     && !q.is_empty()
                 {
                     let eta = q
-                        .front()
+                        .head()
                         .and_then(|h| self.runs.get(h))
                         .and_then(|h| h.phase.eligible_at());
                     return Admission::Parked(k, eta);
@@ -743,12 +748,32 @@ impl QueueState {
             );
         }
         self.metrics.forget(id);
+        let Some(run) = self.runs.get(id) else {
+            return;
+        };
         let q = self.parked.entry(key.clone()).or_default();
-        q.push_back(id.to_owned());
-        if q.len() == 1
-            && let Some(t) = eta
-        {
-            self.set_timer(&key, t);
+        let was_empty = q.is_empty();
+        q.push(
+            id,
+            run.seq,
+            run.rendered.priority,
+            run.rendered.fairness.as_deref(),
+            run.rendered.weight,
+        );
+        let is_head = q.head() == Some(id);
+        if was_empty {
+            if let Some(t) = eta {
+                self.set_timer(&key, t);
+            }
+        } else if is_head && let Some(t) = self.timer_at.get(&key).copied() {
+            // It goes ahead of the runs parked before it: it is tried when the key's timer
+            // fires, and shows that instant.
+            if let Some(run) = self.runs.get_mut(id) {
+                run.phase = RunPhase::Waiting {
+                    on: key.clone(),
+                    eligible_at: Some(t),
+                };
+            }
         }
         self.touch(id, now);
     }
@@ -756,12 +781,10 @@ impl QueueState {
     fn make_ready_first(&mut self, id: &str, now: Nanos) {
         if let Some(run) = self.runs.get_mut(id) {
             run.phase = RunPhase::Queued;
-            let task = run.task.clone();
             self.ready
-                .entry(task)
+                .entry(run.task.clone())
                 .or_default()
-                .first
-                .push_back(id.to_owned());
+                .push(id, run.rendered.priority, true);
             self.became_ready = true;
         }
         self.touch(id, now);
@@ -807,16 +830,20 @@ impl QueueState {
     fn wake_concurrency(&mut self, key: &str, now: Nanos) {
         let wk = WaitKey::Concurrency(key.to_owned());
         loop {
-            let Some(id) = self.parked.get(&wk).and_then(|q| q.front().cloned()) else {
+            let Some(id) = self
+                .parked
+                .get(&wk)
+                .and_then(|q| q.head().map(str::to_owned))
+            else {
                 self.parked.remove(&wk);
                 return;
             };
             let Some(run) = self.runs.get(&id) else {
-                self.pop_parked(&wk);
+                self.take_parked(&wk, &id);
                 continue;
             };
             if !matches!(&run.phase, RunPhase::Waiting { on, .. } if *on == wk) {
-                self.pop_parked(&wk);
+                self.take_parked(&wk, &id);
                 continue;
             }
             let own = run
@@ -829,7 +856,7 @@ impl QueueState {
             if self.live.get(key).copied().unwrap_or(0) >= limit {
                 return;
             }
-            self.pop_parked(&wk);
+            self.take_parked(&wk, &id);
             *self.live.entry(key.to_owned()).or_default() += 1;
             if let Some(run) = self.runs.get_mut(&id) {
                 run.held.push(key.to_owned());
@@ -840,9 +867,11 @@ impl QueueState {
         }
     }
 
-    fn pop_parked(&mut self, key: &WaitKey) {
+    /// Takes run `id` out of `key`'s wait queue, its turn come (admitted, or moved on); an
+    /// empty queue is forgotten (its fairness turns start afresh).
+    fn take_parked(&mut self, key: &WaitKey, id: &str) {
         if let Some(q) = self.parked.get_mut(key) {
-            q.pop_front();
+            q.take(id);
             if q.is_empty() {
                 self.parked.remove(key);
             }
@@ -854,7 +883,11 @@ impl QueueState {
         // Whatever timer the key held is spent: a head denied below sets the next one.
         self.timer_at.remove(key);
         loop {
-            let Some(id) = self.parked.get(key).and_then(|q| q.front().cloned()) else {
+            let Some(id) = self
+                .parked
+                .get(key)
+                .and_then(|q| q.head().map(str::to_owned))
+            else {
                 self.parked.remove(key);
                 return;
             };
@@ -863,14 +896,14 @@ impl QueueState {
                 .get(&id)
                 .is_some_and(|r| matches!(&r.phase, RunPhase::Waiting { on, .. } if on == key));
             if !valid {
-                self.pop_parked(key);
+                self.take_parked(key, &id);
                 continue;
             }
             let run = &self.runs[&id];
             let eligible_at = run.phase.eligible_at().unwrap_or(now);
             if run.reserved {
                 // Already holds its units (parked on concurrency before, then re-parked).
-                self.pop_parked(key);
+                self.take_parked(key, &id);
                 self.metrics.woken(&id, eligible_at);
                 self.make_ready_first(&id, now);
                 continue;
@@ -878,7 +911,7 @@ impl QueueState {
             let result = match entries(run, &self.key_uses) {
                 Ok(e) => store.acquire(&e, now),
                 Err(reason) => {
-                    self.pop_parked(key);
+                    self.take_parked(key, &id);
                     self.fail(&id, reason, now);
                     continue;
                 }
@@ -888,7 +921,7 @@ impl QueueState {
             }
             match result {
                 Ok(a) if a.allowed => {
-                    self.pop_parked(key);
+                    self.take_parked(key, &id);
                     if let Some(run) = self.runs.get_mut(&id) {
                         run.reserved = true;
                         run.consumed_at = Some(now);
@@ -915,7 +948,7 @@ impl QueueState {
                         self.set_timer(key, eta);
                         return;
                     }
-                    self.pop_parked(key);
+                    self.take_parked(key, &id);
                     self.park(&id, denied, Some(eta), now);
                 }
                 Err(e) if e.is_transient() => {
@@ -924,7 +957,7 @@ impl QueueState {
                     return;
                 }
                 Err(e) => {
-                    self.pop_parked(key);
+                    self.take_parked(key, &id);
                     self.fail(&id, e.to_string(), now);
                 }
             }
@@ -1062,15 +1095,11 @@ impl QueueState {
 
     fn next_admitted(&mut self, task: &str, now: Nanos, store: &dyn Store) -> Option<String> {
         loop {
-            let q = self.ready.get_mut(task)?;
-            let id = q.first.pop_front().or_else(|| q.normal.pop_front())?;
-            if self
-                .runs
-                .get(&id)
-                .is_none_or(|r| r.state() != RunState::Queued)
-            {
-                continue;
-            }
+            let runs = &self.runs;
+            let id = self.ready.get_mut(task)?.take(
+                |id| runs.get(id).is_some_and(|r| r.state() == RunState::Queued),
+                |id| runs.get(id).map_or(u64::MAX, |r| r.seq),
+            )?;
             match self.admit(&id, now, store) {
                 Admission::Admitted => return Some(id),
                 Admission::Parked(key, eta) => self.park(&id, key, eta, now),
@@ -1183,12 +1212,11 @@ impl QueueState {
                 }
                 None => {
                     if let Some(run) = self.runs.get(id) {
-                        let task = run.task.clone();
-                        self.ready
-                            .entry(task)
-                            .or_default()
-                            .normal
-                            .push_back(id.to_owned());
+                        self.ready.entry(run.task.clone()).or_default().push(
+                            id,
+                            run.rendered.priority,
+                            false,
+                        );
                         self.became_ready = true;
                     }
                     RunState::Queued
@@ -1265,18 +1293,20 @@ impl QueueState {
         self.metrics.forget(id);
         self.touch(id, now);
         if let Some(key) = parked_on
-            && self
-                .parked
-                .get(&key)
-                .and_then(|q| q.front())
-                .is_some_and(|h| h == id)
+            && let Some(q) = self.parked.get_mut(&key)
         {
-            // If it was the head, the next run takes its turn now: it is admitted or parked
-            // with its own eligible_at before this call returns, not at the next tick.
-            self.pop_parked(&key);
-            match &key {
-                WaitKey::Rate { .. } => self.wake_rate(&key, now, store),
-                WaitKey::Concurrency(k) => self.wake_concurrency(k, now),
+            let was_head = q.head() == Some(id);
+            q.remove(id);
+            if q.is_empty() {
+                self.parked.remove(&key);
+            }
+            if was_head {
+                // The next run takes its turn now: it is admitted or parked with its own
+                // eligible_at before this call returns, not at the next tick.
+                match &key {
+                    WaitKey::Rate { .. } => self.wake_rate(&key, now, store),
+                    WaitKey::Concurrency(k) => self.wake_concurrency(k, now),
+                }
             }
         }
         Ok(())

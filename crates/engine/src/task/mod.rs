@@ -55,6 +55,27 @@ use tollgate_api::LimitParams;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = tollgate_api::DEFAULT_MAX_ATTEMPTS;
 /// The most attempts a task may allow.
 pub const MAX_ATTEMPTS: u32 = 100;
+/// A run's priority when neither its enqueue nor its task says (docs/design.md §3.15).
+pub const DEFAULT_PRIORITY: u8 = 2;
+/// The most urgent priority (1 is the least).
+pub const MAX_PRIORITY: u8 = 4;
+/// Checks an enqueue's own priority.
+///
+/// # Errors
+/// [`Error::Spec`] (field `priority`) outside 1 to 4.
+pub fn check_priority(priority: Option<u8>) -> Result<(), Error> {
+    match priority {
+        Some(p) if !(1..=MAX_PRIORITY).contains(&p) => Err(Error::Spec(spec_error(
+            "invalid_field",
+            "priority",
+            format!("invalid priority {p}: must be between 1 (least urgent) and {MAX_PRIORITY}"),
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The largest `fairness_weight`.
+pub const MAX_FAIRNESS_WEIGHT: u32 = 1_000;
 /// How long a lease lasts without a heartbeat when the task does not say.
 pub const DEFAULT_LEASE_TIMEOUT: Period =
     match Period::from_secs_const(tollgate_api::DEFAULT_LEASE_TIMEOUT.as_secs()) {
@@ -299,6 +320,11 @@ pub struct Task {
     gate: Option<CompiledRate>,
     concurrency: Vec<CompiledConcurrency>,
     idempotency: Option<(Expr, Period)>,
+    /// `priority`: 1 to 4 (docs/design.md §3.15).
+    priority: Amount,
+    /// `fairness_key` and `fairness_weight`.
+    fairness: Option<Expr>,
+    weight: Amount,
     uses: Uses,
 }
 
@@ -389,6 +415,30 @@ impl Task {
             })?;
         }
 
+        let priority = match &spec.priority {
+            None => Amount::Const(u64::from(DEFAULT_PRIORITY)),
+            Some(p) => Amount::compile(p, "priority", u64::from(MAX_PRIORITY))?,
+        };
+        let fairness = match &spec.fairness_key {
+            None => None,
+            Some(k) => Some(Expr::compile(k).map_err(|e| e.within("fairness_key"))?),
+        };
+        let weight = match &spec.fairness_weight {
+            None => Amount::Const(1),
+            Some(_) if fairness.is_none() => {
+                return Err(spec_error(
+                    "invalid_field",
+                    "fairness_weight",
+                    "fairness_weight weighs a fairness_key's turns: give a fairness_key with it",
+                ));
+            }
+            Some(w) => Amount::compile(w, "fairness_weight", u64::from(MAX_FAIRNESS_WEIGHT))?,
+        };
+        uses = uses
+            .union(priority.uses())
+            .union(fairness.as_ref().map_or(Uses::default(), Expr::uses))
+            .union(weight.uses());
+
         let max_attempts = spec.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
         if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
             return Err(spec_error(
@@ -417,6 +467,9 @@ impl Task {
             gate,
             concurrency,
             idempotency,
+            priority,
+            fairness,
+            weight,
             uses,
         })
     }
@@ -613,6 +666,19 @@ impl Task {
             });
         }
 
+        let priority = self
+            .priority
+            .render(&scope, u64::from(MAX_PRIORITY), || "priority".to_owned())?;
+        let fairness = match &self.fairness {
+            None => None,
+            Some(key) => Some(render_key(key, "", &scope, || "fairness_key".to_owned())?),
+        };
+        let weight = self
+            .weight
+            .render(&scope, u64::from(MAX_FAIRNESS_WEIGHT), || {
+                "fairness_weight".to_owned()
+            })?;
+
         match over_capacity {
             Some(e) => Err(e),
             None => Ok(Rendered {
@@ -620,6 +686,10 @@ impl Task {
                 concurrency,
                 idempotency_key,
                 gate,
+                // Invariants: rendered with maxima that fit.
+                priority: u8::try_from(priority).unwrap_or(MAX_PRIORITY),
+                fairness,
+                weight: u32::try_from(weight).unwrap_or(MAX_FAIRNESS_WEIGHT),
             }),
         }
     }

@@ -45,7 +45,7 @@ impl<'a> RunContext<'a> {
 
 /// A task's limits for one run. Stored with the run, so the run acquires what it was
 /// enqueued with even if its task is redefined later.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rendered {
     /// Rate limits, in the order of `rate_limits`.
     pub rate: Vec<RenderedLimit>,
@@ -59,6 +59,50 @@ pub struct Rendered {
     /// The task's `rate_limit` (Inngest's): decided once, at enqueue; a run over it is skipped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gate: Vec<RenderedLimit>,
+    /// The run's priority, 1 (least urgent) to 4 (docs/design.md §3.15).
+    #[serde(
+        default = "default_priority",
+        skip_serializing_if = "is_default_priority"
+    )]
+    pub priority: u8,
+    /// Its fairness key: runs waiting on one key take turns across these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fairness: Option<String>,
+    /// Its share of the turns, 1 to 1000.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub weight: u32,
+}
+
+fn default_priority() -> u8 {
+    super::DEFAULT_PRIORITY
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if takes a reference
+fn is_default_priority(p: &u8) -> bool {
+    *p == super::DEFAULT_PRIORITY
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if takes a reference
+fn is_one(w: &u32) -> bool {
+    *w == 1
+}
+
+impl Default for Rendered {
+    fn default() -> Rendered {
+        Rendered {
+            rate: Vec::new(),
+            concurrency: Vec::new(),
+            idempotency_key: None,
+            gate: Vec::new(),
+            priority: super::DEFAULT_PRIORITY,
+            fairness: None,
+            weight: 1,
+        }
+    }
 }
 
 impl Rendered {

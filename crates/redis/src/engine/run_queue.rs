@@ -83,19 +83,21 @@ impl RunQueue for RedisEngine {
         Box::pin(RedisEngine::tasks(self))
     }
 
-    fn enqueue_at<'a>(
+    fn enqueue_with<'a>(
         &'a self,
         task: &'a str,
         input: Value,
         additional_metadata: Value,
         start: StartAt,
+        priority: Option<u8>,
     ) -> QueueFuture<'a, RunView> {
-        Box::pin(RedisEngine::enqueue_at(
+        Box::pin(RedisEngine::enqueue_with(
             self,
             task,
             input,
             additional_metadata,
             start,
+            priority,
         ))
     }
 

@@ -33,7 +33,7 @@ local op, key = ARGV[4], ARGV[5]
 local wk = 'rs:' .. key
 if op == 'put' then
   put_limit_def(ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
-  if redis.call('EXISTS', Q .. 'wait:' .. wk) == 1 then
+  if redis.call('EXISTS', Q .. 'wq:' .. wk) == 1 then
     wake_rate(wk)
   end
   return reply('ok', { 1 })
@@ -52,7 +52,7 @@ elseif op == 'pause' or op == 'resume' then
   else
     out = pause_clear(ARGV[7], ARGV[8], ARGV[9], NOW)
   end
-  if redis.call('EXISTS', Q .. 'wait:' .. pwk) == 1 then
+  if redis.call('EXISTS', Q .. 'wq:' .. pwk) == 1 then
     wake_rate(pwk)
   end
   return reply('ok', { out })

@@ -7,7 +7,7 @@
 -- ARGV[2]     now in µs since the Unix epoch, or "" to use Redis TIME
 -- ARGV[3]     expiry slack in ms, added to every PEXPIRE of a rate state
 -- ARGV[4]     n: how many runs
--- then 16 values per run i, from ARGV[5 + 16(i-1)]:
+-- then 19 values per run i, from ARGV[5 + 19(i-1)]:
 --   task, on_limit ("r" requeue | "s" skip), max_attempts, lease timeout (µs), input JSON,
 --   additional_metadata JSON, event JSON ("" none), rate entries, concurrency entries (the
 --   formats of queue_lib.lua), idempotency key, idempotency period in ms ("" no idempotency),
@@ -16,7 +16,9 @@
 --   `rate_limit` as rate entries ("" none: decided once, a run over it is skipped), and when
 --   the run may start ("" at once, "+<µs>" after a delay, "@<µs>" at an instant: a run due
 --   later is scheduled, and its rate_limit and policy are decided when it is due), and its
---   task's retry backoff ("<backoff µs> <factor> <max µs or empty> <jitter 0|1>", "" none)
+--   task's retry backoff ("<backoff µs> <factor> <max µs or empty> <jitter 0|1>", "" none),
+--   and its priority ("" for 2), fairness key ("" none) and fairness weight ("" for 1)
+--   (docs/design.md §3.15)
 --
 -- Returns { "ok", effects, view of run 1, view of run 2, ... }, or { "stale", effects, task }
 -- with nothing stored when a run's task has been redefined since the node read it (the node
@@ -27,7 +29,7 @@ local n = tonumber(ARGV[4])
 -- Each task's version, read once per call (a batch of enqueues is mostly of one task).
 local versions = {}
 for i = 1, n do
-  local b = 5 + 16 * (i - 1)
+  local b = 5 + 19 * (i - 1)
   local task, want = ARGV[b], ARGV[b + 12]
   local have = versions[task]
   if not have then
@@ -56,7 +58,7 @@ end
 process_due(256)
 local views = {}
 for i = 1, n do
-  local b = 5 + 16 * (i - 1)
+  local b = 5 + 19 * (i - 1)
   local task, pol, max, lt = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local rate, conc = ARGV[b + 7], ARGV[b + 8]
   local idem_key, idem_ms, failure = ARGV[b + 9], ARGV[b + 10], ARGV[b + 11]
@@ -135,6 +137,12 @@ for i = 1, n do
   if ARGV[b + 15] ~= '' then
     all[#all + 1] = 'rp'
     all[#all + 1] = ARGV[b + 15]
+  end
+  for k, field in ipairs({ 'pr', 'fk', 'fw' }) do
+    if ARGV[b + 15 + k] ~= '' then
+      all[#all + 1] = field
+      all[#all + 1] = ARGV[b + 15 + k]
+    end
   end
   if ARGV[b + 6] ~= '' then
     all[#all + 1] = 'event'

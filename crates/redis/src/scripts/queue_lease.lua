@@ -41,9 +41,9 @@ local function admit(id, r)
   local held = lines(r[6])
   local rate_due = r[5] ~= '1' and r[2] == 'r' and #E > 0
   if rate_due then
-    -- FIFO per key: queue behind runs already parked on any of our keys.
+    -- A wait queue per key: queue behind runs already parked on any of our keys.
     for _, e in ipairs(E) do
-      local head = redis.call('LINDEX', Q .. 'wait:' .. e.wk, 0)
+      local head = wq_head(e.wk)
       if head then
         local eta = redis.call('HGET', rk(head), 'ea')
         park(id, e.wk, e.key, eta and tonumber(eta))
@@ -53,7 +53,7 @@ local function admit(id, r)
   end
   for _, c in ipairs(C) do
     if not contains(held, c.key) then
-      local queued = redis.call('LLEN', Q .. 'wait:' .. c.wk) > 0
+      local queued = redis.call('EXISTS', Q .. 'wq:' .. c.wk) == 1
       if queued or redis.call('SCARD', Q .. 'hold:' .. c.key) >= c.limit then
         park(id, c.wk, c.key, nil)
         return nil
@@ -86,11 +86,15 @@ local rf_empty = {}
 local function next_admitted(task)
   while budget > 0 do
     local id
-    if not rf_empty[task] then
-      id = redis.call('LPOP', Q .. 'rf:' .. task)
-      rf_empty[task] = not id
+    if tonumber(redis.call('HGET', Q .. 'rpri', task) or '0') > 0 then
+      id = take_ready_mixed(task)
+    else
+      if not rf_empty[task] then
+        id = redis.call('LPOP', Q .. 'rf:' .. task)
+        rf_empty[task] = not id
+      end
+      id = id or redis.call('LPOP', Q .. 'rn:' .. task)
     end
-    id = id or redis.call('LPOP', Q .. 'rn:' .. task)
     if not id then
       return nil
     end

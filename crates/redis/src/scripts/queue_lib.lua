@@ -11,10 +11,19 @@
 -- of every key; README, "Redis Cluster").
 --   Q..'seq'                   counter: enqueue order; run ids are "r<seq in hex>"
 --   Q..'run:'..id              HASH: one run (fields below)
---   Q..'rf:'..task             LIST: ready runs that waited (leased before the others)
---   Q..'rn:'..task             LIST: ready runs in enqueue order
---   Q..'wait:'..wk             LIST: runs parked on wait key wk, FIFO; wk is "r<ns>:<key>" for a
---                              rate key (ns "s" static, "d" dynamic) or "c:<key>" (concurrency)
+--   Q..'rf:'..task             LIST: ready runs of priority 2 that waited (leased before the others)
+--   Q..'rn:'..task             LIST: ready runs of priority 2 in enqueue order
+--   Q..'rf<p>:'..task, 'rn<p>:' the same for priority p = 1, 3, 4 (docs/design.md §3.15)
+--   Q..'rpri'                  HASH: task -> entries in its lists of priorities other than 2
+--                              (none: the lease looks at the priority-2 lists alone)
+--   Q..'rtaken'                HASH: task -> runs taken while more than one priority was ready
+--   Q..'wq:'..wk               ZSET: runs parked on wait key wk (members: their seq as 16 hex
+--                              digits) by band × 2^50 + start tag, in the order they are tried
+--                              (wait_queue.rs); wk is "r<ns>:<key>" for a rate key (ns "s"
+--                              static, "d" dynamic) or "c:<key>" (concurrency)
+--   Q..'wf:'..wk               HASH: wk's fair queueing: "v" virtual time, "n" runs taken while
+--                              more than one priority waited, "f:"..fairness key -> its next
+--                              start tag; deleted with the queue
 --   Q..'timers'                ZSET: rate wait key -> eligible_at (µs) of its head
 --   Q..'leases'                ZSET: run id -> lease expiry (µs)
 --   Q..'hold:'..key            SET: runs holding a slot of concurrency key
@@ -38,7 +47,8 @@
 -- requeue, "s" skip), input, meta, event (JSON texts, opaque here), rate (rate entries, one
 -- per line: "ns\tunits\tspec\tguard\tstate_key\tkey\tspec_index"), conc (concurrency
 -- entries, one per line: "limit\tkey"), wo (waiting_on), wq (its wait key), ea (eligible_at
--- µs), sr (skip_reason), err, out (JSON), ca / ua (created / updated µs), res ("1": its rate
+-- µs), sr (skip_reason), err, out (JSON), ca / ua (created / updated µs), pr (priority, 1 to 4;
+-- none: 2), fk (fairness key), fw (fairness weight; none: 1), res ("1": its rate
 -- units are consumed for the coming attempt), held (concurrency keys held, one per line), le
 -- (lease expiry µs), wk (worker id), wa (when a woken run became eligible, for the lag).
 --
@@ -294,17 +304,177 @@ local function refund_run(id)
   redis.call('HDEL', rk(id), 'res')
 end
 
+-- The member of a scheduled run in Q..'sched' (scored by when it is due): its seq as 16 hex
+-- digits, so that runs due at the same instant come up in enqueue order, as in the engine.
+local function sched_member(seq)
+  return string.format('%016x', tonumber(seq))
+end
+
+-- The ready lists of priority p: runs that waited, then the others.
+local function ready_lists(p)
+  if p == 2 then
+    return 'rf:', 'rn:'
+  end
+  return 'rf' .. p .. ':', 'rn' .. p .. ':'
+end
+
 local function make_ready(id, task, first)
-  local list, other = 'rn:', 'rf:'
-  if first then
-    list, other = 'rf:', 'rn:'
+  local p = tonumber(redis.call('HGET', rk(id), 'pr') or '2')
+  local list, other = ready_lists(p)
+  if not first then
+    list, other = other, list
+  end
+  if p ~= 2 then
+    redis.call('HINCRBY', Q .. 'rpri', task, 1)
   end
   -- Announced only when the task had no ready run: a long-poll waits only after finding none,
   -- and one woken by the first leases until none is left (or is told there may be more).
   if redis.call('RPUSH', Q .. list .. task, id) == 1
-    and redis.call('LLEN', Q .. other .. task) == 0 then
+    and (p ~= 2 or redis.call('LLEN', Q .. other .. task) == 0) then
     READY[task] = true
   end
+end
+
+-- The next ready run of task when it has runs of priorities other than 2 (ReadyQueue::take in
+-- the engine): entries of runs no longer queued are dropped from the front of every list; the
+-- most urgent priority's next run is taken, or, on every tenth turn while more than one
+-- priority has ready runs, the oldest of the priorities' next runs.
+local function take_ready_mixed(task)
+  local heads = {}
+  for p = 4, 1, -1 do
+    local f, n = ready_lists(p)
+    while true do
+      local list = Q .. f .. task
+      local id = redis.call('LINDEX', list, 0)
+      if not id then
+        list = Q .. n .. task
+        id = redis.call('LINDEX', list, 0)
+      end
+      if not id then
+        break
+      end
+      if redis.call('HGET', rk(id), 'state') == 'queued' then
+        heads[#heads + 1] = { id, list, p, tonumber(redis.call('HGET', rk(id), 'seq')) }
+        break
+      end
+      redis.call('LPOP', list)
+      if p ~= 2 then
+        redis.call('HINCRBY', Q .. 'rpri', task, -1)
+      end
+    end
+  end
+  local chosen = heads[1]
+  if #heads > 1 then
+    local n = redis.call('HINCRBY', Q .. 'rtaken', task, 1) - 1
+    if n % 10 == 9 then
+      for _, h in ipairs(heads) do
+        if h[4] < chosen[4] then
+          chosen = h
+        end
+      end
+    end
+  end
+  if not chosen then
+    return nil
+  end
+  redis.call('LPOP', chosen[2])
+  if chosen[3] ~= 2 then
+    redis.call('HINCRBY', Q .. 'rpri', task, -1)
+  end
+  return chosen[1]
+end
+
+-- Wait queues (wait_queue.rs in the engine, docs/design.md §3.15): priority first (band 0 is
+-- priority 4), then fairness keys in turn (start-time fair queueing: a run starts at the later
+-- of the queue's virtual time and its fairness key's next start tag, which then moves on by
+-- 1000 / weight rounded up), then arrival; while more than one priority waits, every tenth run
+-- taken is the oldest of the priorities' first runs.
+local BAND = 1125899906842624 -- 2^50: bands apart in a score
+
+local function run_of(member)
+  return string.format('r%x', tonumber(member, 16))
+end
+
+local function band_of(score)
+  return math.floor(tonumber(score) / BAND)
+end
+
+-- Parks run id in wk's queue; whether the queue was empty.
+local function wq_push(id, wk)
+  local r = redis.call('HMGET', rk(id), 'seq', 'pr', 'fk', 'fw')
+  local z, f = Q .. 'wq:' .. wk, Q .. 'wf:' .. wk
+  local was_empty = redis.call('EXISTS', z) == 0
+  local flow = 'f:' .. (r[3] or '')
+  local h = redis.call('HMGET', f, 'v', flow)
+  local start = math.max(tonumber(h[1] or '0'), tonumber(h[2] or '0'))
+  redis.call('HSET', f, flow, fmt(start + math.ceil(1000 / tonumber(r[4] or '1'))))
+  redis.call('ZADD', z, fmt((4 - tonumber(r[2] or '2')) * BAND + start), sched_member(r[1]))
+  return was_empty
+end
+
+-- The run tried next on wk, or nil.
+local function wq_head(wk)
+  local z = Q .. 'wq:' .. wk
+  local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+  if not first[1] then
+    return nil
+  end
+  local last = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
+  local b1, b2 = band_of(first[2]), band_of(last[2])
+  if b1 ~= b2 and tonumber(redis.call('HGET', Q .. 'wf:' .. wk, 'n') or '0') % 10 == 9 then
+    local best
+    for b = b1, b2 do
+      local m = redis.call('ZRANGEBYSCORE', z, fmt(b * BAND), '(' .. fmt((b + 1) * BAND), 'LIMIT', 0, 1)[1]
+      if m and (not best or m < best) then
+        best = m
+      end
+    end
+    return run_of(best)
+  end
+  return run_of(first[1])
+end
+
+-- Forgets wk's fair queueing once its queue is empty (its turns start afresh).
+local function wq_settle(wk)
+  if redis.call('EXISTS', Q .. 'wq:' .. wk) == 0 then
+    redis.call('DEL', Q .. 'wf:' .. wk)
+  end
+end
+
+-- Takes run id out of wk's queue, its turn come (admitted, or moved to another key).
+local function wq_take(wk, id)
+  local z, f = Q .. 'wq:' .. wk, Q .. 'wf:' .. wk
+  local member = sched_member(redis.call('HGET', rk(id), 'seq'))
+  local score = redis.call('ZSCORE', z, member)
+  if not score then
+    return
+  end
+  local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+  local last = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
+  redis.call('ZREM', z, member)
+  local tag = tonumber(score) - band_of(score) * BAND
+  if tag > tonumber(redis.call('HGET', f, 'v') or '0') then
+    redis.call('HSET', f, 'v', fmt(tag))
+  end
+  if band_of(first[2]) ~= band_of(last[2]) then
+    redis.call('HINCRBY', f, 'n', 1)
+  end
+  wq_settle(wk)
+end
+
+-- Takes run id out of wk's queue without a turn (cancelled).
+local function wq_remove(wk, id)
+  redis.call('ZREM', Q .. 'wq:' .. wk, sched_member(redis.call('HGET', rk(id), 'seq')))
+  wq_settle(wk)
+end
+
+-- The runs parked on wk, in order (the every-tenth turn aside).
+local function wq_ids(wk)
+  local out = {}
+  for i, m in ipairs(redis.call('ZRANGE', Q .. 'wq:' .. wk, 0, -1)) do
+    out[i] = run_of(m)
+  end
+  return out
 end
 
 local function make_ready_first(id)
@@ -366,12 +536,6 @@ local function apply_skip(task, pol, rate, fields)
   fields[#fields + 1] = 'err'
   fields[#fields + 1] = j
   return 'failed'
-end
-
--- The member of a scheduled run in Q..'sched' (scored by when it is due): its seq as 16 hex
--- digits, so that runs due at the same instant come up in enqueue order, as in the engine.
-local function sched_member(seq)
-  return string.format('%016x', tonumber(seq))
 end
 
 -- The longest wait before a retry: a year, in µs (the engine's MAX_RETRY_DELAY_MICROS).
@@ -504,8 +668,17 @@ local function park(id, wk, key, eta)
   end
   redis.call('HDEL', rk(id), 'wa')
   note(r[1], 'parked')
-  if redis.call('RPUSH', Q .. 'wait:' .. wk, id) == 1 and eta then
-    redis.call('ZADD', Q .. 'timers', fmt(eta), wk)
+  if wq_push(id, wk) then
+    if eta then
+      redis.call('ZADD', Q .. 'timers', fmt(eta), wk)
+    end
+  elseif wq_head(wk) == id then
+    -- It goes ahead of the runs parked before it: it is tried when the key's timer fires,
+    -- and shows that instant.
+    local t = redis.call('ZSCORE', Q .. 'timers', wk)
+    if t then
+      redis.call('HSET', rk(id), 'ea', t)
+    end
   end
 end
 
@@ -518,14 +691,13 @@ end
 -- Hands free slots of concurrency key to the runs at the head of its FIFO.
 wake_concurrency = function(key)
   local wk = 'c:' .. key
-  local list = Q .. 'wait:' .. wk
   while true do
-    local id = redis.call('LINDEX', list, 0)
+    local id = wq_head(wk)
     if not id then
       return
     end
     if not waits_on(id, wk) then
-      redis.call('LPOP', list)
+      wq_take(wk, id)
     else
       local limit = 0
       for _, c in ipairs(conc_entries(redis.call('HGET', rk(id), 'conc'))) do
@@ -536,7 +708,7 @@ wake_concurrency = function(key)
       if redis.call('SCARD', Q .. 'hold:' .. key) >= limit then
         return
       end
-      redis.call('LPOP', list)
+      wq_take(wk, id)
       add_held(id, key)
       -- Eligible from the moment its slot was freed.
       redis.call('HSET', rk(id), 'wa', fmt(NOW))
@@ -547,29 +719,28 @@ end
 
 -- Rate key wk's timer fired: reserve for its head, then the next, until one is denied.
 local function wake_rate(wk)
-  local list = Q .. 'wait:' .. wk
   -- Whatever timer the key held is spent: a head denied below sets the next one.
   redis.call('ZREM', Q .. 'timers', wk)
   while true do
-    local id = redis.call('LINDEX', list, 0)
+    local id = wq_head(wk)
     if not id then
       return
     end
     if not waits_on(id, wk) then
-      redis.call('LPOP', list)
+      wq_take(wk, id)
     else
       local r = redis.call('HMGET', rk(id), 'task', 'res', 'rate', 'ea')
       local eligible = r[4] or fmt(NOW)
       if r[2] == '1' then
         -- Already holds its units (parked on concurrency before, then re-parked).
-        redis.call('LPOP', list)
+        wq_take(wk, id)
         redis.call('HSET', rk(id), 'wa', eligible)
         make_ready_first(id)
       else
         local E = rate_entries(r[3])
         local outcome, i, eta = acquire_all(r[1], E)
         if outcome == 'ok' then
-          redis.call('LPOP', list)
+          wq_take(wk, id)
           redis.call('HSET', rk(id), 'res', '1', 'wa', eligible)
           make_ready_first(id)
         elseif outcome == 'denied' then
@@ -578,10 +749,10 @@ local function wake_rate(wk)
             redis.call('ZADD', Q .. 'timers', fmt(eta), wk)
             return
           end
-          redis.call('LPOP', list)
+          wq_take(wk, id)
           park(id, E[i].wk, E[i].key, eta)
         else
-          redis.call('LPOP', list)
+          wq_take(wk, id)
           fail_run(id, i)
         end
       end
@@ -611,7 +782,7 @@ local function expire(id)
 end
 
 -- The version of the queue's layout that the functions read and write.
-local SCHEMA = '2'
+local SCHEMA = '3'
 
 -- Prefixes this load of the library has found (or made) current: the schema is read once per
 -- prefix per load, not on every call (a load starts empty: after a restart, FUNCTION LOAD or a
@@ -621,7 +792,9 @@ local CURRENT = {}
 
 -- Brings a deployment written by an earlier version up to date, once (Q..'schema' says which
 -- version its data has): version 1 kept no 'uses' and 'newest', so they are rebuilt from the
--- runs not yet ended, oldest first, so that the newest definition of each dynamic key wins.
+-- runs not yet ended, oldest first, so that the newest definition of each dynamic key wins;
+-- versions 1 and 2 kept each wait queue as a FIFO list (Q..'wait:'..wk), moved here into the
+-- sorted sets of version 3 in the same order.
 local function migrate()
   if CURRENT[Q] then
     return
@@ -641,9 +814,20 @@ local function migrate()
     end
   end
   table.sort(live, function(a, b) return a[2] < b[2] end)
+  local lists = {}
   for _, run in ipairs(live) do
-    local r = redis.call('HMGET', rk(run[1]), 'rate', 'conc')
+    local r = redis.call('HMGET', rk(run[1]), 'rate', 'conc', 'state', 'wq')
     register(own_rate_entries(r[1]), own_conc_entries(r[2]))
+    if r[3] == 'waiting' and r[4] and not lists[r[4]] then
+      lists[r[4]] = true
+      local old = Q .. 'wait:' .. r[4]
+      for _, id in ipairs(redis.call('LRANGE', old, 0, -1)) do
+        if waits_on(id, r[4]) then
+          wq_push(id, r[4])
+        end
+      end
+      redis.call('DEL', old)
+    end
   end
   redis.call('SET', Q .. 'schema', SCHEMA)
   CURRENT[Q] = true
@@ -692,7 +876,7 @@ end
 
 -- A run as the API shows it: the fields RunView reads, in this order.
 local VIEW = { 'task', 'state', 'input', 'meta', 'attempt', 'max', 'wo', 'ea', 'sr', 'err', 'out',
-  'ca', 'ua', 'le', 'wk' }
+  'ca', 'ua', 'le', 'wk', 'pr' }
 
 local VIEW_WQ = #VIEW + 1
 VIEW[VIEW_WQ] = 'wq'
@@ -707,7 +891,7 @@ local function view(id)
   end
   local wq = r[VIEW_WQ]
   if r[2] == 'waiting' and wq and string.sub(wq, 1, 1) == 'r' then
-    local head = redis.call('LINDEX', Q .. 'wait:' .. wq, 0)
+    local head = wq_head(wq)
     if head and head ~= id then
       r[VIEW_EA] = redis.call('HGET', rk(head), 'ea')
     end

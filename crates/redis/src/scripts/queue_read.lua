@@ -44,7 +44,7 @@ elseif op == 'explain' then
   local r = redis.call('HMGET', rk(id), 'task', 'state', 'rate', 'conc')
   -- Where id stands in wait key wk's queue: runs that still wait on it only.
   local function place(wk)
-    local ids = redis.call('LRANGE', Q .. 'wait:' .. wk, 0, -1)
+    local ids = wq_ids(wk)
     local waiting, position, ahead = 0, -1, {}
     for _, other in ipairs(ids) do
       if waits_on(other, wk) then
@@ -64,7 +64,13 @@ elseif op == 'explain' then
   local ready_ahead = -1
   if r[2] == 'queued' then
     local n = 0
-    for _, list in ipairs({ 'rf:', 'rn:' }) do
+    local lists = {}
+    for p = 4, 1, -1 do
+      local f, n = ready_lists(p)
+      lists[#lists + 1] = f
+      lists[#lists + 1] = n
+    end
+    for _, list in ipairs(lists) do
       for _, other in ipairs(redis.call('LRANGE', Q .. list .. r[1], 0, -1)) do
         if other == id then
           ready_ahead = n

@@ -57,9 +57,8 @@ local function apply(op, id, attempt, text, retry, retry_after)
     note(task, 'cancelled')
     local wk = r[7]
     if state == 'waiting' and wk then
-      local list = Q .. 'wait:' .. wk
-      local head = redis.call('LINDEX', list, 0) == id
-      redis.call('LREM', list, 1, id)
+      local head = wq_head(wk) == id
+      wq_remove(wk, id)
       if head then
         -- The next run must get the key's timer (or the freed turn at its slot).
         if string.sub(wk, 1, 1) == 'r' then

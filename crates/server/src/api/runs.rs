@@ -119,7 +119,13 @@ async fn enqueue(
     let start = start_at(req.delay_ms, req.run_at_ms)?;
     let run = state
         .queue()
-        .enqueue_at(&name, req.input, metadata(req.additional_metadata), start)
+        .enqueue_with(
+            &name,
+            req.input,
+            metadata(req.additional_metadata),
+            start,
+            req.priority,
+        )
         .await
         .map_err(|e| match e {
             tollgate::Error::UnknownTask { .. } => unknown_task(&name),

@@ -18,7 +18,7 @@ impl QueueState {
         let Some(queue) = self.parked.get(key) else {
             return place;
         };
-        for other in queue {
+        for other in queue.iter() {
             let waits = self
                 .runs
                 .get(other)
@@ -29,7 +29,7 @@ impl QueueState {
             if other == id {
                 place.position = Some(place.waiting);
             } else if place.position.is_none() && place.ahead.len() < AHEAD_SHOWN {
-                place.ahead.push(other.clone());
+                place.ahead.push(other.to_owned());
             }
             place.waiting += 1;
         }
@@ -43,7 +43,7 @@ impl QueueState {
     fn ready_ahead(&self, task: &str, id: &str) -> Option<u64> {
         let queue = self.ready.get(task)?;
         let mut ahead = 0;
-        for other in queue.first.iter().chain(queue.normal.iter()) {
+        for other in queue.iter() {
             if other == id {
                 return Some(ahead);
             }
