@@ -884,7 +884,7 @@ async fn apply(
     let mut current = Current::default();
     for limit in client.list_limits().await.map_err(fail)? {
         if limit.namespace == tollgate_client::api::Namespace::Static
-            && let Ok(l) = limit.definition.to_limit()
+            && let Ok(l) = limit.definition.to_declared()
         {
             current.limits.insert(limit.key, l);
         }
