@@ -3,6 +3,8 @@
 //! (rounding down) per `throttled` but never below `min`, and never leaves `[min, max]`; a
 //! redefinition with the same bounds keeps what was learnt, other bounds start afresh.
 
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
 mod common;
 
 use common::{CASES, period, precision};

@@ -412,7 +412,9 @@ impl RedisEngine {
         check_key(key)?;
         let store = &self.inner.store;
         if namespace == Namespace::Static
-            && AsyncStore::get_limit(store, key, Nanos::ZERO)
+            // At this node's now (ignored on Redis's own clock): a view at instant 0 of a
+            // state its limit's redefinition left to convert reads as corrupt.
+            && AsyncStore::get_limit(store, key, self.inner.limits.now())
                 .await?
                 .is_none()
         {

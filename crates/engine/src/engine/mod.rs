@@ -204,9 +204,12 @@ impl<S: Store + 'static> Engine<S> {
                 })?;
             Ok::<_, Error>((current, next))
         };
-        // Refused before the queue is touched (as a pause of an unknown key is): a refusal
-        // settles nothing, in both engines.
-        step(self.declared(key)?)?;
+        // Refused, or already at a bound, before the queue is touched (as a pause of an unknown
+        // key is): a call that changes nothing settles nothing, in both engines.
+        let (current, next) = step(self.declared(key)?)?;
+        if next == current {
+            return Ok(next);
+        }
         self.mutate(Vec::new(), |st, now, store| {
             let (current, next) = step(self.declared(key)?)?;
             // Already at a bound: nothing changes, nothing to write.
