@@ -13,6 +13,7 @@ from tollgate import (
     BadRequestError,
     ConflictError,
     Decision,
+    Feedback,
     NotFoundError,
     Pause,
     RateLimited,
@@ -90,6 +91,27 @@ def test_pauses(server: Server, uid: str) -> None:
             assert [p["key"] for p in await tg.pauses()] == [key]
             why = await tg.explain(run)
             assert why["limits"][0]["key"] == key
+
+    asyncio.run(main())
+
+
+def test_feedback(server: Server, uid: str) -> None:
+    async def main() -> None:
+        async with AsyncTollgate(server.url) as tg:
+            key = f"{uid}-api"
+            put = await tg.put_limit(key, algorithm="gcra", period="1s", adaptive={"min": 2, "max": 50})
+            assert put["limit_in_force"] == 50
+            assert (await tg.feedback(key, "throttled"))["limit_in_force"] == 25
+            assert (await tg.feedback(key, "ok"))["limit_in_force"] == 26
+            task = f"{uid}-call"
+            await tg.put_task(task, rate_limits=[{"static_key": key}])
+            run = (await tg.enqueue(task, {}))["id"]
+            assert [r["id"] for r in await tg.lease_runs("w", [task], max=1, wait=1.0)] == [run]
+            await tg.fail(run, "429", retry=True, feedback=Feedback(key, "throttled"))
+            assert (await tg.get_limit(key))["limit_in_force"] == 13
+            assert [r["id"] for r in await tg.lease_runs("w", [task], max=1, wait=1.0)] == [run]
+            await tg.complete(run, feedback=(key, "ok"))
+            assert (await tg.get_limit(key))["limit_in_force"] == 14
 
     asyncio.run(main())
 

@@ -448,6 +448,53 @@ def test_a_paused_key_holds_acquires_and_runs_back_until_resumed(tg: Tollgate, u
     assert (e.value.code, e.value.field) == ("unknown_limit", "key")
 
 
+def test_feedback_adapts_a_limit_between_its_bounds(tg: Tollgate, uid: str) -> None:
+    key, task = f"{uid}-api", f"{uid}-call"
+    put = tg.put_limit(key, algorithm="fixed_window", period="1h", adaptive={"min": 1, "max": 4})
+    assert (put["limit_in_force"], put["adaptive"]) == (4, {"min": 1, "max": 4})
+    assert tg.feedback(key, "throttled")["limit_in_force"] == 2
+    assert tg.feedback(key, "throttled")["limit_in_force"] == 1
+    assert tg.feedback(key, "throttled")["limit_in_force"] == 1  # never below min
+    assert tg.get_limit(key)["limit"] == 1
+    assert next(lim for lim in tg.limits() if lim["key"] == key)["limit_in_force"] == 1
+    # One run fits; a worker's `ok` with its outcome lets the next one go at once.
+    tg.put_task(task, rate_limits=[{"static_key": key}])
+    first, second = tg.enqueue(task, {})["id"], tg.enqueue(task, {})["id"]
+    assert [r["id"] for r in tg.lease_runs("w1", [task], max=2, wait=0)] == [first]
+    assert tg.run(second)["state"] == "waiting"
+    done = tg.complete(first, {"sent": True}, attempt=1, feedback=tollgate.Feedback(key, "ok"))
+    assert done["state"] == "succeeded"
+    assert tg.get_limit(key)["limit_in_force"] == 2
+    assert tg.run(second)["state"] == "queued"
+    assert [r["id"] for r in tg.lease_runs("w1", [task], max=1, wait=0)] == [second]
+    # A worker told 429 halves it as it fails the run; a (key, outcome) pair does as well.
+    failed = tg.fail(second, "429", retry=True, attempt=1, feedback=(key, "throttled"))
+    assert failed["state"] == "queued"
+    assert tg.get_limit(key)["limit_in_force"] == 1
+    # The same definition again keeps what was learnt.
+    again = tg.put_limit(key, algorithm="fixed_window", period="1h", adaptive={"min": 1, "max": 4})
+    assert again["limit_in_force"] == 1
+    # Refused: a limit that does not adapt, a key nobody declared, an outcome there is not.
+    plain = f"{uid}-plain"
+    tg.put_limit(plain, rate="10/s")
+    assert tg.get_limit(plain)["limit_in_force"] is None
+    with pytest.raises(UnprocessableError) as e:
+        tg.feedback(plain, "ok")
+    assert (e.value.code, e.value.field) == ("not_adaptive", "key")
+    with pytest.raises(NotFoundError) as nf:
+        tg.feedback(f"{uid}-undeclared", "ok")
+    assert (nf.value.code, nf.value.field) == ("unknown_limit", "key")
+    with pytest.raises(ValueError, match="ok"):
+        tg.feedback(key, "slow")
+    with pytest.raises(ValueError, match="ok"):
+        tg.complete(first, feedback=(key, "maybe"))
+    with pytest.raises(TypeError):
+        tg.fail(second, "x", feedback="api")  # type: ignore[arg-type]
+    with pytest.raises(BadRequestError) as bad:
+        tg.put_limit(f"{uid}-bad", algorithm="gcra", period="1s", adaptive={"min": 5, "max": 2})
+    assert (bad.value.code, bad.value.field) == ("invalid_field", "adaptive.min")
+
+
 # -- errors -----------------------------------------------------------------------------------
 
 

@@ -104,6 +104,8 @@ error_codes! {
     PayloadTooLarge = "payload_too_large",
     /// 422: the key holds another kind of limit.
     WrongAlgorithm = "wrong_algorithm",
+    /// 422: feedback for a limit that does not adapt (declared without `adaptive`).
+    NotAdaptive = "not_adaptive",
     /// 422: units that the limit can never hold.
     InsufficientCapacity = "insufficient_capacity",
     /// 500: the server failed; its log has the details.

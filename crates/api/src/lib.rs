@@ -58,14 +58,14 @@ pub use leases::{
     RenewRequest,
 };
 pub use limits::{
-    AcquireEntry, AcquireRequest, Acquisition, BatchAnswer, BatchItem, BatchOutcome, BatchRequest,
-    Health, KeyDecision, Limit, LimitListing, LimitParams, LimitSpec, Namespace, Pause,
-    PauseListing, PauseRequest, Resumed,
+    AcquireEntry, AcquireRequest, Acquisition, AdaptiveSpec, BatchAnswer, BatchItem, BatchOutcome,
+    BatchRequest, FeedbackOutcome, FeedbackRequest, Health, KeyDecision, Limit, LimitListing,
+    LimitParams, LimitSpec, Namespace, Pause, PauseListing, PauseRequest, Resumed,
 };
 pub use runs::{
     AttemptRequest, CancelRequest, CompleteRequest, EnqueueRequest, EventAnswer, EventRequest,
     EventRun, Explanation, FailPause, FailRequest, KeyExplanation, LeasedRun, LeasedRuns,
-    RunListing, RunState, RunView, WorkerLeaseRequest,
+    RunFeedback, RunListing, RunState, RunView, WorkerLeaseRequest,
 };
 pub use tasks::{
     ConcurrencyUse, Depth, IdempotencyUse, KeyScope, NumberOrExpr, OnLimit, RateLimitUse,

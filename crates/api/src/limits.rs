@@ -228,14 +228,18 @@ pub struct LimitSpec {
     pub parties: Option<u32>,
     /// `barrier`: how long it lives.
     pub ttl: Option<String>,
+    /// Declared limits only: the limit adapts within these bounds (AIMD, docs/design.md
+    /// §3.16), and `limit` is the limit in force.
+    pub adaptive: Option<AdaptiveSpec>,
 }
 
 impl LimitSpec {
     /// The fields' names, in the order they are written.
-    pub const FIELDS: [&'static str; 12] = [
+    pub const FIELDS: [&'static str; 13] = [
         "algorithm",
         "rate",
         "limit",
+        "adaptive",
         "period",
         "burst",
         "precision",
@@ -294,6 +298,7 @@ impl LimitSpec {
             "lease_ttl" => read(&mut self.lease_ttl, "lease_ttl", map, seen)?,
             "parties" => read(&mut self.parties, "parties", map, seen)?,
             "ttl" => read(&mut self.ttl, "ttl", map, seen)?,
+            "adaptive" => read(&mut self.adaptive, "adaptive", map, seen)?,
             _ => return self.params.read(key, map, seen),
         }
         Ok(true)
@@ -303,6 +308,7 @@ impl LimitSpec {
     fn write<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
         self.params.write_head(map)?;
         write(map, "limit", &self.limit)?;
+        write(map, "adaptive", &self.adaptive)?;
         self.params.write_tail(map)?;
         write(map, "lease_ttl", &self.lease_ttl)?;
         write(map, "parties", &self.parties)?;
@@ -339,6 +345,64 @@ impl<'de> Deserialize<'de> for LimitSpec {
         }
         d.deserialize_struct("LimitSpec", &LimitSpec::FIELDS, V)
     }
+}
+
+/// A declared limit's `adaptive` bounds: the limit in force moves between `min` and `max`
+/// (1 ≤ `min` ≤ `max`), starting at `max` (docs/design.md §3.16).
+///
+/// ```
+/// use tollgate_api::{AdaptiveSpec, LimitSpec};
+/// let spec: LimitSpec = serde_json::from_str(
+///     r#"{"algorithm": "gcra", "period": "1s", "adaptive": {"min": 2, "max": 50}}"#,
+/// )?;
+/// assert_eq!(spec.adaptive, Some(AdaptiveSpec { min: 2, max: 50 }));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveSpec {
+    /// The lowest the limit in force goes (at least 1).
+    pub min: u64,
+    /// The highest it goes, and where it starts.
+    pub max: u64,
+}
+
+/// What a worker reports about a call to the upstream an adaptive limit protects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum FeedbackOutcome {
+    /// The call went through: the limit in force grows by one (up to `max`).
+    Ok,
+    /// The upstream pushed back (a 429): the limit in force halves (down to `min`).
+    Throttled,
+}
+
+impl FeedbackOutcome {
+    /// `"ok"` or `"throttled"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FeedbackOutcome::Ok => "ok",
+            FeedbackOutcome::Throttled => "throttled",
+        }
+    }
+}
+
+/// `POST /v1/limits/{key}/feedback`'s body.
+///
+/// ```
+/// use tollgate_api::{FeedbackOutcome, FeedbackRequest};
+/// let r: FeedbackRequest = serde_json::from_str(r#"{"outcome": "throttled"}"#)?;
+/// assert_eq!(r.outcome, FeedbackOutcome::Throttled);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackRequest {
+    /// `ok` or `throttled`.
+    pub outcome: FeedbackOutcome,
 }
 
 /// `GET /healthz`'s answer.
@@ -389,6 +453,10 @@ pub struct Limit {
     /// Unix-epoch milliseconds (rounded up); `None` when it is not paused.
     #[serde(default)]
     pub paused_until_ms: Option<u64>,
+    /// An adaptive limit's limit in force (the definition's `limit`); `None` for a limit that
+    /// does not adapt.
+    #[serde(default)]
+    pub limit_in_force: Option<u64>,
 }
 
 /// `POST /v1/limits/{key}/pause`'s body: pause for `for_ms` from now or until `until_ms` (one

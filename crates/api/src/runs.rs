@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::limits::FeedbackOutcome;
+
 /// Where a run is in its life: `queued → running → succeeded | failed`, with
 /// `waiting` (parked on a limit) between `queued` and `running`; `skipped` and `cancelled` end it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -255,6 +257,38 @@ pub struct CompleteRequest {
     /// The attempt the worker was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// What the upstream said, for an adaptive limit: as `POST /v1/limits/{key}/feedback`,
+    /// applied before the run completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<RunFeedback>,
+}
+
+/// `feedback` in `/complete` and `/fail`: an adaptive limit's key and what its upstream said.
+///
+/// ```
+/// use tollgate_api::{FeedbackOutcome, RunFeedback};
+/// let f = RunFeedback::new("stripe-api", FeedbackOutcome::Throttled);
+/// assert_eq!(serde_json::to_string(&f)?, r#"{"key":"stripe-api","outcome":"throttled"}"#);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RunFeedback {
+    /// A declared adaptive limit.
+    pub key: String,
+    /// `ok` or `throttled`.
+    pub outcome: FeedbackOutcome,
+}
+
+impl RunFeedback {
+    /// `outcome` for the adaptive limit `key`.
+    pub fn new(key: impl Into<String>, outcome: FeedbackOutcome) -> RunFeedback {
+        RunFeedback {
+            key: key.into(),
+            outcome,
+        }
+    }
 }
 
 /// `/fail`'s body.
@@ -278,6 +312,11 @@ pub struct FailRequest {
     /// as `POST /v1/limits/{key}/pause`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause: Option<FailPause>,
+    /// What the upstream said, for an adaptive limit: as `POST /v1/limits/{key}/feedback`,
+    /// applied before the run fails (a `throttled` lowers the limit before the retry waits on
+    /// it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<RunFeedback>,
 }
 
 /// `fail`'s `pause`: the key, for how long (`for_ms`) or until when (`until_ms`), and whether

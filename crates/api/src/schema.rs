@@ -7,8 +7,8 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde_json::{Map, Value, json};
 
 use crate::{
-    AcquireEntry, ErrorCode, KeyScope, LimitSpec, NumberOrExpr, RateLimitUse, Throttle,
-    ThrottleSpec,
+    AcquireEntry, AdaptiveSpec, ErrorCode, KeyScope, LimitSpec, NumberOrExpr, RateLimitUse,
+    Throttle, ThrottleSpec,
 };
 
 /// The rate parameters of [`crate::LimitParams`], as properties.
@@ -76,11 +76,18 @@ impl JsonSchema for LimitSpec {
         "LimitSpec".into()
     }
 
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let mut p = limit_spec();
+        // Declared limits only: the limit adapts within these bounds (AIMD), starting at max;
+        // `limit` is then the limit in force.
+        p.insert(
+            "adaptive".into(),
+            generator.subschema_for::<AdaptiveSpec>().into(),
+        );
         json_schema!({
             "type": "object",
             "description": "A limit's definition: the fields that apply to its algorithm (docs/http-api.md, \"The definition\").",
-            "properties": limit_spec(),
+            "properties": p,
         })
     }
 }

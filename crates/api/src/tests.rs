@@ -55,6 +55,45 @@ fn request_bodies_round_trip() {
     round_trip::<AttemptRequest>(r#"{"attempt":2}"#);
     round_trip::<CompleteRequest>(r#"{"output":{"ok":true},"attempt":1}"#);
     round_trip::<FailRequest>(r#"{"error":"boom","retry":true,"attempt":1}"#);
+    // Adaptive limits (docs/design.md §3.16): declared with bounds, fed by workers.
+    let spec: LimitSpec = round_trip(
+        r#"{"algorithm":"gcra","limit":7,"adaptive":{"min":2,"max":50},"period":"1s","burst":3}"#,
+    );
+    assert_eq!(spec.adaptive, Some(AdaptiveSpec { min: 2, max: 50 }));
+    round_trip::<LimitSpec>(r#"{"algorithm":"concurrency","adaptive":{"min":1,"max":8}}"#);
+    assert!(serde_json::from_str::<LimitSpec>(r#"{"adaptive":{"min":1}}"#).is_err());
+    assert!(serde_json::from_str::<LimitSpec>(r#"{"adaptive":{"min":1,"max":2,"x":3}}"#).is_err());
+    // An inline acquire entry is a dynamic key: it has no bounds to adapt within.
+    assert!(
+        serde_json::from_str::<AcquireEntry>(
+            r#"{"key":"u1","rate":"1/s","adaptive":{"min":1,"max":2}}"#
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("unknown field `adaptive`")
+    );
+    let f: FeedbackRequest = round_trip(r#"{"outcome":"ok"}"#);
+    assert_eq!(f.outcome, FeedbackOutcome::Ok);
+    let f: FeedbackRequest = round_trip(r#"{"outcome":"throttled"}"#);
+    assert_eq!(f.outcome.as_str(), "throttled");
+    assert!(serde_json::from_str::<FeedbackRequest>(r#"{"outcome":"slow"}"#).is_err());
+    assert!(serde_json::from_str::<FeedbackRequest>(r#"{}"#).is_err());
+    assert!(serde_json::from_str::<FeedbackRequest>(r#"{"outcome":"ok","key":"a"}"#).is_err());
+    let done: CompleteRequest = round_trip(
+        r#"{"output":{"ok":true},"attempt":1,"feedback":{"key":"stripe-api","outcome":"ok"}}"#,
+    );
+    assert_eq!(
+        done.feedback,
+        Some(RunFeedback::new("stripe-api", FeedbackOutcome::Ok))
+    );
+    let failed: FailRequest = round_trip(
+        r#"{"error":"429","retry":true,"feedback":{"key":"stripe-api","outcome":"throttled"}}"#,
+    );
+    assert_eq!(
+        failed.feedback.map(|f| f.outcome),
+        Some(FeedbackOutcome::Throttled)
+    );
+    assert!(serde_json::from_str::<CompleteRequest>(r#"{"feedback":{"key":"a"}}"#).is_err());
     round_trip::<CancelRequest>(r#"{}"#);
 }
 
@@ -62,9 +101,25 @@ fn request_bodies_round_trip() {
 fn answers_round_trip() {
     round_trip::<Health>(r#"{"status":"ok"}"#);
     let listing: LimitListing = round_trip(
-        r#"{"limits":[{"key":"g","namespace":"static","algorithm":"gcra","limit":10,"period":"1s","burst":4,"used":1,"remaining":3,"reset_after_ms":100,"paused_until_ms":1700000030000},{"key":"c","namespace":"dynamic","algorithm":"concurrency","limit":2,"lease_ttl":"30s","used":0,"remaining":2,"reset_after_ms":null,"paused_until_ms":null}],"dynamic_total":1}"#,
+        r#"{"limits":[{"key":"g","namespace":"static","algorithm":"gcra","limit":10,"period":"1s","burst":4,"used":1,"remaining":3,"reset_after_ms":100,"paused_until_ms":1700000030000,"limit_in_force":null},{"key":"c","namespace":"dynamic","algorithm":"concurrency","limit":2,"lease_ttl":"30s","used":0,"remaining":2,"reset_after_ms":null,"paused_until_ms":null,"limit_in_force":null}],"dynamic_total":1}"#,
     );
     assert_eq!(listing.limits[0].definition.params.burst, Some(4));
+    // An adaptive limit: its bounds in the definition, its limit in force as `limit` and
+    // `limit_in_force` (docs/design.md §3.16).
+    let adaptive: Limit = round_trip(
+        r#"{"key":"stripe-api","namespace":"static","algorithm":"gcra","limit":7,"adaptive":{"min":2,"max":50},"period":"1s","burst":1,"used":0,"remaining":1,"reset_after_ms":0,"paused_until_ms":null,"limit_in_force":7}"#,
+    );
+    assert_eq!(
+        adaptive.definition.adaptive,
+        Some(AdaptiveSpec { min: 2, max: 50 })
+    );
+    assert_eq!(adaptive.limit_in_force, Some(7));
+    // An older server's answer, without the field, still reads.
+    let older: Limit = serde_json::from_str(
+        r#"{"key":"g","namespace":"static","algorithm":"gcra","limit":10,"period":"1s","burst":4,"used":1,"remaining":3,"reset_after_ms":100}"#,
+    )
+    .unwrap();
+    assert_eq!(older.limit_in_force, None);
     assert_eq!(listing.limits[1].namespace, Namespace::Dynamic);
     round_trip::<PauseListing>(
         r#"{"pauses":[{"key":"stripe-api","namespace":"static","paused_until_ms":1700000030000}]}"#,
@@ -165,8 +220,9 @@ fn limit_parameters_are_read_as_the_derived_readers_did() {
     let entry = |v: Value| serde_json::from_value::<AcquireEntry>(v).map(drop);
     assert_eq!(
         err(spec(json!({"limit": 1, "brust": 2}))),
-        "unknown field `brust`, expected one of `algorithm`, `rate`, `limit`, `period`, \
-         `burst`, `precision`, `align`, `capacity`, `refill`, `lease_ttl`, `parties`, `ttl`"
+        "unknown field `brust`, expected one of `algorithm`, `rate`, `limit`, `adaptive`, \
+         `period`, `burst`, `precision`, `align`, `capacity`, `refill`, `lease_ttl`, `parties`, \
+         `ttl`"
     );
     assert_eq!(
         err(task(json!({"dynamic_key": "input.a", "ttl": "1s"}))),

@@ -124,11 +124,12 @@ pub use task_builder::{DEFAULT_LEASE_TIMEOUT, TaskBuilder};
 pub use tollgate_api as api;
 /// The wire types, re-exported: what the calls take and answer.
 pub use tollgate_api::{
-    AcquireEntry, Acquisition, Barrier, ConcurrencyUse, Depth, ErrorBody, ErrorCode, EventRun,
-    Explanation, FailPause, FailRequest, Health, IdempotencyUse, KeyDecision, KeyExplanation,
-    KeyScope, Lease, LeaseRenewal, LeaseRequest, LeasedRun, Limit, LimitParams, LimitSpec,
-    Namespace, NumberOrExpr, OnLimit, Pause, PauseRequest, RateLimitUse, Resumed, RetrySpec,
-    RunState, RunView, TaskSpec, Throttle, ThrottleSpec,
+    AcquireEntry, Acquisition, AdaptiveSpec, Barrier, CompleteRequest, ConcurrencyUse, Depth,
+    ErrorBody, ErrorCode, EventRun, Explanation, FailPause, FailRequest, FeedbackOutcome, Health,
+    IdempotencyUse, KeyDecision, KeyExplanation, KeyScope, Lease, LeaseRenewal, LeaseRequest,
+    LeasedRun, Limit, LimitParams, LimitSpec, Namespace, NumberOrExpr, OnLimit, Pause,
+    PauseRequest, RateLimitUse, Resumed, RetrySpec, RunFeedback, RunState, RunView, TaskSpec,
+    Throttle, ThrottleSpec,
 };
 pub use worker::{
     DEFAULT_GRACE, DEFAULT_POLL_WAIT, DEFAULT_SLOTS, HandlerError, HandlerResult, RunContext,

@@ -7,7 +7,8 @@ use std::time::Duration;
 use reqwest::Method;
 use tollgate_api::{
     AcquireEntry, AcquireRequest, Acquisition, BatchAnswer, BatchItem, BatchOutcome, BatchRequest,
-    ErrorBody, Health, Limit, LimitListing, LimitSpec, Pause, PauseListing, PauseRequest, Resumed,
+    ErrorBody, FeedbackOutcome, FeedbackRequest, Health, Limit, LimitListing, LimitSpec, Pause,
+    PauseListing, PauseRequest, Resumed,
 };
 
 use crate::client::{Client, millis_ceil};
@@ -114,6 +115,33 @@ impl Client {
             Method::POST,
             self.url(&["v1", "limits", key, "pause"]),
             Some(request),
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// `POST /v1/limits/{key}/feedback`: what a call to the upstream an adaptive limit
+    /// protects met. `ok` raises its limit in force by one (up to its `max`), `throttled`
+    /// halves it (down to its `min`); the runs waiting on it are re-planned at once. Answers
+    /// the limit, `limit_in_force` included.
+    ///
+    /// ```
+    /// # async fn f(client: &tollgate_client::Client) -> Result<(), tollgate_client::Error> {
+    /// use tollgate_client::FeedbackOutcome;
+    /// let limit = client.feedback("stripe-api", FeedbackOutcome::Throttled).await?;
+    /// println!("now {:?} per period", limit.limit_in_force);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Api`]: 404 `unknown_limit` for a key that is not declared, 422 `not_adaptive`
+    /// for a limit declared without `adaptive`.
+    pub async fn feedback(&self, key: &str, outcome: FeedbackOutcome) -> Result<Limit, Error> {
+        self.call(
+            Method::POST,
+            self.url(&["v1", "limits", key, "feedback"]),
+            Some(&FeedbackRequest { outcome }),
             Duration::ZERO,
         )
         .await

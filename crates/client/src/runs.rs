@@ -356,9 +356,37 @@ impl Client {
             &CompleteRequest {
                 output: output.cloned(),
                 attempt,
+                feedback: None,
             },
         )
         .await
+    }
+
+    /// `POST /v1/runs/{id}/complete` with any of its fields, `feedback` among them: what the
+    /// upstream an adaptive limit protects said (`ok` raises its limit in force by one), then
+    /// the run succeeds.
+    ///
+    /// ```
+    /// # async fn f(client: &tollgate_client::Client, run_id: &str) -> Result<(), tollgate_client::Error> {
+    /// use tollgate_client::{CompleteRequest, FeedbackOutcome, RunFeedback};
+    /// let body = CompleteRequest {
+    ///     feedback: Some(RunFeedback::new("stripe-api", FeedbackOutcome::Ok)),
+    ///     ..CompleteRequest::default()
+    /// };
+    /// client.complete_with(run_id, &body).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Client::heartbeat`]; 404 `unknown_limit` or 422 `not_adaptive` (field
+    /// `feedback.key`), then the run is left as it was.
+    pub async fn complete_with(
+        &self,
+        run_id: &str,
+        body: &CompleteRequest,
+    ) -> Result<RunView, Error> {
+        self.run_action(run_id, "complete", body).await
     }
 
     /// `POST /v1/runs/{id}/fail`: records a failure. With `retry`, the run is queued again
@@ -380,6 +408,7 @@ impl Client {
             attempt,
             retry_after_ms: None,
             pause: None,
+            feedback: None,
         };
         self.run_action(run_id, "fail", &body).await
     }
@@ -402,17 +431,19 @@ impl Client {
             attempt,
             retry_after_ms: Some(millis_ceil(retry_after)),
             pause: None,
+            feedback: None,
         };
         self.run_action(run_id, "fail", &body).await
     }
 
-    /// `POST /v1/runs/{id}/fail` with any of its fields, `pause` among them: an upstream's 429
-    /// with `Retry-After` pauses that key for every worker, then the run fails (and, with
+    /// `POST /v1/runs/{id}/fail` with any of its fields, `pause` and `feedback` among them: an
+    /// upstream's 429 with `Retry-After` pauses that key for every worker, a `throttled`
+    /// feedback halves an adaptive limit's limit in force, then the run fails (and, with
     /// `retry`, waits for the pause like every run on the key).
     ///
     /// ```
     /// # async fn f(client: &tollgate_client::Client, run_id: &str) -> Result<(), tollgate_client::Error> {
-    /// use tollgate_client::{FailPause, FailRequest};
+    /// use tollgate_client::{FailPause, FailRequest, FeedbackOutcome, RunFeedback};
     /// let pause = FailPause { key: "stripe-api".into(), for_ms: Some(30_000), ..FailPause::default() };
     /// let body = FailRequest {
     ///     error: "429 Too Many Requests".into(),
@@ -420,6 +451,7 @@ impl Client {
     ///     attempt: None,
     ///     retry_after_ms: None,
     ///     pause: Some(pause),
+    ///     feedback: Some(RunFeedback::new("stripe-api", FeedbackOutcome::Throttled)),
     /// };
     /// client.fail_with(run_id, &body).await?;
     /// # Ok(())
@@ -427,8 +459,9 @@ impl Client {
     /// ```
     ///
     /// # Errors
-    /// As [`Client::heartbeat`]; 404 `unknown_limit` (field `pause.key`) for a static key that
-    /// is not declared, then the run is left as it was.
+    /// As [`Client::heartbeat`]; 404 `unknown_limit` (field `pause.key` or `feedback.key`) for
+    /// a static key that is not declared, 422 `not_adaptive` (field `feedback.key`) for a limit
+    /// that does not adapt; then the run is left as it was.
     pub async fn fail_with(&self, run_id: &str, body: &FailRequest) -> Result<RunView, Error> {
         self.run_action(run_id, "fail", body).await
     }

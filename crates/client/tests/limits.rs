@@ -297,3 +297,92 @@ async fn batch_results_are_decisions_or_per_request_errors() {
     assert!(c.acquire_batch(&[]).await.unwrap().is_empty());
     server.stop().await;
 }
+
+/// Adaptive limits (docs/design.md §3.16): feedback moves the limit in force, on its own or
+/// with a run's outcome.
+#[tokio::test]
+async fn feedback_moves_an_adaptive_limit_in_force() {
+    use tollgate_client::{
+        AdaptiveSpec, CompleteRequest, FailRequest, FeedbackOutcome, RunFeedback, RunState,
+    };
+    let server = Server::start(fake_clock()).await;
+    let c = &server.client;
+    let put = c
+        .put_limit(
+            "api",
+            &spec(
+                serde_json::json!({"algorithm": "gcra", "period": "1s", "burst": 2,
+                                     "adaptive": {"min": 2, "max": 50}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(put.limit_in_force, Some(50));
+    assert_eq!(
+        put.definition.adaptive,
+        Some(AdaptiveSpec { min: 2, max: 50 })
+    );
+    let throttled = c.feedback("api", FeedbackOutcome::Throttled).await.unwrap();
+    assert_eq!(
+        (throttled.limit_in_force, throttled.definition.limit),
+        (Some(25), Some(25))
+    );
+    assert_eq!(
+        c.feedback("api", FeedbackOutcome::Ok)
+            .await
+            .unwrap()
+            .limit_in_force,
+        Some(26)
+    );
+
+    c.put_task(
+        "call",
+        &serde_json::from_value(serde_json::json!({"rate_limits": [{"static_key": "api"}]}))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let run = c
+        .enqueue("call", &serde_json::json!({}), None)
+        .await
+        .unwrap();
+    let tasks = ["call".to_owned()];
+    assert_eq!(c.worker_lease("w", &tasks, 1, None).await.unwrap().len(), 1);
+    let failed = FailRequest {
+        error: "429".into(),
+        retry: true,
+        attempt: Some(1),
+        retry_after_ms: None,
+        pause: None,
+        feedback: Some(RunFeedback::new("api", FeedbackOutcome::Throttled)),
+    };
+    assert_eq!(
+        c.fail_with(&run.id, &failed).await.unwrap().state,
+        RunState::Queued
+    );
+    assert_eq!(c.get_limit("api").await.unwrap().limit_in_force, Some(13));
+    assert_eq!(c.worker_lease("w", &tasks, 1, None).await.unwrap().len(), 1);
+    let done = CompleteRequest {
+        feedback: Some(RunFeedback::new("api", FeedbackOutcome::Ok)),
+        ..CompleteRequest::default()
+    };
+    assert_eq!(
+        c.complete_with(&run.id, &done).await.unwrap().state,
+        RunState::Succeeded
+    );
+    assert_eq!(c.get_limit("api").await.unwrap().limit_in_force, Some(14));
+
+    c.put_limit("plain", &spec(serde_json::json!({"rate": "5/s"})))
+        .await
+        .unwrap();
+    assert_eq!(c.get_limit("plain").await.unwrap().limit_in_force, None);
+    assert_eq!(
+        api_error(c.feedback("plain", FeedbackOutcome::Ok).await),
+        (422, ErrorCode::NotAdaptive, Some("key".into()))
+    );
+    assert_eq!(
+        api_error(c.feedback("nope", FeedbackOutcome::Ok).await),
+        (404, ErrorCode::UnknownLimit, Some("key".into()))
+    );
+    server.stop().await;
+}

@@ -24,8 +24,10 @@
 //! - [`Period`], [`Rate`]: parsing `"1h30m"`, `"MINUTE"`, `"100/m"`.
 //! - [`RateLimit`]: `sliding_window`, `fixed_window`, `gcra`, `token_bucket`, one file each.
 //! - [`Concurrency`]: per-holder leases. [`Barrier`]: `parties` arrivals.
+//! - [`Adaptive`], [`Declared`], [`Feedback`]: adaptive (AIMD) limits.
 //! - [`Decision`], [`Usage`], [`Error`], [`InsufficientCapacity`].
 
+mod adaptive;
 mod algorithm;
 mod barrier;
 mod concurrency;
@@ -34,6 +36,7 @@ mod error;
 mod period;
 mod time;
 
+pub use adaptive::{Adaptive, Declared, Feedback};
 pub use algorithm::fixed_window::{Align, FixedWindow, FixedWindowState};
 pub use algorithm::gcra::{Gcra, GcraState, TokenBucket};
 pub use algorithm::sliding_window::{

@@ -23,6 +23,15 @@ pub enum Error {
         /// What the key is.
         found: Algorithm,
     },
+    /// Feedback for a declared limit that does not adapt (declared without `adaptive`,
+    /// docs/design.md §3.16).
+    #[error(
+        "the limit {key:?} does not adapt: declare it with \"adaptive\": {{\"min\", \"max\"}} to send it feedback"
+    )]
+    NotAdaptive {
+        /// The key.
+        key: String,
+    },
     /// Units that the key's limit can never admit at once: retrying cannot help.
     #[error(
         "key {key:?}: {units} units can never be admitted, the limit holds at most {capacity} at once"

@@ -84,6 +84,7 @@ pub use store::{
 pub use task::{Expr, OnLimit, RenderError, Rendered, RunContext, Task, TaskSpec};
 pub use tollgate_api as api;
 pub use tollgate_core as core;
+pub use tollgate_core::{Adaptive, Declared, Feedback};
 
 /// The README's Rust examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]

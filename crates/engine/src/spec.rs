@@ -12,10 +12,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use tollgate_api::AdaptiveSpec;
 pub use tollgate_api::LimitSpec;
 use tollgate_core::{
-    Algorithm, Align, Barrier, Concurrency, FixedWindow, Gcra, Limit, Period, Rate, RateLimit,
-    SlidingWindow, TokenBucket,
+    Adaptive, Algorithm, Align, Barrier, Concurrency, Declared, FixedWindow, Gcra, Limit, Period,
+    Rate, RateLimit, SlidingWindow, TokenBucket,
 };
 
 /// Default lease time to live of a concurrency limit.
@@ -85,11 +86,26 @@ pub trait LimitSpecExt: Sized {
     /// [`SpecError`] for an unknown name.
     fn algorithm(&self) -> Result<Algorithm, SpecError>;
 
-    /// The core limit this definition describes.
+    /// The core limit this definition describes (for an adaptive one, at its limit in force:
+    /// `limit`, or `adaptive.max` when no `limit` is given).
     ///
     /// # Errors
     /// [`SpecError`] naming the first field that is missing, misplaced or invalid.
     fn to_limit(&self) -> Result<Limit, SpecError>;
+
+    /// The declared definition this describes: the limit, and its adaptive bounds when it has
+    /// `adaptive` (docs/design.md §3.16). An adaptive limit's `limit` (or `rate`) is optional
+    /// and must lie within the bounds; without one the limit in force starts at `max`.
+    ///
+    /// # Errors
+    /// [`SpecError`] naming the field: as [`LimitSpecExt::to_limit`], and `adaptive` (an
+    /// algorithm that cannot adapt: `token_bucket`, `barrier`), `adaptive.min` (0, or above
+    /// `max`), `adaptive.max` (beyond the algorithm's range), `limit` or `rate` (outside the
+    /// bounds).
+    fn to_declared(&self) -> Result<Declared, SpecError>;
+
+    /// The canonical definition of a declared limit, with its `adaptive` bounds.
+    fn from_declared(declared: &Declared) -> Self;
 
     /// A rate limit, or an error naming `algorithm` when the definition is of another kind.
     ///
@@ -110,87 +126,45 @@ impl LimitSpecExt for LimitSpec {
     }
 
     fn to_limit(&self) -> Result<Limit, SpecError> {
-        let algorithm = self.algorithm()?;
-        reject_foreign(self, algorithm)?;
-        let lim = |e: tollgate_core::Error, field: &str| core_error(field, e);
-        Ok(match algorithm {
-            Algorithm::SlidingWindow => {
-                let r = limit_and_period(self)?;
-                let precision = self
-                    .params
-                    .precision
-                    .unwrap_or(tollgate_core::DEFAULT_PRECISION);
-                let field = if self.params.precision.is_some() {
-                    "precision"
-                } else {
-                    "limit"
-                };
-                Limit::Rate(RateLimit::SlidingWindow(
-                    SlidingWindow::with_precision(r.limit(), r.period(), precision)
-                        .map_err(|e| lim(e, field))?,
-                ))
+        self.to_declared().map(|d| *d.limit())
+    }
+
+    fn to_declared(&self) -> Result<Declared, SpecError> {
+        let Some(AdaptiveSpec { min, max }) = self.adaptive else {
+            return plain_limit(self).map(Declared::fixed);
+        };
+        self.algorithm()?;
+        let bounds = Adaptive::new(min, max).map_err(|e| adaptive_error(self, e))?;
+        let mut plain = self.clone();
+        plain.adaptive = None;
+        let given = plain.limit.is_some() || plain.params.rate.is_some();
+        if !given {
+            // Parsed at `min`, which every algorithm that adapts takes, then started at `max`
+            // (refused below, naming `adaptive.max`, when the algorithm does not take it).
+            plain.limit = Some(bounds.min());
+        }
+        let mut limit = match plain_limit(&plain) {
+            Err(e) if !given && e.field == "limit" => {
+                // The algorithm takes no `limit` (token_bucket, barrier): say so about
+                // `adaptive`, which is what was given.
+                plain.limit = None;
+                plain_limit(&plain)?
             }
-            Algorithm::FixedWindow => {
-                let r = limit_and_period(self)?;
-                let align: Align = match &self.params.align {
-                    None => Align::FirstUse,
-                    Some(a) => a.parse().map_err(|e| lim(e, "align"))?,
-                };
-                Limit::Rate(RateLimit::FixedWindow(
-                    FixedWindow::new(r.limit(), r.period(), align).map_err(|e| lim(e, "limit"))?,
-                ))
-            }
-            Algorithm::Gcra => {
-                let r = limit_and_period(self)?;
-                Limit::Rate(RateLimit::Gcra(
-                    Gcra::new(r, self.params.burst.unwrap_or(1)).map_err(|e| lim(e, "burst"))?,
-                ))
-            }
-            Algorithm::TokenBucket => {
-                let capacity = self.params.capacity.ok_or_else(|| {
-                    SpecError::new("missing_field", "capacity", "token_bucket needs a capacity")
-                })?;
-                let refill = self.params.refill.as_deref().ok_or_else(|| {
-                    SpecError::new(
-                        "missing_field",
-                        "refill",
-                        "token_bucket needs a refill rate such as \"10/s\"",
-                    )
-                })?;
-                let refill = rate_of("refill", refill)?;
-                Limit::Rate(RateLimit::TokenBucket(
-                    TokenBucket::new(capacity, refill).map_err(|e| lim(e, "capacity"))?,
-                ))
-            }
-            Algorithm::Concurrency => {
-                let limit = self.limit.ok_or_else(|| {
-                    SpecError::new("missing_field", "limit", "concurrency needs a limit")
-                })?;
-                let limit = u32::try_from(limit).map_err(|_| {
-                    SpecError::new(
-                        "invalid_field",
-                        "limit",
-                        format!("invalid limit {limit}: too large"),
-                    )
-                })?;
-                let ttl = match &self.lease_ttl {
-                    None => DEFAULT_LEASE_TTL,
-                    Some(t) => period("lease_ttl", t)?,
-                };
-                Limit::Concurrency(Concurrency::new(limit, ttl).map_err(|e| lim(e, "limit"))?)
-            }
-            Algorithm::Barrier => {
-                let parties = self.parties.ok_or_else(|| {
-                    SpecError::new("missing_field", "parties", "barrier needs parties")
-                })?;
-                let ttl = self.ttl.as_deref().ok_or_else(|| {
-                    SpecError::new("missing_field", "ttl", "barrier needs a ttl such as \"1m\"")
-                })?;
-                Limit::Barrier(
-                    Barrier::new(parties, period("ttl", ttl)?).map_err(|e| lim(e, "parties"))?,
-                )
-            }
-        })
+            other => other?,
+        };
+        if !given && let Ok(start) = limit.with_adaptable(bounds.start()) {
+            limit = start;
+        }
+        Declared::adaptive(limit, bounds).map_err(|e| adaptive_error(self, e))
+    }
+
+    fn from_declared(declared: &Declared) -> LimitSpec {
+        let mut s = canonical(declared.limit());
+        s.adaptive = declared.bounds().map(|b| AdaptiveSpec {
+            min: b.min(),
+            max: b.max(),
+        });
+        s
     }
 
     fn to_rate_limit(&self) -> Result<RateLimit, SpecError> {
@@ -208,6 +182,107 @@ impl LimitSpecExt for LimitSpec {
     fn from_limit(limit: &Limit) -> LimitSpec {
         canonical(limit)
     }
+}
+
+/// A core error about an adaptive definition, named as the field it is about.
+fn adaptive_error(spec: &LimitSpec, e: tollgate_core::Error) -> SpecError {
+    let field = match &e {
+        tollgate_core::Error::InvalidParameter { name: "min", .. } => "adaptive.min",
+        tollgate_core::Error::InvalidParameter { name: "max", .. } => "adaptive.max",
+        tollgate_core::Error::InvalidParameter { name: "limit", .. }
+            if spec.params.rate.is_some() =>
+        {
+            "rate"
+        }
+        tollgate_core::Error::InvalidParameter { name: "limit", .. } => "limit",
+        _ => "adaptive",
+    };
+    core_error(field, e)
+}
+
+/// The limit a definition without `adaptive` describes.
+fn plain_limit(spec: &LimitSpec) -> Result<Limit, SpecError> {
+    let algorithm = spec.algorithm()?;
+    reject_foreign(spec, algorithm)?;
+    let lim = |e: tollgate_core::Error, field: &str| core_error(field, e);
+    Ok(match algorithm {
+        Algorithm::SlidingWindow => {
+            let r = limit_and_period(spec)?;
+            let precision = spec
+                .params
+                .precision
+                .unwrap_or(tollgate_core::DEFAULT_PRECISION);
+            let field = if spec.params.precision.is_some() {
+                "precision"
+            } else {
+                "limit"
+            };
+            Limit::Rate(RateLimit::SlidingWindow(
+                SlidingWindow::with_precision(r.limit(), r.period(), precision)
+                    .map_err(|e| lim(e, field))?,
+            ))
+        }
+        Algorithm::FixedWindow => {
+            let r = limit_and_period(spec)?;
+            let align: Align = match &spec.params.align {
+                None => Align::FirstUse,
+                Some(a) => a.parse().map_err(|e| lim(e, "align"))?,
+            };
+            Limit::Rate(RateLimit::FixedWindow(
+                FixedWindow::new(r.limit(), r.period(), align).map_err(|e| lim(e, "limit"))?,
+            ))
+        }
+        Algorithm::Gcra => {
+            let r = limit_and_period(spec)?;
+            Limit::Rate(RateLimit::Gcra(
+                Gcra::new(r, spec.params.burst.unwrap_or(1)).map_err(|e| lim(e, "burst"))?,
+            ))
+        }
+        Algorithm::TokenBucket => {
+            let capacity = spec.params.capacity.ok_or_else(|| {
+                SpecError::new("missing_field", "capacity", "token_bucket needs a capacity")
+            })?;
+            let refill = spec.params.refill.as_deref().ok_or_else(|| {
+                SpecError::new(
+                    "missing_field",
+                    "refill",
+                    "token_bucket needs a refill rate such as \"10/s\"",
+                )
+            })?;
+            let refill = rate_of("refill", refill)?;
+            Limit::Rate(RateLimit::TokenBucket(
+                TokenBucket::new(capacity, refill).map_err(|e| lim(e, "capacity"))?,
+            ))
+        }
+        Algorithm::Concurrency => {
+            let limit = spec.limit.ok_or_else(|| {
+                SpecError::new("missing_field", "limit", "concurrency needs a limit")
+            })?;
+            let limit = u32::try_from(limit).map_err(|_| {
+                SpecError::new(
+                    "invalid_field",
+                    "limit",
+                    format!("invalid limit {limit}: too large"),
+                )
+            })?;
+            let ttl = match &spec.lease_ttl {
+                None => DEFAULT_LEASE_TTL,
+                Some(t) => period("lease_ttl", t)?,
+            };
+            Limit::Concurrency(Concurrency::new(limit, ttl).map_err(|e| lim(e, "limit"))?)
+        }
+        Algorithm::Barrier => {
+            let parties = spec.parties.ok_or_else(|| {
+                SpecError::new("missing_field", "parties", "barrier needs parties")
+            })?;
+            let ttl = spec.ttl.as_deref().ok_or_else(|| {
+                SpecError::new("missing_field", "ttl", "barrier needs a ttl such as \"1m\"")
+            })?;
+            Limit::Barrier(
+                Barrier::new(parties, period("ttl", ttl)?).map_err(|e| lim(e, "parties"))?,
+            )
+        }
+    })
 }
 
 /// `rate`, or `limit` + `period`.
@@ -393,6 +468,84 @@ mod tests {
             .to_limit()
             .unwrap_err();
         assert!(e.message.contains("\"10 apples\""), "{e}");
+    }
+
+    #[test]
+    fn adaptive_definitions_start_at_max_and_refuse_what_cannot_adapt_by_field() {
+        let d = spec(r#"{"algorithm": "gcra", "period": "1s", "burst": 3, "adaptive": {"min": 2, "max": 50}}"#)
+            .to_declared()
+            .unwrap();
+        assert_eq!(d.limit_in_force(), Some(50));
+        let canonical = LimitSpec::from_declared(&d);
+        assert_eq!(
+            serde_json::to_string(&canonical).unwrap(),
+            r#"{"algorithm":"gcra","limit":50,"adaptive":{"min":2,"max":50},"period":"1s","burst":3}"#
+        );
+        assert_eq!(canonical.to_declared().unwrap(), d);
+        let given = spec(r#"{"limit": 7, "period": "1s", "adaptive": {"min": 2, "max": 50}}"#);
+        assert_eq!(given.to_declared().unwrap().limit_in_force(), Some(7));
+        let conc = spec(r#"{"algorithm": "concurrency", "adaptive": {"min": 1, "max": 8}}"#);
+        assert_eq!(conc.to_declared().unwrap().limit_in_force(), Some(8));
+        for (json, code, field) in [
+            (
+                r#"{"period": "1s", "adaptive": {"min": 0, "max": 5}}"#,
+                "invalid_field",
+                "adaptive.min",
+            ),
+            (
+                r#"{"period": "1s", "adaptive": {"min": 6, "max": 5}}"#,
+                "invalid_field",
+                "adaptive.min",
+            ),
+            (
+                r#"{"period": "1s", "adaptive": {"min": 1, "max": 1000000001}}"#,
+                "invalid_field",
+                "adaptive.max",
+            ),
+            (
+                r#"{"algorithm": "concurrency", "adaptive": {"min": 1, "max": 2000000}}"#,
+                "invalid_field",
+                "adaptive.max",
+            ),
+            (
+                r#"{"limit": 51, "period": "1s", "adaptive": {"min": 2, "max": 50}}"#,
+                "invalid_field",
+                "limit",
+            ),
+            (
+                r#"{"limit": 1, "period": "1s", "adaptive": {"min": 2, "max": 50}}"#,
+                "invalid_field",
+                "limit",
+            ),
+            (
+                r#"{"rate": "60/m", "adaptive": {"min": 2, "max": 50}}"#,
+                "invalid_field",
+                "rate",
+            ),
+            (
+                r#"{"algorithm": "token_bucket", "capacity": 5, "refill": "1/s", "adaptive": {"min": 1, "max": 5}}"#,
+                "invalid_field",
+                "adaptive",
+            ),
+            (
+                r#"{"algorithm": "barrier", "parties": 2, "ttl": "1s", "adaptive": {"min": 1, "max": 5}}"#,
+                "invalid_field",
+                "adaptive",
+            ),
+            (
+                r#"{"adaptive": {"min": 1, "max": 5}}"#,
+                "missing_field",
+                "period",
+            ),
+        ] {
+            let e = spec(json).to_declared().expect_err(json);
+            assert_eq!((e.code, e.field.as_str()), (code, field), "{json}: {e}");
+        }
+        assert!(serde_json::from_str::<LimitSpec>(r#"{"adaptive": {"min": 1}}"#).is_err());
+        assert!(
+            serde_json::from_str::<LimitSpec>(r#"{"adaptive": {"min": 1, "max": 2, "step": 1}}"#)
+                .is_err()
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ use tollgate::{
     OnLimit, Pause, PauseEnd, RunContext, RunState, RunView, StartAt, StoreError, Task, TaskSpec,
     Transition, check_key,
 };
-use tollgate_core::{Limit, Nanos, Period};
+use tollgate_core::{Adaptive, Declared, Feedback, Limit, Nanos, Period};
 
 use crate::keys::Kind;
 use crate::store::RedisStore;
@@ -124,6 +124,24 @@ struct Cached {
     task: Arc<Task>,
 }
 
+/// A static limit's definition as Redis holds it: its spec and its adaptive bounds
+/// (`"<min> <max>"`), each `""` when there is none.
+#[derive(Debug, Clone)]
+struct Stored {
+    spec: String,
+    bounds: String,
+}
+
+/// Adaptive bounds from their stored form, `"<min> <max>"`.
+fn parse_bounds(text: &str) -> Option<Adaptive> {
+    let (min, max) = text.split_once(' ')?;
+    Adaptive::new(min.parse().ok()?, max.parse().ok()?).ok()
+}
+
+/// How many times a compare-and-set of a definition is tried before giving up with a transient
+/// error (each conflict means another node's change went through).
+const MAX_CAS_TRIES: usize = 1_000;
+
 /// How many times an enqueue renders its runs again after being told the task changed.
 const STALE_RETRIES: usize = 5;
 
@@ -203,20 +221,180 @@ impl RedisEngine {
 
     // ---- limits and tasks -----------------------------------------------------------------
 
-    /// Declares or redefines static limit `key` (usage kept).
+    /// Declares or redefines static limit `key` (usage kept) and re-plans the runs parked on
+    /// it, in one step; returns the limit in force. An adaptive limit redefined with the same
+    /// bounds keeps the limit in force it has learnt ([`Declared::redefine`], docs/design.md
+    /// §3.16): that one is a compare-and-set against the definition in force.
     ///
     /// # Errors
     /// [`Error::Spec`]; [`Error::InvalidKey`]; store failures.
     pub async fn put_limit(&self, key: &str, spec: LimitSpec) -> Result<Limit, Error> {
-        let limit = spec.to_limit().map_err(Error::Spec)?;
+        let given = spec.to_declared().map_err(Error::Spec)?;
         check_key(key)?;
+        if given.bounds().is_none() {
+            // A limit that does not adapt is taken as given, whatever is there.
+            self.define(key, &given, None).await?;
+            return Ok(*given.limit());
+        }
+        let declared = self
+            .define_with(key, |prior| Ok((given.redefine(prior), true)))
+            .await?;
+        Ok(*declared.limit())
+    }
+
+    /// Reports `feedback` for adaptive limit `key`: one AIMD step of its limit in force (the
+    /// core's, [`Declared::feedback`]), which redefines the limit (usage kept) and re-plans
+    /// the runs parked on it in one step. Many nodes may report at once: the definition is
+    /// written only while it is still the one the step was computed from (a compare-and-set
+    /// in `queue_define`), else read again and stepped again, so no report is lost.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; [`Error::UnknownLimit`]; [`Error::NotAdaptive`]; store failures.
+    pub async fn feedback(&self, key: &str, feedback: Feedback) -> Result<Declared, Error> {
+        check_key(key)?;
+        self.define_with(key, |prior| {
+            let current = prior.ok_or_else(|| Error::UnknownLimit {
+                key: key.to_owned(),
+            })?;
+            let next = current
+                .feedback(feedback)
+                .ok_or_else(|| Error::NotAdaptive {
+                    key: key.to_owned(),
+                })?;
+            // Already at a bound: nothing to write.
+            Ok((next, next != *current))
+        })
+        .await
+    }
+
+    /// The bounds of every declared limit that adapts, by key.
+    ///
+    /// # Errors
+    /// Store failures; bounds Tollgate cannot read.
+    pub async fn adaptive_limits(&self) -> Result<BTreeMap<String, Adaptive>, Error> {
+        let key = &self.q_key("adaptive");
+        let all: BTreeMap<String, String> = self
+            .inner
+            .store
+            .run("read the adaptive limits", |mut con| async move {
+                redis::cmd("HGETALL").arg(key).query_async(&mut con).await
+            })
+            .await?;
+        all.into_iter()
+            .map(|(k, b)| match parse_bounds(&b) {
+                Some(b) => Ok((k, b)),
+                None => Err(self.inner.store.corrupt(format_args!(
+                    "the adaptive limit {k:?} has bounds Tollgate cannot read: {b:?}"
+                ))),
+            })
+            .collect()
+    }
+
+    /// Read-compute-write of `key`'s definition: `decide` gets the definition in force and
+    /// answers the next one and whether to write it; it is written by a compare-and-set
+    /// against what was read, and decided again from what is there on a conflict.
+    async fn define_with(
+        &self,
+        key: &str,
+        decide: impl Fn(Option<&Declared>) -> Result<(Declared, bool), Error>,
+    ) -> Result<Declared, Error> {
+        let mut seen = self.read_definition(key).await?;
+        for _ in 0..MAX_CAS_TRIES {
+            let prior = self.parse_definition(key, &seen)?;
+            let (next, write) = decide(prior.as_ref())?;
+            if !write {
+                return Ok(next);
+            }
+            match self.define(key, &next, Some(&seen)).await? {
+                None => return Ok(next),
+                Some(now) => seen = now,
+            }
+        }
+        Err(Error::Store(StoreError::transient(
+            format!("the limit {key:?} kept changing under {MAX_CAS_TRIES} tries to change it"),
+            None,
+        )))
+    }
+
+    /// `key`'s definition as stored: its spec and its adaptive bounds ("" for none).
+    async fn read_definition(&self, key: &str) -> Result<Stored, Error> {
+        let def = &self.inner.store.key(Kind::Def, key);
+        let adaptive = &self.q_key("adaptive");
+        let (spec, bounds): (Option<String>, Option<String>) = self
+            .inner
+            .store
+            .run("read a limit", |mut con| async move {
+                redis::pipe()
+                    .get(def)
+                    .hget(adaptive, key)
+                    .query_async(&mut con)
+                    .await
+            })
+            .await?;
+        Ok(Stored {
+            spec: spec.unwrap_or_default(),
+            bounds: bounds.unwrap_or_default(),
+        })
+    }
+
+    /// The definition `stored` holds; `None` when there is none (or a barrier).
+    fn parse_definition(&self, key: &str, stored: &Stored) -> Result<Option<Declared>, Error> {
+        if stored.spec.is_empty() {
+            return Ok(None);
+        }
+        let corrupt = || {
+            self.inner.store.corrupt(format_args!(
+                "the static limit {key:?} holds a definition Tollgate cannot read"
+            ))
+        };
+        let limit = crate::spec::parse(&stored.spec).ok_or_else(corrupt)?;
+        if matches!(limit, Limit::Barrier(_)) {
+            return Ok(None);
+        }
+        if stored.bounds.is_empty() {
+            return Ok(Some(Declared::fixed(limit)));
+        }
+        let bounds = parse_bounds(&stored.bounds).ok_or_else(corrupt)?;
+        Declared::adaptive(limit, bounds)
+            .map(Some)
+            .map_err(|_| corrupt())
+    }
+
+    /// Writes `declared` as `key`'s definition and re-plans the runs parked on it, in one
+    /// step; with `expected`, only while the definition is still that (else answers what is
+    /// there now).
+    async fn define(
+        &self,
+        key: &str,
+        declared: &Declared,
+        expected: Option<&Stored>,
+    ) -> Result<Option<Stored>, Error> {
         let mut args = self.limit_args("put", key);
-        args.push(crate::spec::limit(&limit));
-        let (status, _) = self
+        args.push(crate::spec::limit(declared.limit()));
+        args.push(
+            declared
+                .bounds()
+                .map(|b| format!("{} {}", b.min(), b.max()))
+                .unwrap_or_default(),
+        );
+        match expected {
+            Some(e) => args.extend(["if".to_owned(), e.spec.clone(), e.bounds.clone()]),
+            None => args.push(String::new()),
+        }
+        let (status, items) = self
             .queue_call("put a limit", Script::Define, &args)
             .await?;
-        self.expect_ok("put a limit", &status)?;
-        Ok(limit)
+        match (status.as_str(), &items[..]) {
+            ("ok", _) => Ok(None),
+            ("conflict", [spec, bounds, ..]) => Ok(Some(Stored {
+                spec: text_of(spec).unwrap_or_default(),
+                bounds: text_of(bounds).unwrap_or_default(),
+            })),
+            _ => Err(self
+                .inner
+                .store
+                .corrupt(format_args!("put a limit answered {status:?}"))),
+        }
     }
 
     /// Pauses `key` until `end` (a pause in force that ends later is kept) and re-plans the
@@ -234,6 +412,8 @@ impl RedisEngine {
         check_key(key)?;
         let store = &self.inner.store;
         if namespace == Namespace::Static
+            // At this node's now (ignored on Redis's own clock): a view at instant 0 of a
+            // state its limit's redefinition left to convert reads as corrupt.
             && AsyncStore::get_limit(store, key, self.inner.limits.now())
                 .await?
                 .is_none()

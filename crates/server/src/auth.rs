@@ -541,6 +541,12 @@ mod tests {
             (M::POST, "/v1/barriers/b/wait", Some(Role::Worker)),
             (M::POST, "/v1/tasks/t/runs", Some(Role::Worker)),
             (M::POST, "/v1/events", Some(Role::Worker)),
+            (
+                M::POST,
+                "/v1/limits/stripe-api/feedback",
+                Some(Role::Worker),
+            ),
+            (M::POST, "/v1/limits/stripe-api/pause", Some(Role::Worker)),
             (M::POST, "/v1/workers/lease", Some(Role::Worker)),
             (M::POST, "/v1/runs/r1/cancel", Some(Role::Worker)),
             (M::POST, "/nowhere", Some(Role::Worker)),

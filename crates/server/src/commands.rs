@@ -69,6 +69,15 @@ pub enum LimitsCommand {
     },
     /// List the pauses in force.
     Pauses,
+    /// Report what a call to an adaptive limit's upstream met: `ok` raises its limit in force
+    /// by one (up to its max), `throttled` halves it (down to its min).
+    Feedback {
+        /// The adaptive limit's key.
+        key: String,
+        /// `ok` or `throttled`.
+        #[arg(value_parser = ["ok", "throttled"])]
+        outcome: String,
+    },
 }
 
 /// `tollgate limits pause KEY (--for PERIOD | --until MS)`.
@@ -136,6 +145,10 @@ pub struct PutLimit {
     /// concurrency: lease time to live (`30s`); barrier: its time to live.
     #[arg(long)]
     pub ttl: Option<String>,
+    /// Adapt the limit between MIN and MAX (`2..50`, AIMD: workers' feedback moves it); RATE's
+    /// number (or the slots) is where a new limit in force starts.
+    #[arg(long, value_name = "MIN..MAX")]
+    pub adaptive: Option<String>,
 }
 
 /// `tollgate tasks …`.
@@ -433,6 +446,15 @@ impl ClientCommand {
                     format!("{key} was not paused\n")
                 })
             }
+            ClientCommand::Limits(LimitsCommand::Feedback { key, outcome }) => {
+                let outcome = if outcome == "ok" {
+                    tollgate_client::FeedbackOutcome::Ok
+                } else {
+                    tollgate_client::FeedbackOutcome::Throttled
+                };
+                let limit = client.feedback(&key, outcome).await.map_err(fail)?;
+                ok(render_limits(&[limit], o.json))
+            }
             ClientCommand::Limits(LimitsCommand::Pauses) => {
                 ok(render_pauses(&client.pauses().await.map_err(fail)?, o.json))
             }
@@ -663,6 +685,17 @@ impl PutLimit {
         if self.capacity.is_some() && algorithm != "token_bucket" {
             return Err(format!("--capacity does not apply to {algorithm}"));
         }
+        if let Some(a) = &self.adaptive {
+            let bounds = a
+                .split_once("..")
+                .and_then(|(min, max)| Some((min.trim().parse().ok()?, max.trim().parse().ok()?)));
+            let Some((min, max)) = bounds else {
+                return Err(format!(
+                    "invalid --adaptive {a:?}: give MIN..MAX, two whole numbers (e.g. 2..50)"
+                ));
+            };
+            spec.adaptive = Some(tollgate_client::AdaptiveSpec { min, max });
+        }
         // The server checks the rest and names the field.
         Ok(spec)
     }
@@ -761,6 +794,7 @@ fn render_limits(limits: &[tollgate_client::Limit], json_out: bool) -> String {
                     m.insert("remaining".into(), json!(l.remaining));
                     m.insert("reset_after_ms".into(), json!(l.reset_after_ms));
                     m.insert("paused_until_ms".into(), json!(l.paused_until_ms));
+                    m.insert("limit_in_force".into(), json!(l.limit_in_force));
                 }
                 v
             })
@@ -777,6 +811,7 @@ fn render_limits(limits: &[tollgate_client::Limit], json_out: bool) -> String {
             "REMAINING",
             "RESET",
             "PAUSED_UNTIL_MS",
+            "LIMIT_IN_FORCE",
         ]
         .map(String::from)
         .to_vec(),
@@ -821,6 +856,11 @@ fn render_limits(limits: &[tollgate_client::Limit], json_out: bool) -> String {
                 .unwrap_or_else(|| "-".into()),
             l.paused_until_ms
                 .map_or_else(|| "-".into(), |ms| ms.to_string()),
+            match (l.limit_in_force, d.adaptive) {
+                (Some(n), Some(a)) => format!("{n} ({}..{})", a.min, a.max),
+                (Some(n), None) => n.to_string(),
+                _ => "-".into(),
+            },
         ]);
     }
     table(&rows)
@@ -950,7 +990,7 @@ async fn apply(
     let mut current = Current::default();
     for limit in client.list_limits().await.map_err(fail)? {
         if limit.namespace == tollgate_client::api::Namespace::Static
-            && let Ok(l) = limit.definition.to_limit()
+            && let Ok(l) = limit.definition.to_declared()
         {
             current.limits.insert(limit.key, l);
         }

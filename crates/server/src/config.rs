@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 use tollgate::core::Limit;
-use tollgate::{LimitSpec, LimitSpecExt, Task, TaskSpec};
+use tollgate::{Declared, LimitSpec, LimitSpecExt, Task, TaskSpec};
 
 use crate::auth::position;
 
@@ -294,8 +294,8 @@ fn toml_to_json(v: toml::Value) -> Value {
 /// What the server holds now: its declared limits and its tasks.
 #[derive(Debug, Default)]
 pub struct Current {
-    /// Declared (static) limits by key.
-    pub limits: BTreeMap<String, Limit>,
+    /// Declared (static) limits by key, adaptive bounds included.
+    pub limits: BTreeMap<String, Declared>,
     /// Task definitions by name.
     pub tasks: BTreeMap<String, TaskSpec>,
 }
@@ -366,8 +366,8 @@ pub struct Plan {
 }
 
 /// A limit's definition as the server shows it.
-pub fn shown_limit(limit: &Limit) -> Value {
-    serde_json::to_value(LimitSpec::from_limit(limit)).unwrap_or(Value::Null)
+pub fn shown_limit(declared: &Declared) -> Value {
+    serde_json::to_value(LimitSpec::from_declared(declared)).unwrap_or(Value::Null)
 }
 
 /// A task's definition as the server shows it (defaults filled in).
@@ -391,13 +391,16 @@ pub fn plan(config: &Config, current: &Current, prune: bool) -> Result<Plan, Con
     let mut plan = Plan::default();
     let mut file_limits: BTreeMap<&str, Limit> = BTreeMap::new();
     for entry in &config.limits {
-        let limit = entry
+        let given = entry
             .spec
-            .to_limit()
+            .to_declared()
             .map_err(|e| entry.error("limits", Some(&e.field), &e.message))?;
-        let after = shown_limit(&limit);
-        let before = current.limits.get(&entry.name).map(shown_limit);
-        file_limits.insert(&entry.name, limit);
+        let now = current.limits.get(&entry.name);
+        // What the server will hold after the PUT: an adaptive limit whose bounds the file does
+        // not change keeps its limit in force (docs/design.md §3.16), so it is unchanged.
+        let after = shown_limit(&given.redefine(now));
+        let before = now.map(shown_limit);
+        file_limits.insert(&entry.name, *given.limit());
         push(
             &mut plan,
             "limit",
@@ -410,8 +413,8 @@ pub fn plan(config: &Config, current: &Current, prune: bool) -> Result<Plan, Con
     let lookup = |key: &str| {
         file_limits
             .get(key)
-            .or_else(|| current.limits.get(key))
-            .cloned()
+            .copied()
+            .or_else(|| current.limits.get(key).map(|d| *d.limit()))
     };
     for entry in &config.tasks {
         Task::compile(&entry.name, entry.spec.clone(), &lookup)
@@ -541,9 +544,11 @@ pub async fn apply_in_process(
     let store =
         |e: &dyn fmt::Display| ConfigError(format!("applying {}: {e}", config.path.display()));
     let mut current = Current::default();
+    let adaptive = queue.adaptive_limits().await.map_err(|e| store(&e))?;
     for info in state.limits().list().await.map_err(|e| store(&e))? {
         if info.namespace == tollgate::Namespace::Static {
-            current.limits.insert(info.key, info.limit);
+            let declared = crate::api::limits::declared(&info, &adaptive);
+            current.limits.insert(info.key, declared);
         }
     }
     for task in queue.tasks().await.map_err(|e| store(&e))? {
@@ -660,7 +665,7 @@ max_attempts = 5
         for l in &c.limits {
             current
                 .limits
-                .insert(l.name.clone(), l.spec.to_limit().unwrap());
+                .insert(l.name.clone(), l.spec.to_declared().unwrap());
         }
         for t in &c.tasks {
             current.tasks.insert(t.name.clone(), t.spec.clone());
@@ -674,10 +679,10 @@ max_attempts = 5
             serde_json::from_value(serde_json::json!({"limit": 3, "period": "1s"})).unwrap();
         current
             .limits
-            .insert("tenant:acme".into(), other.to_limit().unwrap());
+            .insert("tenant:acme".into(), other.to_declared().unwrap());
         current
             .limits
-            .insert("old".into(), other.to_limit().unwrap());
+            .insert("old".into(), other.to_declared().unwrap());
         let kept = plan(&c, &current, false).unwrap();
         assert_eq!(kept.changes.len(), 1);
         assert_eq!(
@@ -693,6 +698,42 @@ max_attempts = 5
         );
         assert!(pruned.render(true).contains("- limits.old"));
         assert!(pruned.render(true).contains("~ limits.\"tenant:acme\""));
+    }
+
+    #[test]
+    fn an_adaptive_limit_with_the_same_bounds_keeps_its_limit_in_force() {
+        let c = parse(
+            "[limits.api]\nalgorithm = \"gcra\"\nperiod = \"1s\"\nadaptive = { min = 2, max = 50 }\n",
+        )
+        .unwrap();
+        let learnt = |spec: serde_json::Value| {
+            let spec: LimitSpec = serde_json::from_value(spec).unwrap();
+            let mut current = Current::default();
+            current
+                .limits
+                .insert("api".into(), spec.to_declared().unwrap());
+            plan(&c, &current, false).unwrap()
+        };
+        // The server learnt 7 within the same bounds: applying the file again changes nothing.
+        let same = learnt(
+            serde_json::json!({"algorithm": "gcra", "limit": 7, "period": "1s",
+            "burst": 1, "adaptive": {"min": 2, "max": 50}}),
+        );
+        assert!(same.changes.is_empty(), "{:?}", same.changes);
+        // Other bounds on the server: the file's start again at its max.
+        let moved = learnt(
+            serde_json::json!({"algorithm": "gcra", "limit": 7, "period": "1s",
+            "burst": 1, "adaptive": {"min": 2, "max": 40}}),
+        );
+        assert_eq!(moved.changes.len(), 1);
+        assert_eq!(moved.changes[0].after.as_ref().unwrap()["limit"], 50);
+        // Another period, the same bounds: changed, and the limit in force is kept.
+        let period = learnt(
+            serde_json::json!({"algorithm": "gcra", "limit": 7, "period": "2s",
+            "burst": 1, "adaptive": {"min": 2, "max": 50}}),
+        );
+        assert_eq!(period.changes[0].after.as_ref().unwrap()["limit"], 7);
+        assert_eq!(period.changes[0].after.as_ref().unwrap()["period"], "1s");
     }
 
     #[test]

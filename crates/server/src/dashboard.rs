@@ -331,6 +331,19 @@ fn params(l: &Value) -> String {
     }
 }
 
+/// As the script's `adaptive`: an adaptive limit's limit in force and its bounds.
+fn adaptive(l: &Value) -> String {
+    match l["limit_in_force"].as_u64() {
+        Some(n) => format!(
+            " <span class=\"adaptive\" title=\"adaptive (AIMD) between min and max\">in force {n} \
+             ({}–{})</span>",
+            u64_of(&l["adaptive"]["min"]),
+            u64_of(&l["adaptive"]["max"])
+        ),
+        None => String::new(),
+    }
+}
+
 fn limit_row(l: &Value) -> String {
     let (used, remaining) = (u64_of(&l["used"]), u64_of(&l["remaining"]));
     let capacity = used.saturating_add(remaining);
@@ -358,13 +371,14 @@ fn limit_row(l: &Value) -> String {
         "<tr data-key=\"{key}\" data-namespace=\"{namespace}\" data-used=\"{used}\" \
          data-remaining=\"{remaining}\"><td class=\"key\">{key}</td>\
          <td><span class=\"tag {namespace}\">{namespace}</span></td>\
-         <td class=\"opt\">{algorithm} <span class=\"muted\">{params}</span></td>\
+         <td class=\"opt\">{algorithm} <span class=\"muted\">{params}</span>{adaptive}</td>\
          <td class=\"usage\"><span>{used} / {capacity} used</span>\
          <div class=\"bar\" title=\"{pct}%\"><span class=\"{level}\" style=\"width:{pct}%\"></span></div></td>\
          <td class=\"num opt\">{remaining}</td><td class=\"num\">{reset}</td></tr>",
         key = text(&l["key"], ""),
         algorithm = text(&l["algorithm"], ""),
         params = params(l),
+        adaptive = adaptive(l),
         reset = esc(&reset),
     );
     out

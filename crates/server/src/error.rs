@@ -155,6 +155,7 @@ impl From<tollgate::Error> for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::InsufficientCapacity,
             ),
+            E::NotAdaptive { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::NotAdaptive),
             E::InvalidKey { .. } => (StatusCode::BAD_REQUEST, ErrorCode::InvalidKey),
             E::ZeroUnits { .. } | E::EmptyRequest => {
                 (StatusCode::BAD_REQUEST, ErrorCode::InvalidField)
@@ -257,6 +258,7 @@ mod tests {
                 "invalid_key",
             ),
             (E::ZeroUnits { key: "k".into() }, 400, "invalid_field"),
+            (E::NotAdaptive { key: "k".into() }, 422, "not_adaptive"),
             (E::EmptyRequest, 400, "invalid_field"),
             (
                 E::Core(C::LeaseNotHeld {

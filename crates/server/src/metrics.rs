@@ -8,10 +8,11 @@
 //! | `tollgate_run_transitions_total` | `task`, `transition` | runs `enqueued`, `parked`, `leased`, `succeeded`, `failed`, `skipped`, `expired`, `cancelled` |
 //! | `tollgate_queue_depth` | `task`, `state` | runs `scheduled`, `queued`, `waiting` and `running` now |
 //! | `tollgate_dispatch_lag_seconds` | | from a parked run's `eligible_at` to its lease |
+//! | `tollgate_limit_in_force` | `key` | an adaptive limit's limit in force (docs/design.md §3.16) |
 //!
 //! Labels stay bounded (STYLE: never a raw key): `limit` is a declared (static) key, `dynamic`
 //! for every inline key of `/v1/acquire`, or `task:NAME/rate_limits[I]` for a task run's limit,
-//! whatever key it rendered to; `task` is a task name.
+//! whatever key it rendered to; `task` is a task name; `key` is a declared (adaptive) key.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -63,6 +64,8 @@ struct Shared {
 pub(crate) struct Depth {
     tasks: Vec<Arc<Task>>,
     runs: Vec<(String, RunState, u64)>,
+    /// Every adaptive limit's limit in force, by key.
+    in_force: Vec<(String, u64)>,
 }
 
 impl Depth {
@@ -70,13 +73,37 @@ impl Depth {
     /// the scrape still answers, without the depth gauges, rather than failing whole.
     pub(crate) async fn read(queue: &dyn RunQueue) -> Option<Depth> {
         match (queue.tasks().await, queue.depth().await) {
-            (Ok(tasks), Ok(runs)) => Some(Depth { tasks, runs }),
+            (Ok(tasks), Ok(runs)) => Some(Depth {
+                tasks,
+                runs,
+                in_force: in_force(queue).await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "adaptive limits left out of this scrape");
+                    Vec::new()
+                }),
+            }),
             (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(error = %e, "queue depth left out of this scrape");
                 None
             }
         }
     }
+}
+
+/// Every adaptive limit's limit in force, by key.
+async fn in_force(queue: &dyn RunQueue) -> Result<Vec<(String, u64)>, tollgate::Error> {
+    let mut out = Vec::new();
+    for key in queue.adaptive_limits().await?.into_keys() {
+        // A limit removed since the bounds were read is simply not shown.
+        if let Some(n) = queue
+            .limits()
+            .get(&key)
+            .await?
+            .and_then(|info| info.limit.adaptable())
+        {
+            out.push((key, n));
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Default)]
@@ -229,15 +256,15 @@ impl Collector for EngineCollector {
 
         // Every defined task shows its depth, zeros included, so a dashboard sees it drain.
         // Read before encoding ([`Depth::read`]); left out when the store was unreachable.
-        let (tasks_now, depth_now) = match self
+        let (tasks_now, depth_now, in_force) = match self
             .shared
             .depth
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
         {
-            Some(d) => (d.tasks, d.runs),
-            None => (Vec::new(), Vec::new()),
+            Some(d) => (d.tasks, d.runs, d.in_force),
+            None => (Vec::new(), Vec::new(), Vec::new()),
         };
         let mut depth: HashMap<(String, RunState), u64> = tasks_now
             .iter()
@@ -260,6 +287,17 @@ impl Collector for EngineCollector {
             let labels = [("task", task.as_str()), ("state", state.as_str())];
             let n = i64::try_from(*n).unwrap_or(i64::MAX);
             ConstGauge::new(n).encode(m.encode_family(&labels)?)?;
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "tollgate_limit_in_force",
+            "An adaptive limit's limit in force (AIMD between its min and max), by declared key",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (key, n) in &in_force {
+            let n = i64::try_from(*n).unwrap_or(i64::MAX);
+            ConstGauge::new(n).encode(m.encode_family(&[("key", key.as_str())])?)?;
         }
 
         let lag = &queue.dispatch_lag;

@@ -140,6 +140,16 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             ..op("get", "/v1/pauses", "Every pause in force", Some("read"))
         },
         Op {
+            body: s::<api::FeedbackRequest>(g),
+            ok: (200, s::<api::Limit>(g)),
+            ..op(
+                "post",
+                "/v1/limits/{key}/feedback",
+                "Report what a call to an adaptive limit's upstream met: ok raises its limit in force by one, throttled halves it",
+                Some("worker"),
+            )
+        },
+        Op {
             body: s::<api::AcquireRequest>(g),
             ok: (200, s::<api::Acquisition>(g)),
             ..op(

@@ -182,6 +182,79 @@ async fn limits_are_paused_listed_and_resumed_from_the_command_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_limits_take_feedback_from_the_command_line() {
+    let url = server().await;
+    let put = tollgate(&[
+        "--server",
+        &url,
+        "limits",
+        "put",
+        "api",
+        "50/s",
+        "--algorithm",
+        "gcra",
+        "--adaptive",
+        "2..50",
+    ])
+    .await;
+    assert!(put.status.success(), "{}", stderr(&put));
+    assert!(stdout(&put).contains("LIMIT_IN_FORCE"), "{}", stdout(&put));
+    assert!(stdout(&put).contains("50 (2..50)"), "{}", stdout(&put));
+    let throttled = tollgate(&["--server", &url, "limits", "feedback", "api", "throttled"]).await;
+    assert!(throttled.status.success(), "{}", stderr(&throttled));
+    assert!(
+        stdout(&throttled).contains("25 (2..50)"),
+        "{}",
+        stdout(&throttled)
+    );
+    let ok = tollgate(&[
+        "--server", &url, "--json", "limits", "feedback", "api", "ok",
+    ])
+    .await;
+    let json: Value = serde_json::from_str(&stdout(&ok)).unwrap();
+    assert_eq!(json[0]["limit_in_force"], 26, "{json}");
+    assert_eq!(
+        json[0]["adaptive"],
+        serde_json::json!({"min": 2, "max": 50})
+    );
+    let ls: Value = serde_json::from_str(&stdout(
+        &tollgate(&["--server", &url, "--json", "limits", "ls"]).await,
+    ))
+    .unwrap();
+    assert_eq!(ls[0]["limit_in_force"], 26, "{ls}");
+    let get = tollgate(&["--server", &url, "limits", "get", "api"]).await;
+    assert!(stdout(&get).contains("26 (2..50)"), "{}", stdout(&get));
+    // A limit that does not adapt says so; an outcome clap does not know never leaves.
+    tollgate(&["--server", &url, "limits", "put", "plain", "10/s"]).await;
+    let plain = tollgate(&["--server", &url, "limits", "feedback", "plain", "ok"]).await;
+    assert_eq!(plain.status.code(), Some(2), "{}", stdout(&plain));
+    assert!(
+        stderr(&plain).contains("not_adaptive"),
+        "{}",
+        stderr(&plain)
+    );
+    let bad = tollgate(&["--server", &url, "limits", "feedback", "api", "slow"]).await;
+    assert_eq!(bad.status.code(), Some(2));
+    let bounds = tollgate(&[
+        "--server",
+        &url,
+        "limits",
+        "put",
+        "x",
+        "5/s",
+        "--adaptive",
+        "5",
+    ])
+    .await;
+    assert_eq!(bounds.status.code(), Some(2), "{}", stderr(&bounds));
+    assert!(
+        stderr(&bounds).contains("--adaptive"),
+        "{}",
+        stderr(&bounds)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_get_says_why_a_run_waits_and_until_when() {
     let url = server().await;
     tollgate(&[

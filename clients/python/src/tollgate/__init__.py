@@ -9,7 +9,7 @@ Dramatiq (``tollgate.dramatiq``).
 
 from __future__ import annotations
 
-from ._core import Decision, Entry, KeyDecision, Lease, LimitList, Pause, WorkerStats
+from ._core import Decision, Entry, Feedback, KeyDecision, Lease, LimitList, Pause, WorkerStats
 from ._errors import (
     BadRequestError,
     ConflictError,
@@ -40,6 +40,7 @@ __all__ = [
     "ConflictError",
     "Decision",
     "Entry",
+    "Feedback",
     "ForbiddenError",
     "HeldLease",
     "InternalServerError",

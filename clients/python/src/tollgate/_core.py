@@ -489,6 +489,52 @@ def op_pauses() -> Op[list[dict[str, Any]]]:
     return Op("GET", path("v1", "pauses"), as_list("pauses"))
 
 
+OUTCOMES = ("ok", "throttled")
+
+
+def check_outcome(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    if value not in OUTCOMES:
+        raise ValueError(f'{what} must be "ok" or "throttled", not {value!r}')
+    return value
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """What a call to the upstream an adaptive limit protects met, as a worker's
+    :meth:`~tollgate.Tollgate.complete` or :meth:`~tollgate.Tollgate.fail` reports it:
+    ``Feedback("stripe-api", "throttled")``. ``"ok"`` raises the limit in force by one (up to its
+    ``max``), ``"throttled"`` halves it (down to its ``min``)."""
+
+    key: str
+    outcome: str
+
+    def body(self) -> Body:
+        check_name(self.key, "feedback key")
+        return {"key": self.key, "outcome": check_outcome(self.outcome, "feedback outcome")}
+
+
+FeedbackLike = Union[Feedback, tuple[str, str]]
+
+
+def feedback_body(given: Any) -> Body:
+    """A worker call's ``feedback``: a :class:`Feedback` or a ``(key, outcome)`` pair."""
+    if isinstance(given, Feedback):
+        return given.body()
+    if isinstance(given, tuple) and len(given) == 2:
+        return Feedback(given[0], given[1]).body()
+    raise TypeError(
+        f"feedback must be a tollgate.Feedback or a (key, outcome) pair, not {type(given).__name__}"
+    )
+
+
+def op_feedback(key: str, outcome: str) -> Op[dict[str, Any]]:
+    check_name(key, "key")
+    body: Body = {"outcome": check_outcome(outcome, "outcome")}
+    return Op("POST", path("v1", "limits", key, "feedback"), as_dict, body=body)
+
+
 def check_count(value: Any, name: str, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
@@ -709,10 +755,14 @@ def op_heartbeat(run_id: str, attempt: int | None) -> Op[dict[str, Any]]:
     return op_run_call(run_id, "heartbeat", _attempt_body(attempt))
 
 
-def op_complete(run_id: str, output: JSON, attempt: int | None) -> Op[dict[str, Any]]:
+def op_complete(
+    run_id: str, output: JSON, attempt: int | None, feedback: FeedbackLike | None = None
+) -> Op[dict[str, Any]]:
     body = _attempt_body(attempt)
     if output is not None:
         body["output"] = output
+    if feedback is not None:
+        body["feedback"] = feedback_body(feedback)
     return op_run_call(run_id, "complete", body)
 
 
@@ -723,6 +773,7 @@ def op_fail(
     attempt: int | None,
     retry_after: float | None = None,
     pause: Pause | None = None,
+    feedback: FeedbackLike | None = None,
 ) -> Op[dict[str, Any]]:
     if not isinstance(error, str):
         raise TypeError(f"error must be a str, not {type(error).__name__}")
@@ -737,6 +788,8 @@ def op_fail(
         if not isinstance(pause, Pause):
             raise TypeError(f"pause must be a tollgate.Pause, not {type(pause).__name__}")
         body["pause"] = pause.body()
+    if feedback is not None:
+        body["feedback"] = feedback_body(feedback)
     return op_run_call(run_id, "fail", body)
 
 

@@ -129,6 +129,10 @@ class AsyncTollgate:
         """See :meth:`tollgate.Tollgate.pauses`."""
         return await self._send(core.op_pauses())
 
+    async def feedback(self, key: str, outcome: str) -> dict[str, Any]:
+        """See :meth:`tollgate.Tollgate.feedback`."""
+        return await self._send(core.op_feedback(key, outcome))
+
     async def acquire(self, *limits: Entry, units: int | None = None, wait: float = 0.0) -> Decision:
         """See :meth:`tollgate.Tollgate.acquire`."""
         body = core.entries(limits, units)
@@ -354,10 +358,15 @@ class AsyncTollgate:
         return await self._send(core.op_heartbeat(run_id, attempt))
 
     async def complete(
-        self, run_id: str, output: Any = None, *, attempt: int | None = None
+        self,
+        run_id: str,
+        output: Any = None,
+        *,
+        attempt: int | None = None,
+        feedback: core.FeedbackLike | None = None,
     ) -> dict[str, Any]:
         """See :meth:`tollgate.Tollgate.complete`."""
-        return await self._send(core.op_complete(run_id, output, attempt))
+        return await self._send(core.op_complete(run_id, output, attempt, feedback))
 
     async def fail(
         self,
@@ -368,9 +377,10 @@ class AsyncTollgate:
         attempt: int | None = None,
         retry_after: float | None = None,
         pause: core.Pause | None = None,
+        feedback: core.FeedbackLike | None = None,
     ) -> dict[str, Any]:
         """See :meth:`tollgate.Tollgate.fail`."""
-        return await self._send(core.op_fail(run_id, error, retry, attempt, retry_after, pause))
+        return await self._send(core.op_fail(run_id, error, retry, attempt, retry_after, pause, feedback))
 
     async def release(self, run_id: str, *, attempt: int | None = None) -> dict[str, Any]:
         """See :meth:`tollgate.Tollgate.release`."""

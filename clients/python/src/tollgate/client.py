@@ -176,6 +176,14 @@ class Tollgate:
         """Every pause in force: ``{"key", "namespace", "paused_until_ms"}`` each."""
         return self._send(core.op_pauses())
 
+    def feedback(self, key: str, outcome: str) -> dict[str, Any]:
+        """Reports what a call to the upstream adaptive limit ``key`` protects met: ``"ok"``
+        raises its limit in force by one (up to its ``max``), ``"throttled"`` halves it (down to
+        its ``min``); the runs waiting on it are re-planned at once. Answers the limit, with
+        ``limit_in_force``. ``UnprocessableError`` ``not_adaptive`` for a limit declared without
+        ``adaptive``."""
+        return self._send(core.op_feedback(key, outcome))
+
     def acquire(self, *limits: Entry, units: int | None = None, wait: float = 0.0) -> Decision:
         """Takes units from every limit named, all or nothing.
 
@@ -424,9 +432,19 @@ class Tollgate:
         """Extends a running run's lease by its task's lease timeout."""
         return self._send(core.op_heartbeat(run_id, attempt))
 
-    def complete(self, run_id: str, output: Any = None, *, attempt: int | None = None) -> dict[str, Any]:
-        """Marks a running run ``succeeded`` with ``output``."""
-        return self._send(core.op_complete(run_id, output, attempt))
+    def complete(
+        self,
+        run_id: str,
+        output: Any = None,
+        *,
+        attempt: int | None = None,
+        feedback: core.FeedbackLike | None = None,
+    ) -> dict[str, Any]:
+        """Marks a running run ``succeeded`` with ``output``. With ``feedback``
+        (``tollgate.Feedback("stripe-api", "ok")`` or ``("stripe-api", "ok")``) an adaptive
+        limit is told first, as :meth:`feedback` does; a refused feedback leaves the run as it
+        was."""
+        return self._send(core.op_complete(run_id, output, attempt, feedback))
 
     def fail(
         self,
@@ -437,13 +455,16 @@ class Tollgate:
         attempt: int | None = None,
         retry_after: float | None = None,
         pause: core.Pause | None = None,
+        feedback: core.FeedbackLike | None = None,
     ) -> dict[str, Any]:
         """Fails a running run; with ``retry`` it is queued again while attempts remain, after
         its task's ``retry`` backoff, or after ``retry_after`` seconds (an upstream's
         Retry-After) when given: ``scheduled`` meanwhile. With ``pause``
         (``tollgate.Pause("stripe-api", 30)``) that key is first paused for every worker, as
-        :meth:`pause` does: one upstream 429 holds everyone back."""
-        return self._send(core.op_fail(run_id, error, retry, attempt, retry_after, pause))
+        :meth:`pause` does: one upstream 429 holds everyone back. With ``feedback``
+        (``("stripe-api", "throttled")``) an adaptive limit is told first, as :meth:`feedback`
+        does, so the retry waits on the lowered limit."""
+        return self._send(core.op_fail(run_id, error, retry, attempt, retry_after, pause, feedback))
 
     def release(self, run_id: str, *, attempt: int | None = None) -> dict[str, Any]:
         """Hands a running run back: queued again, the attempt not counted."""

@@ -25,7 +25,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::Notify;
-use tollgate_core::Limit;
+use tollgate_core::{Adaptive, Declared, Feedback, Limit};
 
 use crate::db::{Db, StoredState, Write};
 use crate::error::Error;
@@ -83,6 +83,10 @@ struct Inner<S: Store> {
     direct: Mutex<FastHashMap<Namespace, FastHashMap<String, DirectEntry>>>,
     /// How long ended runs are kept (nanoseconds; 0: forever).
     retention: std::sync::atomic::AtomicU64,
+    /// The bounds of the declared limits that adapt (docs/design.md §3.16), by key: the rest
+    /// of their definition, the limit in force included, is the limiter's. Changed only under
+    /// the queue's lock (a change of a limit is one step with its re-plan).
+    adaptive: Mutex<BTreeMap<String, Adaptive>>,
     /// Lease calls in progress (counted by the shared long-poll, through
     /// `LeaseQueue::lease_calls`): a timer that wakes one leaves its own changes to that call's
     /// commit ([`Engine::apply`]).
@@ -130,6 +134,7 @@ impl<S: Store + 'static> Engine<S> {
                 timer: Arc::new(Notify::new()),
                 db,
                 direct: Mutex::new(FastHashMap::default()),
+                adaptive: Mutex::new(BTreeMap::new()),
                 retention: std::sync::atomic::AtomicU64::new(
                     DEFAULT_RETENTION.as_nanos().as_nanos(),
                 ),
@@ -160,27 +165,104 @@ impl<S: Store + 'static> Engine<S> {
         })
     }
 
-    /// Declares or redefines static limit `key` (usage kept), durably.
+    /// Declares or redefines static limit `key` (usage kept), durably; returns the limit in
+    /// force. An adaptive limit redefined with the same bounds keeps the limit in force it has
+    /// learnt ([`Declared::redefine`], docs/design.md §3.16).
     ///
     /// # Errors
     /// [`Error::Spec`] for a bad definition; [`Error::InvalidKey`]; store failures.
     pub async fn put_limit(&self, key: &str, spec: LimitSpec) -> Result<Limit, Error> {
-        let limit = spec.to_limit().map_err(Error::Spec)?;
+        let given = spec.to_declared().map_err(Error::Spec)?;
         crate::error::check_key(key)?;
-        let canonical = LimitSpec::from_limit(&limit);
-        let limiter = self.inner.limiter.clone();
-        let write = Write::PutLimit {
-            key: key.to_owned(),
-            spec: canonical,
+        let declared = self
+            .mutate(Vec::new(), |st, now, store| {
+                let declared = given.redefine(self.declared(key)?.as_ref());
+                self.define(st, key, declared, now, store)?;
+                Ok(declared)
+            })
+            .await?;
+        Ok(*declared.limit())
+    }
+
+    /// Reports `feedback` for adaptive limit `key`: one AIMD step of its limit in force, which
+    /// redefines the limit (usage kept) and re-plans the runs parked on it, durably, as a
+    /// [`Engine::put_limit`] does (docs/design.md §3.16). Returns the definition after it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; [`Error::UnknownLimit`]; [`Error::NotAdaptive`] for a limit
+    /// declared without `adaptive`; store failures.
+    pub async fn feedback(&self, key: &str, feedback: Feedback) -> Result<Declared, Error> {
+        crate::error::check_key(key)?;
+        let step = |current: Option<Declared>| {
+            let current = current.ok_or_else(|| Error::UnknownLimit {
+                key: key.to_owned(),
+            })?;
+            let next = current
+                .feedback(feedback)
+                .ok_or_else(|| Error::NotAdaptive {
+                    key: key.to_owned(),
+                })?;
+            Ok::<_, Error>((current, next))
         };
-        self.mutate(vec![write], move |st, now, store| {
-            limiter.upsert(key, limit)?;
-            // Limits are live: what waits on this key is re-planned within this call.
-            st.replan(&WaitKey::declared(key), now, store);
-            Ok(())
+        // Refused, or already at a bound, before the queue is touched (as a pause of an unknown
+        // key is): a call that changes nothing settles nothing, in both engines.
+        let (current, next) = step(self.declared(key)?)?;
+        if next == current {
+            return Ok(next);
+        }
+        self.mutate(Vec::new(), |st, now, store| {
+            let (current, next) = step(self.declared(key)?)?;
+            // Already at a bound: nothing changes, nothing to write.
+            if next != current {
+                self.define(st, key, next, now, store)?;
+            }
+            Ok(next)
         })
-        .await?;
-        Ok(limit)
+        .await
+    }
+
+    /// The bounds of every declared limit that adapts, by key.
+    pub fn adaptive_limits(&self) -> BTreeMap<String, Adaptive> {
+        self.inner.adaptive.lock().clone()
+    }
+
+    /// Declared limit `key`'s definition in force (its limit and, when it adapts, its bounds).
+    fn declared(&self, key: &str) -> Result<Option<Declared>, Error> {
+        let Some(info) = self.inner.limiter.get(key)? else {
+            return Ok(None);
+        };
+        let bounds = self.inner.adaptive.lock().get(key).copied();
+        Ok(Some(match bounds {
+            Some(b) => Declared::adaptive(info.limit, b).unwrap_or(Declared::fixed(info.limit)),
+            None => Declared::fixed(info.limit),
+        }))
+    }
+
+    /// Makes `declared` the definition of `key`, under the queue's lock: the limiter's limit
+    /// (usage kept), its bounds, the journal; then what waits on the key is re-planned within
+    /// this call (limits are live).
+    fn define(
+        &self,
+        st: &mut QueueState,
+        key: &str,
+        declared: Declared,
+        now: tollgate_core::Nanos,
+        store: &dyn Store,
+    ) -> Result<(), Error> {
+        self.inner.limiter.upsert(key, *declared.limit())?;
+        {
+            let mut adaptive = self.inner.adaptive.lock();
+            match declared.bounds() {
+                Some(b) => adaptive.insert(key.to_owned(), b),
+                None => adaptive.remove(key),
+            };
+        }
+        st.journal_later(Write::PutLimit {
+            key: key.to_owned(),
+            spec: LimitSpec::from_declared(&declared),
+        });
+        st.replan(&WaitKey::declared(key), now, store);
+        Ok(())
     }
 
     /// Removes static limit `key`. Returns whether it existed.
@@ -205,7 +287,9 @@ impl<S: Store + 'static> Engine<S> {
                     runs,
                 });
             }
-            limiter.remove(key)
+            let removed = limiter.remove(key)?;
+            self.inner.adaptive.lock().remove(key);
+            Ok(removed)
         });
         let removed = removed?;
         if let Some(commit) = commit {

@@ -26,13 +26,19 @@ impl<S: Store + 'static> Engine<S> {
     /// # Errors
     /// A stored limit or task that no longer compiles.
     pub fn with_db(limiter: Limiter<S>, db: Db, loaded: Loaded) -> Result<Engine<S>, Error> {
+        let mut adaptive = std::collections::BTreeMap::new();
         for (key, spec) in &loaded.limits {
-            let limit = spec
-                .to_limit()
+            // An adaptive limit's stored `limit` is its limit in force: it survives the restart.
+            let declared = spec
+                .to_declared()
                 .map_err(|e| Error::Spec(e.within(&format!("limits[{key}]"))))?;
-            limiter.upsert(key, limit)?;
+            limiter.upsert(key, *declared.limit())?;
+            if let Some(bounds) = declared.bounds() {
+                adaptive.insert(key.clone(), bounds);
+            }
         }
         let engine = Engine::build(limiter, Some(db));
+        *engine.inner.adaptive.lock() = adaptive;
         {
             let mut st = engine.inner.state.lock();
             for (name, spec) in loaded.tasks {

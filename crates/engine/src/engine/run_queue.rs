@@ -7,8 +7,10 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use serde_json::Value;
+use std::collections::BTreeMap;
 use tokio::sync::Notify;
-use tollgate_core::{Limit, Nanos, Period};
+
+use tollgate_core::{Adaptive, Declared, Feedback, Limit, Nanos, Period};
 
 use super::Engine;
 use crate::limiter::AsyncLimiter;
@@ -58,6 +60,14 @@ impl RunQueue for Engine<DynStore> {
 
     fn remove_limit<'a>(&'a self, key: &'a str) -> QueueFuture<'a, bool> {
         Box::pin(Engine::remove_limit(self, key))
+    }
+
+    fn feedback<'a>(&'a self, key: &'a str, feedback: Feedback) -> QueueFuture<'a, Declared> {
+        Box::pin(Engine::feedback(self, key, feedback))
+    }
+
+    fn adaptive_limits(&self) -> QueueFuture<'_, BTreeMap<String, Adaptive>> {
+        Box::pin(std::future::ready(Ok(Engine::adaptive_limits(self))))
     }
 
     fn put_task<'a>(&'a self, name: &'a str, spec: TaskSpec) -> QueueFuture<'a, Arc<Task>> {

@@ -8,7 +8,7 @@
 //! the tasks that name a limit ([`tasks_naming`], for `limit_in_use`). The queue's rules
 //! themselves stay each engine's own (`queue/state.rs`, the Redis engine's Lua scripts).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tollgate_core::{Limit, Nanos, Period};
+use tollgate_core::{Adaptive, Declared, Feedback, Limit, Nanos, Period};
 
 use crate::error::Error;
 use crate::limiter::AsyncLimiter;
@@ -134,6 +134,16 @@ pub trait RunQueue: LeaseQueue {
     /// Removes static limit `key`; whether it existed. Refused ([`Error::LimitInUse`]) while
     /// a task or a run not yet ended names it.
     fn remove_limit<'a>(&'a self, key: &'a str) -> QueueFuture<'a, bool>;
+
+    /// Reports `feedback` for adaptive limit `key`: one AIMD step of its limit in force, which
+    /// redefines the limit (usage kept) and re-plans the runs parked on it in the same step,
+    /// as [`RunQueue::put_limit`] does (docs/design.md §3.16). Returns the definition after
+    /// it. [`Error::UnknownLimit`]; [`Error::NotAdaptive`] for a limit that does not adapt.
+    fn feedback<'a>(&'a self, key: &'a str, feedback: Feedback) -> QueueFuture<'a, Declared>;
+
+    /// The bounds of every declared limit that adapts, by key (what the views of limits show
+    /// beside the limiter's definition, whose `limit` is the limit in force).
+    fn adaptive_limits(&self) -> QueueFuture<'_, BTreeMap<String, Adaptive>>;
 
     /// Pauses `key` until `end` (a pause in force that ends later is kept) and re-plans the
     /// runs parked on it; returns when the pause in force ends (docs/design.md §3.13).

@@ -1,6 +1,7 @@
 //! The Redis engine as a [`RunQueue`]: every method delegates to the engine's own, whose IO is
 //! awaited on the store's multiplexed connection (no runtime thread ever blocks on Redis).
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use tollgate::{
     AsyncLimiter, LeaseAttempt, LeaseQueue, LimitSpec, Namespace, Pause, PauseEnd, QueueFuture,
     RunQueue, RunState, RunView, StartAt, Task, TaskSpec,
 };
-use tollgate_core::{Limit, Nanos, Period};
+use tollgate_core::{Adaptive, Declared, Feedback, Limit, Nanos, Period};
 
 use super::RedisEngine;
 
@@ -69,6 +70,14 @@ impl RunQueue for RedisEngine {
 
     fn remove_limit<'a>(&'a self, key: &'a str) -> QueueFuture<'a, bool> {
         Box::pin(RedisEngine::remove_limit(self, key))
+    }
+
+    fn feedback<'a>(&'a self, key: &'a str, feedback: Feedback) -> QueueFuture<'a, Declared> {
+        Box::pin(RedisEngine::feedback(self, key, feedback))
+    }
+
+    fn adaptive_limits(&self) -> QueueFuture<'_, BTreeMap<String, Adaptive>> {
+        Box::pin(RedisEngine::adaptive_limits(self))
     }
 
     fn put_task<'a>(&'a self, name: &'a str, spec: TaskSpec) -> QueueFuture<'a, Arc<Task>> {

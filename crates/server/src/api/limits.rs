@@ -12,7 +12,13 @@
 //! how many there are (`"dynamic_total"`). `GET /v1/limits?dynamic=N` keeps only the `N`
 //! busiest dynamic keys (the largest share of their limit used first): a dashboard polling
 //! it stays small however many per-user keys are live. A paused key shows when its pause ends
-//! (`paused_until_ms`, else `null`).
+//! (`paused_until_ms`, else `null`), an adaptive limit its bounds (`adaptive`) and its limit in
+//! force (`limit_in_force`, also its `limit`; `null` for a limit that does not adapt).
+//!
+//! `POST /v1/limits/{key}/feedback` `{"outcome": "ok" | "throttled"}` steps an adaptive limit
+//! (docs/design.md §3.16) and answers the limit as `GET` does.
+
+use std::collections::BTreeMap;
 
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
@@ -20,10 +26,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tollgate::core::Limit;
 use tollgate::core::Nanos;
-use tollgate::{LimitInfo, LimitSpec, LimitSpecExt, Namespace, Pause, PauseEnd, StateView};
+use tollgate::{
+    Adaptive, Declared, Feedback, LimitInfo, LimitSpec, LimitSpecExt, Namespace, Pause, PauseEnd,
+    StateView,
+};
 use tollgate_api::{
-    ErrorCode, Limit as LimitView, LimitListing as Listing, Namespace as ShownNamespace,
-    Pause as PauseView, PauseListing, PauseRequest, Resumed,
+    ErrorCode, FeedbackOutcome, FeedbackRequest, Limit as LimitView, LimitListing as Listing,
+    Namespace as ShownNamespace, Pause as PauseView, PauseListing, PauseRequest, Resumed,
 };
 
 use crate::api::{duration_ms, period_ms, validate_key};
@@ -36,6 +45,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/limits", get(list))
         .route("/v1/limits/{key}", get(get_one).put(put).delete(remove))
         .route("/v1/limits/{key}/pause", post(pause).delete(resume))
+        .route("/v1/limits/{key}/feedback", post(feedback))
         .route("/v1/pauses", get(pauses))
 }
 
@@ -47,8 +57,36 @@ fn paused_until(pauses: &[Pause], ns: Namespace, key: &str) -> Option<u64> {
         .map(|p| p.until.as_millis_ceil())
 }
 
+/// What the views of limits show besides a limit's own state: the pauses in force and the
+/// bounds of the adaptive limits.
+pub(crate) struct Beside {
+    pauses: Vec<Pause>,
+    adaptive: BTreeMap<String, Adaptive>,
+}
+
+impl Beside {
+    /// Read now.
+    pub(crate) async fn read(state: &AppState) -> Result<Beside, ApiError> {
+        Ok(Beside {
+            pauses: state.queue().pauses().await?,
+            adaptive: state.queue().adaptive_limits().await?,
+        })
+    }
+}
+
+/// A limit's definition: its declared bounds when it is a static limit that adapts.
+pub(crate) fn declared(info: &LimitInfo, adaptive: &BTreeMap<String, Adaptive>) -> Declared {
+    match adaptive.get(&info.key) {
+        Some(b) if info.namespace == Namespace::Static => {
+            Declared::adaptive(info.limit, *b).unwrap_or(Declared::fixed(info.limit))
+        }
+        _ => Declared::fixed(info.limit),
+    }
+}
+
 /// One limit with its live state.
-fn view(info: LimitInfo, pauses: &[Pause]) -> LimitView {
+fn view(info: LimitInfo, beside: &Beside) -> LimitView {
+    let declared = declared(&info, &beside.adaptive);
     let (used, remaining, reset_after_ms) = match info.state {
         StateView::Rate(u) => (u.used, u.remaining, Some(duration_ms(u.reset_after))),
         StateView::Concurrency { live, limit } => (live, limit.saturating_sub(live), None),
@@ -59,13 +97,14 @@ fn view(info: LimitInfo, pauses: &[Pause]) -> LimitView {
         ),
     };
     LimitView {
-        paused_until_ms: paused_until(pauses, info.namespace, &info.key),
+        paused_until_ms: paused_until(&beside.pauses, info.namespace, &info.key),
         key: info.key,
         namespace: namespace_name(info.namespace),
-        definition: LimitSpec::from_limit(&info.limit),
+        definition: LimitSpec::from_declared(&declared),
         used,
         remaining,
         reset_after_ms,
+        limit_in_force: declared.limit_in_force(),
     }
 }
 
@@ -89,13 +128,13 @@ fn load(l: &LimitView) -> f64 {
 
 /// Every declared limit, then the dynamic keys: all of them, or the `dynamic` busiest.
 pub(crate) async fn listing(state: &AppState, dynamic: Option<usize>) -> Result<Listing, ApiError> {
-    let pauses = state.queue().pauses().await?;
+    let beside = Beside::read(state).await?;
     let limits: Vec<LimitView> = state
         .limits()
         .list()
         .await?
         .into_iter()
-        .map(|info| view(info, &pauses))
+        .map(|info| view(info, &beside))
         .collect();
     let (mut dynamic_keys, mut limits): (Vec<LimitView>, Vec<LimitView>) = limits
         .into_iter()
@@ -167,10 +206,16 @@ async fn get_one(
     Segment(key): Segment,
 ) -> Result<Json<LimitView>, ApiError> {
     validate_key(&key, "key")?;
-    let pauses = state.queue().pauses().await?;
-    match state.limits().get(&key).await? {
-        Some(info) => Ok(Json(view(info, &pauses))),
-        None => Err(unknown(&key)),
+    Ok(Json(one(&state, &key).await?))
+}
+
+/// Declared limit `key` as `GET /v1/limits/{key}` answers it.
+async fn one(state: &AppState, key: &str) -> Result<LimitView, ApiError> {
+    let beside = Beside::read(state).await?;
+    match state.limits().get(key).await? {
+        Some(info) => Ok(view(info, &beside)),
+        // Never declared, or removed by a concurrent DELETE.
+        None => Err(unknown(key)),
     }
 }
 
@@ -182,7 +227,7 @@ async fn put(
     JsonBody(spec): JsonBody<LimitSpec>,
 ) -> Result<Json<LimitView>, ApiError> {
     validate_key(&key, "key")?;
-    if let Limit::Barrier(_) = spec.to_limit()? {
+    if let Limit::Barrier(_) = spec.to_declared()?.limit() {
         // A barrier is a one-off meeting point with a lifetime, not a standing limit: it has
         // its own routes, and a declared one could never be acquired or listed.
         return Err(ApiError::new(
@@ -194,12 +239,50 @@ async fn put(
     }
     // Durable (SQLite) before it is answered.
     state.queue().put_limit(&key, spec).await?;
-    let pauses = state.queue().pauses().await?;
-    match state.limits().get(&key).await? {
-        Some(info) => Ok(Json(view(info, &pauses))),
-        // Removed by a concurrent DELETE between the two calls.
-        None => Err(unknown(&key)),
+    Ok(Json(one(&state, &key).await?))
+}
+
+/// The core's name for what a worker reported.
+pub(crate) fn outcome(o: FeedbackOutcome) -> Feedback {
+    match o {
+        FeedbackOutcome::Ok => Feedback::Ok,
+        FeedbackOutcome::Throttled => Feedback::Throttled,
     }
+}
+
+/// Reports `outcome` for adaptive limit `key` (checked, named as `field` in errors): one AIMD
+/// step of its limit in force, and the runs parked on it re-planned (docs/design.md §3.16).
+pub(crate) async fn feedback_key(
+    state: &AppState,
+    key: &str,
+    field: &str,
+    outcome: FeedbackOutcome,
+) -> Result<(), ApiError> {
+    validate_key(key, field)?;
+    state
+        .queue()
+        .feedback(key, self::outcome(outcome))
+        .await
+        .map(drop)
+        .map_err(|e| match e {
+            tollgate::Error::UnknownLimit { .. } => unknown(key).with_field(field.to_owned()),
+            e @ tollgate::Error::NotAdaptive { .. } => {
+                ApiError::from(e).with_field(field.to_owned())
+            }
+            e => ApiError::from(e),
+        })
+}
+
+/// `POST /v1/limits/{key}/feedback` `{"outcome": "ok" | "throttled"}`: what a worker's call
+/// to the upstream an adaptive limit protects met. Answers the limit, its new limit in force
+/// included.
+async fn feedback(
+    State(state): State<AppState>,
+    Segment(key): Segment,
+    JsonBody(req): JsonBody<FeedbackRequest>,
+) -> Result<Json<LimitView>, ApiError> {
+    feedback_key(&state, &key, "key", req.outcome).await?;
+    Ok(Json(one(&state, &key).await?))
 }
 
 /// `DELETE /v1/limits/{key}`: 204, 404 `unknown_limit`, or 409 `limit_in_use` while a task

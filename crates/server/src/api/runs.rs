@@ -25,7 +25,9 @@
 //! that is not running is 409 `invalid_state` too; an unknown id is 404 `unknown_run`.
 //! `fail` retries (requeues while attempts remain) only with `"retry": true`, and with
 //! `"pause": {"key", "for_ms" | "until_ms", "dynamic"?}` first pauses that key for everyone (an
-//! upstream's 429 with `Retry-After`; docs/design.md §3.13); `release` hands a
+//! upstream's 429 with `Retry-After`; docs/design.md §3.13). `complete` and `fail` take
+//! `"feedback": {"key", "outcome"}` for an adaptive limit (docs/design.md §3.16), applied
+//! first, as `POST /v1/limits/{key}/feedback`; `release` hands a
 //! run back without counting the attempt and gives back the units it took.
 
 use axum::extract::{RawQuery, State};
@@ -232,6 +234,11 @@ async fn complete(
     JsonBody(req): JsonBody<CompleteRequest>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = run_id(id)?;
+    // What the upstream said counts whatever becomes of this call (a lease that lapsed meanwhile
+    // does not unsay it); a refused feedback leaves the run as it was.
+    if let Some(f) = &req.feedback {
+        crate::api::limits::feedback_key(&state, &f.key, "feedback.key", f.outcome).await?;
+    }
     let run = match state.queue().complete(&id, req.attempt, req.output).await {
         Ok(run) => run,
         Err(e) => return Err(run_error(&state, &id, req.attempt, e).await),
@@ -262,6 +269,10 @@ async fn fail(
     if let Some(p) = &req.pause {
         let end = crate::api::limits::pause_end(p.for_ms, p.until_ms, "pause.")?;
         crate::api::limits::pause_key(&state, &p.key, "pause.key", p.dynamic, end).await?;
+    }
+    // A throttled upstream lowers its adaptive limit first, so the retry waits on the new one.
+    if let Some(f) = &req.feedback {
+        crate::api::limits::feedback_key(&state, &f.key, "feedback.key", f.outcome).await?;
     }
     let run = match state
         .queue()
