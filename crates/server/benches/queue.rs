@@ -49,6 +49,13 @@
 //! round-robin over the nodes, a worker's lease and completes going to the same node. Its
 //! runs/s ÷ the one node's, within each round, is what nodes cost each other.
 //!
+//! `in-process, …, parked` and `…, fair + priorities` are what priorities and fairness cost
+//! (docs/design.md §3.15), A/B in the same rounds: the task also holds a concurrency key of
+//! 200 slots, fewer than the 400 runs the workers lease at once, so half the runs park and are
+//! handed a slot as others complete (every run goes through a wait queue); the B row's task adds
+//! `"fairness_key": "input.tenant"` and `"priority": "input.p"`, its runs spread over 64
+//! tenants and the four priorities. B ÷ A is taken within each round (median reported).
+//!
 //! `cargo bench -p tollgate-server --bench queue` (a scenario-name filter may follow `--`,
 //! case-insensitive: `-- bullmq` runs the BullMQ rows and the `HTTP, Redis` row they are
 //! compared with, `-- redis` every Redis row).
@@ -101,6 +108,41 @@ const COMPLETE_CONNS: usize = 8;
 const LIMIT: &str =
     r#"{"algorithm": "gcra", "limit": 100000000, "period": "1s", "burst": 1000000}"#;
 const TASK: &str = r#"{"rate_limits": [{"static_key": "q", "units": 1}]}"#;
+/// The A/B pair: half the runs in flight park on the concurrency key.
+const TASK_PARKED: &str = r#"{"rate_limits": [{"static_key": "q", "units": 1}],
+    "concurrency": [{"key": "'pool'", "limit": 200}]}"#;
+const TASK_FAIR: &str = r#"{"rate_limits": [{"static_key": "q", "units": 1}],
+    "concurrency": [{"key": "'pool'", "limit": 200}],
+    "fairness_key": "input.tenant", "priority": "input.p"}"#;
+
+/// What the bench's task holds and its runs bring.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    /// One rate limit no run reaches.
+    Plain,
+    /// And a concurrency key that parks half the runs in flight (A).
+    Parked,
+    /// And fairness keys and priorities (B).
+    Fair,
+}
+
+impl Workload {
+    fn task(self) -> &'static str {
+        match self {
+            Workload::Plain => TASK,
+            Workload::Parked => TASK_PARKED,
+            Workload::Fair => TASK_FAIR,
+        }
+    }
+
+    /// Run `n`'s input.
+    fn input(self, n: u64) -> serde_json::Value {
+        match self {
+            Workload::Fair => json!({"n": n, "tenant": format!("t{}", n % 64), "p": 1 + n % 4}),
+            _ => json!({"n": n}),
+        }
+    }
+}
 
 /// The backlog bound for phases on `kind`.
 fn backlog_bound(kind: Kind) -> u64 {
@@ -274,7 +316,11 @@ fn limiter() -> Limiter<DynStore> {
 }
 
 /// A fresh engine of `kind`, with the bench's limit and task declared.
-async fn backend(kind: Kind, env: &Env<'_>) -> anyhow::Result<Arc<dyn RunQueue>> {
+async fn backend(
+    kind: Kind,
+    env: &Env<'_>,
+    workload: Workload,
+) -> anyhow::Result<Arc<dyn RunQueue>> {
     let backend: Arc<dyn RunQueue> = match kind {
         Kind::Memory => Arc::new(Engine::in_memory(limiter())),
         Kind::Sqlite => {
@@ -287,7 +333,7 @@ async fn backend(kind: Kind, env: &Env<'_>) -> anyhow::Result<Arc<dyn RunQueue>>
         .put_limit("q", serde_json::from_str::<LimitSpec>(LIMIT)?)
         .await?;
     backend
-        .put_task("bench", serde_json::from_str::<TaskSpec>(TASK)?)
+        .put_task("bench", serde_json::from_str::<TaskSpec>(workload.task())?)
         .await?;
     Ok(backend)
 }
@@ -296,6 +342,7 @@ async fn backend(kind: Kind, env: &Env<'_>) -> anyhow::Result<Arc<dyn RunQueue>>
 async fn in_process(
     engine: Arc<dyn RunQueue>,
     kind: Kind,
+    workload: Workload,
     shape: Shape,
     measure: Duration,
     redis: Option<String>,
@@ -311,7 +358,9 @@ async fn in_process(
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     continue;
                 }
-                engine.enqueue("bench", json!({"n": n}), json!({})).await?;
+                engine
+                    .enqueue("bench", workload.input(n), json!({}))
+                    .await?;
                 counters.enqueued.fetch_add(1, Ordering::Relaxed);
                 n += 1;
                 // The memory engine answers without ever suspending: let the others run.
@@ -560,6 +609,8 @@ fn bullmq_phase(
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Scenario {
     InProcess(Kind),
+    /// In-process, with a workload other than the plain one (the A/B of §3.15).
+    Workload(Kind, Workload),
     Http(Kind),
     /// Over HTTP, spread over this many nodes on one Redis prefix.
     RedisNodes(usize),
@@ -574,6 +625,7 @@ impl Scenario {
         matches!(
             self,
             Scenario::InProcess(Kind::Redis)
+                | Scenario::Workload(Kind::Redis, _)
                 | Scenario::Http(Kind::Redis)
                 | Scenario::RedisNodes(_)
                 | Scenario::Bullmq { .. }
@@ -616,6 +668,22 @@ fn main() -> anyhow::Result<()> {
         ("in-process, memory", Scenario::InProcess(Kind::Memory)),
         ("in-process, SQLite", Scenario::InProcess(Kind::Sqlite)),
         ("in-process, Redis", Scenario::InProcess(Kind::Redis)),
+        (
+            "in-process, memory, parked",
+            Scenario::Workload(Kind::Memory, Workload::Parked),
+        ),
+        (
+            "in-process, memory, parked, fair + priorities",
+            Scenario::Workload(Kind::Memory, Workload::Fair),
+        ),
+        (
+            "in-process, Redis, parked",
+            Scenario::Workload(Kind::Redis, Workload::Parked),
+        ),
+        (
+            "in-process, Redis, parked, fair + priorities",
+            Scenario::Workload(Kind::Redis, Workload::Fair),
+        ),
         ("HTTP, memory", Scenario::Http(Kind::Memory)),
         ("HTTP, SQLite", Scenario::Http(Kind::Sqlite)),
         ("HTTP, Redis", TOLLGATE_REDIS),
@@ -694,8 +762,20 @@ fn main() -> anyhow::Result<()> {
             };
             let phase = match scenario {
                 Scenario::InProcess(kind) => server_rt.block_on(async {
-                    let engine = backend(kind, &env).await?;
-                    in_process(engine, kind, shape, measure, env.probe(kind)).await
+                    let engine = backend(kind, &env, Workload::Plain).await?;
+                    in_process(
+                        engine,
+                        kind,
+                        Workload::Plain,
+                        shape,
+                        measure,
+                        env.probe(kind),
+                    )
+                    .await
+                }),
+                Scenario::Workload(kind, workload) => server_rt.block_on(async {
+                    let engine = backend(kind, &env, workload).await?;
+                    in_process(engine, kind, workload, shape, measure, env.probe(kind)).await
                 }),
                 Scenario::Http(kind) => http_phase(&server_rt, kind, 1, &env, shape, measure),
                 Scenario::RedisNodes(n) => {
@@ -744,6 +824,7 @@ fn main() -> anyhow::Result<()> {
                 .iter()
                 .position(|&(_, s)| s == Scenario::InProcess(Kind::Redis))
                 .map_or("-".to_owned(), |f| format!("{:.2}", ratio(i, f))),
+            Scenario::Workload(..) => "-".to_owned(),
             Scenario::Bullmq { .. } => "-".to_owned(),
         };
         let per_round: Vec<String> = results[i]
@@ -825,6 +906,34 @@ fn main() -> anyhow::Result<()> {
                     "Redis CPU per run, Tollgate ÷ BullMQ",
                 ],
                 &rows,
+            );
+        }
+    }
+
+    // What fairness and priorities cost: B ÷ A within each round.
+    for kind in [Kind::Memory, Kind::Redis] {
+        let a = scenarios
+            .iter()
+            .position(|&(_, s)| s == Scenario::Workload(kind, Workload::Parked));
+        let b = scenarios
+            .iter()
+            .position(|&(_, s)| s == Scenario::Workload(kind, Workload::Fair));
+        if let (Some(a), Some(b)) = (a, b) {
+            let per_round: Vec<String> = (0..rounds)
+                .map(|r| {
+                    format!(
+                        "{:.2}",
+                        results[b][r].runs_per_sec() / results[a][r].runs_per_sec()
+                    )
+                })
+                .collect();
+            println!();
+            println!(
+                "{} ÷ {}: {:.2} (median of rounds; per round {})",
+                scenarios[b].0,
+                scenarios[a].0,
+                ratio(b, a),
+                per_round.join(" / ")
             );
         }
     }

@@ -169,6 +169,87 @@ mod tests {
         );
     }
 
+    /// Why: fairness is a promise about every arrival order. Runs of a few fairness keys with
+    /// different weights arrive and are taken in any interleaving; then (1) each key's runs
+    /// are taken in the order they arrived, and (2) no key starves: while a run is the next of
+    /// its key, every other key gets at most ⌊its cost ÷ the other's⌋ + 1 turns before it (the
+    /// start-time fair queueing bound: the other's turns fall within one of its own).
+    mod fairness {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// `Some((key, weight))` pushes a run of that key; `None` takes the head.
+        fn ops() -> impl Strategy<Value = Vec<Option<(usize, u32)>>> {
+            prop::collection::vec(
+                prop_oneof![
+                    3 => (0..4usize, prop_oneof![Just(1u32), Just(2), Just(3), Just(7)]).prop_map(Some),
+                    2 => Just(None),
+                ],
+                1..300,
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn keys_take_turns_in_arrival_order_and_none_starves(ops in ops()) {
+                let mut q = WaitQueue::default();
+                // Per key: weight of each run (a key's weight is fixed per key here).
+                let weights = [1u32, 2, 3, 7];
+                let mut pushed: Vec<Vec<String>> = vec![Vec::new(); 4];
+                let mut taken: Vec<Vec<String>> = vec![Vec::new(); 4];
+                let mut key_of = FastHashMap::default();
+                // Turns each key got since key k's current head became its head.
+                let mut since_head: [[u64; 4]; 4] = [[0; 4]; 4];
+                let mut waiting = [0usize; 4];
+                let mut seq = 0u64;
+                let mut drain = ops.clone();
+                drain.extend(std::iter::repeat_n(None, 300));
+                for op in drain {
+                    match op {
+                        Some((k, _)) => {
+                            seq += 1;
+                            let id = format!("k{k}-{seq}");
+                            q.push(&id, seq, 2, Some(&format!("key{k}")), weights[k]);
+                            if waiting[k] == 0 {
+                                since_head[k] = [0; 4];
+                            }
+                            waiting[k] += 1;
+                            pushed[k].push(id.clone());
+                            key_of.insert(id, k);
+                        }
+                        None => {
+                            let Some(id) = q.head().map(str::to_owned) else { continue };
+                            q.take(&id);
+                            let k = key_of[&id];
+                            for g in 0..4 {
+                                if g != k && waiting[g] > 0 {
+                                    since_head[g][k] += 1;
+                                }
+                            }
+                            let cost = turn_cost(weights[k]);
+                            for g in 0..4 {
+                                let bound = cost / turn_cost(weights[g]) + 1;
+                                prop_assert!(
+                                    since_head[k][g] <= bound,
+                                    "key {} waited through {} turns of key {} (bound {})",
+                                    k, since_head[k][g], g, bound
+                                );
+                            }
+                            waiting[k] -= 1;
+                            since_head[k] = [0; 4];
+                            taken[k].push(id);
+                        }
+                    }
+                }
+                for k in 0..4 {
+                    prop_assert_eq!(&taken[k], &pushed[k], "key {} out of arrival order", k);
+                }
+            }
+        }
+    }
+
     #[test]
     fn higher_priority_goes_first_but_every_tenth_turn_takes_the_oldest() {
         let mut q = WaitQueue::default();
