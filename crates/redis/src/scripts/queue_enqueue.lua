@@ -155,7 +155,7 @@ for i = 1, n do
   index_state(id, task, seq, nil, state)
   note(task, 'enqueued')
   if state == 'queued' then
-    make_ready(id, task, false)
+    make_ready(id, task, false, ARGV[b + 16])
   elseif state == 'scheduled' then
     redis.call('ZADD', Q .. 'sched', fmt(due), sched_member(seq))
   else

@@ -86,7 +86,12 @@ local rf_empty = {}
 local function next_admitted(task)
   while budget > 0 do
     local id
-    if tonumber(redis.call('HGET', Q .. 'rpri', task) or '0') > 0 then
+    local mixed = RPRI[task]
+    if mixed == nil then
+      mixed = tonumber(redis.call('HGET', Q .. 'rpri', task) or '0') > 0
+      RPRI[task] = mixed
+    end
+    if mixed then
       id = take_ready_mixed(task)
     else
       if not rf_empty[task] then

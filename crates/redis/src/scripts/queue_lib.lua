@@ -57,12 +57,14 @@
 
 local Q, NOW, SLACK
 local TR, DEC, LAG, READY
+-- Each task's count of ready entries at priorities other than 2, as read in this call.
+local RPRI
 
 local function init(prefix, now_arg, slack_ms)
   Q = prefix
   NOW = clock(now_arg)
   SLACK = tonumber(slack_ms)
-  TR, DEC, LAG, READY = {}, {}, {}, {}
+  TR, DEC, LAG, READY, RPRI = {}, {}, {}, {}, {}
 end
 
 local function rk(id)
@@ -318,14 +320,19 @@ local function ready_lists(p)
   return 'rf' .. p .. ':', 'rn' .. p .. ':'
 end
 
-local function make_ready(id, task, first)
-  local p = tonumber(redis.call('HGET', rk(id), 'pr') or '2')
+-- `pr`: the run's priority when the caller has it at hand ("" for 2), else read.
+local function make_ready(id, task, first, pr)
+  if pr == nil then
+    pr = redis.call('HGET', rk(id), 'pr')
+  end
+  local p = tonumber(pr ~= '' and pr or '2')
   local list, other = ready_lists(p)
   if not first then
     list, other = other, list
   end
   if p ~= 2 then
     redis.call('HINCRBY', Q .. 'rpri', task, 1)
+    RPRI[task] = nil
   end
   -- Announced only when the task had no ready run: a long-poll waits only after finding none,
   -- and one woken by the first leases until none is left (or is told there may be more).
