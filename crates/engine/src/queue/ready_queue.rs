@@ -57,22 +57,20 @@ impl ReadyQueue {
                 b.pop();
             }
         }
-        let ready: Vec<usize> = (0..self.bands.len())
-            .filter(|&i| self.bands[i].front().is_some())
-            .collect();
-        let chosen = if ready.len() > 1 {
+        let mut ready = (0..self.bands.len()).filter(|&i| self.bands[i].front().is_some());
+        let top = ready.next()?;
+        let chosen = if ready.next().is_some() {
             let forced = self.taken_mixed % FORCED_EVERY == FORCED_EVERY - 1;
             self.taken_mixed += 1;
             if forced {
-                ready
-                    .iter()
-                    .copied()
+                (top..self.bands.len())
+                    .filter(|&i| self.bands[i].front().is_some())
                     .min_by_key(|&i| self.bands[i].front().map_or(u64::MAX, |id| seq(id)))?
             } else {
-                ready[0]
+                top
             }
         } else {
-            *ready.first()?
+            top
         };
         self.bands[chosen].pop()
     }

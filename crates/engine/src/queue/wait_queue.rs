@@ -51,10 +51,19 @@ impl WaitQueue {
         weight: u32,
     ) {
         let flow = fairness.unwrap_or("");
-        let next = self.next_tag.get(flow).copied().unwrap_or(0);
-        let start = next.max(self.virtual_time);
-        self.next_tag
-            .insert(flow.to_owned(), start + turn_cost(weight));
+        let cost = turn_cost(weight);
+        let start = match self.next_tag.get_mut(flow) {
+            Some(next) => {
+                let start = (*next).max(self.virtual_time);
+                *next = start + cost;
+                start
+            }
+            None => {
+                let start = self.virtual_time;
+                self.next_tag.insert(flow.to_owned(), start + cost);
+                start
+            }
+        };
         let place = (band(priority), start, seq);
         self.order.insert(place, id.to_owned());
         self.places.insert(id.to_owned(), place);
