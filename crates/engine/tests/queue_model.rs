@@ -4,7 +4,8 @@
 //! - concurrency: never more running runs per key than its limit;
 //! - attempts never exceed `max_attempts`; an ended run never changes again;
 //! - every waiting run says what it waits on, and no other run does;
-//! - nothing is lost: once workers keep leasing and completing, every run ends.
+//! - nothing is lost: once workers keep leasing and completing, every run ends (with
+//!   priorities and fairness keys in play: no run starves).
 
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 
@@ -66,10 +67,14 @@ async fn setup() -> Engine {
     .await
     .unwrap();
     let specs = [
+        // Priorities and fairness keys (docs/design.md §3.15) change only the order: every
+        // guarantee below must hold with them.
         json!({"rate_limits": [{"static_key": "one", "units": 1}],
                "concurrency": [{"key": "'acct-' + string(input.acct)", "limit": 2}],
+               "fairness_key": "'u' + string(input.user)", "priority": "input.weight + 1",
                "max_attempts": 3, "lease_timeout": "2s"}),
         json!({"rate_limits": [{"dynamic_key": "'u' + string(input.user)", "units": "input.weight", "limit": 3, "period": "1s"}],
+               "fairness_key": "string(input.acct)", "fairness_weight": "input.weight",
                "max_attempts": 2, "lease_timeout": "1s"}),
         json!({"rate_limits": [{"dynamic_key": "'s' + string(input.user)", "units": 1, "limit": 2, "period": "1s"}],
                "on_limit": "skip", "concurrency": [{"key": "'acct-' + string(input.acct)", "limit": 2}]}),
