@@ -1,17 +1,20 @@
-//! The admission queue's state machine: ready queues per task, parked FIFOs per key with one
+//! The admission queue's state machine: ready queues per task, wait queues per key with one
 //! timer per key (its head's `eligible_at`), running leases by expiry, and concurrency slots.
+//! The order within ready and wait queues (priorities, fairness keys) is `ready_queue.rs` and
+//! `wait_queue.rs` (docs/design.md §3.15).
 //!
 //! Everything here is synchronous and runs under the queue's one mutex, with `now` passed in;
 //! the async shell in `mod.rs` owns timers, long-polls and durability.
 //!
 //! Scheduling rules (docs/design.md §3):
-//! - A run that cannot start is parked on the key that denied it, at the back of that key's
-//!   FIFO. Only the head of a key's FIFO holds a timer; when it fires, the head is tried first
-//!   and *reserves* what it needs (its rate units are consumed for it), then the next head is
-//!   tried, until one is denied and becomes the timed head. N runs parked on one key never wake
-//!   together, and a 5-unit run is not starved by a stream of 1-unit runs.
-//! - A run needing a key whose FIFO is not empty queues behind it without trying, so newcomers
-//!   cannot overtake parked runs.
+//! - A run that cannot start is parked on the key that denied it, in that key's wait queue (in
+//!   its priority and its fairness key's turn). Only the head of a key's queue holds a timer;
+//!   when it fires, the head is tried first and *reserves* what it needs (its rate units are
+//!   consumed for it), then the next head is tried, until one is denied and becomes the timed
+//!   head. N runs parked on one key never wake together, and a 5-unit run is not starved by a
+//!   stream of 1-unit runs.
+//! - A run needing a key whose queue is not empty joins it without trying, so newcomers take
+//!   their turn with the parked runs instead of overtaking them.
 //! - Concurrency slots are taken at lease and held until the run ends or its lease lapses; a
 //!   freed slot goes to the head of that key's FIFO (reserved for it).
 //! - Parked runs sit in no ready queue, hold no worker slot and consume no attempt.
