@@ -1246,6 +1246,8 @@ impl RedisEngine {
     /// [`Error::UnknownRun`]; store failures.
     pub async fn explain(&self, id: &str) -> Result<tollgate::api::Explanation, Error> {
         use tollgate::queue::explain::{self, QueuePlace};
+        // What is due is settled first, as the embedded engine does (and every queue call).
+        sweep(self).await?;
         let args = vec![self.inner.q.clone(), "explain".to_owned(), id.to_owned()];
         let (status, items) = self
             .queue_call("explain a run", Script::Read, &args)

@@ -467,7 +467,11 @@ impl Pair {
                 let Some((l, r)) = self.run(*i).cloned() else {
                     return Ok(());
                 };
-                let a = self.local.explain(&l).map(|e| self.comparable(&e, false));
+                let a = self
+                    .local
+                    .explain(&l)
+                    .await
+                    .map(|e| self.comparable(&e, false));
                 let b = self
                     .redis
                     .explain(&r)

@@ -610,14 +610,14 @@ impl<S: Store + 'static> Engine<S> {
     }
 
     /// Why run `id` waits: each key it needs with its limit in force, usage, pause and wait
-    /// queue (docs/design.md §3.14). Reads only: nothing due is settled.
+    /// queue (docs/design.md §3.14), once what is due is settled (as every queue call does), so
+    /// that a run whose turn has come is not explained as waiting.
     ///
     /// # Errors
     /// [`Error::UnknownRun`]; store failures.
-    pub fn explain(&self, id: &str) -> Result<tollgate_api::Explanation, Error> {
-        let st = self.inner.state.lock();
-        let now = self.inner.limiter.now();
-        st.explain(id, now, self.inner.limiter.store())
+    pub async fn explain(&self, id: &str) -> Result<tollgate_api::Explanation, Error> {
+        self.mutate(Vec::new(), |st, now, store| st.explain(id, now, store))
+            .await
     }
 
     /// Runs, newest first, optionally of one task and/or in one state; at most `limit`.

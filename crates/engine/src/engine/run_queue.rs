@@ -177,7 +177,7 @@ impl RunQueue for Engine<DynStore> {
     }
 
     fn explain<'a>(&'a self, id: &'a str) -> QueueFuture<'a, tollgate_api::Explanation> {
-        Box::pin(std::future::ready(Engine::explain(self, id)))
+        Box::pin(Engine::explain(self, id))
     }
 
     fn runs<'a>(
