@@ -741,6 +741,11 @@ pub(crate) struct PauseKeys {
 }
 
 impl RedisStore {
+    /// The pause index: every pause in force, by when it ends.
+    fn pause_index(&self) -> String {
+        format!("{}:pauses", self.prefix)
+    }
+
     /// The Redis keys of `key`'s pause.
     pub(crate) fn pause_keys(&self, namespace: Namespace, key: &str) -> PauseKeys {
         let (kind, code) = match namespace {
@@ -748,7 +753,7 @@ impl RedisStore {
             _ => (Kind::StaticPause, "s"),
         };
         PauseKeys {
-            index: format!("{}:pauses", self.prefix),
+            index: self.pause_index(),
             key: self.key(kind, key),
             member: format!("{code}\t{key}"),
         }
@@ -830,7 +835,7 @@ impl RedisStore {
     }
 
     async fn pauses_op(&self, now: Nanos) -> Result<Vec<Pause>, Error> {
-        let index = format!("{}:pauses", self.prefix);
+        let index = self.pause_index();
         let reply = self
             .call(
                 "list pauses",

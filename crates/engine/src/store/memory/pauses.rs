@@ -14,7 +14,13 @@ use crate::store::{Namespace, Pause};
 pub(super) struct Pauses {
     /// Whether `until` holds any entry (live or ended): the acquire path's only cost otherwise.
     any: AtomicBool,
-    until: RwLock<BTreeMap<(Namespace, String), Nanos>>,
+    /// When each key's pause ends: static keys, then dynamic ones (looked up by `&str`, so an
+    /// acquire allocates nothing while some key is paused).
+    until: RwLock<[BTreeMap<String, Nanos>; 2]>,
+}
+
+fn slot(ns: Namespace) -> usize {
+    usize::from(ns == Namespace::Dynamic)
 }
 
 impl Pauses {
@@ -24,17 +30,17 @@ impl Pauses {
         if !self.any.load(Ordering::Relaxed) {
             return None;
         }
-        // A BTreeMap lookup by a borrowed (Namespace, &str) needs an owned key; pauses are few
-        // and the lookup only happens while some exist.
-        let until = *self.until.read().get(&(ns, key.to_owned()))?;
+        let until = *self.until.read()[slot(ns)].get(key)?;
         (until > now).then(|| until - now)
     }
 
     /// Pauses `key` until `until`, or keeps a pause that ends later; returns the end in force.
     pub(super) fn pause(&self, ns: Namespace, key: &str, until: Nanos, now: Nanos) -> Nanos {
-        let mut map = self.until.write();
-        map.retain(|_, t| *t > now);
-        let end = map.entry((ns, key.to_owned())).or_insert(until);
+        let mut maps = self.until.write();
+        for map in maps.iter_mut() {
+            map.retain(|_, t| *t > now);
+        }
+        let end = maps[slot(ns)].entry(key.to_owned()).or_insert(until);
         *end = (*end).max(until);
         let end = *end;
         self.any.store(true, Ordering::Relaxed);
@@ -43,23 +49,30 @@ impl Pauses {
 
     /// Ends `key`'s pause; whether one was in force.
     pub(super) fn resume(&self, ns: Namespace, key: &str, now: Nanos) -> bool {
-        let mut map = self.until.write();
-        let was = map.remove(&(ns, key.to_owned())).is_some_and(|t| t > now);
-        map.retain(|_, t| *t > now);
-        self.any.store(!map.is_empty(), Ordering::Relaxed);
+        let mut maps = self.until.write();
+        let was = maps[slot(ns)].remove(key).is_some_and(|t| t > now);
+        for map in maps.iter_mut() {
+            map.retain(|_, t| *t > now);
+        }
+        self.any
+            .store(maps.iter().any(|m| !m.is_empty()), Ordering::Relaxed);
         was
     }
 
-    /// The pauses in force at `now`.
+    /// The pauses in force at `now`, by namespace and key.
     pub(super) fn list(&self, now: Nanos) -> Vec<Pause> {
-        self.until
-            .read()
-            .iter()
-            .filter(|(_, t)| **t > now)
-            .map(|((ns, key), t)| Pause {
-                namespace: *ns,
-                key: key.clone(),
-                until: *t,
+        let maps = self.until.read();
+        [Namespace::Static, Namespace::Dynamic]
+            .into_iter()
+            .flat_map(|ns| {
+                maps[slot(ns)]
+                    .iter()
+                    .filter(|(_, t)| **t > now)
+                    .map(move |(key, t)| Pause {
+                        namespace: ns,
+                        key: key.clone(),
+                        until: *t,
+                    })
             })
             .collect()
     }
