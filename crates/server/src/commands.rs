@@ -939,7 +939,9 @@ fn render_pauses(pauses: &[tollgate_client::Pause], json_out: bool) -> String {
         let (until, left) = match p.paused_until_ms {
             Some(ms) => (
                 ms.to_string(),
-                format!("{} s", ms.saturating_sub(now_ms).div_ceil(1_000)),
+                // To the nearest second: the server rounds the end up to the millisecond and
+                // this clock reads it a moment later, so rounding up would show 121 s of 120.
+                format!("{} s", (ms.saturating_sub(now_ms) + 500) / 1_000),
             ),
             None => ("-".into(), "not paused".into()),
         };
